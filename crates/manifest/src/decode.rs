@@ -1,0 +1,702 @@
+//! Walks the parsed TOML tree into the manifest types, recording every mistake
+//! with its location instead of stopping at the first.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml_edit::{ImDocument, Item, TableLike, Value};
+
+use crate::diagnostics::{DiagnosticSink, Diagnostics, ErrorCode};
+use crate::model::{defaults, Manifest, Platform, Route, RouteSpans, Service};
+use crate::pattern::PathPattern;
+
+pub(crate) const TOP_KEYS: &[&str] = &["platform", "services", "routes"];
+pub(crate) const PLATFORM_KEYS: &[&str] = &[
+    "name",
+    "listen",
+    "admin",
+    "data_dir",
+    "drain_timeout",
+    "watch",
+];
+pub(crate) const SERVICE_KEYS: &[&str] = &[
+    "owner",
+    "urls",
+    "command",
+    "instances",
+    "workdir",
+    "env",
+    "health",
+    "health_interval",
+    "health_timeout",
+    "stop_grace",
+];
+pub(crate) const ROUTE_KEYS: &[&str] = &[
+    "name",
+    "path",
+    "methods",
+    "host",
+    "headers",
+    "to",
+    "strip_prefix",
+    "rewrite",
+    "timeout",
+];
+const METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT",
+];
+const MAX_INSTANCES: i64 = 256;
+
+pub(crate) struct Decoder<'a> {
+    source: &'a str,
+    sink: DiagnosticSink<'a>,
+}
+
+/// One table being decoded, and how to name it in messages.
+struct Section<'t> {
+    table: &'t dyn TableLike,
+    /// E.g. `[services.catalog]`.
+    name: String,
+    /// The table's header (or inline table) in the file, when it has one.
+    span: Option<Range<usize>>,
+}
+
+impl<'a> Decoder<'a> {
+    pub(crate) fn new(source: &'a str, origin: &Path) -> Self {
+        Decoder {
+            source,
+            sink: DiagnosticSink::new(source, origin),
+        }
+    }
+
+    pub(crate) fn finish(self) -> Diagnostics {
+        self.sink.finish()
+    }
+
+    /// Decodes the whole manifest. `None` only when the TOML itself is broken;
+    /// otherwise a best-effort manifest comes back beside the diagnostics so the
+    /// cross-checks can still run.
+    pub(crate) fn decode(&mut self, base_dir: &Path) -> Option<Manifest> {
+        let doc = match ImDocument::parse(self.source) {
+            Ok(doc) => doc,
+            Err(err) => {
+                let message = err.message().trim().to_string();
+                self.sink.push(
+                    ErrorCode::Syntax,
+                    err.span(),
+                    format!("invalid TOML: {message}"),
+                    Some("fix the syntax first; the other checks run once the file parses".into()),
+                );
+                return None;
+            }
+        };
+        let root = Section {
+            table: doc.as_table(),
+            name: "the top level".into(),
+            span: None,
+        };
+        self.unknown_keys(&root, TOP_KEYS);
+
+        let mut platform = match root.table.get_key_value("platform") {
+            Some((_, item)) => match self.section(item, "[platform]".into()) {
+                Some(section) => self.platform(&section),
+                None => Platform::default(),
+            },
+            None => Platform::default(),
+        };
+        platform.data_dir = resolve(base_dir, &platform.data_dir);
+
+        let mut services = BTreeMap::new();
+        if let Some((_, item)) = root.table.get_key_value("services") {
+            if let Some(all) = self.section(item, "[services]".into()) {
+                for (name, item) in all.table.iter() {
+                    let span = all.table.key(name).and_then(|k| k.span());
+                    self.service_name(name, span);
+                    if let Some(section) = self.section(item, format!("[services.{name}]")) {
+                        services.insert(name.to_string(), self.service(&section, base_dir));
+                    }
+                }
+            }
+        }
+
+        let mut routes = Vec::new();
+        if let Some((_, item)) = root.table.get_key_value("routes") {
+            for (index, table, span) in self.route_tables(item) {
+                let section = Section {
+                    table,
+                    name: format!("[[routes]] #{}", index + 1),
+                    span,
+                };
+                if let Some(route) = self.route(&section) {
+                    routes.push(route);
+                }
+            }
+        }
+
+        Some(Manifest {
+            platform,
+            services,
+            routes,
+            base_dir: base_dir.to_path_buf(),
+        })
+    }
+
+    fn platform(&mut self, s: &Section<'_>) -> Platform {
+        self.unknown_keys(s, PLATFORM_KEYS);
+        let name = self.string(s, "name").unwrap_or_else(defaults::name);
+        if name.trim().is_empty() {
+            self.bad_value(s, "name", "the platform `name` is empty", "give the system a name");
+        }
+        Platform {
+            name,
+            listen: self.address(s, "listen").unwrap_or_else(defaults::listen),
+            admin: self.address(s, "admin").unwrap_or_else(defaults::admin),
+            data_dir: self
+                .string(s, "data_dir")
+                .map(PathBuf::from)
+                .unwrap_or_else(defaults::data_dir),
+            drain_timeout: self
+                .duration(s, "drain_timeout")
+                .unwrap_or_else(defaults::drain_timeout),
+            watch: self.boolean(s, "watch").unwrap_or(true),
+        }
+    }
+
+    fn service_name(&mut self, name: &str, span: Option<Range<usize>>) {
+        let valid = name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        if !valid {
+            self.sink.push(
+                ErrorCode::BadValue,
+                span,
+                format!("service name `{name}` is not allowed"),
+                Some("use lowercase letters, digits, `-` and `_`, starting with a letter".into()),
+            );
+        }
+    }
+
+    fn service(&mut self, s: &Section<'_>, base_dir: &Path) -> Service {
+        self.unknown_keys(s, SERVICE_KEYS);
+        let urls = self.string_list(s, "urls").unwrap_or_default();
+        let mut command = self.string_list(s, "command").unwrap_or_default();
+        let instances = self.integer(s, "instances", 1, MAX_INSTANCES);
+
+        let has = |key: &str| s.table.contains_key(key);
+        match (has("urls"), has("command")) {
+            (true, true) => self.push_at_key(
+                s,
+                "command",
+                ErrorCode::Conflict,
+                format!("{} has both `urls` and `command`", s.name),
+                "use `command` for a service Gantry runs, or `urls` for one it only sends traffic to",
+            ),
+            (false, false) => self.sink.push(
+                ErrorCode::MissingKey,
+                s.table_span(),
+                format!("{} needs `command` or `urls`", s.name),
+                Some(
+                    "add `command = [\"path/to/program\"]` for Gantry to run it, \
+                     or `urls = [\"http://127.0.0.1:9000\"]`"
+                        .into(),
+                ),
+            ),
+            (true, false) => {
+                if has("instances") {
+                    self.push_at_key(
+                        s,
+                        "instances",
+                        ErrorCode::Conflict,
+                        format!("`instances` in {} only applies to `command`", s.name),
+                        "list one URL per instance in `urls` instead",
+                    );
+                }
+                if urls.is_empty() {
+                    self.bad_value(s, "urls", format!("`urls` in {} is empty", s.name), "list at least one URL");
+                }
+            }
+            (false, true) => {}
+        }
+        for (i, url) in urls.iter().enumerate() {
+            if let Err(why) = check_upstream_url(url) {
+                let span = self.element_span(s, "urls", i);
+                self.sink.push(
+                    ErrorCode::BadValue,
+                    span,
+                    format!("`{url}` in {} {why}", s.name),
+                    Some("write a base URL such as `http://127.0.0.1:9000`".into()),
+                );
+            }
+        }
+        if has("command") && command.is_empty() {
+            self.bad_value(s, "command", format!("`command` in {} is empty", s.name), "give the program to run, then its arguments");
+        }
+        if let Some(program) = command.first_mut() {
+            if program.contains('/') {
+                *program = resolve(base_dir, Path::new(program.as_str()))
+                    .to_string_lossy()
+                    .into_owned();
+            }
+        }
+
+        let health = self.string(s, "health");
+        if let Some(path) = &health {
+            if !path.starts_with('/') {
+                self.bad_value(s, "health", format!("health path `{path}` must start with `/`"), "e.g. `health = \"/healthz\"`");
+            }
+        }
+        let env = self.string_map(s, "env").unwrap_or_default();
+        for (key, _) in &env {
+            let valid = !key.is_empty()
+                && !key.starts_with(|c: char| c.is_ascii_digit())
+                && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                self.bad_value(s, "env", format!("`{key}` is not a valid environment variable name"), "use letters, digits and `_`, not starting with a digit");
+            }
+        }
+        Service {
+            owner: self.string(s, "owner"),
+            urls,
+            command,
+            instances: instances.unwrap_or(1) as u32,
+            workdir: Some(resolve(
+                base_dir,
+                &self.string(s, "workdir").map(PathBuf::from).unwrap_or_default(),
+            )),
+            env,
+            health,
+            health_interval: self
+                .duration(s, "health_interval")
+                .unwrap_or_else(defaults::health_interval),
+            health_timeout: self
+                .duration(s, "health_timeout")
+                .unwrap_or_else(defaults::health_timeout),
+            stop_grace: self.duration(s, "stop_grace").unwrap_or_else(defaults::stop_grace),
+        }
+    }
+
+    /// `[[routes]]` is normally an array of tables; an inline array of tables works too.
+    fn route_tables<'t>(&mut self, item: &'t Item) -> Vec<(usize, &'t dyn TableLike, Option<Range<usize>>)> {
+        match item {
+            Item::ArrayOfTables(tables) => tables
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (i, t as &dyn TableLike, t.span()))
+                .collect(),
+            Item::Value(Value::Array(array)) => {
+                let mut out = Vec::new();
+                for (i, value) in array.iter().enumerate() {
+                    match value.as_inline_table() {
+                        Some(t) => out.push((i, t as &dyn TableLike, t.span())),
+                        None => self.sink.push(
+                            ErrorCode::WrongType,
+                            value.span(),
+                            format!("route #{} must be a table, found {}", i + 1, value.type_name()),
+                            Some("write each route as a `[[routes]]` section".into()),
+                        ),
+                    }
+                }
+                out
+            }
+            other => {
+                self.sink.push(
+                    ErrorCode::WrongType,
+                    other.span(),
+                    format!("`routes` must be a list of `[[routes]]` sections, found {}", other.type_name()),
+                    Some("write each route as a `[[routes]]` section".into()),
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    fn route(&mut self, s: &Section<'_>) -> Option<Route> {
+        self.unknown_keys(s, ROUTE_KEYS);
+        let path = self.required_string(s, "path", "add `path = \"/api/*\"`");
+        let to = self.required_string(s, "to", "add `to = \"SERVICE\"` naming a service from [services]");
+        let pattern = path.as_ref().and_then(|p| match PathPattern::parse(p) {
+            Ok(pattern) => Some(pattern),
+            Err(why) => {
+                let span = self.value_span(s, "path");
+                self.sink.push(
+                    ErrorCode::BadPath,
+                    span,
+                    why,
+                    Some("patterns are exact (`/health`), prefix (`/api/*`) or have `{param}` segments".into()),
+                );
+                None
+            }
+        });
+
+        let mut methods = Vec::new();
+        for (i, method) in self.string_list(s, "methods").unwrap_or_default().into_iter().enumerate() {
+            let upper = method.to_ascii_uppercase();
+            if METHODS.contains(&upper.as_str()) {
+                methods.push(upper);
+            } else {
+                let span = self.element_span(s, "methods", i);
+                let hint = suggest(&upper, METHODS)
+                    .map(|m| format!("did you mean `{m}`?"))
+                    .unwrap_or_else(|| format!("use one of {}", METHODS.join(", ")));
+                self.sink.push(
+                    ErrorCode::BadValue,
+                    span,
+                    format!("unknown HTTP method `{method}` in {}", s.name),
+                    Some(hint),
+                );
+            }
+        }
+
+        let headers = self.string_map(s, "headers").unwrap_or_default();
+        for name in headers.keys() {
+            if name.is_empty() || !name.bytes().all(is_token_byte) {
+                self.bad_value(s, "headers", format!("`{name}` is not a valid header name"), "header names are letters, digits and `-`");
+            }
+        }
+        let host = self.string(s, "host").map(|h| h.to_ascii_lowercase());
+        if host.as_deref().is_some_and(|h| h.is_empty() || h.contains('/')) {
+            self.bad_value(s, "host", format!("`host` in {} is not a host name", s.name), "e.g. `host = \"api.example.com\"` or `\"*.example.com\"`");
+        }
+
+        let strip_prefix = self.string(s, "strip_prefix");
+        let rewrite = self.string(s, "rewrite");
+        if strip_prefix.is_some() && rewrite.is_some() {
+            self.push_at_key(s, "rewrite", ErrorCode::Conflict, format!("{} has both `strip_prefix` and `rewrite`", s.name), "`rewrite` already sets the whole upstream path; keep one of the two");
+        }
+        if let (Some(prefix), Some(path)) = (&strip_prefix, &path) {
+            let fits = prefix.starts_with('/')
+                && !prefix.ends_with('/')
+                && path.starts_with(prefix.as_str())
+                && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/'));
+            if !fits {
+                self.bad_value(s, "strip_prefix", format!("`strip_prefix = \"{prefix}\"` is not a leading part of the route path `{path}`"), "give whole leading segments of `path`, without a trailing `/`, e.g. `/api` for `/api/catalog/*`");
+            }
+        }
+        if let (Some(template), Some(pattern)) = (&rewrite, &pattern) {
+            if let Err(why) = check_rewrite(template, pattern) {
+                self.bad_value(s, "rewrite", why, "`{name}` must be a parameter of `path`; `{*}` needs a prefix path ending in `/*`");
+            }
+        }
+        let timeout = self.duration(s, "timeout").unwrap_or_else(defaults::route_timeout);
+        let name = self.string(s, "name");
+
+        let spans = RouteSpans {
+            table: s.table_span(),
+            path: self.value_span(s, "path"),
+            to: self.value_span(s, "to"),
+        };
+        Some(Route {
+            name,
+            path: path?,
+            methods,
+            host,
+            headers,
+            to: to?,
+            strip_prefix,
+            rewrite,
+            timeout,
+            pattern: pattern?,
+            spans,
+        })
+    }
+
+    // ---- typed accessors: each reports a wrong type and yields `None` ----
+
+    fn section<'t>(&mut self, item: &'t Item, name: String) -> Option<Section<'t>> {
+        match item.as_table_like() {
+            Some(table) => Some(Section {
+                table,
+                name,
+                span: item.span(),
+            }),
+            None => {
+                self.sink.push(
+                    ErrorCode::WrongType,
+                    item.span(),
+                    format!("{name} must be a table, found {}", item.type_name()),
+                    Some(format!("write it as a `{name}` section header with keys below it")),
+                );
+                None
+            }
+        }
+    }
+
+    fn value<'t>(&mut self, s: &Section<'t>, key: &str, expected: &str) -> Option<&'t Value> {
+        let (_, item) = s.table.get_key_value(key)?;
+        match item.as_value() {
+            Some(v) => Some(v),
+            None => {
+                self.wrong_type(s, key, expected, item.type_name());
+                None
+            }
+        }
+    }
+
+    fn string(&mut self, s: &Section<'_>, key: &str) -> Option<String> {
+        let value = self.value(s, key, "a string")?;
+        match value.as_str() {
+            Some(text) => Some(text.to_string()),
+            None => {
+                self.wrong_type(s, key, "a string", value.type_name());
+                None
+            }
+        }
+    }
+
+    fn required_string(&mut self, s: &Section<'_>, key: &str, hint: &str) -> Option<String> {
+        if !s.table.contains_key(key) {
+            self.sink.push(
+                ErrorCode::MissingKey,
+                s.table_span(),
+                format!("{} is missing `{key}`", s.name),
+                Some(hint.to_string()),
+            );
+            return None;
+        }
+        self.string(s, key)
+    }
+
+    fn boolean(&mut self, s: &Section<'_>, key: &str) -> Option<bool> {
+        let value = self.value(s, key, "true or false")?;
+        match value.as_bool() {
+            Some(b) => Some(b),
+            None => {
+                self.wrong_type(s, key, "true or false", value.type_name());
+                None
+            }
+        }
+    }
+
+    fn integer(&mut self, s: &Section<'_>, key: &str, min: i64, max: i64) -> Option<i64> {
+        let value = self.value(s, key, "an integer")?;
+        match value.as_integer() {
+            Some(n) if (min..=max).contains(&n) => Some(n),
+            Some(n) => {
+                self.bad_value(s, key, format!("`{key} = {n}` in {} is out of range", s.name), format!("use a number from {min} to {max}"));
+                None
+            }
+            None => {
+                self.wrong_type(s, key, "an integer", value.type_name());
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, s: &Section<'_>, key: &str) -> Option<Duration> {
+        let text = self.string(s, key)?;
+        match humantime::parse_duration(&text) {
+            Ok(d) if !d.is_zero() => Some(d),
+            Ok(_) => {
+                self.push_value(s, key, ErrorCode::BadDuration, format!("`{key}` in {} must be longer than zero", s.name), "e.g. `5s`");
+                None
+            }
+            Err(why) => {
+                self.push_value(
+                    s,
+                    key,
+                    ErrorCode::BadDuration,
+                    format!("`{text}` is not a duration ({why}) in `{key}` of {}", s.name),
+                    "write a number and a unit, e.g. `250ms`, `5s`, `1m 30s`",
+                );
+                None
+            }
+        }
+    }
+
+    fn address(&mut self, s: &Section<'_>, key: &str) -> Option<SocketAddr> {
+        let text = self.string(s, key)?;
+        match text.parse() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.bad_value(s, key, format!("`{text}` is not an address to listen on"), "write an IP and a port, e.g. `127.0.0.1:8080` or `0.0.0.0:8080`");
+                None
+            }
+        }
+    }
+
+    fn string_list(&mut self, s: &Section<'_>, key: &str) -> Option<Vec<String>> {
+        let value = self.value(s, key, "a list of strings")?;
+        let Some(array) = value.as_array() else {
+            self.wrong_type(s, key, "a list of strings", value.type_name());
+            return None;
+        };
+        let mut out = Vec::new();
+        for element in array.iter() {
+            match element.as_str() {
+                Some(text) => out.push(text.to_string()),
+                None => self.sink.push(
+                    ErrorCode::WrongType,
+                    element.span(),
+                    format!("`{key}` in {} must hold only strings, found {}", s.name, element.type_name()),
+                    Some("put each element in double quotes".into()),
+                ),
+            }
+        }
+        Some(out)
+    }
+
+    fn string_map(&mut self, s: &Section<'_>, key: &str) -> Option<BTreeMap<String, String>> {
+        let (_, item) = s.table.get_key_value(key)?;
+        let Some(table) = item.as_table_like() else {
+            self.wrong_type(s, key, "a table of strings", item.type_name());
+            return None;
+        };
+        let mut out = BTreeMap::new();
+        for (name, value) in table.iter() {
+            match value.as_str() {
+                Some(text) => {
+                    out.insert(name.to_string(), text.to_string());
+                }
+                None => self.sink.push(
+                    ErrorCode::WrongType,
+                    value.span(),
+                    format!("`{key}.{name}` in {} must be a string, found {}", s.name, value.type_name()),
+                    Some("put the value in double quotes".into()),
+                ),
+            }
+        }
+        Some(out)
+    }
+
+    // ---- reporting ----
+
+    fn unknown_keys(&mut self, s: &Section<'_>, known: &[&str]) {
+        for (key, _) in s.table.iter() {
+            if known.contains(&key) {
+                continue;
+            }
+            let span = s.table.key(key).and_then(|k| k.span());
+            let hint = match suggest(key, known) {
+                Some(close) => format!("did you mean `{close}`?"),
+                None => format!("known keys here: {}", known.join(", ")),
+            };
+            self.sink.push(
+                ErrorCode::UnknownKey,
+                span,
+                format!("unknown key `{key}` in {}", s.name),
+                Some(hint),
+            );
+        }
+    }
+
+    fn wrong_type(&mut self, s: &Section<'_>, key: &str, expected: &str, found: &str) {
+        let hint = match expected {
+            "a string" | "a list of strings" => "put text in double quotes",
+            "an integer" => "write the number without quotes",
+            "true or false" => "write `true` or `false` without quotes",
+            _ => "see `gantry schema` for the expected shape",
+        };
+        self.push_value(
+            s,
+            key,
+            ErrorCode::WrongType,
+            format!("`{key}` in {} must be {expected}, found {found}", s.name),
+            hint,
+        );
+    }
+
+    fn bad_value(&mut self, s: &Section<'_>, key: &str, message: impl Into<String>, hint: impl Into<String>) {
+        self.push_value(s, key, ErrorCode::BadValue, message, hint);
+    }
+
+    fn push_value(&mut self, s: &Section<'_>, key: &str, code: ErrorCode, message: impl Into<String>, hint: impl Into<String>) {
+        let span = self.value_span(s, key);
+        self.sink.push(code, span, message, Some(hint.into()));
+    }
+
+    fn push_at_key(&mut self, s: &Section<'_>, key: &str, code: ErrorCode, message: impl Into<String>, hint: impl Into<String>) {
+        let span = s.table.key(key).and_then(|k| k.span());
+        self.sink.push(code, span, message, Some(hint.into()));
+    }
+
+    fn value_span(&self, s: &Section<'_>, key: &str) -> Option<Range<usize>> {
+        let (k, item) = s.table.get_key_value(key)?;
+        item.span().or_else(|| k.span())
+    }
+
+    fn element_span(&self, s: &Section<'_>, key: &str, index: usize) -> Option<Range<usize>> {
+        let (_, item) = s.table.get_key_value(key)?;
+        item.as_array()
+            .and_then(|a| a.get(index))
+            .and_then(Value::span)
+            .or_else(|| item.span())
+    }
+}
+
+impl Section<'_> {
+    /// Where the section starts: its header, or its first key for an implicit table.
+    fn table_span(&self) -> Option<Range<usize>> {
+        self.span.clone().or_else(|| {
+            self.table
+                .iter()
+                .next()
+                .and_then(|(k, _)| self.table.key(k).and_then(|k| k.span()))
+        })
+    }
+}
+
+/// The known word closest to a typo, if one is close enough to be what was meant.
+pub(crate) fn suggest<'k>(typo: &str, known: &[&'k str]) -> Option<&'k str> {
+    known
+        .iter()
+        .map(|k| (strsim::damerau_levenshtein(typo, k), *k))
+        .filter(|(distance, k)| *distance <= (k.len() / 3).max(2))
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, k)| k)
+}
+
+fn resolve(base_dir: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else if path.as_os_str().is_empty() {
+        base_dir.to_path_buf()
+    } else {
+        base_dir.join(path)
+    }
+}
+
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Upstream URLs are plain `http://host:port` bases.
+fn check_upstream_url(url: &str) -> Result<(), &'static str> {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Err(if url.starts_with("https://") {
+            "uses https, which upstreams do not support yet"
+        } else {
+            "is not an http:// URL"
+        });
+    };
+    let authority = rest.trim_end_matches('/');
+    if authority.is_empty() || authority.contains(['/', '?', '#', '@', ' ']) {
+        return Err("must be a base URL with a host and port and no path");
+    }
+    Ok(())
+}
+
+fn check_rewrite(template: &str, pattern: &PathPattern) -> Result<(), String> {
+    if !template.starts_with('/') {
+        return Err(format!("`rewrite = \"{template}\"` must start with `/`"));
+    }
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let close = rest[open..]
+            .find('}')
+            .ok_or_else(|| format!("unclosed `{{` in `rewrite = \"{template}\"`"))?;
+        let name = &rest[open + 1..open + close];
+        if name == "*" {
+            if !pattern.is_prefix() {
+                return Err(format!("`{{*}}` in `rewrite` needs a prefix path, but `{pattern}` is exact"));
+            }
+        } else if !pattern.has_param(name) {
+            return Err(format!("`{{{name}}}` in `rewrite` is not a parameter of `{pattern}`"));
+        }
+        rest = &rest[open + close + 1..];
+    }
+    Ok(())
+}

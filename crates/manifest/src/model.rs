@@ -1,0 +1,243 @@
+//! The manifest's types. Their doc comments are the manifest reference: they
+//! flow into the JSON Schema that `gantry schema` prints.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::Serialize;
+
+use crate::pattern::PathPattern;
+
+/// A whole Gantry system: the platform settings, the services it fronts and the
+/// routes that send traffic to them.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "gantry.toml")]
+pub struct Manifest {
+    /// Settings of the Gantry process itself.
+    #[serde(default)]
+    pub platform: Platform,
+    /// The services, by name. A name is how routes (and later events and
+    /// policies) refer to a service.
+    #[serde(default)]
+    pub services: BTreeMap<String, Service>,
+    /// Routes, tried in file order: the first route that matches a request wins.
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    /// The directory relative paths resolve against: the manifest's own.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// `[platform]`: where Gantry listens and keeps its data.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Platform {
+    /// The system's name, shown in listings and logs.
+    #[serde(default = "defaults::name")]
+    pub name: String,
+    /// Address of the gateway that serves user traffic.
+    #[serde(default = "defaults::listen")]
+    pub listen: SocketAddr,
+    /// Address of the admin API (health, metrics, listings, reload). Keep it
+    /// on a loopback or private address.
+    #[serde(default = "defaults::admin")]
+    pub admin: SocketAddr,
+    /// Where Gantry keeps its state. Relative to the manifest's directory.
+    #[serde(default = "defaults::data_dir")]
+    pub data_dir: PathBuf,
+    /// How long a shutdown waits for in-flight requests before closing them.
+    #[serde(default = "defaults::drain_timeout", with = "duration_text")]
+    #[schemars(with = "String")]
+    pub drain_timeout: Duration,
+    /// Reload automatically when the manifest file changes.
+    #[serde(default = "defaults::yes")]
+    pub watch: bool,
+}
+
+impl Default for Platform {
+    fn default() -> Self {
+        Platform {
+            name: defaults::name(),
+            listen: defaults::listen(),
+            admin: defaults::admin(),
+            data_dir: defaults::data_dir(),
+            drain_timeout: defaults::drain_timeout(),
+            watch: true,
+        }
+    }
+}
+
+/// `[services.NAME]`: one service, either run by Gantry (`command`) or reached
+/// at addresses it does not manage (`urls`).
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// The team accountable for this service, shown in listings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Base URLs of instances Gantry does not run, e.g. `http://127.0.0.1:9000`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub urls: Vec<String>,
+    /// The program and its arguments, for a service Gantry runs. Each instance
+    /// gets a free port in `PORT`, and `GANTRY_SERVICE` and `GANTRY_INSTANCE`.
+    /// A program path with a `/` is relative to the manifest's directory.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// How many instances of `command` to run.
+    #[serde(default = "defaults::instances")]
+    pub instances: u32,
+    /// Working directory of the processes; defaults to the manifest's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<PathBuf>,
+    /// Extra environment variables for the processes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// HTTP path answered with 2xx when an instance is ready, e.g. `/healthz`.
+    /// Without it an instance counts as healthy once its port accepts connections
+    /// (for `command`) or always (for `urls`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
+    /// How often a running instance is health-checked.
+    #[serde(default = "defaults::health_interval", with = "duration_text")]
+    #[schemars(with = "String")]
+    pub health_interval: Duration,
+    /// How long one health check may take before it counts as failed.
+    #[serde(default = "defaults::health_timeout", with = "duration_text")]
+    #[schemars(with = "String")]
+    pub health_timeout: Duration,
+    /// How long a process gets between SIGTERM and SIGKILL when it is stopped.
+    #[serde(default = "defaults::stop_grace", with = "duration_text")]
+    #[schemars(with = "String")]
+    pub stop_grace: Duration,
+}
+
+/// How a service's instances come to exist.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServiceKind<'a> {
+    /// Gantry runs `instances` copies of `command`.
+    Process { command: &'a [String], instances: u32 },
+    /// Instances live at these URLs; Gantry only sends them traffic.
+    External { urls: &'a [String] },
+}
+
+impl Service {
+    pub fn kind(&self) -> ServiceKind<'_> {
+        if self.command.is_empty() {
+            ServiceKind::External { urls: &self.urls }
+        } else {
+            ServiceKind::Process {
+                command: &self.command,
+                instances: self.instances,
+            }
+        }
+    }
+}
+
+/// `[[routes]]`: which requests go to which service, and how they are rewritten.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// A name for metrics and listings; defaults to the path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Path to match: exact (`/health`), prefix (`/api/*`, which also matches
+    /// `/api`), with `{param}` segments (`/users/{id}/orders`).
+    pub path: String,
+    /// HTTP methods to match; empty matches every method.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// Host to match (port ignored, case-insensitive); `*.example.com` matches subdomains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Headers that must be present with exactly these values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// The service that receives matching requests.
+    pub to: String,
+    /// A leading part of the path to remove before forwarding, e.g. `/api`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strip_prefix: Option<String>,
+    /// A new path for the upstream request; `{param}` inserts a captured segment
+    /// and `{*}` the rest of a prefix match, e.g. `/v2/items/{id}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<String>,
+    /// How long the upstream has to start answering (response headers).
+    #[serde(default = "defaults::route_timeout", with = "duration_text")]
+    #[schemars(with = "String")]
+    pub timeout: Duration,
+    /// The parsed `path`.
+    #[serde(skip)]
+    pub pattern: PathPattern,
+    #[serde(skip)]
+    pub(crate) spans: RouteSpans,
+}
+
+impl Route {
+    /// The label used for this route in metrics and logs.
+    pub fn label(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.path)
+    }
+}
+
+/// Where a route's parts sit in the file, for cross-check errors.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RouteSpans {
+    pub(crate) table: Option<Range<usize>>,
+    pub(crate) path: Option<Range<usize>>,
+    pub(crate) to: Option<Range<usize>>,
+}
+
+pub(crate) mod defaults {
+    use std::net::SocketAddr;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    pub fn name() -> String {
+        "gantry".into()
+    }
+    pub fn listen() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 8080))
+    }
+    pub fn admin() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 8081))
+    }
+    pub fn data_dir() -> PathBuf {
+        PathBuf::from(".gantry")
+    }
+    pub fn drain_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn instances() -> u32 {
+        1
+    }
+    pub fn health_interval() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn health_timeout() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn stop_grace() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn route_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+}
+
+/// Durations are written as text in the manifest (`5s`, `250ms`) and shown the
+/// same way in listings.
+mod duration_text {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
+}

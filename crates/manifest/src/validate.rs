@@ -1,0 +1,63 @@
+//! Checks that need the whole manifest: routes against services, and routes
+//! that an earlier route hides.
+
+use crate::decode::suggest;
+use crate::diagnostics::{Diagnostics, ErrorCode};
+use crate::model::{Manifest, Route};
+
+pub(crate) fn cross_check(manifest: &Manifest, source: &str, out: &mut Diagnostics) {
+    let names: Vec<&str> = manifest.services.keys().map(String::as_str).collect();
+    for route in &manifest.routes {
+        if !manifest.services.contains_key(&route.to) {
+            let hint = match suggest(&route.to, &names) {
+                Some(close) => format!("did you mean `{close}`?"),
+                None if names.is_empty() => "declare it under [services]".to_string(),
+                None => format!("declared services: {}", names.join(", ")),
+            };
+            out.push_at(
+                source,
+                ErrorCode::UnknownService,
+                route.spans.to.clone(),
+                format!("route `{}` sends traffic to `{}`, which is not a declared service", route.path, route.to),
+                Some(hint),
+            );
+        }
+    }
+    for (later_index, later) in manifest.routes.iter().enumerate() {
+        let hidden_by = manifest.routes[..later_index]
+            .iter()
+            .enumerate()
+            .find(|(_, earlier)| takes_all_traffic_of(earlier, later));
+        if let Some((earlier_index, earlier)) = hidden_by {
+            out.push_at(
+                source,
+                ErrorCode::UnreachableRoute,
+                later.spans.path.clone().or(later.spans.table.clone()),
+                format!(
+                    "route #{} (`{}`) can never match: route #{} (`{}`) comes first and matches every request it would",
+                    later_index + 1,
+                    later.path,
+                    earlier_index + 1,
+                    earlier.path
+                ),
+                Some("routes are tried in file order: move the more specific route above the broader one, or remove it".into()),
+            );
+        }
+    }
+}
+
+/// Whether every request `later` could match is already matched by `earlier`.
+fn takes_all_traffic_of(earlier: &Route, later: &Route) -> bool {
+    let methods = earlier.methods.is_empty()
+        || (!later.methods.is_empty() && later.methods.iter().all(|m| earlier.methods.contains(m)));
+    let host = match (&earlier.host, &later.host) {
+        (None, _) => true,
+        (Some(a), Some(b)) => a == b || a.strip_prefix('*').is_some_and(|suffix| b.ends_with(suffix)),
+        (Some(_), None) => false,
+    };
+    let headers = earlier
+        .headers
+        .iter()
+        .all(|(name, value)| later.headers.iter().any(|(n, v)| n.eq_ignore_ascii_case(name) && v == value));
+    methods && host && headers && earlier.pattern.covers(&later.pattern)
+}

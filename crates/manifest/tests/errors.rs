@@ -1,0 +1,169 @@
+//! One test per class of manifest mistake: each checks the code, the message,
+//! the hint and the exact line:col a user would be sent to.
+
+use std::path::Path;
+
+use gantry_manifest::{parse, Diagnostics, ErrorCode};
+
+fn errors(source: &str) -> Diagnostics {
+    parse(source, Path::new("gantry.toml"), Path::new("/srv/app"))
+        .expect_err("the manifest should be rejected")
+}
+
+/// Renders and asserts that `needle` appears, so failures show the whole report.
+fn assert_reports(diags: &Diagnostics, needle: &str) {
+    let text = diags.to_string();
+    assert!(text.contains(needle), "expected {needle:?} in:\n{text}");
+}
+
+const SERVICES: &str = r#"
+[services.orders]
+urls = ["http://127.0.0.1:9000"]
+"#;
+
+#[test]
+fn syntax_errors_point_at_the_broken_line() {
+    let d = errors("[platform]\nname = \"demo\nlisten = 1\n");
+    assert_eq!(d.iter().next().unwrap().code, ErrorCode::Syntax);
+    assert_reports(&d, "gantry.toml:2:");
+    assert_reports(&d, "error[M001]: invalid TOML");
+}
+
+#[test]
+fn unknown_keys_suggest_the_closest_known_key() {
+    let d = errors("[services.orders]\ncommand = [\"./orders\"]\ninstnces = 2\n");
+    let first = d.iter().next().unwrap();
+    assert_eq!(first.code, ErrorCode::UnknownKey);
+    assert_eq!((first.line, first.column), (Some(3), Some(1)));
+    assert_reports(&d, "gantry.toml:3:1: error[M002]: unknown key `instnces` in [services.orders]");
+    assert_reports(&d, "hint: did you mean `instances`?");
+}
+
+#[test]
+fn unknown_keys_without_a_close_match_list_the_known_ones() {
+    let d = errors("[platform]\nzzzzzz = 1\n");
+    assert_reports(&d, "known keys here: name, listen, admin");
+}
+
+#[test]
+fn wrong_types_name_what_was_expected() {
+    let d = errors("[services.orders]\ncommand = [\"./orders\"]\ninstances = \"2\"\n");
+    assert_reports(&d, "gantry.toml:3:13: error[M003]: `instances` in [services.orders] must be an integer, found string");
+    assert_reports(&d, "write the number without quotes");
+}
+
+#[test]
+fn bad_durations_point_at_the_value() {
+    let d = errors(&format!(
+        "{SERVICES}\n[[routes]]\npath = \"/*\"\nto = \"orders\"\ntimeout = \"5 parsecs\"\n"
+    ));
+    let first = d.iter().next().unwrap();
+    assert_eq!(first.code, ErrorCode::BadDuration);
+    assert_eq!((first.line, first.column), (Some(8), Some(11)));
+    assert_reports(&d, "`5 parsecs` is not a duration");
+    assert_reports(&d, "e.g. `250ms`, `5s`");
+}
+
+#[test]
+fn missing_keys_point_at_the_section() {
+    let d = errors(&format!("{SERVICES}\n[[routes]]\npath = \"/*\"\n"));
+    assert_reports(&d, "gantry.toml:5:1: error[M004]: [[routes]] #1 is missing `to`");
+    let d = errors("[services.orders]\nowner = \"team-a\"\n");
+    assert_reports(&d, "gantry.toml:1:1: error[M004]: [services.orders] needs `command` or `urls`");
+}
+
+#[test]
+fn bad_values_say_how_to_write_them() {
+    let d = errors("[platform]\nlisten = \"localhost\"\n");
+    assert_reports(&d, "gantry.toml:2:10: error[M006]: `localhost` is not an address to listen on");
+    let d = errors(&format!(
+        "{SERVICES}\n[[routes]]\npath = \"/*\"\nmethods = [\"GTE\"]\nto = \"orders\"\n"
+    ));
+    assert_reports(&d, "gantry.toml:7:12: error[M006]: unknown HTTP method `GTE`");
+    assert_reports(&d, "did you mean `GET`?");
+    let d = errors("[services.orders]\nurls = [\"ftp://x\"]\n");
+    assert_reports(&d, "gantry.toml:2:9: error[M006]: `ftp://x` in [services.orders] is not an http:// URL");
+}
+
+#[test]
+fn conflicting_keys_are_refused() {
+    let d = errors("[services.orders]\nurls = [\"http://127.0.0.1:1\"]\ncommand = [\"./o\"]\n");
+    assert_reports(&d, "gantry.toml:3:1: error[M007]: [services.orders] has both `urls` and `command`");
+}
+
+#[test]
+fn malformed_paths_are_refused() {
+    let d = errors(&format!("{SERVICES}\n[[routes]]\npath = \"/a/*/b\"\nto = \"orders\"\n"));
+    assert_reports(&d, "gantry.toml:6:8: error[M008]: `*` in `/a/*/b` may only be the last segment");
+}
+
+#[test]
+fn routes_to_undeclared_services_suggest_a_declared_one() {
+    let d = errors(&format!("{SERVICES}\n[[routes]]\npath = \"/*\"\nto = \"order\"\n"));
+    assert_reports(&d, "gantry.toml:7:6: error[M009]: route `/*` sends traffic to `order`, which is not a declared service");
+    assert_reports(&d, "did you mean `orders`?");
+}
+
+#[test]
+fn routes_hidden_by_an_earlier_route_are_refused() {
+    let d = errors(&format!(
+        "{SERVICES}\n[[routes]]\npath = \"/api/*\"\nto = \"orders\"\n\n[[routes]]\npath = \"/api/orders/{{id}}\"\nmethods = [\"GET\"]\nto = \"orders\"\n"
+    ));
+    assert_reports(&d, "gantry.toml:10:8: error[M010]: route #2 (`/api/orders/{id}`) can never match: route #1 (`/api/*`)");
+    // Narrower earlier routes do not hide broader later ones.
+    let ok = format!(
+        "{SERVICES}\n[[routes]]\npath = \"/api/*\"\nmethods = [\"GET\"]\nto = \"orders\"\n\n[[routes]]\npath = \"/api/*\"\nto = \"orders\"\n"
+    );
+    parse(&ok, Path::new("gantry.toml"), Path::new("/srv")).expect("a narrower route first is fine");
+}
+
+#[test]
+fn every_mistake_is_reported_at_once() {
+    let d = errors(
+        "[platform]\nlisen = \"127.0.0.1:1\"\n\n[services.orders]\ncommand = [\"./o\"]\ninstnces = 2\nhealth_interval = \"soon\"\n\n[[routes]]\npath = \"/*\"\nto = \"nope\"\n",
+    );
+    let codes: Vec<_> = d.iter().map(|d| d.code).collect();
+    assert_eq!(
+        codes,
+        vec![
+            ErrorCode::UnknownKey,
+            ErrorCode::UnknownKey,
+            ErrorCode::BadDuration,
+            ErrorCode::UnknownService
+        ]
+    );
+    assert_reports(&d, "4 errors in gantry.toml");
+}
+
+#[test]
+fn relative_paths_resolve_against_the_manifest_directory() {
+    let m = parse(
+        "[platform]\ndata_dir = \"state\"\n[services.a]\ncommand = [\"bin/a\", \"--x\"]\n[services.b]\ncommand = [\"python3\", \"b.py\"]\n",
+        Path::new("gantry.toml"),
+        Path::new("/srv/app"),
+    )
+    .unwrap();
+    assert_eq!(m.platform.data_dir, Path::new("/srv/app/state"));
+    assert_eq!(m.services["a"].command, vec!["/srv/app/bin/a", "--x"]);
+    // A bare program name is looked up on PATH; its files resolve via the working directory.
+    assert_eq!(m.services["b"].command[0], "python3");
+    assert_eq!(m.services["b"].workdir.as_deref(), Some(Path::new("/srv/app")));
+}
+
+#[test]
+fn the_repository_manifest_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../gantry.toml");
+    let m = gantry_manifest::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(m.platform.name, "demo");
+    assert_eq!(m.routes.len(), 2);
+}
+
+#[test]
+fn the_schema_describes_every_key_the_decoder_accepts() {
+    let schema = gantry_manifest::json_schema();
+    let text = schema.to_string();
+    for key in ["instances", "strip_prefix", "health_interval", "drain_timeout", "rewrite"] {
+        assert!(text.contains(&format!("\"{key}\"")), "schema lacks {key}");
+    }
+    assert_eq!(schema["title"], "gantry.toml");
+}
