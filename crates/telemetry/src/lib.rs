@@ -1,1 +1,81 @@
+//! Telemetry shared by every Gantry subsystem: the log pipeline and the
+//! Prometheus metrics registry.
+//!
+//! Logs are `tracing` events. They are written by a background thread
+//! (`tracing-appender`'s non-blocking writer) so a busy gateway never waits on
+//! the terminal; the returned [`LogGuard`] flushes what is left on shutdown.
+//! Metrics live in one [`Metrics`] registry that each subsystem registers its
+//! families into, and the admin API renders at `/metrics`.
 
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::registry::Registry;
+use tracing_subscriber::fmt::format::FmtSpan;
+use tracing_subscriber::EnvFilter;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable, for a terminal.
+    Pretty,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Keeps the background log writer alive; dropping it flushes pending lines.
+#[must_use = "logs stop being written when the guard is dropped"]
+pub struct LogGuard(#[allow(dead_code)] tracing_appender::non_blocking::WorkerGuard);
+
+impl std::fmt::Debug for LogGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogGuard")
+    }
+}
+
+/// Installs the global log subscriber writing to stderr. The filter comes from
+/// `GANTRY_LOG` (same syntax as `RUST_LOG`), defaulting to `info`.
+pub fn init_logging(format: LogFormat) -> LogGuard {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        // Under a flood, drop log lines rather than stall request handling.
+        .lossy(true)
+        .finish(std::io::stderr());
+    let filter = EnvFilter::try_from_env("GANTRY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_span_events(FmtSpan::NONE)
+        .with_target(true);
+    // A second init (tests that start several apps in one process) keeps the first.
+    let _ = match format {
+        LogFormat::Pretty => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    LogGuard(guard)
+}
+
+/// The process-wide metrics registry. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    registry: Arc<Mutex<Registry>>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers metric families under the `gantry_` prefix.
+    pub fn register(&self, register: impl FnOnce(&mut Registry)) {
+        let mut registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        register(registry.sub_registry_with_prefix("gantry"));
+    }
+
+    /// The Prometheus text exposition of every registered family.
+    pub fn render(&self) -> String {
+        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = String::new();
+        encode(&mut out, &registry).expect("writing to a String cannot fail");
+        out
+    }
+}

@@ -1,0 +1,62 @@
+//! The response body the gateway sends: an upstream's body streamed through, or
+//! a small body Gantry wrote itself.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use gantry_services::InFlight;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+/// A response body, streamed without buffering.
+#[derive(Debug)]
+pub enum GatewayBody {
+    /// An upstream response body. Holds the service's in-flight guard until the
+    /// last byte is sent, so a reload does not stop a process mid-response.
+    Upstream { body: Incoming, guard: Option<InFlight> },
+    /// A body written by Gantry (problem details, mostly).
+    Local(Full<Bytes>),
+}
+
+impl GatewayBody {
+    pub fn local(bytes: impl Into<Bytes>) -> Self {
+        GatewayBody::Local(Full::new(bytes.into()))
+    }
+}
+
+impl Body for GatewayBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            GatewayBody::Upstream { body, guard } => {
+                let polled = Pin::new(body).poll_frame(cx);
+                if let Poll::Ready(None) = polled {
+                    guard.take();
+                }
+                polled
+            }
+            GatewayBody::Local(full) => Pin::new(full).poll_frame(cx).map_err(|never| match never {}),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            GatewayBody::Upstream { body, .. } => body.is_end_stream(),
+            GatewayBody::Local(full) => full.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            GatewayBody::Upstream { body, .. } => body.size_hint(),
+            GatewayBody::Local(full) => full.size_hint(),
+        }
+    }
+}

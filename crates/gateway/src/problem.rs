@@ -1,0 +1,84 @@
+//! Errors the gateway answers itself, as RFC 9457 problem details.
+
+use http::{header, HeaderValue, Response, StatusCode};
+use serde::Serialize;
+
+use crate::body::GatewayBody;
+
+/// A failure Gantry answers instead of the upstream. Each has a stable `type`
+/// URN that clients and docs can rely on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Problem {
+    NoRoute,
+    NoHealthyInstance,
+    UpstreamRefused,
+    UpstreamReset,
+    UpstreamTimeout,
+}
+
+#[derive(Serialize)]
+struct ProblemDetails<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    title: &'static str,
+    status: u16,
+    detail: String,
+    instance: &'a str,
+    request_id: &'a str,
+}
+
+impl Problem {
+    pub(crate) fn status(self) -> StatusCode {
+        match self {
+            Problem::NoRoute => StatusCode::NOT_FOUND,
+            Problem::NoHealthyInstance => StatusCode::SERVICE_UNAVAILABLE,
+            Problem::UpstreamRefused | Problem::UpstreamReset => StatusCode::BAD_GATEWAY,
+            Problem::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    fn kind(self) -> &'static str {
+        match self {
+            Problem::NoRoute => "urn:gantry:problem:no-route",
+            Problem::NoHealthyInstance => "urn:gantry:problem:no-healthy-instance",
+            Problem::UpstreamRefused => "urn:gantry:problem:upstream-refused",
+            Problem::UpstreamReset => "urn:gantry:problem:upstream-reset",
+            Problem::UpstreamTimeout => "urn:gantry:problem:upstream-timeout",
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            Problem::NoRoute => "No route matches this request",
+            Problem::NoHealthyInstance => "No healthy instance of the service",
+            Problem::UpstreamRefused => "The service refused the connection",
+            Problem::UpstreamReset => "The service closed the connection without a response",
+            Problem::UpstreamTimeout => "The service did not answer in time",
+        }
+    }
+
+    /// Builds the response. `detail` says what happened for this request.
+    pub(crate) fn respond(self, detail: String, path: &str, request_id: &HeaderValue) -> Response<GatewayBody> {
+        let body = ProblemDetails {
+            kind: self.kind(),
+            title: self.title(),
+            status: self.status().as_u16(),
+            detail,
+            instance: path,
+            request_id: request_id.to_str().unwrap_or_default(),
+        };
+        let json = serde_json::to_vec(&body).expect("problem details always serialize");
+        let mut response = Response::new(GatewayBody::local(json));
+        *response.status_mut() = self.status();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if self == Problem::NoHealthyInstance {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

@@ -1,0 +1,237 @@
+//! The route table: manifest routes compiled for matching, each bound to its
+//! running service.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gantry_manifest::{PathMatch, PathPattern, Route};
+use gantry_services::ServiceHandle;
+use http::header::HeaderName;
+use http::{HeaderValue, Method};
+use serde::Serialize;
+
+use crate::metrics::{GatewayMetrics, RouteMetrics};
+
+/// Why a route table could not be built from a (validated) manifest.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("route `{route}` sends traffic to `{service}`, which is not running")]
+    MissingService { route: String, service: String },
+    #[error("route `{route}`: header `{header}` cannot be matched: {why}")]
+    BadHeader { route: String, header: String, why: String },
+}
+
+/// How a compiled route rewrites the path it forwards.
+#[derive(Debug, Clone)]
+enum PathRewrite {
+    Keep,
+    StripPrefix(String),
+    Template(String),
+}
+
+/// One route, ready for matching.
+#[derive(Debug)]
+pub(crate) struct CompiledRoute {
+    pub(crate) label: Arc<str>,
+    pattern: PathPattern,
+    methods: Vec<Method>,
+    host: Option<String>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    rewrite: PathRewrite,
+    pub(crate) timeout: Duration,
+    pub(crate) service: Arc<ServiceHandle>,
+    pub(crate) metrics: RouteMetrics,
+    config: Route,
+}
+
+/// All routes, in manifest order (the first match wins), plus the metrics of
+/// requests no route matched.
+#[derive(Debug)]
+pub struct RouteTable {
+    routes: Vec<CompiledRoute>,
+    pub(crate) unrouted: RouteMetrics,
+}
+
+/// A route as shown by `GET /v1/routes`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RouteInfo {
+    #[serde(flatten)]
+    pub route: Route,
+    /// Whether the target service has a healthy instance.
+    pub ready: bool,
+}
+
+impl RouteTable {
+    /// Compiles `routes`, binding each to its service in `services`.
+    pub fn build(
+        routes: &[Route],
+        services: &HashMap<String, Arc<ServiceHandle>>,
+        metrics: &GatewayMetrics,
+    ) -> Result<RouteTable, BuildError> {
+        let mut compiled = Vec::with_capacity(routes.len());
+        for route in routes {
+            let service = services
+                .get(&route.to)
+                .cloned()
+                .ok_or_else(|| BuildError::MissingService {
+                    route: route.path.clone(),
+                    service: route.to.clone(),
+                })?;
+            let headers = route
+                .headers
+                .iter()
+                .map(|(name, value)| {
+                    let bad = |why: String| BuildError::BadHeader {
+                        route: route.path.clone(),
+                        header: name.clone(),
+                        why,
+                    };
+                    Ok((
+                        HeaderName::from_bytes(name.as_bytes()).map_err(|e| bad(e.to_string()))?,
+                        HeaderValue::from_str(value).map_err(|e| bad(e.to_string()))?,
+                    ))
+                })
+                .collect::<Result<_, BuildError>>()?;
+            let rewrite = match (&route.strip_prefix, &route.rewrite) {
+                (Some(prefix), _) => PathRewrite::StripPrefix(prefix.clone()),
+                (None, Some(template)) => PathRewrite::Template(template.clone()),
+                (None, None) => PathRewrite::Keep,
+            };
+            compiled.push(CompiledRoute {
+                label: Arc::from(route.label()),
+                pattern: route.pattern.clone(),
+                methods: route
+                    .methods
+                    .iter()
+                    .filter_map(|m| Method::from_bytes(m.as_bytes()).ok())
+                    .collect(),
+                host: route.host.clone(),
+                headers,
+                rewrite,
+                timeout: route.timeout,
+                metrics: metrics.for_route(route.label(), service.name()),
+                service,
+                config: route.clone(),
+            });
+        }
+        Ok(RouteTable {
+            routes: compiled,
+            unrouted: metrics.for_route("", ""),
+        })
+    }
+
+    /// The first route matching the request, with the path it matched.
+    pub(crate) fn find<'r>(
+        &'r self,
+        method: &Method,
+        host: Option<&str>,
+        path: &'r str,
+        headers: &http::HeaderMap,
+    ) -> Option<(&'r CompiledRoute, PathMatch<'r>)> {
+        self.routes.iter().find_map(|route| {
+            if !route.methods.is_empty() && !route.methods.contains(method) {
+                return None;
+            }
+            if let Some(wanted) = &route.host {
+                if !host.is_some_and(|h| host_matches(wanted, h)) {
+                    return None;
+                }
+            }
+            if !route.headers.iter().all(|(name, value)| headers.get(name) == Some(value)) {
+                return None;
+            }
+            route.pattern.matches(path).map(|m| (route, m))
+        })
+    }
+
+    /// Every route with its current readiness, for listings.
+    pub fn describe(&self) -> Vec<RouteInfo> {
+        self.routes
+            .iter()
+            .map(|r| RouteInfo {
+                route: r.config.clone(),
+                ready: r.service.is_ready(),
+            })
+            .collect()
+    }
+}
+
+/// `host` is the request's Host without port; `wanted` is lowercase.
+fn host_matches(wanted: &str, host: &str) -> bool {
+    let host = host.rsplit_once(':').map_or(host, |(h, port)| {
+        if port.bytes().all(|b| b.is_ascii_digit()) { h } else { host }
+    });
+    match wanted.strip_prefix('*') {
+        Some(suffix) => host.len() > suffix.len() && ends_with_ignore_case(host, suffix),
+        None => host.eq_ignore_ascii_case(wanted),
+    }
+}
+
+fn ends_with_ignore_case(text: &str, suffix: &str) -> bool {
+    text.len() >= suffix.len() && text[text.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+}
+
+impl CompiledRoute {
+    /// The path (and query) to send upstream.
+    pub(crate) fn upstream_path(&self, path: &str, matched: &PathMatch<'_>, query: Option<&str>) -> String {
+        let mut out = match &self.rewrite {
+            PathRewrite::Keep => path.to_string(),
+            PathRewrite::StripPrefix(prefix) => {
+                let rest = path.strip_prefix(prefix.as_str()).unwrap_or(path);
+                if rest.is_empty() { "/".to_string() } else { rest.to_string() }
+            }
+            PathRewrite::Template(template) => expand(template, matched),
+        };
+        if let Some(query) = query {
+            out.push('?');
+            out.push_str(query);
+        }
+        out
+    }
+}
+
+fn expand(template: &str, matched: &PathMatch<'_>) -> String {
+    let mut out = String::with_capacity(template.len() + matched.rest.len());
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let Some(close) = rest[open..].find('}') else { break };
+        let name = &rest[open + 1..open + close];
+        if name == "*" {
+            let tail = matched.rest.strip_prefix('/').unwrap_or(matched.rest);
+            if out.ends_with('/') || tail.is_empty() {
+                out.push_str(tail);
+            } else {
+                out.push('/');
+                out.push_str(tail);
+            }
+        } else if let Some((_, value)) = matched.params.iter().find(|(n, _)| *n == name) {
+            out.push_str(value);
+        }
+        rest = &rest[open + close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_match_exactly_or_by_wildcard_without_port() {
+        assert!(host_matches("shop.test", "SHOP.test:8080"));
+        assert!(!host_matches("shop.test", "api.shop.test"));
+        assert!(host_matches("*.shop.test", "api.shop.test"));
+        assert!(!host_matches("*.shop.test", "shop.test"));
+    }
+
+    #[test]
+    fn templates_take_params_and_the_rest() {
+        let pattern = PathPattern::parse("/api/users/{id}/*").unwrap();
+        let m = pattern.matches("/api/users/7/orders/3").unwrap();
+        assert_eq!(expand("/users/{id}/{*}", &m), "/users/7/orders/3");
+        assert_eq!(expand("/u/{id}", &m), "/u/7");
+    }
+}

@@ -1,0 +1,228 @@
+//! A running service: its instances, their supervision, and instance choice.
+
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gantry_manifest::{Service, ServiceKind};
+use http::uri::Authority;
+use serde::Serialize;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::health::{self, Probe};
+use crate::instance::{Instance, InstanceStatus};
+use crate::process::{self, ProcessSpec};
+
+/// Why a service could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("service `{service}`: no free port for instance {instance}: {source}")]
+    NoPort {
+        service: String,
+        instance: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("service `{service}`: `{url}` is not a usable address")]
+    BadUrl { service: String, url: String },
+}
+
+/// One service and its instances. Shared by every gateway snapshot that routes
+/// to it; [`ServiceHandle::stop`] ends its processes and checks.
+#[derive(Debug)]
+pub struct ServiceHandle {
+    name: Arc<str>,
+    config: Service,
+    instances: Vec<Arc<Instance>>,
+    next: AtomicUsize,
+    in_flight: AtomicUsize,
+    cancel: CancellationToken,
+    tasks: Mutex<JoinSet<()>>,
+}
+
+/// A service as shown by `GET /v1/services`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// `process` (Gantry runs it) or `external` (reached at `urls`).
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
+    /// At least one instance is healthy.
+    pub ready: bool,
+    pub in_flight: usize,
+    pub instances: Vec<InstanceStatus>,
+}
+
+impl ServiceHandle {
+    /// Starts the service's processes (if any) and health checks. Must be called
+    /// within a Tokio runtime.
+    pub fn start(name: &str, config: &Service) -> Result<Arc<ServiceHandle>, StartError> {
+        let name: Arc<str> = Arc::from(name);
+        let cancel = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let mut instances = Vec::new();
+        let probe = config.health.clone().map(|path| Probe::Http {
+            path,
+            client: health::http_client(),
+        });
+
+        match config.kind() {
+            ServiceKind::Process { command, instances: count } => {
+                for index in 0..count {
+                    let port = free_port().map_err(|source| StartError::NoPort {
+                        service: name.to_string(),
+                        instance: index,
+                        source,
+                    })?;
+                    let authority = Authority::try_from(format!("127.0.0.1:{port}"))
+                        .expect("an IP and a port form an authority");
+                    let instance = Arc::new(Instance::new(index, authority, false, "starting"));
+                    let spec = ProcessSpec {
+                        service: name.clone(),
+                        command: command.to_vec(),
+                        workdir: config.workdir.clone().unwrap_or_else(|| ".".into()),
+                        env: config.env.clone(),
+                        port,
+                        stop_grace: config.stop_grace,
+                    };
+                    tasks.spawn(process::supervise(spec, instance.clone(), cancel.clone()));
+                    let probe = probe.clone().unwrap_or(Probe::Tcp);
+                    tasks.spawn(health::watch(name.clone(), instance.clone(), probe, config.health_interval, config.health_timeout, cancel.clone()));
+                    instances.push(instance);
+                }
+            }
+            ServiceKind::External { urls } => {
+                for (index, url) in urls.iter().enumerate() {
+                    let authority = url
+                        .strip_prefix("http://")
+                        .map(|rest| rest.trim_end_matches('/'))
+                        .and_then(|a| Authority::try_from(a).ok())
+                        .ok_or_else(|| StartError::BadUrl {
+                            service: name.to_string(),
+                            url: url.clone(),
+                        })?;
+                    // Without a health path an external instance is trusted to be up;
+                    // failed requests to it surface as 502s.
+                    let instance = Arc::new(Instance::new(index as u32, authority, probe.is_none(), "external"));
+                    if let Some(probe) = probe.clone() {
+                        tasks.spawn(health::watch(name.clone(), instance.clone(), probe, config.health_interval, config.health_timeout, cancel.clone()));
+                    }
+                    instances.push(instance);
+                }
+            }
+        }
+        Ok(Arc::new(ServiceHandle {
+            name,
+            config: config.clone(),
+            instances,
+            next: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            cancel,
+            tasks: Mutex::new(tasks),
+        }))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn name_arc(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// The manifest entry this handle was started from; a reload compares it to
+    /// decide whether the service must restart.
+    pub fn config(&self) -> &Service {
+        &self.config
+    }
+
+    /// The next healthy instance, round-robin; `None` when none is healthy.
+    pub fn pick(&self) -> Option<&Arc<Instance>> {
+        let n = self.instances.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|offset| &self.instances[(start + offset) % n])
+            .find(|instance| instance.is_healthy())
+    }
+
+    /// Whether at least one instance can take traffic.
+    pub fn is_ready(&self) -> bool {
+        self.instances.iter().any(|i| i.is_healthy())
+    }
+
+    /// Whether readiness of this service depends on a configured health check.
+    pub fn has_health_check(&self) -> bool {
+        self.config.health.is_some()
+    }
+
+    /// Waits until an instance is healthy, or `limit` passes.
+    pub async fn wait_ready(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !self.is_ready() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
+    /// Counts a request in flight until the returned guard drops; a service is
+    /// only stopped after its last request finished (or a drain limit passed).
+    pub fn track_request(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// Stops health checks and processes: SIGTERM, then SIGKILL after
+    /// `stop_grace`. Waits up to `drain` for in-flight requests first.
+    pub async fn stop(&self, drain: Duration) {
+        let deadline = tokio::time::Instant::now() + drain;
+        while self.in_flight.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.cancel.cancel();
+        let mut tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        while tasks.join_next().await.is_some() {}
+    }
+
+    pub fn status(&self) -> ServiceStatus {
+        ServiceStatus {
+            name: self.name.to_string(),
+            owner: self.config.owner.clone(),
+            kind: match self.config.kind() {
+                ServiceKind::Process { .. } => "process",
+                ServiceKind::External { .. } => "external",
+            },
+            health: self.config.health.clone(),
+            ready: self.is_ready(),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            instances: self.instances.iter().map(|i| i.status()).collect(),
+        }
+    }
+}
+
+/// A request in flight to a service; see [`ServiceHandle::track_request`].
+#[derive(Debug)]
+pub struct InFlight(Arc<ServiceHandle>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A port nobody listens on right now. The listener is closed before the
+/// process binds it; the window is short and the kernel does not hand the same
+/// ephemeral port out again at once.
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
