@@ -1,1 +1,164 @@
+//! The admin API: a separate listener (keep it private) for operators and tools.
+//!
+//! | endpoint | answer |
+//! |---|---|
+//! | `GET /healthz` | 200 while the process runs |
+//! | `GET /readyz` | 200 when every service with a health check has a healthy instance, else 503 naming the others |
+//! | `GET /metrics` | Prometheus metrics (OpenMetrics text) |
+//! | `GET /v1/services` | services, owners, instances and their health |
+//! | `GET /v1/routes` | routes in match order |
+//! | `POST /v1/reload` | re-read the manifest and apply it; 422 with the errors if it is invalid |
+//!
+//! Reloads are not done here: the admin API asks the app through a channel
+//! ([`ReloadRequest`]) so every reload, whatever triggered it, runs the same way.
 
+use std::net::SocketAddr;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use gantry_gateway::Gateway;
+use gantry_telemetry::Metrics;
+use serde::Serialize;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// What a successful reload changed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReloadReport {
+    /// Services that did not exist before.
+    pub started: Vec<String>,
+    /// Services whose configuration changed and were restarted.
+    pub restarted: Vec<String>,
+    /// Services no longer in the manifest.
+    pub stopped: Vec<String>,
+    /// Services left running as they were.
+    pub unchanged: Vec<String>,
+    /// Routes now served.
+    pub routes: usize,
+    /// Changes that need a restart of Gantry to take effect.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// Why a reload was refused; the old configuration keeps serving.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadRefused {
+    pub reason: String,
+}
+
+/// A request to reload, answered when the reload is done.
+#[derive(Debug)]
+pub struct ReloadRequest {
+    pub reply: oneshot::Sender<Result<ReloadReport, ReloadRefused>>,
+}
+
+#[derive(Clone, Debug)]
+struct AdminState {
+    gateway: Gateway,
+    metrics: Metrics,
+    reload: mpsc::Sender<ReloadRequest>,
+}
+
+/// Serves the admin API on `listener` until `shutdown` fires.
+pub async fn serve(
+    listener: TcpListener,
+    gateway: Gateway,
+    metrics: Metrics,
+    reload: mpsc::Sender<ReloadRequest>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let app = router(AdminState {
+        gateway,
+        metrics,
+        reload,
+    });
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/services", get(services))
+        .route("/v1/routes", get(routes))
+        .route("/v1/reload", post(reload))
+        .fallback(|| async {
+            problem(
+                StatusCode::NOT_FOUND,
+                "no such admin endpoint; see /v1/services, /v1/routes, /v1/reload, /metrics, /readyz",
+            )
+        })
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<AdminState>) -> Response {
+    let table = state.gateway.table();
+    let waiting: Vec<&str> = table
+        .services()
+        .iter()
+        .filter(|s| s.has_health_check() && !s.is_ready())
+        .map(|s| s.name())
+        .collect();
+    if waiting.is_empty() {
+        Json(json!({ "status": "ready" })).into_response()
+    } else {
+        let body = json!({ "status": "not ready", "waiting_for": waiting });
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn services(State(state): State<AdminState>) -> Response {
+    let table = state.gateway.table();
+    let services: Vec<_> = table.services().iter().map(|s| s.status()).collect();
+    Json(json!({ "services": services })).into_response()
+}
+
+async fn routes(State(state): State<AdminState>) -> Response {
+    Json(json!({ "routes": state.gateway.table().describe() })).into_response()
+}
+
+async fn reload(State(state): State<AdminState>) -> Response {
+    let (reply, answer) = oneshot::channel();
+    if state.reload.send(ReloadRequest { reply }).await.is_err() {
+        return problem(StatusCode::SERVICE_UNAVAILABLE, "Gantry is shutting down");
+    }
+    match answer.await {
+        Ok(Ok(report)) => Json(json!({ "status": "applied", "report": report })).into_response(),
+        Ok(Err(refused)) => problem(StatusCode::UNPROCESSABLE_ENTITY, &refused.reason),
+        Err(_) => problem(StatusCode::SERVICE_UNAVAILABLE, "Gantry is shutting down"),
+    }
+}
+
+fn problem(status: StatusCode, detail: &str) -> Response {
+    let body = json!({
+        "type": "about:blank",
+        "title": status.canonical_reason().unwrap_or("error"),
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/problem+json")],
+        body.to_string(),
+    )
+        .into_response()
+}

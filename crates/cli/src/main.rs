@@ -1,1 +1,127 @@
-fn main(){}
+//! The `gantry` command line: argument parsing and output only. The work is
+//! done by `gantry-app` (running a system) and `gantry-manifest` (checking one).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use gantry_telemetry::LogFormat;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+
+/// Gantry: an API gateway, service runner and platform for microservices in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "gantry", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the system a manifest describes: start its services, serve the
+    /// gateway and the admin API, and apply manifest changes live.
+    Up {
+        /// The manifest to run.
+        #[arg(short = 'f', long = "file", default_value = "gantry.toml")]
+        file: PathBuf,
+        /// How to write logs (also `GANTRY_LOG_FORMAT`). Filter with `GANTRY_LOG`, e.g. `GANTRY_LOG=debug`.
+        #[arg(long, value_enum, env = "GANTRY_LOG_FORMAT", default_value = "pretty")]
+        log_format: Format,
+    },
+    /// Check a manifest and report every mistake with file:line:col. Exits 0
+    /// when it is valid, 1 otherwise.
+    Validate {
+        /// The manifest to check.
+        #[arg(short = 'f', long = "file", default_value = "gantry.toml")]
+        file: PathBuf,
+    },
+    /// Print the JSON Schema of the manifest (for editors and CI checks).
+    Schema,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    Pretty,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Validate { file } => validate(&file),
+        Command::Schema => {
+            let schema = gantry_manifest::json_schema();
+            let text = serde_json::to_string_pretty(&schema).expect("a schema always serializes");
+            #[allow(clippy::print_stdout)]
+            {
+                println!("{text}");
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Up { file, log_format } => up(&file, log_format),
+    }
+}
+
+fn validate(file: &Path) -> ExitCode {
+    match gantry_manifest::load(file) {
+        Ok(manifest) => {
+            #[allow(clippy::print_stdout)]
+            {
+                println!(
+                    "{} is valid: {} services, {} routes",
+                    file.display(),
+                    manifest.services.len(),
+                    manifest.routes.len()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("{error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn up(file: &Path, format: Format) -> ExitCode {
+    let _logs = gantry_telemetry::init_logging(match format {
+        Format::Pretty => LogFormat::Pretty,
+        Format::Json => LogFormat::Json,
+    });
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signals(shutdown.clone()));
+        match gantry_app::run(file, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("{error}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// The first SIGINT or SIGTERM starts a graceful shutdown; a second SIGINT
+/// (an impatient Ctrl-C) exits at once.
+async fn stop_on_signals(shutdown: CancellationToken) {
+    let (Ok(mut interrupt), Ok(mut terminate)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        eprintln!("warning: cannot listen for SIGINT/SIGTERM; stop Gantry with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = interrupt.recv() => {}
+        _ = terminate.recv() => {}
+    }
+    shutdown.cancel();
+    interrupt.recv().await;
+    eprintln!("second interrupt: exiting without draining");
+    std::process::exit(130);
+}

@@ -82,8 +82,8 @@ impl Gateway {
             started,
             method: parts.method.clone(),
             path: &path,
-            route: "",
-            service: "",
+            route: "unmatched",
+            service: "none",
             instance: None,
             request_id: &request_id,
             trace: &trace,
@@ -105,6 +105,10 @@ impl Gateway {
         let service = &route.service;
         outcome.route = &route.label;
         outcome.service = service.name();
+
+        // Counted before an instance is picked so a reload cannot stop the
+        // service between the pick and the send.
+        let in_flight = service.track_request();
 
         // Phase 3: pick an instance.
         let Some(instance) = service.pick() else {
@@ -143,7 +147,6 @@ impl Gateway {
         parts.headers.insert(REQUEST_ID, request_id.clone());
         parts.headers.insert(TRACEPARENT, trace.traceparent());
 
-        let in_flight = service.track_request();
         let sent = tokio::time::timeout(
             route.timeout,
             self.inner.client.request(Request::from_parts(parts, body)),

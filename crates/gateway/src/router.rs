@@ -50,6 +50,8 @@ pub(crate) struct CompiledRoute {
 #[derive(Debug)]
 pub struct RouteTable {
     routes: Vec<CompiledRoute>,
+    /// Every service of the manifest this table was built from, routed to or not.
+    services: Vec<Arc<ServiceHandle>>,
     pub(crate) unrouted: RouteMetrics,
 }
 
@@ -115,9 +117,13 @@ impl RouteTable {
                 config: route.clone(),
             });
         }
+        let mut services: Vec<_> = services.values().cloned().collect();
+        services.sort_by(|a, b| a.name().cmp(b.name()));
         Ok(RouteTable {
             routes: compiled,
-            unrouted: metrics.for_route("", ""),
+            services,
+            // Requests no route matched are counted under route="unmatched".
+            unrouted: metrics.for_route("unmatched", "none"),
         })
     }
 
@@ -143,6 +149,11 @@ impl RouteTable {
             }
             route.pattern.matches(path).map(|m| (route, m))
         })
+    }
+
+    /// The services this table knows, by name.
+    pub fn services(&self) -> &[Arc<ServiceHandle>] {
+        &self.services
     }
 
     /// Every route with its current readiness, for listings.

@@ -7,6 +7,7 @@
 //! Metrics live in one [`Metrics`] registry that each subsystem registers its
 //! families into, and the admin API renders at `/metrics`.
 
+use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::text::encode;
@@ -45,6 +46,7 @@ pub fn init_logging(format: LogFormat) -> LogGuard {
         .with_env_filter(filter)
         .with_writer(writer)
         .with_span_events(FmtSpan::NONE)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(true);
     // A second init (tests that start several apps in one process) keeps the first.
     let _ = match format {

@@ -1,0 +1,196 @@
+//! The live system: the services that run now and how a new manifest is applied.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gantry_admin::{ReloadRefused, ReloadReport};
+use gantry_gateway::{Gateway, GatewayMetrics, RouteTable};
+use gantry_manifest::{Manifest, Platform};
+use gantry_services::ServiceHandle;
+
+use crate::READY_LIMIT;
+
+/// What is running now, and what a reload compares against.
+#[derive(Debug)]
+pub struct Live {
+    path: PathBuf,
+    platform: Platform,
+    /// The manifest text last applied, so a save without changes is a no-op.
+    applied_text: String,
+    services: HashMap<String, Arc<ServiceHandle>>,
+    metrics: GatewayMetrics,
+    gateway: Option<Gateway>,
+}
+
+impl Live {
+    /// Starts every service of `manifest` and builds the first route table.
+    pub async fn start(
+        path: &Path,
+        manifest: Manifest,
+        metrics: GatewayMetrics,
+    ) -> Result<(Live, RouteTable), String> {
+        let mut services = HashMap::new();
+        for (name, config) in &manifest.services {
+            let handle = ServiceHandle::start(name, config).map_err(|e| e.to_string())?;
+            services.insert(name.clone(), handle);
+        }
+        for handle in services.values() {
+            if !handle.wait_ready(READY_LIMIT).await {
+                tracing::warn!(target: "gantry::app", service = handle.name(), limit = ?READY_LIMIT, "service is not healthy yet; its routes answer 503 until it is");
+            }
+        }
+        let table = RouteTable::build(&manifest.routes, &services, &metrics).map_err(|e| e.to_string())?;
+        let live = Live {
+            path: path.to_path_buf(),
+            platform: manifest.platform,
+            applied_text: std::fs::read_to_string(path).unwrap_or_default(),
+            services,
+            metrics,
+            gateway: None,
+        };
+        Ok((live, table))
+    }
+
+    pub(crate) fn with_gateway(mut self, gateway: Gateway) -> Live {
+        self.gateway = Some(gateway);
+        self
+    }
+
+    /// Re-reads the manifest and applies it. On any error the running system
+    /// is left exactly as it was.
+    pub async fn reload(&mut self, trigger: &str) -> Result<ReloadReport, ReloadRefused> {
+        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+        if trigger == "file change" && text == self.applied_text {
+            return Ok(ReloadReport::default());
+        }
+        let manifest = match gantry_manifest::load(&self.path) {
+            Ok(manifest) => manifest,
+            Err(error) => {
+                let reason = error.to_string();
+                tracing::error!(target: "gantry::reload", trigger, "manifest rejected; the previous configuration keeps serving:\n{reason}");
+                return Err(ReloadRefused { reason });
+            }
+        };
+
+        let mut report = ReloadReport::default();
+        for (what, old, new) in [
+            ("listen", self.platform.listen, manifest.platform.listen),
+            ("admin", self.platform.admin, manifest.platform.admin),
+        ] {
+            if old != new {
+                report.warnings.push(format!("[platform] {what} changed from {old} to {new}; restart Gantry to apply it"));
+            }
+        }
+
+        // Start what is new or changed; keep what is the same.
+        let mut next = HashMap::new();
+        let mut fresh = Vec::new();
+        for (name, config) in &manifest.services {
+            match self.services.get(name) {
+                Some(running) if running.config() == config => {
+                    report.unchanged.push(name.clone());
+                    next.insert(name.clone(), running.clone());
+                }
+                existing => {
+                    let handle = match ServiceHandle::start(name, config) {
+                        Ok(handle) => handle,
+                        Err(error) => {
+                            stop_all(fresh, Duration::ZERO).await;
+                            return Err(self.refuse(trigger, error.to_string()));
+                        }
+                    };
+                    if existing.is_some() {
+                        report.restarted.push(name.clone());
+                    } else {
+                        report.started.push(name.clone());
+                    }
+                    fresh.push(handle.clone());
+                    next.insert(name.clone(), handle);
+                }
+            }
+        }
+        // New instances must be healthy before they get traffic.
+        for handle in &fresh {
+            if !handle.wait_ready(READY_LIMIT).await {
+                let name = handle.name().to_string();
+                stop_all(fresh, Duration::ZERO).await;
+                return Err(self.refuse(
+                    trigger,
+                    format!("service `{name}` did not become healthy within {READY_LIMIT:?}; check its logs"),
+                ));
+            }
+        }
+        let table = match RouteTable::build(&manifest.routes, &next, &self.metrics) {
+            Ok(table) => table,
+            Err(error) => {
+                stop_all(fresh, Duration::ZERO).await;
+                return Err(self.refuse(trigger, error.to_string()));
+            }
+        };
+        report.routes = manifest.routes.len();
+        if let Some(gateway) = &self.gateway {
+            gateway.swap(table);
+        }
+
+        // Stop what was replaced or removed, once its requests are done.
+        let mut retired = Vec::new();
+        for (name, handle) in self.services.drain() {
+            let kept = next.get(&name).is_some_and(|n| Arc::ptr_eq(n, &handle));
+            if !kept {
+                if !next.contains_key(&name) {
+                    report.stopped.push(name);
+                }
+                retired.push(handle);
+            }
+        }
+        let drain = self.platform.drain_timeout;
+        tokio::spawn(stop_all(retired, drain));
+
+        self.services = next;
+        self.applied_text = text;
+        // Listeners stay where they are bound until a restart.
+        self.platform = Platform {
+            listen: self.platform.listen,
+            admin: self.platform.admin,
+            ..manifest.platform
+        };
+        for sorted in [&mut report.started, &mut report.restarted, &mut report.stopped, &mut report.unchanged] {
+            sorted.sort();
+        }
+        tracing::info!(
+            target: "gantry::reload",
+            trigger,
+            started = ?report.started,
+            restarted = ?report.restarted,
+            stopped = ?report.stopped,
+            unchanged = report.unchanged.len(),
+            routes = report.routes,
+            "manifest applied"
+        );
+        for warning in &report.warnings {
+            tracing::warn!(target: "gantry::reload", "{warning}");
+        }
+        Ok(report)
+    }
+
+    fn refuse(&self, trigger: &str, reason: String) -> ReloadRefused {
+        tracing::error!(target: "gantry::reload", trigger, %reason, "reload refused; the previous configuration keeps serving");
+        ReloadRefused { reason }
+    }
+
+    /// Stops every service (shutdown).
+    pub async fn stop_all(&mut self, drain: Duration) {
+        stop_all(self.services.drain().map(|(_, h)| h).collect(), drain).await;
+    }
+}
+
+/// Stops services concurrently so one slow process does not delay the others.
+async fn stop_all(handles: Vec<Arc<ServiceHandle>>, drain: Duration) {
+    let mut stops = tokio::task::JoinSet::new();
+    for handle in handles {
+        stops.spawn(async move { handle.stop(drain).await });
+    }
+    while stops.join_next().await.is_some() {}
+}

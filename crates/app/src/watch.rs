@@ -1,0 +1,89 @@
+//! What triggers a reload besides the admin API: the manifest file changing
+//! on disk, and `SIGHUP`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::mpsc;
+
+/// Editors save in several steps (truncate, write, rename); changes closer
+/// together than this are applied once.
+const SETTLE: Duration = Duration::from_millis(150);
+
+pub(crate) struct Triggers {
+    files: Option<mpsc::UnboundedReceiver<()>>,
+    /// Kept alive for as long as the file should be watched.
+    _watcher: Option<notify::RecommendedWatcher>,
+    hangup: Option<Signal>,
+}
+
+impl Triggers {
+    pub(crate) fn new(manifest: &Path, watch_file: bool) -> Triggers {
+        let (files, watcher) = if watch_file {
+            match watch(manifest) {
+                Ok((rx, watcher)) => (Some(rx), Some(watcher)),
+                Err(error) => {
+                    tracing::warn!(target: "gantry::reload", %error, "cannot watch the manifest; reload with SIGHUP or POST /v1/reload");
+                    (None, None)
+                }
+            }
+        } else {
+            (None, None)
+        };
+        let hangup = signal(SignalKind::hangup())
+            .inspect_err(|error| tracing::warn!(target: "gantry::reload", %error, "cannot listen for SIGHUP"))
+            .ok();
+        Triggers {
+            files,
+            _watcher: watcher,
+            hangup,
+        }
+    }
+
+    /// Waits for the next trigger and names it.
+    pub(crate) async fn next(&mut self) -> Option<&'static str> {
+        let file_changed = async {
+            match &mut self.files {
+                Some(rx) => {
+                    rx.recv().await?;
+                    tokio::time::sleep(SETTLE).await;
+                    while rx.try_recv().is_ok() {}
+                    Some(())
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let hangup = async {
+            match &mut self.hangup {
+                Some(signal) => signal.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            Some(()) = file_changed => Some("file change"),
+            Some(()) = hangup => Some("SIGHUP"),
+        }
+    }
+}
+
+/// Watches the manifest's directory (not the file: a save by rename replaces
+/// the file) and reports events that touch the manifest.
+fn watch(manifest: &Path) -> notify::Result<(mpsc::UnboundedReceiver<()>, notify::RecommendedWatcher)> {
+    let manifest: PathBuf = std::fs::canonicalize(manifest).unwrap_or_else(|_| manifest.to_path_buf());
+    let dir = manifest.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let name = manifest.file_name().map(|n| n.to_owned());
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        if event.kind.is_access() {
+            return;
+        }
+        if event.paths.iter().any(|p| p.file_name() == name.as_deref()) {
+            let _ = tx.send(());
+        }
+    })?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    Ok((rx, watcher))
+}
