@@ -192,14 +192,14 @@ impl fmt::Display for Diagnostics {
                 (Some(line), Some(col)) => writeln!(f, "{file}:{line}:{col}: {d}")?,
                 _ => writeln!(f, "{file}: {d}")?,
             }
+            let gutter = d.line.map_or(1, |line| line.to_string().len());
             if let (Some(line), Some(col), Some(text)) = (d.line, d.column, &d.snippet) {
-                let gutter = line.to_string().len();
                 writeln!(f, "{:gutter$} |", "")?;
                 writeln!(f, "{line} | {text}")?;
                 writeln!(f, "{:gutter$} | {:>col$}", "", "^")?;
             }
             if let Some(hint) = &d.hint {
-                writeln!(f, "  = hint: {hint}")?;
+                writeln!(f, "{:gutter$} = hint: {hint}", "")?;
             }
         }
         let n = self.items.len();

@@ -1,0 +1,90 @@
+//! The command line a user types: `validate`, `schema`, `--help`, and `up`
+//! refusing a broken manifest.
+
+mod support;
+
+use std::process::Command;
+
+use support::GANTRY;
+
+fn gantry(args: &[&str], dir: &std::path::Path) -> std::process::Output {
+    Command::new(GANTRY).args(args).current_dir(dir).output().unwrap()
+}
+
+const BROKEN: &str = r#"[platform]
+name = "demo"
+
+[services.orders]
+command = ["./orders"]
+instnces = 2
+
+[[routes]]
+path = "/api/*"
+to = "order"
+timeout = "fast"
+"#;
+
+#[test]
+fn validate_reports_every_mistake_with_its_location() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("gantry.toml"), BROKEN).unwrap();
+    let out = gantry(&["validate"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("gantry.toml:6:1: error[M002]: unknown key `instnces` in [services.orders]"), "{stderr}");
+    assert!(stderr.contains("did you mean `instances`?"), "{stderr}");
+    assert!(stderr.contains("gantry.toml:10:6: error[M009]"), "{stderr}");
+    assert!(stderr.contains("gantry.toml:11:11: error[M005]"), "{stderr}");
+    assert!(stderr.contains("3 errors in gantry.toml"), "{stderr}");
+}
+
+#[test]
+fn validate_accepts_the_repository_and_example_manifests() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    for file in ["gantry.toml", "examples/shop/gantry.toml"] {
+        let out = gantry(&["validate", "-f", file], &root);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains("is valid: 2 services, 2 routes"), "{stdout}");
+    }
+}
+
+#[test]
+fn validate_names_a_missing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = gantry(&["validate", "-f", "nope.toml"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("cannot read manifest nope.toml"), "{stderr}");
+}
+
+#[test]
+fn up_refuses_a_broken_manifest_with_the_same_report() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("gantry.toml"), BROKEN).unwrap();
+    let out = gantry(&["up"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("3 errors in gantry.toml"), "{stderr}");
+}
+
+#[test]
+fn schema_prints_a_json_schema_of_the_manifest() {
+    let out = gantry(&["schema"], std::path::Path::new("/"));
+    assert!(out.status.success());
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(schema["title"], "gantry.toml");
+    assert!(schema["properties"]["services"].is_object());
+    assert!(schema["properties"]["routes"].is_object());
+}
+
+#[test]
+fn help_describes_every_command() {
+    let out = gantry(&["--help"], std::path::Path::new("/"));
+    let text = String::from_utf8(out.stdout).unwrap();
+    for command in ["up", "validate", "schema"] {
+        assert!(text.contains(command), "{text}");
+        let sub = gantry(&[command, "--help"], std::path::Path::new("/"));
+        assert!(sub.status.success());
+    }
+}

@@ -1,0 +1,183 @@
+//! Runs the real `gantry` binary on a manifest in a temporary directory.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const GANTRY: &str = env!("CARGO_BIN_EXE_gantry");
+
+/// The directory cargo put this build's binaries in (`target/debug` for tests).
+pub fn bin_dir() -> PathBuf {
+    Path::new(GANTRY).parent().unwrap().to_path_buf()
+}
+
+/// Builds the shop example's services once per test process, with the same
+/// profile as the tests, and returns where they are.
+pub fn shop_binaries() -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "shop-catalog", "-p", "shop-monolith"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo to build the shop example");
+        assert!(status.success(), "building the shop example failed");
+    });
+    bin_dir()
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running `gantry up`, stopped (SIGTERM) when dropped.
+pub struct Gantry {
+    pub dir: tempfile::TempDir,
+    pub child: Option<Child>,
+    pub gateway: u16,
+    pub admin: u16,
+}
+
+impl Gantry {
+    /// Writes `manifest` (where `{GATEWAY}`, `{ADMIN}` and `{BIN}` are replaced
+    /// by two free ports and the binaries' directory) to `gantry.toml` in a new
+    /// directory and starts Gantry on it from another working directory.
+    pub async fn start(manifest: &str) -> Gantry {
+        Gantry::start_with(manifest, |_| {}).await
+    }
+
+    /// Like [`Gantry::start`], letting `prepare` put files in the manifest's
+    /// directory first.
+    pub async fn start_with(manifest: &str, prepare: impl FnOnce(&Path)) -> Gantry {
+        let dir = tempfile::tempdir().unwrap();
+        prepare(dir.path());
+        let gateway = free_port();
+        let admin = free_port();
+        let text = manifest
+            .replace("{GATEWAY}", &gateway.to_string())
+            .replace("{ADMIN}", &admin.to_string())
+            .replace("{BIN}", &shop_binaries().display().to_string());
+        std::fs::write(dir.path().join("gantry.toml"), text).unwrap();
+        let log = std::fs::File::create(dir.path().join("gantry.log")).unwrap();
+        let child = Command::new(GANTRY)
+            .args(["up", "-f"])
+            .arg(dir.path().join("gantry.toml"))
+            .current_dir("/")
+            .env("GANTRY_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start gantry");
+        let mut gantry = Gantry {
+            dir,
+            child: Some(child),
+            gateway,
+            admin,
+        };
+        gantry.wait_ready().await;
+        gantry
+    }
+
+    async fn wait_ready(&mut self) {
+        let client = client();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("gantry exited with {status}:\n{}", self.log());
+            }
+            if let Ok(response) = client.get(self.admin_url("/readyz")).send().await {
+                if response.status() == 200 {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "gantry did not become ready:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.gateway, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.admin, path)
+    }
+
+    pub fn manifest_path(&self) -> PathBuf {
+        self.dir.path().join("gantry.toml")
+    }
+
+    /// Replaces the manifest the way an editor that writes a temp file and
+    /// renames it over the original does.
+    pub fn rewrite_manifest(&self, manifest: &str) {
+        let text = manifest
+            .replace("{GATEWAY}", &self.gateway.to_string())
+            .replace("{ADMIN}", &self.admin.to_string())
+            .replace("{BIN}", &bin_dir().display().to_string());
+        let tmp = self.dir.path().join(".gantry.toml.swp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(tmp, self.manifest_path()).unwrap();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("gantry.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Sends a signal to Gantry.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill").args(["-s", name, &self.pid().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
+        let mut child = self.child.take().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("gantry did not stop within 30s:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Gantry {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.stop();
+        }
+    }
+}
+
+/// A pooled HTTP client.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+/// Polls `check` until it holds, or panics with `what` after `limit`.
+pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
