@@ -128,10 +128,12 @@ async fn bind(
     what: &'static str,
     key: &'static str,
 ) -> Result<TcpListener, AppError> {
-    TcpListener::bind(addr).await.map_err(|source| AppError::Listen {
-        what,
-        key,
-        addr,
-        source,
-    })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AppError::Listen {
+            what,
+            key,
+            addr,
+            source,
+        })
 }

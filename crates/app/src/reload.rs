@@ -41,7 +41,8 @@ impl Live {
                 tracing::warn!(target: "gantry::app", service = handle.name(), limit = ?READY_LIMIT, "service is not healthy yet; its routes answer 503 until it is");
             }
         }
-        let table = RouteTable::build(&manifest.routes, &services, &metrics).map_err(|e| e.to_string())?;
+        let table =
+            RouteTable::build(&manifest.routes, &services, &metrics).map_err(|e| e.to_string())?;
         let live = Live {
             path: path.to_path_buf(),
             platform: manifest.platform,
@@ -80,7 +81,9 @@ impl Live {
             ("admin", self.platform.admin, manifest.platform.admin),
         ] {
             if old != new {
-                report.warnings.push(format!("[platform] {what} changed from {old} to {new}; restart Gantry to apply it"));
+                report.warnings.push(format!(
+                    "[platform] {what} changed from {old} to {new}; restart Gantry to apply it"
+                ));
             }
         }
 
@@ -156,7 +159,12 @@ impl Live {
             admin: self.platform.admin,
             ..manifest.platform
         };
-        for sorted in [&mut report.started, &mut report.restarted, &mut report.stopped, &mut report.unchanged] {
+        for sorted in [
+            &mut report.started,
+            &mut report.restarted,
+            &mut report.stopped,
+            &mut report.unchanged,
+        ] {
             sorted.sort();
         }
         tracing::info!(

@@ -70,9 +70,15 @@ impl Triggers {
 
 /// Watches the manifest's directory (not the file: a save by rename replaces
 /// the file) and reports events that touch the manifest.
-fn watch(manifest: &Path) -> notify::Result<(mpsc::UnboundedReceiver<()>, notify::RecommendedWatcher)> {
-    let manifest: PathBuf = std::fs::canonicalize(manifest).unwrap_or_else(|_| manifest.to_path_buf());
-    let dir = manifest.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+fn watch(
+    manifest: &Path,
+) -> notify::Result<(mpsc::UnboundedReceiver<()>, notify::RecommendedWatcher)> {
+    let manifest: PathBuf =
+        std::fs::canonicalize(manifest).unwrap_or_else(|_| manifest.to_path_buf());
+    let dir = manifest
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
     let name = manifest.file_name().map(|n| n.to_owned());
     let (tx, rx) = mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {

@@ -89,7 +89,10 @@ fn up(file: &Path, format: Format) -> ExitCode {
         Format::Pretty => LogFormat::Pretty,
         Format::Json => LogFormat::Json,
     });
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
@@ -112,7 +115,10 @@ fn up(file: &Path, format: Format) -> ExitCode {
 /// The first SIGINT or SIGTERM starts a graceful shutdown; a second SIGINT
 /// (an impatient Ctrl-C) exits at once.
 async fn stop_on_signals(shutdown: CancellationToken) {
-    let (Ok(mut interrupt), Ok(mut terminate)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
         eprintln!("warning: cannot listen for SIGINT/SIGTERM; stop Gantry with SIGKILL");
         return;
     };

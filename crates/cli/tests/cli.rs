@@ -8,7 +8,11 @@ use std::process::Command;
 use support::GANTRY;
 
 fn gantry(args: &[&str], dir: &std::path::Path) -> std::process::Output {
-    Command::new(GANTRY).args(args).current_dir(dir).output().unwrap()
+    Command::new(GANTRY)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap()
 }
 
 const BROKEN: &str = r#"[platform]
@@ -31,10 +35,17 @@ fn validate_reports_every_mistake_with_its_location() {
     let out = gantry(&["validate"], dir.path());
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(stderr.contains("gantry.toml:6:1: error[M002]: unknown key `instnces` in [services.orders]"), "{stderr}");
+    assert!(
+        stderr
+            .contains("gantry.toml:6:1: error[M002]: unknown key `instnces` in [services.orders]"),
+        "{stderr}"
+    );
     assert!(stderr.contains("did you mean `instances`?"), "{stderr}");
     assert!(stderr.contains("gantry.toml:10:6: error[M009]"), "{stderr}");
-    assert!(stderr.contains("gantry.toml:11:11: error[M005]"), "{stderr}");
+    assert!(
+        stderr.contains("gantry.toml:11:11: error[M005]"),
+        "{stderr}"
+    );
     assert!(stderr.contains("3 errors in gantry.toml"), "{stderr}");
 }
 
@@ -44,8 +55,15 @@ fn validate_accepts_the_repository_and_example_manifests() {
     for file in ["gantry.toml", "examples/shop/gantry.toml"] {
         let out = gantry(&["validate", "-f", file], &root);
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
-        assert!(stdout.contains("is valid: 2 services, 2 routes"), "{stdout}");
+        assert!(
+            out.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("is valid: 2 services, 2 routes"),
+            "{stdout}"
+        );
     }
 }
 
@@ -55,7 +73,10 @@ fn validate_names_a_missing_file() {
     let out = gantry(&["validate", "-f", "nope.toml"], dir.path());
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(stderr.contains("cannot read manifest nope.toml"), "{stderr}");
+    assert!(
+        stderr.contains("cannot read manifest nope.toml"),
+        "{stderr}"
+    );
 }
 
 #[test]

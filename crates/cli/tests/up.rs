@@ -11,7 +11,8 @@ use support::{client, eventually, Gantry};
 
 /// The shop example's own manifest, pointed at this build's binaries and at free ports.
 fn shop_manifest() -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/shop/gantry.toml");
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/shop/gantry.toml");
     std::fs::read_to_string(path)
         .unwrap()
         .replace("../../target/release", "{BIN}")
@@ -20,7 +21,14 @@ fn shop_manifest() -> String {
 }
 
 async fn get_json(url: &str) -> Value {
-    client().get(url).send().await.unwrap().json().await.unwrap()
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -30,7 +38,14 @@ async fn the_shop_example_routes_each_path_to_its_service() {
 
     let mut instances = std::collections::BTreeSet::new();
     for _ in 0..4 {
-        let body: Value = c.get(gantry.url("/api/catalog/items")).send().await.unwrap().json().await.unwrap();
+        let body: Value = c
+            .get(gantry.url("/api/catalog/items"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         assert_eq!(body["service"], "catalog");
         instances.insert(body["instance"].as_str().unwrap().to_string());
     }
@@ -41,18 +56,42 @@ async fn the_shop_example_routes_each_path_to_its_service() {
     let orders = get_json(&gantry.url("/api/orders")).await;
     assert_eq!(orders["service"], "monolith");
     // The catalog route is GET/HEAD only: a POST falls through to the monolith.
-    let post: Value = c.post(gantry.url("/api/catalog/import")).send().await.unwrap().json().await.unwrap();
+    let post: Value = c
+        .post(gantry.url("/api/catalog/import"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(post["service"], "monolith");
 
     let services = get_json(&gantry.admin_url("/v1/services")).await;
-    let catalog = services["services"].as_array().unwrap().iter().find(|s| s["name"] == "catalog").unwrap();
+    let catalog = services["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "catalog")
+        .unwrap();
     assert_eq!(catalog["owner"], "team-catalog");
     assert_eq!(catalog["instances"].as_array().unwrap().len(), 2);
     let routes = get_json(&gantry.admin_url("/v1/routes")).await;
     assert_eq!(routes["routes"][0]["path"], "/api/catalog/*");
 
-    let metrics = c.get(gantry.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains(r#"gantry_http_requests_total{route="catalog",service="catalog",status_class="2xx"} 5"#), "{metrics}");
+    let metrics = c
+        .get(gantry.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            r#"gantry_http_requests_total{route="catalog",service="catalog",status_class="2xx"} 5"#
+        ),
+        "{metrics}"
+    );
     let health = c.get(gantry.admin_url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
 }
@@ -68,7 +107,10 @@ async fn relative_paths_resolve_against_the_manifest_directory() {
         std::fs::copy(bin.join("shop-monolith"), dir.join("bin/shop-monolith")).unwrap();
     })
     .await;
-    assert!(gantry.dir.path().join("state").is_dir(), "data_dir is created next to the manifest");
+    assert!(
+        gantry.dir.path().join("state").is_dir(),
+        "data_dir is created next to the manifest"
+    );
     let home = client().get(gantry.url("/")).send().await.unwrap();
     assert_eq!(home.status(), 200);
 }
@@ -106,7 +148,11 @@ to = "monolith"
     let mut load = Vec::new();
     for worker in 0..4 {
         let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
-        let url = gantry.url(if worker % 2 == 0 { "/api/catalog/items" } else { "/api/orders" });
+        let url = gantry.url(if worker % 2 == 0 {
+            "/api/catalog/items"
+        } else {
+            "/api/orders"
+        });
         load.push(tokio::spawn(async move {
             let c = client();
             while !stop.load(Ordering::Relaxed) {
@@ -116,7 +162,11 @@ to = "monolith"
                         ok.fetch_add(1, Ordering::Relaxed);
                     }
                     Ok(r) => {
-                        let failure = format!("{url}: {} {}", r.status(), r.text().await.unwrap_or_default());
+                        let failure = format!(
+                            "{url}: {} {}",
+                            r.status(),
+                            r.text().await.unwrap_or_default()
+                        );
                         failures.lock().unwrap().push(failure);
                     }
                     Err(e) => failures.lock().unwrap().push(format!("{url}: {e}")),
@@ -132,40 +182,80 @@ to = "monolith"
     // 1. A new route appears.
     let v2 = v1.replace("[[routes]]\npath = \"/*\"", "[[routes]]\npath = \"/shop/*\"\nto = \"monolith\"\nrewrite = \"/api/{*}\"\n\n[[routes]]\npath = \"/*\"");
     gantry.rewrite_manifest(&v2);
-    eventually("the /shop route is served", Duration::from_secs(20), || routes(3)).await;
+    eventually("the /shop route is served", Duration::from_secs(20), || {
+        routes(3)
+    })
+    .await;
     let via_rewrite = get_json(&gantry.url("/shop/orders")).await;
     assert_eq!(via_rewrite["service"], "monolith");
 
     // 2. The catalog changes (two instances): it restarts behind the gateway.
-    let v3 = v2.replace("command = [\"{BIN}/shop-catalog\"]", "command = [\"{BIN}/shop-catalog\"]\ninstances = 2");
+    let v3 = v2.replace(
+        "command = [\"{BIN}/shop-catalog\"]",
+        "command = [\"{BIN}/shop-catalog\"]\ninstances = 2",
+    );
     gantry.rewrite_manifest(&v3);
     eventually("two catalog instances", Duration::from_secs(20), || async {
         let services = get_json(&gantry.admin_url("/v1/services")).await;
-        services["services"].as_array().unwrap().iter().any(|s| s["name"] == "catalog" && s["instances"].as_array().unwrap().len() == 2)
+        services["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "catalog" && s["instances"].as_array().unwrap().len() == 2)
     })
     .await;
 
     // 3. The monolith's environment changes: it restarts too.
-    let v4 = v3.replace("health = \"/healthz\"\n\n[services.catalog]", "health = \"/healthz\"\nenv = { MODE = \"reloaded\" }\n\n[services.catalog]");
+    let v4 = v3.replace(
+        "health = \"/healthz\"\n\n[services.catalog]",
+        "health = \"/healthz\"\nenv = { MODE = \"reloaded\" }\n\n[services.catalog]",
+    );
     gantry.rewrite_manifest(&v4);
-    eventually("the monolith restarted", Duration::from_secs(20), || async { gantry.log().contains("restarted=[\"monolith\"]") }).await;
+    eventually(
+        "the monolith restarted",
+        Duration::from_secs(20),
+        || async { gantry.log().contains("restarted=[\"monolith\"]") },
+    )
+    .await;
 
     // 4. A broken manifest is refused; the old routes keep serving.
-    let broken = v4.replace("strip_prefix = \"/api\"", "strip_prefix = \"/api\"\ntimeout = \"soon\"");
+    let broken = v4.replace(
+        "strip_prefix = \"/api\"",
+        "strip_prefix = \"/api\"\ntimeout = \"soon\"",
+    );
     gantry.rewrite_manifest(&broken);
-    eventually("the broken manifest is rejected", Duration::from_secs(20), || async { gantry.log().contains("manifest rejected") }).await;
-    let refused = client().post(gantry.admin_url("/v1/reload")).send().await.unwrap();
+    eventually(
+        "the broken manifest is rejected",
+        Duration::from_secs(20),
+        || async { gantry.log().contains("manifest rejected") },
+    )
+    .await;
+    let refused = client()
+        .post(gantry.admin_url("/v1/reload"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(refused.status(), 422);
     let problem: Value = refused.json().await.unwrap();
     let detail = problem["detail"].as_str().unwrap();
-    assert!(detail.contains("gantry.toml:") && detail.contains("error[M005]"), "{detail}");
+    assert!(
+        detail.contains("gantry.toml:") && detail.contains("error[M005]"),
+        "{detail}"
+    );
     assert!(routes(3).await, "the previous routes are still in place");
 
     // 5. Fixed again, applied through the admin API.
     gantry.rewrite_manifest(&v4.replace("/shop/*", "/store/*"));
-    let applied = client().post(gantry.admin_url("/v1/reload")).send().await.unwrap();
+    let applied = client()
+        .post(gantry.admin_url("/v1/reload"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(applied.status(), 200);
-    assert_eq!(get_json(&gantry.url("/store/orders")).await["service"], "monolith");
+    assert_eq!(
+        get_json(&gantry.url("/store/orders")).await["service"],
+        "monolith"
+    );
 
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
@@ -173,22 +263,41 @@ to = "monolith"
         worker.await.unwrap();
     }
     let failures = failures.lock().unwrap();
-    assert!(failures.is_empty(), "{} failed requests, e.g. {:?}\n{}", failures.len(), &failures[..failures.len().min(5)], gantry.log());
-    assert!(ok.load(Ordering::Relaxed) > 100, "the load ran: {} requests", ok.load(Ordering::Relaxed));
+    assert!(
+        failures.is_empty(),
+        "{} failed requests, e.g. {:?}\n{}",
+        failures.len(),
+        &failures[..failures.len().min(5)],
+        gantry.log()
+    );
+    assert!(
+        ok.load(Ordering::Relaxed) > 100,
+        "the load ran: {} requests",
+        ok.load(Ordering::Relaxed)
+    );
 }
 
 #[tokio::test]
 async fn sighup_reloads_when_file_watching_is_off() {
     let v1 = "[platform]\nlisten = \"127.0.0.1:{GATEWAY}\"\nadmin = \"127.0.0.1:{ADMIN}\"\nwatch = false\n\n[services.monolith]\ncommand = [\"{BIN}/shop-monolith\"]\nhealth = \"/healthz\"\n\n[[routes]]\npath = \"/api/*\"\nto = \"monolith\"\n";
     let gantry = Gantry::start(v1).await;
-    assert_eq!(client().get(gantry.url("/")).send().await.unwrap().status(), 404);
+    assert_eq!(
+        client().get(gantry.url("/")).send().await.unwrap().status(),
+        404
+    );
     gantry.rewrite_manifest(&v1.replace("/api/*", "/*"));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(client().get(gantry.url("/")).send().await.unwrap().status(), 404, "no reload without a trigger");
+    assert_eq!(
+        client().get(gantry.url("/")).send().await.unwrap().status(),
+        404,
+        "no reload without a trigger"
+    );
     gantry.signal("HUP");
-    eventually("SIGHUP applied the manifest", Duration::from_secs(10), || async {
-        client().get(gantry.url("/")).send().await.unwrap().status() == 200
-    })
+    eventually(
+        "SIGHUP applied the manifest",
+        Duration::from_secs(10),
+        || async { client().get(gantry.url("/")).send().await.unwrap().status() == 200 },
+    )
     .await;
 }
 
@@ -197,19 +306,38 @@ async fn a_crashed_service_process_is_restarted_and_traffic_returns() {
     let manifest = "[platform]\nlisten = \"127.0.0.1:{GATEWAY}\"\nadmin = \"127.0.0.1:{ADMIN}\"\n\n[services.catalog]\ncommand = [\"{BIN}/shop-catalog\"]\nhealth = \"/healthz\"\n\n[[routes]]\npath = \"/*\"\nto = \"catalog\"\n";
     let gantry = Gantry::start(manifest).await;
     let before = get_json(&gantry.admin_url("/v1/services")).await;
-    let pid = before["services"][0]["instances"][0]["pid"].as_u64().unwrap();
-    std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    let pid = before["services"][0]["instances"][0]["pid"]
+        .as_u64()
+        .unwrap();
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
 
     eventually("the crash is noticed", Duration::from_secs(10), || async {
-        client().get(gantry.url("/catalog/items")).send().await.unwrap().status() != 200
-            || get_json(&gantry.admin_url("/v1/services")).await["services"][0]["instances"][0]["restarts"] != 0
+        client()
+            .get(gantry.url("/catalog/items"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            != 200
+            || get_json(&gantry.admin_url("/v1/services")).await["services"][0]["instances"][0]
+                ["restarts"]
+                != 0
     })
     .await;
-    eventually("the instance is back with a new process", Duration::from_secs(20), || async {
-        let services = get_json(&gantry.admin_url("/v1/services")).await;
-        let instance = &services["services"][0]["instances"][0];
-        instance["healthy"] == true && instance["pid"].as_u64() != Some(pid) && instance["restarts"].as_u64() >= Some(1)
-    })
+    eventually(
+        "the instance is back with a new process",
+        Duration::from_secs(20),
+        || async {
+            let services = get_json(&gantry.admin_url("/v1/services")).await;
+            let instance = &services["services"][0]["instances"][0];
+            instance["healthy"] == true
+                && instance["pid"].as_u64() != Some(pid)
+                && instance["restarts"].as_u64() >= Some(1)
+        },
+    )
     .await;
     let body = get_json(&gantry.url("/catalog/items")).await;
     assert_eq!(body["service"], "catalog");
@@ -224,13 +352,26 @@ async fn sigterm_drains_and_stops_every_service_process() {
         .as_array()
         .unwrap()
         .iter()
-        .flat_map(|s| s["instances"].as_array().unwrap().iter().map(|i| i["pid"].as_u64().unwrap()))
+        .flat_map(|s| {
+            s["instances"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["pid"].as_u64().unwrap())
+        })
         .collect();
     assert_eq!(pids.len(), 3);
     let status = gantry.stop();
-    assert!(status.success(), "gantry exited with {status}:\n{}", gantry.log());
+    assert!(
+        status.success(),
+        "gantry exited with {status}:\n{}",
+        gantry.log()
+    );
     for pid in pids {
-        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "service process {pid} outlived gantry");
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "service process {pid} outlived gantry"
+        );
     }
     assert!(gantry.log().contains("stopped"));
 }

@@ -15,7 +15,10 @@ use hyper::body::Incoming;
 pub enum GatewayBody {
     /// An upstream response body. Holds the service's in-flight guard until the
     /// last byte is sent, so a reload does not stop a process mid-response.
-    Upstream { body: Incoming, guard: Option<InFlight> },
+    Upstream {
+        body: Incoming,
+        guard: Option<InFlight>,
+    },
     /// A body written by Gantry (problem details, mostly).
     Local(Full<Bytes>),
 }
@@ -42,7 +45,9 @@ impl Body for GatewayBody {
                 }
                 polled
             }
-            GatewayBody::Local(full) => Pin::new(full).poll_frame(cx).map_err(|never| match never {}),
+            GatewayBody::Local(full) => Pin::new(full)
+                .poll_frame(cx)
+                .map_err(|never| match never {}),
         }
     }
 

@@ -69,7 +69,10 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_and_connection_named_ones_are_removed() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -83,7 +86,11 @@ mod tests {
     fn forwarded_for_appends_to_an_existing_chain() {
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
-        add_forwarded(&mut h, "127.0.0.1".parse().unwrap(), Some(&HeaderValue::from_static("shop.test")));
+        add_forwarded(
+            &mut h,
+            "127.0.0.1".parse().unwrap(),
+            Some(&HeaderValue::from_static("shop.test")),
+        );
         assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1, 127.0.0.1");
         assert_eq!(h[&X_FORWARDED_PROTO], "http");
         assert_eq!(h[&X_FORWARDED_HOST], "shop.test");

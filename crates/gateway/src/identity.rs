@@ -47,7 +47,10 @@ impl TraceContext {
     /// Continues the caller's trace if its `traceparent` is valid, else starts one.
     pub(crate) fn from_headers(headers: &HeaderMap) -> TraceContext {
         let span_id = nonzero_u64();
-        match headers.get(TRACEPARENT).and_then(|v| parse_traceparent(v.as_bytes())) {
+        match headers
+            .get(TRACEPARENT)
+            .and_then(|v| parse_traceparent(v.as_bytes()))
+        {
             Some((trace_id, parent_id, flags)) => TraceContext {
                 trace_id,
                 span_id,
@@ -76,7 +79,11 @@ impl TraceContext {
     /// The `traceparent` to send upstream: same trace, this hop as parent.
     pub(crate) fn traceparent(&self) -> HeaderValue {
         let mut text = String::with_capacity(55);
-        let _ = write!(text, "00-{:032x}-{:016x}-{:02x}", self.trace_id, self.span_id, self.flags);
+        let _ = write!(
+            text,
+            "00-{:032x}-{:016x}-{:02x}",
+            self.trace_id, self.span_id, self.flags
+        );
         HeaderValue::from_str(&text).expect("hex digits are a valid header value")
     }
 }
@@ -107,7 +114,10 @@ fn parse_traceparent(value: &[u8]) -> Option<(u128, u64, u8)> {
         return None;
     }
     let version = hex_u8(&value[0..2])?;
-    if version == 0xff || (version == 0 && value.len() != 55) || (value.len() > 55 && value[55] != b'-') {
+    if version == 0xff
+        || (version == 0 && value.len() != 55)
+        || (value.len() > 55 && value[55] != b'-')
+    {
         return None;
     }
     let trace_id = u128::from_str_radix(lower_hex(&value[3..35])?, 16).ok()?;
@@ -145,14 +155,20 @@ mod tests {
         assert_ne!(replaced, "has space");
         assert_eq!(replaced.len(), 36);
         let too_long = "a".repeat(129);
-        assert_ne!(request_id(&headers(REQUEST_ID, &too_long)), too_long.as_str());
+        assert_ne!(
+            request_id(&headers(REQUEST_ID, &too_long)),
+            too_long.as_str()
+        );
     }
 
     #[test]
     fn a_valid_traceparent_is_continued_with_a_new_span() {
         let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let ctx = TraceContext::from_headers(&headers(TRACEPARENT, incoming));
-        assert_eq!(ctx.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            ctx.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
         assert_eq!(ctx.parent_id, Some(0x00f067aa0ba902b7));
         let out = ctx.traceparent();
         let out = out.to_str().unwrap();
@@ -176,6 +192,8 @@ mod tests {
         }
         // A future version with extra fields is still continued.
         let future = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-ever";
-        assert!(TraceContext::from_headers(&headers(TRACEPARENT, future)).parent_id.is_some());
+        assert!(TraceContext::from_headers(&headers(TRACEPARENT, future))
+            .parent_id
+            .is_some());
     }
 }

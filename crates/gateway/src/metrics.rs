@@ -45,7 +45,8 @@ impl GatewayMetrics {
         let requests = Family::<RequestLabels, Counter>::default();
         let duration = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
             Histogram::new([
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
             ])
         });
         metrics.register(|registry| {

@@ -58,7 +58,12 @@ impl Problem {
     }
 
     /// Builds the response. `detail` says what happened for this request.
-    pub(crate) fn respond(self, detail: String, path: &str, request_id: &HeaderValue) -> Response<GatewayBody> {
+    pub(crate) fn respond(
+        self,
+        detail: String,
+        path: &str,
+        request_id: &HeaderValue,
+    ) -> Response<GatewayBody> {
         let body = ProblemDetails {
             kind: self.kind(),
             title: self.title(),

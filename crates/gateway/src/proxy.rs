@@ -69,7 +69,11 @@ impl Gateway {
     }
 
     /// Handles one client request. Never fails: problems become responses.
-    pub async fn handle(&self, request: Request<Incoming>, client: SocketAddr) -> Response<GatewayBody> {
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Response<GatewayBody> {
         let started = Instant::now();
         let table = self.inner.table.load_full();
 
@@ -100,7 +104,10 @@ impl Gateway {
                 "no route matches {} {path}; `GET /v1/routes` on the admin API lists the routes",
                 parts.method
             );
-            return outcome.finish(Problem::NoRoute.respond(detail, &path, &request_id), &table.unrouted);
+            return outcome.finish(
+                Problem::NoRoute.respond(detail, &path, &request_id),
+                &table.unrouted,
+            );
         };
         let service = &route.service;
         outcome.route = &route.label;
@@ -116,7 +123,10 @@ impl Gateway {
                 "service `{}` has no healthy instance right now; try again shortly",
                 service.name()
             );
-            return outcome.finish(Problem::NoHealthyInstance.respond(detail, &path, &request_id), &route.metrics);
+            return outcome.finish(
+                Problem::NoHealthyInstance.respond(detail, &path, &request_id),
+                &route.metrics,
+            );
         };
         outcome.instance = Some(instance.index);
 
@@ -130,13 +140,17 @@ impl Gateway {
         let Ok(uri) = uri else {
             // Only a rewrite can produce this, from captured segments.
             let detail = "the rewritten upstream path is not a valid URI".to_string();
-            return outcome.finish(Problem::NoRoute.respond(detail, &path, &request_id), &route.metrics);
+            return outcome.finish(
+                Problem::NoRoute.respond(detail, &path, &request_id),
+                &route.metrics,
+            );
         };
-        let original_host = parts
-            .headers
-            .get(header::HOST)
-            .cloned()
-            .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
         parts.uri = uri;
         parts.version = Version::HTTP_11;
         strip_hop_by_hop(&mut parts.headers);
@@ -209,11 +223,17 @@ struct Outcome<'a> {
 
 impl Outcome<'_> {
     /// Phase 5: record the request, then hand the response back.
-    fn finish(self, mut response: Response<GatewayBody>, metrics: &RouteMetrics) -> Response<GatewayBody> {
+    fn finish(
+        self,
+        mut response: Response<GatewayBody>,
+        metrics: &RouteMetrics,
+    ) -> Response<GatewayBody> {
         let elapsed = self.started.elapsed();
         let status = response.status().as_u16();
         metrics.record(status, elapsed.as_secs_f64());
-        response.headers_mut().insert(REQUEST_ID, self.request_id.clone());
+        response
+            .headers_mut()
+            .insert(REQUEST_ID, self.request_id.clone());
         tracing::info!(
             target: "gantry::access",
             route = self.route,

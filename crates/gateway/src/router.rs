@@ -19,7 +19,11 @@ pub enum BuildError {
     #[error("route `{route}` sends traffic to `{service}`, which is not running")]
     MissingService { route: String, service: String },
     #[error("route `{route}`: header `{header}` cannot be matched: {why}")]
-    BadHeader { route: String, header: String, why: String },
+    BadHeader {
+        route: String,
+        header: String,
+        why: String,
+    },
 }
 
 /// How a compiled route rewrites the path it forwards.
@@ -73,13 +77,14 @@ impl RouteTable {
     ) -> Result<RouteTable, BuildError> {
         let mut compiled = Vec::with_capacity(routes.len());
         for route in routes {
-            let service = services
-                .get(&route.to)
-                .cloned()
-                .ok_or_else(|| BuildError::MissingService {
-                    route: route.path.clone(),
-                    service: route.to.clone(),
-                })?;
+            let service =
+                services
+                    .get(&route.to)
+                    .cloned()
+                    .ok_or_else(|| BuildError::MissingService {
+                        route: route.path.clone(),
+                        service: route.to.clone(),
+                    })?;
             let headers = route
                 .headers
                 .iter()
@@ -144,7 +149,11 @@ impl RouteTable {
                     return None;
                 }
             }
-            if !route.headers.iter().all(|(name, value)| headers.get(name) == Some(value)) {
+            if !route
+                .headers
+                .iter()
+                .all(|(name, value)| headers.get(name) == Some(value))
+            {
                 return None;
             }
             route.pattern.matches(path).map(|m| (route, m))
@@ -171,7 +180,11 @@ impl RouteTable {
 /// `host` is the request's Host without port; `wanted` is lowercase.
 fn host_matches(wanted: &str, host: &str) -> bool {
     let host = host.rsplit_once(':').map_or(host, |(h, port)| {
-        if port.bytes().all(|b| b.is_ascii_digit()) { h } else { host }
+        if port.bytes().all(|b| b.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
     });
     match wanted.strip_prefix('*') {
         Some(suffix) => host.len() > suffix.len() && ends_with_ignore_case(host, suffix),
@@ -185,12 +198,21 @@ fn ends_with_ignore_case(text: &str, suffix: &str) -> bool {
 
 impl CompiledRoute {
     /// The path (and query) to send upstream.
-    pub(crate) fn upstream_path(&self, path: &str, matched: &PathMatch<'_>, query: Option<&str>) -> String {
+    pub(crate) fn upstream_path(
+        &self,
+        path: &str,
+        matched: &PathMatch<'_>,
+        query: Option<&str>,
+    ) -> String {
         let mut out = match &self.rewrite {
             PathRewrite::Keep => path.to_string(),
             PathRewrite::StripPrefix(prefix) => {
                 let rest = path.strip_prefix(prefix.as_str()).unwrap_or(path);
-                if rest.is_empty() { "/".to_string() } else { rest.to_string() }
+                if rest.is_empty() {
+                    "/".to_string()
+                } else {
+                    rest.to_string()
+                }
             }
             PathRewrite::Template(template) => expand(template, matched),
         };
@@ -207,7 +229,9 @@ fn expand(template: &str, matched: &PathMatch<'_>) -> String {
     let mut rest = template;
     while let Some(open) = rest.find('{') {
         out.push_str(&rest[..open]);
-        let Some(close) = rest[open..].find('}') else { break };
+        let Some(close) = rest[open..].find('}') else {
+            break;
+        };
         let name = &rest[open + 1..open + close];
         if name == "*" {
             let tail = matched.rest.strip_prefix('/').unwrap_or(matched.rest);

@@ -15,7 +15,12 @@ use crate::proxy::Gateway;
 
 /// Serves `gateway` on `listener` until `shutdown` fires, then stops accepting
 /// and gives in-flight requests up to `drain` to finish.
-pub async fn serve(gateway: Gateway, listener: TcpListener, shutdown: CancellationToken, drain: Duration) {
+pub async fn serve(
+    gateway: Gateway,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    drain: Duration,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -42,7 +47,9 @@ pub async fn serve(gateway: Gateway, listener: TcpListener, shutdown: Cancellati
             let gateway = gateway.clone();
             async move { Ok::<_, Infallible>(gateway.handle(request, client).await) }
         });
-        let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(error) = connection.await {

@@ -41,12 +41,21 @@ async fn forwards_to_the_upstream_and_sets_forwarding_headers() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    assert!(response.headers().get("keep-alive").is_none(), "hop-by-hop response header leaked");
-    let returned_id = response.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert!(
+        response.headers().get("keep-alive").is_none(),
+        "hop-by-hop response header leaked"
+    );
+    let returned_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
     let seen = json(response).await;
     let headers = &seen["headers"];
     assert_eq!(seen["uri"], "/hello?x=1");
-    assert!(headers.get("x-private").is_none(), "a header named in Connection was forwarded");
+    assert!(
+        headers.get("x-private").is_none(),
+        "a header named in Connection was forwarded"
+    );
     assert_eq!(headers["x-forwarded-for"], "10.1.2.3, 127.0.0.1");
     assert_eq!(headers["x-forwarded-proto"], "http");
     assert_eq!(headers["x-forwarded-host"], gw.addr.to_string());
@@ -94,8 +103,16 @@ async fn upstream_connections_are_kept_alive_and_reused() {
         assert_eq!(response.status(), 200);
         response.bytes().await.unwrap();
     }
-    assert_eq!(upstream.requests.load(std::sync::atomic::Ordering::SeqCst), 20);
-    assert_eq!(upstream.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(
+        upstream.requests.load(std::sync::atomic::Ordering::SeqCst),
+        20
+    );
+    assert_eq!(
+        upstream
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
 }
 
 #[tokio::test]
@@ -105,7 +122,12 @@ async fn large_bodies_stream_through_in_both_directions() {
 
     // Download: 48 MiB.
     let size = 48 * 1024 * 1024;
-    let mut stream = client().get(gw.url(&format!("/bytes/{size}"))).send().await.unwrap().bytes_stream();
+    let mut stream = client()
+        .get(gw.url(&format!("/bytes/{size}")))
+        .send()
+        .await
+        .unwrap()
+        .bytes_stream();
     let mut received = 0;
     while let Some(chunk) = stream.next().await {
         received += chunk.unwrap().len();
@@ -119,16 +141,26 @@ async fn large_bodies_stream_through_in_both_directions() {
     let request = client().post(gw.url("/stream")).body(body).send();
     let chunk = Bytes::from(vec![b'a'; 256 * 1024]);
     tx.send(Ok(chunk.clone())).await.unwrap();
-    let response = tokio::time::timeout(Duration::from_secs(10), request).await.expect("response headers before the body ends").unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), request)
+        .await
+        .expect("response headers before the body ends")
+        .unwrap();
     let mut echoed = response.bytes_stream();
     let mut got = 0;
     while got < chunk.len() {
-        got += tokio::time::timeout(Duration::from_secs(10), echoed.next()).await.expect("first chunk echoed while the upload is open").unwrap().unwrap().len();
+        got += tokio::time::timeout(Duration::from_secs(10), echoed.next())
+            .await
+            .expect("first chunk echoed while the upload is open")
+            .unwrap()
+            .unwrap()
+            .len();
     }
     // Then a large remainder, 32 MiB, streams through too.
     let sender = tokio::spawn(async move {
         for _ in 0..128 {
-            tx.send(Ok(Bytes::from(vec![b'b'; 256 * 1024]))).await.unwrap();
+            tx.send(Ok(Bytes::from(vec![b'b'; 256 * 1024])))
+                .await
+                .unwrap();
         }
     });
     while let Some(piece) = echoed.next().await {
@@ -138,24 +170,39 @@ async fn large_bodies_stream_through_in_both_directions() {
     assert_eq!(got, 129 * 256 * 1024);
 }
 
-fn tokio_stream_from<T: Send + 'static>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures_util::Stream<Item = T> {
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 async fn problem(response: reqwest::Response, status: u16) -> Value {
     assert_eq!(response.status(), status);
-    assert_eq!(response.headers()["content-type"], "application/problem+json");
-    let id = response.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
     let body = json(response).await;
     assert_eq!(body["status"], status);
-    assert_eq!(body["request_id"], id.as_str(), "the problem names the request");
+    assert_eq!(
+        body["request_id"],
+        id.as_str(),
+        "the problem names the request"
+    );
     body
 }
 
 #[tokio::test]
 async fn no_route_is_a_404_problem() {
     let upstream = Upstream::start(Behaviour::Echo).await;
-    let manifest = format!("[services.app]\nurls = [\"{}\"]\n\n[[routes]]\npath = \"/api/*\"\nto = \"app\"\n", upstream.url());
+    let manifest = format!(
+        "[services.app]\nurls = [\"{}\"]\n\n[[routes]]\npath = \"/api/*\"\nto = \"app\"\n",
+        upstream.url()
+    );
     let gw = TestGateway::start(&manifest).await;
     let body = problem(client().get(gw.url("/other")).send().await.unwrap(), 404).await;
     assert_eq!(body["type"], "urn:gantry:problem:no-route");
@@ -165,7 +212,11 @@ async fn no_route_is_a_404_problem() {
 
 #[tokio::test]
 async fn refused_connections_are_a_502_problem() {
-    let gw = TestGateway::start(&one_route(&format!("http://127.0.0.1:{}", closed_port()), "")).await;
+    let gw = TestGateway::start(&one_route(
+        &format!("http://127.0.0.1:{}", closed_port()),
+        "",
+    ))
+    .await;
     let body = problem(client().get(gw.url("/")).send().await.unwrap(), 502).await;
     assert_eq!(body["type"], "urn:gantry:problem:upstream-refused");
 }
@@ -195,7 +246,10 @@ async fn slow_upstreams_are_a_504_problem_after_the_route_timeout() {
     let gw = TestGateway::start(&one_route(&upstream.url(), "timeout = \"200ms\"")).await;
     let started = std::time::Instant::now();
     let body = problem(client().get(gw.url("/")).send().await.unwrap(), 504).await;
-    assert!(started.elapsed() < Duration::from_secs(4), "the timeout did not cut the wait short");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the timeout did not cut the wait short"
+    );
     assert_eq!(body["type"], "urn:gantry:problem:upstream-timeout");
     assert!(body["detail"].as_str().unwrap().contains("200ms"));
 }
@@ -204,7 +258,11 @@ async fn slow_upstreams_are_a_504_problem_after_the_route_timeout() {
 async fn http2_cleartext_clients_are_served() {
     let upstream = Upstream::start(Behaviour::Echo).await;
     let gw = TestGateway::start(&one_route(&upstream.url(), "")).await;
-    let h2 = reqwest::Client::builder().no_proxy().http2_prior_knowledge().build().unwrap();
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
     let response = h2.get(gw.url("/h2")).send().await.unwrap();
     assert_eq!(response.version(), reqwest::Version::HTTP_2);
     assert_eq!(response.status(), 200);
@@ -253,14 +311,46 @@ to = "a"
     let get = |path: &str| c.get(gw.url(path));
 
     let seen = json(get("/api/users/7").send().await.unwrap()).await;
-    assert_eq!((seen["upstream"].as_str().unwrap(), seen["uri"].as_str().unwrap()), (b.addr.to_string().as_str(), "/users/7/profile"));
+    assert_eq!(
+        (
+            seen["upstream"].as_str().unwrap(),
+            seen["uri"].as_str().unwrap()
+        ),
+        (b.addr.to_string().as_str(), "/users/7/profile")
+    );
     // A POST does not match the GET-only route, and falls through to `a`.
     let seen = json(c.post(gw.url("/api/users/7")).send().await.unwrap()).await;
     assert_eq!(seen["upstream"], a.addr.to_string());
-    let seen = json(get("/api/orders?page=2").header("x-canary", "1").send().await.unwrap()).await;
-    assert_eq!((seen["upstream"].as_str().unwrap(), seen["uri"].as_str().unwrap()), (b.addr.to_string().as_str(), "/orders?page=2"));
-    let seen = json(get("/api/orders").header("host", "eu.shop.test").send().await.unwrap()).await;
-    assert_eq!((seen["upstream"].as_str().unwrap(), seen["uri"].as_str().unwrap()), (b.addr.to_string().as_str(), "/api/orders"));
+    let seen = json(
+        get("/api/orders?page=2")
+            .header("x-canary", "1")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (
+            seen["upstream"].as_str().unwrap(),
+            seen["uri"].as_str().unwrap()
+        ),
+        (b.addr.to_string().as_str(), "/orders?page=2")
+    );
+    let seen = json(
+        get("/api/orders")
+            .header("host", "eu.shop.test")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (
+            seen["upstream"].as_str().unwrap(),
+            seen["uri"].as_str().unwrap()
+        ),
+        (b.addr.to_string().as_str(), "/api/orders")
+    );
     let seen = json(get("/api/orders").send().await.unwrap()).await;
     assert_eq!(seen["upstream"], a.addr.to_string());
 }
@@ -269,11 +359,21 @@ to = "a"
 async fn requests_are_spread_round_robin_over_instances() {
     let a = Upstream::start(Behaviour::Echo).await;
     let b = Upstream::start(Behaviour::Echo).await;
-    let manifest = format!("[services.app]\nurls = [\"{}\", \"{}\"]\n\n[[routes]]\npath = \"/*\"\nto = \"app\"\n", a.url(), b.url());
+    let manifest = format!(
+        "[services.app]\nurls = [\"{}\", \"{}\"]\n\n[[routes]]\npath = \"/*\"\nto = \"app\"\n",
+        a.url(),
+        b.url()
+    );
     let gw = TestGateway::start(&manifest).await;
     let c = client();
     for _ in 0..10 {
-        c.get(gw.url("/")).send().await.unwrap().bytes().await.unwrap();
+        c.get(gw.url("/"))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
     }
     assert_eq!(a.requests.load(std::sync::atomic::Ordering::SeqCst), 5);
     assert_eq!(b.requests.load(std::sync::atomic::Ordering::SeqCst), 5);
@@ -286,13 +386,38 @@ async fn metrics_count_requests_by_route_service_and_status_class() {
     let gw = TestGateway::start(&manifest).await;
     let c = client();
     for _ in 0..3 {
-        c.get(gw.url("/api/x")).send().await.unwrap().bytes().await.unwrap();
+        c.get(gw.url("/api/x"))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
     }
-    c.get(gw.url("/nowhere")).send().await.unwrap().bytes().await.unwrap();
+    c.get(gw.url("/nowhere"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     let text = gw.metrics.render();
-    assert!(text.contains(r#"gantry_http_requests_total{route="api",service="app",status_class="2xx"} 3"#), "{text}");
-    assert!(text.contains(r#"gantry_http_requests_total{route="unmatched",service="none",status_class="4xx"} 1"#), "{text}");
-    assert!(text.contains(r#"gantry_http_request_duration_seconds_count{route="api",service="app"} 3"#), "{text}");
+    assert!(
+        text.contains(
+            r#"gantry_http_requests_total{route="api",service="app",status_class="2xx"} 3"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"gantry_http_requests_total{route="unmatched",service="none",status_class="4xx"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"gantry_http_request_duration_seconds_count{route="api",service="app"} 3"#),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -303,10 +428,20 @@ async fn a_swapped_route_table_serves_new_requests() {
     let seen = json(client().get(gw.url("/")).send().await.unwrap()).await;
     assert_eq!(seen["upstream"], a.addr.to_string());
 
-    let manifest = gantry_manifest::parse(&one_route(&b.url(), ""), std::path::Path::new("t.toml"), std::path::Path::new("/tmp")).unwrap();
+    let manifest = gantry_manifest::parse(
+        &one_route(&b.url(), ""),
+        std::path::Path::new("t.toml"),
+        std::path::Path::new("/tmp"),
+    )
+    .unwrap();
     let mut services = std::collections::HashMap::new();
-    services.insert("app".to_string(), gantry_services::ServiceHandle::start("app", &manifest.services["app"]).unwrap());
-    let table = gantry_gateway::RouteTable::build(&manifest.routes, &services, gw.gateway.metrics()).unwrap();
+    services.insert(
+        "app".to_string(),
+        gantry_services::ServiceHandle::start("app", &manifest.services["app"]).unwrap(),
+    );
+    let table =
+        gantry_gateway::RouteTable::build(&manifest.routes, &services, gw.gateway.metrics())
+            .unwrap();
     gw.gateway.swap(table);
     let seen = json(client().get(gw.url("/")).send().await.unwrap()).await;
     assert_eq!(seen["upstream"], b.addr.to_string());

@@ -148,7 +148,12 @@ impl<'a> Decoder<'a> {
         self.unknown_keys(s, PLATFORM_KEYS);
         let name = self.string(s, "name").unwrap_or_else(defaults::name);
         if name.trim().is_empty() {
-            self.bad_value(s, "name", "the platform `name` is empty", "give the system a name");
+            self.bad_value(
+                s,
+                "name",
+                "the platform `name` is empty",
+                "give the system a name",
+            );
         }
         Platform {
             name,
@@ -233,7 +238,12 @@ impl<'a> Decoder<'a> {
             }
         }
         if has("command") && command.is_empty() {
-            self.bad_value(s, "command", format!("`command` in {} is empty", s.name), "give the program to run, then its arguments");
+            self.bad_value(
+                s,
+                "command",
+                format!("`command` in {} is empty", s.name),
+                "give the program to run, then its arguments",
+            );
         }
         if let Some(program) = command.first_mut() {
             if program.contains('/') {
@@ -246,16 +256,26 @@ impl<'a> Decoder<'a> {
         let health = self.string(s, "health");
         if let Some(path) = &health {
             if !path.starts_with('/') {
-                self.bad_value(s, "health", format!("health path `{path}` must start with `/`"), "e.g. `health = \"/healthz\"`");
+                self.bad_value(
+                    s,
+                    "health",
+                    format!("health path `{path}` must start with `/`"),
+                    "e.g. `health = \"/healthz\"`",
+                );
             }
         }
         let env = self.string_map(s, "env").unwrap_or_default();
-        for (key, _) in &env {
+        for key in env.keys() {
             let valid = !key.is_empty()
                 && !key.starts_with(|c: char| c.is_ascii_digit())
                 && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid {
-                self.bad_value(s, "env", format!("`{key}` is not a valid environment variable name"), "use letters, digits and `_`, not starting with a digit");
+                self.bad_value(
+                    s,
+                    "env",
+                    format!("`{key}` is not a valid environment variable name"),
+                    "use letters, digits and `_`, not starting with a digit",
+                );
             }
         }
         Service {
@@ -265,7 +285,10 @@ impl<'a> Decoder<'a> {
             instances: instances.unwrap_or(1) as u32,
             workdir: Some(resolve(
                 base_dir,
-                &self.string(s, "workdir").map(PathBuf::from).unwrap_or_default(),
+                &self
+                    .string(s, "workdir")
+                    .map(PathBuf::from)
+                    .unwrap_or_default(),
             )),
             env,
             health,
@@ -275,12 +298,17 @@ impl<'a> Decoder<'a> {
             health_timeout: self
                 .duration(s, "health_timeout")
                 .unwrap_or_else(defaults::health_timeout),
-            stop_grace: self.duration(s, "stop_grace").unwrap_or_else(defaults::stop_grace),
+            stop_grace: self
+                .duration(s, "stop_grace")
+                .unwrap_or_else(defaults::stop_grace),
         }
     }
 
     /// `[[routes]]` is normally an array of tables; an inline array of tables works too.
-    fn route_tables<'t>(&mut self, item: &'t Item) -> Vec<(usize, &'t dyn TableLike, Option<Range<usize>>)> {
+    fn route_tables<'t>(
+        &mut self,
+        item: &'t Item,
+    ) -> Vec<(usize, &'t dyn TableLike, Option<Range<usize>>)> {
         match item {
             Item::ArrayOfTables(tables) => tables
                 .iter()
@@ -295,7 +323,11 @@ impl<'a> Decoder<'a> {
                         None => self.sink.push(
                             ErrorCode::WrongType,
                             value.span(),
-                            format!("route #{} must be a table, found {}", i + 1, value.type_name()),
+                            format!(
+                                "route #{} must be a table, found {}",
+                                i + 1,
+                                value.type_name()
+                            ),
                             Some("write each route as a `[[routes]]` section".into()),
                         ),
                     }
@@ -306,7 +338,10 @@ impl<'a> Decoder<'a> {
                 self.sink.push(
                     ErrorCode::WrongType,
                     other.span(),
-                    format!("`routes` must be a list of `[[routes]]` sections, found {}", other.type_name()),
+                    format!(
+                        "`routes` must be a list of `[[routes]]` sections, found {}",
+                        other.type_name()
+                    ),
                     Some("write each route as a `[[routes]]` section".into()),
                 );
                 Vec::new()
@@ -317,7 +352,11 @@ impl<'a> Decoder<'a> {
     fn route(&mut self, s: &Section<'_>) -> Option<Route> {
         self.unknown_keys(s, ROUTE_KEYS);
         let path = self.required_string(s, "path", "add `path = \"/api/*\"`");
-        let to = self.required_string(s, "to", "add `to = \"SERVICE\"` naming a service from [services]");
+        let to = self.required_string(
+            s,
+            "to",
+            "add `to = \"SERVICE\"` naming a service from [services]",
+        );
         let pattern = path.as_ref().and_then(|p| match PathPattern::parse(p) {
             Ok(pattern) => Some(pattern),
             Err(why) => {
@@ -333,7 +372,12 @@ impl<'a> Decoder<'a> {
         });
 
         let mut methods = Vec::new();
-        for (i, method) in self.string_list(s, "methods").unwrap_or_default().into_iter().enumerate() {
+        for (i, method) in self
+            .string_list(s, "methods")
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
             let upper = method.to_ascii_uppercase();
             if METHODS.contains(&upper.as_str()) {
                 methods.push(upper);
@@ -354,18 +398,37 @@ impl<'a> Decoder<'a> {
         let headers = self.string_map(s, "headers").unwrap_or_default();
         for name in headers.keys() {
             if name.is_empty() || !name.bytes().all(is_token_byte) {
-                self.bad_value(s, "headers", format!("`{name}` is not a valid header name"), "header names are letters, digits and `-`");
+                self.bad_value(
+                    s,
+                    "headers",
+                    format!("`{name}` is not a valid header name"),
+                    "header names are letters, digits and `-`",
+                );
             }
         }
         let host = self.string(s, "host").map(|h| h.to_ascii_lowercase());
-        if host.as_deref().is_some_and(|h| h.is_empty() || h.contains('/')) {
-            self.bad_value(s, "host", format!("`host` in {} is not a host name", s.name), "e.g. `host = \"api.example.com\"` or `\"*.example.com\"`");
+        if host
+            .as_deref()
+            .is_some_and(|h| h.is_empty() || h.contains('/'))
+        {
+            self.bad_value(
+                s,
+                "host",
+                format!("`host` in {} is not a host name", s.name),
+                "e.g. `host = \"api.example.com\"` or `\"*.example.com\"`",
+            );
         }
 
         let strip_prefix = self.string(s, "strip_prefix");
         let rewrite = self.string(s, "rewrite");
         if strip_prefix.is_some() && rewrite.is_some() {
-            self.push_at_key(s, "rewrite", ErrorCode::Conflict, format!("{} has both `strip_prefix` and `rewrite`", s.name), "`rewrite` already sets the whole upstream path; keep one of the two");
+            self.push_at_key(
+                s,
+                "rewrite",
+                ErrorCode::Conflict,
+                format!("{} has both `strip_prefix` and `rewrite`", s.name),
+                "`rewrite` already sets the whole upstream path; keep one of the two",
+            );
         }
         if let (Some(prefix), Some(path)) = (&strip_prefix, &path) {
             let fits = prefix.starts_with('/')
@@ -381,7 +444,9 @@ impl<'a> Decoder<'a> {
                 self.bad_value(s, "rewrite", why, "`{name}` must be a parameter of `path`; `{*}` needs a prefix path ending in `/*`");
             }
         }
-        let timeout = self.duration(s, "timeout").unwrap_or_else(defaults::route_timeout);
+        let timeout = self
+            .duration(s, "timeout")
+            .unwrap_or_else(defaults::route_timeout);
         let name = self.string(s, "name");
 
         let spans = RouteSpans {
@@ -418,7 +483,9 @@ impl<'a> Decoder<'a> {
                     ErrorCode::WrongType,
                     item.span(),
                     format!("{name} must be a table, found {}", item.type_name()),
-                    Some(format!("write it as a `{name}` section header with keys below it")),
+                    Some(format!(
+                        "write it as a `{name}` section header with keys below it"
+                    )),
                 );
                 None
             }
@@ -476,7 +543,12 @@ impl<'a> Decoder<'a> {
         match value.as_integer() {
             Some(n) if (min..=max).contains(&n) => Some(n),
             Some(n) => {
-                self.bad_value(s, key, format!("`{key} = {n}` in {} is out of range", s.name), format!("use a number from {min} to {max}"));
+                self.bad_value(
+                    s,
+                    key,
+                    format!("`{key} = {n}` in {} is out of range", s.name),
+                    format!("use a number from {min} to {max}"),
+                );
                 None
             }
             None => {
@@ -491,7 +563,13 @@ impl<'a> Decoder<'a> {
         match humantime::parse_duration(&text) {
             Ok(d) if !d.is_zero() => Some(d),
             Ok(_) => {
-                self.push_value(s, key, ErrorCode::BadDuration, format!("`{key}` in {} must be longer than zero", s.name), "e.g. `5s`");
+                self.push_value(
+                    s,
+                    key,
+                    ErrorCode::BadDuration,
+                    format!("`{key}` in {} must be longer than zero", s.name),
+                    "e.g. `5s`",
+                );
                 None
             }
             Err(why) => {
@@ -499,7 +577,10 @@ impl<'a> Decoder<'a> {
                     s,
                     key,
                     ErrorCode::BadDuration,
-                    format!("`{text}` is not a duration ({why}) in `{key}` of {}", s.name),
+                    format!(
+                        "`{text}` is not a duration ({why}) in `{key}` of {}",
+                        s.name
+                    ),
                     "write a number and a unit, e.g. `250ms`, `5s`, `1m 30s`",
                 );
                 None
@@ -512,7 +593,12 @@ impl<'a> Decoder<'a> {
         match text.parse() {
             Ok(addr) => Some(addr),
             Err(_) => {
-                self.bad_value(s, key, format!("`{text}` is not an address to listen on"), "write an IP and a port, e.g. `127.0.0.1:8080` or `0.0.0.0:8080`");
+                self.bad_value(
+                    s,
+                    key,
+                    format!("`{text}` is not an address to listen on"),
+                    "write an IP and a port, e.g. `127.0.0.1:8080` or `0.0.0.0:8080`",
+                );
                 None
             }
         }
@@ -531,7 +617,11 @@ impl<'a> Decoder<'a> {
                 None => self.sink.push(
                     ErrorCode::WrongType,
                     element.span(),
-                    format!("`{key}` in {} must hold only strings, found {}", s.name, element.type_name()),
+                    format!(
+                        "`{key}` in {} must hold only strings, found {}",
+                        s.name,
+                        element.type_name()
+                    ),
                     Some("put each element in double quotes".into()),
                 ),
             }
@@ -554,7 +644,11 @@ impl<'a> Decoder<'a> {
                 None => self.sink.push(
                     ErrorCode::WrongType,
                     value.span(),
-                    format!("`{key}.{name}` in {} must be a string, found {}", s.name, value.type_name()),
+                    format!(
+                        "`{key}.{name}` in {} must be a string, found {}",
+                        s.name,
+                        value.type_name()
+                    ),
                     Some("put the value in double quotes".into()),
                 ),
             }
@@ -599,16 +693,36 @@ impl<'a> Decoder<'a> {
         );
     }
 
-    fn bad_value(&mut self, s: &Section<'_>, key: &str, message: impl Into<String>, hint: impl Into<String>) {
+    fn bad_value(
+        &mut self,
+        s: &Section<'_>,
+        key: &str,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) {
         self.push_value(s, key, ErrorCode::BadValue, message, hint);
     }
 
-    fn push_value(&mut self, s: &Section<'_>, key: &str, code: ErrorCode, message: impl Into<String>, hint: impl Into<String>) {
+    fn push_value(
+        &mut self,
+        s: &Section<'_>,
+        key: &str,
+        code: ErrorCode,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) {
         let span = self.value_span(s, key);
         self.sink.push(code, span, message, Some(hint.into()));
     }
 
-    fn push_at_key(&mut self, s: &Section<'_>, key: &str, code: ErrorCode, message: impl Into<String>, hint: impl Into<String>) {
+    fn push_at_key(
+        &mut self,
+        s: &Section<'_>,
+        key: &str,
+        code: ErrorCode,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) {
         let span = s.table.key(key).and_then(|k| k.span());
         self.sink.push(code, span, message, Some(hint.into()));
     }
@@ -691,10 +805,14 @@ fn check_rewrite(template: &str, pattern: &PathPattern) -> Result<(), String> {
         let name = &rest[open + 1..open + close];
         if name == "*" {
             if !pattern.is_prefix() {
-                return Err(format!("`{{*}}` in `rewrite` needs a prefix path, but `{pattern}` is exact"));
+                return Err(format!(
+                    "`{{*}}` in `rewrite` needs a prefix path, but `{pattern}` is exact"
+                ));
             }
         } else if !pattern.has_param(name) {
-            return Err(format!("`{{{name}}}` in `rewrite` is not a parameter of `{pattern}`"));
+            return Err(format!(
+                "`{{{name}}}` in `rewrite` is not a parameter of `{pattern}`"
+            ));
         }
         rest = &rest[open + close + 1..];
     }

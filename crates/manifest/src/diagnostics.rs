@@ -203,11 +203,7 @@ impl fmt::Display for Diagnostics {
             }
         }
         let n = self.items.len();
-        write!(
-            f,
-            "\n{n} error{} in {file}",
-            if n == 1 { "" } else { "s" }
-        )
+        write!(f, "\n{n} error{} in {file}", if n == 1 { "" } else { "s" })
     }
 }
 

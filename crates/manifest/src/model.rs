@@ -120,7 +120,10 @@ pub struct Service {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ServiceKind<'a> {
     /// Gantry runs `instances` copies of `command`.
-    Process { command: &'a [String], instances: u32 },
+    Process {
+        command: &'a [String],
+        instances: u32,
+    },
     /// Instances live at these URLs; Gantry only sends them traffic.
     External { urls: &'a [String] },
 }

@@ -115,7 +115,10 @@ impl PathPattern {
                 _ => return None,
             }
             if Some(i) == last {
-                return (self.prefix || after.is_empty()).then_some(PathMatch { params, rest: after });
+                return (self.prefix || after.is_empty()).then_some(PathMatch {
+                    params,
+                    rest: after,
+                });
             }
             // More pattern segments follow, so the path must go on.
             rest = after.strip_prefix('/')?;
@@ -175,12 +178,18 @@ mod tests {
     #[test]
     fn prefix_paths_match_their_root_and_below() {
         let pat = p("/api/catalog/*");
-        assert_eq!(pat.matches("/api/catalog/items/1").unwrap().rest, "/items/1");
+        assert_eq!(
+            pat.matches("/api/catalog/items/1").unwrap().rest,
+            "/items/1"
+        );
         assert_eq!(pat.matches("/api/catalog/").unwrap().rest, "/");
         assert_eq!(pat.matches("/api/catalog").unwrap().rest, "");
         assert!(pat.matches("/api/catalogue").is_none());
         assert!(pat.matches("/api").is_none());
-        assert_eq!(p("/*").matches("/anything/at/all").unwrap().rest, "/anything/at/all");
+        assert_eq!(
+            p("/*").matches("/anything/at/all").unwrap().rest,
+            "/anything/at/all"
+        );
     }
 
     #[test]
@@ -195,12 +204,24 @@ mod tests {
 
     #[test]
     fn bad_patterns_say_why() {
-        assert!(PathPattern::parse("api").unwrap_err().contains("start with `/`"));
-        assert!(PathPattern::parse("/a/*/b").unwrap_err().contains("last segment"));
-        assert!(PathPattern::parse("/a*").unwrap_err().contains("whole last segment"));
-        assert!(PathPattern::parse("/u/{}").unwrap_err().contains("needs a name"));
-        assert!(PathPattern::parse("/u/x{id}").unwrap_err().contains("whole segment"));
-        assert!(PathPattern::parse("/a//b").unwrap_err().contains("empty segment"));
+        assert!(PathPattern::parse("api")
+            .unwrap_err()
+            .contains("start with `/`"));
+        assert!(PathPattern::parse("/a/*/b")
+            .unwrap_err()
+            .contains("last segment"));
+        assert!(PathPattern::parse("/a*")
+            .unwrap_err()
+            .contains("whole last segment"));
+        assert!(PathPattern::parse("/u/{}")
+            .unwrap_err()
+            .contains("needs a name"));
+        assert!(PathPattern::parse("/u/x{id}")
+            .unwrap_err()
+            .contains("whole segment"));
+        assert!(PathPattern::parse("/a//b")
+            .unwrap_err()
+            .contains("empty segment"));
     }
 
     #[test]

@@ -18,7 +18,10 @@ pub(crate) fn cross_check(manifest: &Manifest, source: &str, out: &mut Diagnosti
                 source,
                 ErrorCode::UnknownService,
                 route.spans.to.clone(),
-                format!("route `{}` sends traffic to `{}`, which is not a declared service", route.path, route.to),
+                format!(
+                    "route `{}` sends traffic to `{}`, which is not a declared service",
+                    route.path, route.to
+                ),
                 Some(hint),
             );
         }
@@ -52,12 +55,18 @@ fn takes_all_traffic_of(earlier: &Route, later: &Route) -> bool {
         || (!later.methods.is_empty() && later.methods.iter().all(|m| earlier.methods.contains(m)));
     let host = match (&earlier.host, &later.host) {
         (None, _) => true,
-        (Some(a), Some(b)) => a == b || a.strip_prefix('*').is_some_and(|suffix| b.ends_with(suffix)),
+        (Some(a), Some(b)) => {
+            a == b
+                || a.strip_prefix('*')
+                    .is_some_and(|suffix| b.ends_with(suffix))
+        }
         (Some(_), None) => false,
     };
-    let headers = earlier
-        .headers
-        .iter()
-        .all(|(name, value)| later.headers.iter().any(|(n, v)| n.eq_ignore_ascii_case(name) && v == value));
+    let headers = earlier.headers.iter().all(|(name, value)| {
+        later
+            .headers
+            .iter()
+            .any(|(n, v)| n.eq_ignore_ascii_case(name) && v == value)
+    });
     methods && host && headers && earlier.pattern.covers(&later.pattern)
 }

@@ -35,7 +35,10 @@ fn unknown_keys_suggest_the_closest_known_key() {
     let first = d.iter().next().unwrap();
     assert_eq!(first.code, ErrorCode::UnknownKey);
     assert_eq!((first.line, first.column), (Some(3), Some(1)));
-    assert_reports(&d, "gantry.toml:3:1: error[M002]: unknown key `instnces` in [services.orders]");
+    assert_reports(
+        &d,
+        "gantry.toml:3:1: error[M002]: unknown key `instnces` in [services.orders]",
+    );
     assert_reports(&d, "hint: did you mean `instances`?");
 }
 
@@ -67,39 +70,64 @@ fn bad_durations_point_at_the_value() {
 #[test]
 fn missing_keys_point_at_the_section() {
     let d = errors(&format!("{SERVICES}\n[[routes]]\npath = \"/*\"\n"));
-    assert_reports(&d, "gantry.toml:5:1: error[M004]: [[routes]] #1 is missing `to`");
+    assert_reports(
+        &d,
+        "gantry.toml:5:1: error[M004]: [[routes]] #1 is missing `to`",
+    );
     let d = errors("[services.orders]\nowner = \"team-a\"\n");
-    assert_reports(&d, "gantry.toml:1:1: error[M004]: [services.orders] needs `command` or `urls`");
+    assert_reports(
+        &d,
+        "gantry.toml:1:1: error[M004]: [services.orders] needs `command` or `urls`",
+    );
 }
 
 #[test]
 fn bad_values_say_how_to_write_them() {
     let d = errors("[platform]\nlisten = \"localhost\"\n");
-    assert_reports(&d, "gantry.toml:2:10: error[M006]: `localhost` is not an address to listen on");
+    assert_reports(
+        &d,
+        "gantry.toml:2:10: error[M006]: `localhost` is not an address to listen on",
+    );
     let d = errors(&format!(
         "{SERVICES}\n[[routes]]\npath = \"/*\"\nmethods = [\"GTE\"]\nto = \"orders\"\n"
     ));
-    assert_reports(&d, "gantry.toml:7:12: error[M006]: unknown HTTP method `GTE`");
+    assert_reports(
+        &d,
+        "gantry.toml:7:12: error[M006]: unknown HTTP method `GTE`",
+    );
     assert_reports(&d, "did you mean `GET`?");
     let d = errors("[services.orders]\nurls = [\"ftp://x\"]\n");
-    assert_reports(&d, "gantry.toml:2:9: error[M006]: `ftp://x` in [services.orders] is not an http:// URL");
+    assert_reports(
+        &d,
+        "gantry.toml:2:9: error[M006]: `ftp://x` in [services.orders] is not an http:// URL",
+    );
 }
 
 #[test]
 fn conflicting_keys_are_refused() {
     let d = errors("[services.orders]\nurls = [\"http://127.0.0.1:1\"]\ncommand = [\"./o\"]\n");
-    assert_reports(&d, "gantry.toml:3:1: error[M007]: [services.orders] has both `urls` and `command`");
+    assert_reports(
+        &d,
+        "gantry.toml:3:1: error[M007]: [services.orders] has both `urls` and `command`",
+    );
 }
 
 #[test]
 fn malformed_paths_are_refused() {
-    let d = errors(&format!("{SERVICES}\n[[routes]]\npath = \"/a/*/b\"\nto = \"orders\"\n"));
-    assert_reports(&d, "gantry.toml:6:8: error[M008]: `*` in `/a/*/b` may only be the last segment");
+    let d = errors(&format!(
+        "{SERVICES}\n[[routes]]\npath = \"/a/*/b\"\nto = \"orders\"\n"
+    ));
+    assert_reports(
+        &d,
+        "gantry.toml:6:8: error[M008]: `*` in `/a/*/b` may only be the last segment",
+    );
 }
 
 #[test]
 fn routes_to_undeclared_services_suggest_a_declared_one() {
-    let d = errors(&format!("{SERVICES}\n[[routes]]\npath = \"/*\"\nto = \"order\"\n"));
+    let d = errors(&format!(
+        "{SERVICES}\n[[routes]]\npath = \"/*\"\nto = \"order\"\n"
+    ));
     assert_reports(&d, "gantry.toml:7:6: error[M009]: route `/*` sends traffic to `order`, which is not a declared service");
     assert_reports(&d, "did you mean `orders`?");
 }
@@ -114,7 +142,8 @@ fn routes_hidden_by_an_earlier_route_are_refused() {
     let ok = format!(
         "{SERVICES}\n[[routes]]\npath = \"/api/*\"\nmethods = [\"GET\"]\nto = \"orders\"\n\n[[routes]]\npath = \"/api/*\"\nto = \"orders\"\n"
     );
-    parse(&ok, Path::new("gantry.toml"), Path::new("/srv")).expect("a narrower route first is fine");
+    parse(&ok, Path::new("gantry.toml"), Path::new("/srv"))
+        .expect("a narrower route first is fine");
 }
 
 #[test]
@@ -147,7 +176,10 @@ fn relative_paths_resolve_against_the_manifest_directory() {
     assert_eq!(m.services["a"].command, vec!["/srv/app/bin/a", "--x"]);
     // A bare program name is looked up on PATH; its files resolve via the working directory.
     assert_eq!(m.services["b"].command[0], "python3");
-    assert_eq!(m.services["b"].workdir.as_deref(), Some(Path::new("/srv/app")));
+    assert_eq!(
+        m.services["b"].workdir.as_deref(),
+        Some(Path::new("/srv/app"))
+    );
 }
 
 #[test]
@@ -162,7 +194,13 @@ fn the_repository_manifest_is_valid() {
 fn the_schema_describes_every_key_the_decoder_accepts() {
     let schema = gantry_manifest::json_schema();
     let text = schema.to_string();
-    for key in ["instances", "strip_prefix", "health_interval", "drain_timeout", "rewrite"] {
+    for key in [
+        "instances",
+        "strip_prefix",
+        "health_interval",
+        "drain_timeout",
+        "rewrite",
+    ] {
         assert!(text.contains(&format!("\"{key}\"")), "schema lacks {key}");
     }
     assert_eq!(schema["title"], "gantry.toml");

@@ -23,7 +23,7 @@ const UNHEALTHY_PROBE_INTERVAL: Duration = Duration::from_millis(100);
 #[derive(Debug, Clone)]
 pub(crate) enum Probe {
     /// `GET path` must answer 2xx.
-    Http { path: String, client: HttpClient },
+    Http { path: String, client: Box<HttpClient> },
     /// The port must accept a TCP connection (processes without a `health` path).
     Tcp,
 }
@@ -53,10 +53,14 @@ impl Probe {
                         Err(_) => false,
                     }
                 }
-                Probe::Tcp => TcpStream::connect(instance.authority.as_str()).await.is_ok(),
+                Probe::Tcp => TcpStream::connect(instance.authority.as_str())
+                    .await
+                    .is_ok(),
             }
         };
-        tokio::time::timeout(timeout, attempt).await.unwrap_or(false)
+        tokio::time::timeout(timeout, attempt)
+            .await
+            .unwrap_or(false)
     }
 }
 

@@ -34,7 +34,12 @@ pub struct InstanceStatus {
 }
 
 impl Instance {
-    pub(crate) fn new(index: u32, authority: Authority, healthy: bool, state: &'static str) -> Self {
+    pub(crate) fn new(
+        index: u32,
+        authority: Authority,
+        healthy: bool,
+        state: &'static str,
+    ) -> Self {
         Instance {
             index,
             authority,

@@ -33,7 +33,11 @@ pub(crate) struct ProcessSpec {
 }
 
 /// Keeps one instance's process running until `cancel` fires, then stops it.
-pub(crate) async fn supervise(spec: ProcessSpec, instance: Arc<Instance>, cancel: CancellationToken) {
+pub(crate) async fn supervise(
+    spec: ProcessSpec,
+    instance: Arc<Instance>,
+    cancel: CancellationToken,
+) {
     let mut backoff = FIRST_BACKOFF;
     loop {
         let started = Instant::now();
@@ -93,16 +97,31 @@ fn spawn(spec: &ProcessSpec, instance: &Instance) -> std::io::Result<Child> {
         .kill_on_drop(true);
     let mut child = command.spawn()?;
     if let Some(stdout) = child.stdout.take() {
-        tokio::spawn(forward_lines(stdout, spec.service.clone(), instance.index, "stdout"));
+        tokio::spawn(forward_lines(
+            stdout,
+            spec.service.clone(),
+            instance.index,
+            "stdout",
+        ));
     }
     if let Some(stderr) = child.stderr.take() {
-        tokio::spawn(forward_lines(stderr, spec.service.clone(), instance.index, "stderr"));
+        tokio::spawn(forward_lines(
+            stderr,
+            spec.service.clone(),
+            instance.index,
+            "stderr",
+        ));
     }
     Ok(child)
 }
 
 /// Each line a process writes becomes one log event tagged with its service and instance.
-async fn forward_lines(stream: impl AsyncRead + Unpin, service: Arc<str>, instance: u32, name: &'static str) {
+async fn forward_lines(
+    stream: impl AsyncRead + Unpin,
+    service: Arc<str>,
+    instance: u32,
+    name: &'static str,
+) {
     let mut lines = BufReader::new(stream).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         tracing::info!(target: "gantry::service", service = %service, instance, stream = name, "{line}");

@@ -68,11 +68,14 @@ impl ServiceHandle {
         let mut instances = Vec::new();
         let probe = config.health.clone().map(|path| Probe::Http {
             path,
-            client: health::http_client(),
+            client: Box::new(health::http_client()),
         });
 
         match config.kind() {
-            ServiceKind::Process { command, instances: count } => {
+            ServiceKind::Process {
+                command,
+                instances: count,
+            } => {
                 for index in 0..count {
                     let port = free_port().map_err(|source| StartError::NoPort {
                         service: name.to_string(),
@@ -92,7 +95,14 @@ impl ServiceHandle {
                     };
                     tasks.spawn(process::supervise(spec, instance.clone(), cancel.clone()));
                     let probe = probe.clone().unwrap_or(Probe::Tcp);
-                    tasks.spawn(health::watch(name.clone(), instance.clone(), probe, config.health_interval, config.health_timeout, cancel.clone()));
+                    tasks.spawn(health::watch(
+                        name.clone(),
+                        instance.clone(),
+                        probe,
+                        config.health_interval,
+                        config.health_timeout,
+                        cancel.clone(),
+                    ));
                     instances.push(instance);
                 }
             }
@@ -108,9 +118,21 @@ impl ServiceHandle {
                         })?;
                     // Without a health path an external instance is trusted to be up;
                     // failed requests to it surface as 502s.
-                    let instance = Arc::new(Instance::new(index as u32, authority, probe.is_none(), "external"));
+                    let instance = Arc::new(Instance::new(
+                        index as u32,
+                        authority,
+                        probe.is_none(),
+                        "external",
+                    ));
                     if let Some(probe) = probe.clone() {
-                        tasks.spawn(health::watch(name.clone(), instance.clone(), probe, config.health_interval, config.health_timeout, cancel.clone()));
+                        tasks.spawn(health::watch(
+                            name.clone(),
+                            instance.clone(),
+                            probe,
+                            config.health_interval,
+                            config.health_timeout,
+                            cancel.clone(),
+                        ));
                     }
                     instances.push(instance);
                 }

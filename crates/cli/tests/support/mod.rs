@@ -21,7 +21,14 @@ pub fn shop_binaries() -> PathBuf {
     BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "--quiet", "-p", "shop-catalog", "-p", "shop-monolith"])
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "shop-catalog",
+                "-p",
+                "shop-monolith",
+            ])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("run cargo to build the shop example");
@@ -32,7 +39,11 @@ pub fn shop_binaries() -> PathBuf {
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A running `gantry up`, stopped (SIGTERM) when dropped.
@@ -95,7 +106,11 @@ impl Gantry {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "gantry did not become ready:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "gantry did not become ready:\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -134,7 +149,10 @@ impl Gantry {
 
     /// Sends a signal to Gantry.
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill").args(["-s", name, &self.pid().to_string()]).status().unwrap();
+        let status = Command::new("kill")
+            .args(["-s", name, &self.pid().to_string()])
+            .status()
+            .unwrap();
         assert!(status.success());
     }
 

@@ -55,7 +55,9 @@ impl Upstream {
         let (conns, reqs) = (connections.clone(), requests.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 conns.fetch_add(1, Ordering::SeqCst);
                 if let Behaviour::Reset = behaviour {
                     drop(stream);
@@ -73,7 +75,11 @@ impl Upstream {
                 });
             }
         });
-        Upstream { addr, connections, requests }
+        Upstream {
+            addr,
+            connections,
+            requests,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -83,7 +89,11 @@ impl Upstream {
 
 type UpstreamBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 
-async fn answer(behaviour: Behaviour, me: SocketAddr, request: Request<Incoming>) -> Result<Response<UpstreamBody>, Infallible> {
+async fn answer(
+    behaviour: Behaviour,
+    me: SocketAddr,
+    request: Request<Incoming>,
+) -> Result<Response<UpstreamBody>, Infallible> {
     match behaviour {
         Behaviour::Failing => return Ok(full(500, "broken")),
         Behaviour::Slow(delay) => tokio::time::sleep(delay).await,
@@ -116,14 +126,22 @@ async fn answer(behaviour: Behaviour, me: SocketAddr, request: Request<Incoming>
         "headers": headers,
     });
     let mut response = full(200, &body.to_string());
-    response.headers_mut().insert("content-type", "application/json".parse().unwrap());
+    response
+        .headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
     // A hop-by-hop header the gateway must not pass on to the client.
-    response.headers_mut().insert("keep-alive", "timeout=30".parse().unwrap());
+    response
+        .headers_mut()
+        .insert("keep-alive", "timeout=30".parse().unwrap());
     Ok(response)
 }
 
 fn full(status: u16, text: &str) -> Response<UpstreamBody> {
-    let mut response = Response::new(Full::new(Bytes::from(text.to_string())).map_err(|never| match never {}).boxed());
+    let mut response = Response::new(
+        Full::new(Bytes::from(text.to_string()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
     *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
     response
 }
@@ -156,7 +174,12 @@ impl TestGateway {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        tokio::spawn(gantry_gateway::serve(gateway.clone(), listener, shutdown.clone(), Duration::from_secs(5)));
+        tokio::spawn(gantry_gateway::serve(
+            gateway.clone(),
+            listener,
+            shutdown.clone(),
+            Duration::from_secs(5),
+        ));
         TestGateway {
             addr,
             gateway,
@@ -184,5 +207,9 @@ pub fn client() -> reqwest::Client {
 
 /// A port nothing listens on.
 pub fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

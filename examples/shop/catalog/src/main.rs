@@ -22,14 +22,29 @@ struct Item {
 }
 
 const ITEMS: [Item; 3] = [
-    Item { id: 1, name: "espresso cup", price_cents: 1200 },
-    Item { id: 2, name: "moka pot", price_cents: 3900 },
-    Item { id: 3, name: "grinder", price_cents: 8900 },
+    Item {
+        id: 1,
+        name: "espresso cup",
+        price_cents: 1200,
+    },
+    Item {
+        id: 2,
+        name: "moka pot",
+        price_cents: 3900,
+    },
+    Item {
+        id: 3,
+        name: "grinder",
+        price_cents: 8900,
+    },
 ];
 
 #[tokio::main]
 async fn main() {
-    let port: u16 = std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(9001);
+    let port: u16 = std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(9001);
     let instance = Instance(std::env::var("GANTRY_INSTANCE").unwrap_or_else(|_| "0".into()));
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -42,8 +57,9 @@ async fn main() {
     eprintln!("catalog instance {} listening on port {port}", instance.0);
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("catalog: cannot listen for SIGTERM");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("catalog: cannot listen for SIGTERM");
             term.recv().await;
         })
         .await
@@ -54,7 +70,15 @@ async fn list(State(instance): State<Instance>) -> Json<Value> {
     Json(json!({ "service": "catalog", "instance": instance.0, "items": ITEMS }))
 }
 
-async fn item(State(instance): State<Instance>, Path(id): Path<u32>) -> Result<Json<Value>, StatusCode> {
-    let item = ITEMS.iter().find(|i| i.id == id).ok_or(StatusCode::NOT_FOUND)?;
-    Ok(Json(json!({ "service": "catalog", "instance": instance.0, "item": item })))
+async fn item(
+    State(instance): State<Instance>,
+    Path(id): Path<u32>,
+) -> Result<Json<Value>, StatusCode> {
+    let item = ITEMS
+        .iter()
+        .find(|i| i.id == id)
+        .ok_or(StatusCode::NOT_FOUND)?;
+    Ok(Json(
+        json!({ "service": "catalog", "instance": instance.0, "item": item }),
+    ))
 }

@@ -11,9 +11,15 @@ use serde_json::{json, Value};
 
 #[tokio::main]
 async fn main() {
-    let port: u16 = std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(9000);
+    let port: u16 = std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(9000);
     let app = Router::new()
-        .route("/", get(|| async { "Welcome to the shop (served by the monolith)\n" }))
+        .route(
+            "/",
+            get(|| async { "Welcome to the shop (served by the monolith)\n" }),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/api/orders", get(orders))
         .route("/api/catalog/items", get(old_catalog))
@@ -25,8 +31,9 @@ async fn main() {
     eprintln!("monolith listening on port {port}");
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("monolith: cannot listen for SIGTERM");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("monolith: cannot listen for SIGTERM");
             term.recv().await;
         })
         .await
@@ -48,5 +55,7 @@ async fn echo(method: Method, uri: Uri, headers: HeaderMap) -> Json<Value> {
         .iter()
         .map(|(k, v)| (k.to_string(), Value::from(v.to_str().unwrap_or("<binary>"))))
         .collect();
-    Json(json!({ "service": "monolith", "method": method.as_str(), "uri": uri.to_string(), "headers": headers }))
+    Json(
+        json!({ "service": "monolith", "method": method.as_str(), "uri": uri.to_string(), "headers": headers }),
+    )
 }
