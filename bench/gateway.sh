@@ -1,0 +1,208 @@
+#!/usr/bin/env bash
+# Gateway benchmark: Gantry beside nginx (and HAProxy, when installed) proxying
+# the same upstream, in one run, as ../shared/BENCHMARKS.md describes.
+#
+#   bash bench/gateway.sh            # defaults below; needs nginx and wrk
+#   RUNS=5 DURATION=15s bash bench/gateway.sh
+#
+# Setup: a 1 KiB upstream response (nginx `return 200`, keep-alive), each proxy
+# pinned to core 0 with one worker (Gantry: TOKIO_WORKER_THREADS=1; nginx:
+# worker_processes 1; HAProxy: nbthread 1), the upstream and the load generator
+# on core 1. Access logs are off for every proxy. Peak throughput and latency
+# come from `wrk --latency` with keep-alive connections; when `oha` is on PATH
+# a fixed-rate run with latency correction adds p50/p99 at RATE req/s.
+# Every load is bounded by DURATION and the script stops everything it started.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+RUNS=${RUNS:-3}
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-64}
+RATE=${RATE:-10000}
+UPSTREAM_PORT=19100 GANTRY_PORT=19101 GANTRY_ADMIN=19102 NGINX_PORT=19103 HAPROXY_PORT=19104
+
+for tool in nginx wrk taskset python3; do
+  command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install nginx-light wrk haproxy)" >&2; exit 1; }
+done
+WORK=$(mktemp -d /tmp/gantry-bench.XXXXXX)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  [ -f "$WORK/upstream.pid" ] && kill "$(cat "$WORK/upstream.pid")" 2>/dev/null || true
+  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+echo "building gantry (release)..." >&2
+(cd "$ROOT" && cargo build --release -q -p gantry-cli)
+GANTRY="$ROOT/target/release/gantry"
+
+head -c 1024 /dev/zero | tr '\0' 'x' > "$WORK/body"
+mkdir -p "$WORK/logs"
+
+# The upstream: nginx answering 1 KiB from memory, on core 1.
+cat > "$WORK/upstream.conf" <<CONF
+worker_processes 1;
+pid $WORK/upstream.pid;
+error_log $WORK/logs/upstream.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$UPSTREAM_PORT;
+    location / { return 200 '$(cat "$WORK/body")'; }
+  }
+}
+CONF
+taskset -c 1 nginx -p "$WORK" -c "$WORK/upstream.conf"
+
+# nginx as the peer proxy, on core 0.
+cat > "$WORK/nginx.conf" <<CONF
+worker_processes 1;
+pid $WORK/nginx.pid;
+error_log $WORK/logs/nginx.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream app { server 127.0.0.1:$UPSTREAM_PORT; keepalive 128; }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    }
+  }
+}
+CONF
+taskset -c 0 nginx -p "$WORK" -c "$WORK/nginx.conf"
+
+# HAProxy as a second peer, when installed.
+HAVE_HAPROXY=0
+if command -v haproxy >/dev/null; then
+  HAVE_HAPROXY=1
+  cat > "$WORK/haproxy.cfg" <<CONF
+global
+  nbthread 1
+  maxconn 10000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+  option forwardfor
+frontend fe
+  bind 127.0.0.1:$HAPROXY_PORT
+  default_backend be
+backend be
+  http-reuse always
+  server app 127.0.0.1:$UPSTREAM_PORT
+CONF
+  taskset -c 0 haproxy -f "$WORK/haproxy.cfg" > "$WORK/logs/haproxy.log" 2>&1 &
+  PIDS+=($!)
+fi
+
+# Gantry, on core 0 with one worker thread.
+cat > "$WORK/gantry.toml" <<CONF
+[platform]
+name = "bench"
+listen = "127.0.0.1:$GANTRY_PORT"
+admin = "127.0.0.1:$GANTRY_ADMIN"
+data_dir = "state"
+watch = false
+
+[services.app]
+urls = ["http://127.0.0.1:$UPSTREAM_PORT"]
+
+[[routes]]
+path = "/*"
+to = "app"
+CONF
+TOKIO_WORKER_THREADS=1 GANTRY_LOG=warn taskset -c 0 "$GANTRY" up -f "$WORK/gantry.toml" > "$WORK/logs/gantry.log" 2>&1 &
+PIDS+=($!)
+GANTRY_PID=$!
+
+for port in $UPSTREAM_PORT $NGINX_PORT $GANTRY_PORT; do
+  for _ in $(seq 100); do curl -fsS -o /dev/null "http://127.0.0.1:$port/" 2>/dev/null && break; sleep 0.1; done
+  curl -fsS -o /dev/null "http://127.0.0.1:$port/" || { echo "bench: nothing answers on $port" >&2; cat "$WORK"/logs/* >&2; exit 1; }
+done
+
+# CPU ticks (user+system) of a process and its children threads.
+cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+nginx_worker() { pgrep -P "$(cat "$WORK/nginx.pid")" | head -1; }
+
+declare -A PID_OF=([gantry]=$GANTRY_PID [nginx]=$(nginx_worker))
+TARGETS=(gantry nginx)
+declare -A PORT_OF=([gantry]=$GANTRY_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT)
+if [ "$HAVE_HAPROXY" = 1 ]; then TARGETS+=(haproxy); PID_OF[haproxy]=$(pgrep -f "haproxy -f $WORK/haproxy.cfg" | head -1); fi
+
+HZ=$(getconf CLK_TCK)
+RESULTS="$WORK/results.tsv"
+for run in $(seq "$RUNS"); do
+  for target in "${TARGETS[@]}"; do
+    url="http://127.0.0.1:${PORT_OF[$target]}/"
+    before=$(cpu_ticks "${PID_OF[$target]}")
+    out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"$DURATION" --latency "$url")
+    after=$(cpu_ticks "${PID_OF[$target]}")
+    python3 - "$target" "$run" "$before" "$after" "$HZ" "$out" >> "$RESULTS" <<'PY'
+import re, sys
+target, run, before, after, hz, out = sys.argv[1:]
+def ms(text):
+    value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+total = int(re.search(r"(\d+) requests in", out).group(1))
+p50 = ms(re.search(r"50%\s+(\S+)", out).group(1))
+p99 = ms(re.search(r"99%\s+(\S+)", out).group(1))
+errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+cpu_per_k = (int(after) - int(before)) / int(hz) / total * 1000
+print(f"wrk\t{target}\t{run}\t{rps:.0f}\t{p50:.3f}\t{p99:.3f}\t{cpu_per_k:.4f}\t{errors.group(1) if errors else 0}")
+PY
+    if command -v oha >/dev/null; then
+      oha_json=$(taskset -c 1 oha --no-tui -j -q "$RATE" --latency-correction -z "$DURATION" -c "$CONNS" "$url" 2>/dev/null)
+      python3 - "$target" "$run" "$oha_json" >> "$RESULTS" <<'PY'
+import json, sys
+target, run, text = sys.argv[1:]
+data = json.loads(text)
+pct = data["latencyPercentiles"]
+rps = data["summary"]["requestsPerSec"]
+print(f"oha\t{target}\t{run}\t{rps:.0f}\t{pct['p50']*1000:.3f}\t{pct['p99']*1000:.3f}\t-\t{sum(v for k, v in data['statusCodeDistribution'].items() if not k.startswith('2'))}")
+PY
+    fi
+  done
+done
+
+python3 - "$RESULTS" "$RUNS" "$DURATION" "$CONNS" "$RATE" <<'PY'
+import statistics, sys
+from collections import defaultdict
+path, runs, duration, conns, rate = sys.argv[1:]
+rows = defaultdict(list)
+for line in open(path):
+    tool, target, run, rps, p50, p99, cpu, errors = line.rstrip("\n").split("\t")
+    rows[(tool, target)].append((float(rps), float(p50), float(p99), cpu, int(errors)))
+def med(values): return statistics.median(values)
+def spread(values): return f"{min(values):.0f}-{max(values):.0f}" if max(values) > 50 else f"{min(values):.2f}-{max(values):.2f}"
+print(f"runs={runs} duration={duration} connections={conns} (medians; spread is min-max over runs)\n")
+for tool, title in (("wrk", "peak throughput, wrk --latency (unbounded)"), ("oha", f"fixed rate {rate} req/s, oha --latency-correction")):
+    targets = [t for (k, t) in rows if k == tool]
+    if not targets: continue
+    print(f"### {title}\n")
+    print("| proxy | req/s | spread | p50 ms | p99 ms | CPU-s per 1k req | non-2xx |")
+    print("|---|---|---|---|---|---|---|")
+    base = None
+    for target in targets:
+        r = rows[(tool, target)]
+        rps, p50, p99 = [x[0] for x in r], [x[1] for x in r], [x[2] for x in r]
+        cpu = [float(x[3]) for x in r if x[3] != "-"]
+        print(f"| {target} | {med(rps):.0f} | {spread(rps)} | {med(p50):.3f} | {med(p99):.3f} | {f'{med(cpu):.4f}' if cpu else '-'} | {sum(x[4] for x in r)} |")
+    if ("nginx" in targets) and ("gantry" in targets):
+        g, n = rows[(tool, "gantry")], rows[(tool, "nginx")]
+        print(f"\ngantry/nginx: throughput {med([x[0] for x in g]) / med([x[0] for x in n]):.2f}x, "
+              f"p99 {med([x[2] for x in g]) / med([x[2] for x in n]):.2f}x\n")
+PY
