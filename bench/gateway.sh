@@ -89,7 +89,7 @@ if command -v haproxy >/dev/null; then
   cat > "$WORK/haproxy.cfg" <<CONF
 global
   nbthread 1
-  maxconn 10000
+  maxconn 4096
 defaults
   mode http
   timeout connect 5s
@@ -105,7 +105,8 @@ backend be
   server app 127.0.0.1:$UPSTREAM_PORT
 CONF
   taskset -c 0 haproxy -f "$WORK/haproxy.cfg" > "$WORK/logs/haproxy.log" 2>&1 &
-  PIDS+=($!)
+  HAPROXY_PID=$!
+  PIDS+=($HAPROXY_PID)
 fi
 
 # Gantry, on core 0 with one worker thread.
@@ -128,7 +129,9 @@ TOKIO_WORKER_THREADS=1 GANTRY_LOG=warn taskset -c 0 "$GANTRY" up -f "$WORK/gantr
 PIDS+=($!)
 GANTRY_PID=$!
 
-for port in $UPSTREAM_PORT $NGINX_PORT $GANTRY_PORT; do
+PORTS="$UPSTREAM_PORT $NGINX_PORT $GANTRY_PORT"
+[ "$HAVE_HAPROXY" = 1 ] && PORTS="$PORTS $HAPROXY_PORT"
+for port in $PORTS; do
   for _ in $(seq 100); do curl -fsS -o /dev/null "http://127.0.0.1:$port/" 2>/dev/null && break; sleep 0.1; done
   curl -fsS -o /dev/null "http://127.0.0.1:$port/" || { echo "bench: nothing answers on $port" >&2; cat "$WORK"/logs/* >&2; exit 1; }
 done
@@ -140,7 +143,7 @@ nginx_worker() { pgrep -P "$(cat "$WORK/nginx.pid")" | head -1; }
 declare -A PID_OF=([gantry]=$GANTRY_PID [nginx]=$(nginx_worker))
 TARGETS=(gantry nginx)
 declare -A PORT_OF=([gantry]=$GANTRY_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT)
-if [ "$HAVE_HAPROXY" = 1 ]; then TARGETS+=(haproxy); PID_OF[haproxy]=$(pgrep -f "haproxy -f $WORK/haproxy.cfg" | head -1); fi
+if [ "$HAVE_HAPROXY" = 1 ]; then TARGETS+=(haproxy); PID_OF[haproxy]=$HAPROXY_PID; fi
 
 HZ=$(getconf CLK_TCK)
 RESULTS="$WORK/results.tsv"
@@ -165,7 +168,7 @@ cpu_per_k = (int(after) - int(before)) / int(hz) / total * 1000
 print(f"wrk\t{target}\t{run}\t{rps:.0f}\t{p50:.3f}\t{p99:.3f}\t{cpu_per_k:.4f}\t{errors.group(1) if errors else 0}")
 PY
     if command -v oha >/dev/null; then
-      oha_json=$(taskset -c 1 oha --no-tui -j -q "$RATE" --latency-correction -z "$DURATION" -c "$CONNS" "$url" 2>/dev/null)
+      oha_json=$(taskset -c 1 oha --no-tui --output-format json -q "$RATE" --latency-correction -z "$DURATION" -c "$CONNS" "$url" 2>/dev/null)
       python3 - "$target" "$run" "$oha_json" >> "$RESULTS" <<'PY'
 import json, sys
 target, run, text = sys.argv[1:]

@@ -446,3 +446,23 @@ async fn a_swapped_route_table_serves_new_requests() {
     let seen = json(client().get(gw.url("/")).send().await.unwrap()).await;
     assert_eq!(seen["upstream"], b.addr.to_string());
 }
+
+#[tokio::test]
+async fn shutdown_stops_accepting_but_lets_in_flight_requests_finish() {
+    let upstream = Upstream::start(Behaviour::Slow(Duration::from_millis(600))).await;
+    let gw = TestGateway::start(&one_route(&upstream.url(), "")).await;
+    let in_flight = tokio::spawn(client().get(gw.url("/slow")).send());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gw.shut_down();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let refused = client().get(gw.url("/late")).send().await;
+    assert!(
+        refused.is_err(),
+        "a new connection was accepted after shutdown began"
+    );
+    let response = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request completed");
+    assert_eq!(response.status(), 200);
+}

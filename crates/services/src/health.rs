@@ -23,7 +23,10 @@ const UNHEALTHY_PROBE_INTERVAL: Duration = Duration::from_millis(100);
 #[derive(Debug, Clone)]
 pub(crate) enum Probe {
     /// `GET path` must answer 2xx.
-    Http { path: String, client: Box<HttpClient> },
+    Http {
+        path: String,
+        client: Box<HttpClient>,
+    },
     /// The port must accept a TCP connection (processes without a `health` path).
     Tcp,
 }

@@ -192,6 +192,11 @@ impl TestGateway {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
+
+    /// Starts a graceful shutdown of the listener.
+    pub fn shut_down(&self) {
+        self.shutdown.cancel();
+    }
 }
 
 impl Drop for TestGateway {
