@@ -6,7 +6,7 @@
 #   RUNS=5 DURATION=15s bash bench/gateway.sh
 #
 # Setup: a 1 KiB upstream response (nginx `return 200`, keep-alive), each proxy
-# pinned to core 0 with one worker (Gantry: TOKIO_WORKER_THREADS=1; nginx:
+# pinned to core 0 with one worker (Gantry: --workers 1; nginx:
 # worker_processes 1; HAProxy: nbthread 1), the upstream and the load generator
 # on core 1. Access logs are off for every proxy. Peak throughput and latency
 # come from `wrk --latency` with keep-alive connections; when `oha` is on PATH
@@ -125,7 +125,7 @@ urls = ["http://127.0.0.1:$UPSTREAM_PORT"]
 path = "/*"
 to = "app"
 CONF
-TOKIO_WORKER_THREADS=1 GANTRY_LOG=warn taskset -c 0 "$GANTRY" up -f "$WORK/gantry.toml" > "$WORK/logs/gantry.log" 2>&1 &
+GANTRY_LOG=warn taskset -c 0 "$GANTRY" up --workers 1 -f "$WORK/gantry.toml" > "$WORK/logs/gantry.log" 2>&1 &
 PIDS+=($!)
 GANTRY_PID=$!
 

@@ -8,7 +8,8 @@ use bytes::Bytes;
 use gantry_services::InFlight;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
-use hyper::body::Incoming;
+
+use crate::upstream::UpstreamBody;
 
 /// A response body, streamed without buffering.
 #[derive(Debug)]
@@ -16,7 +17,7 @@ pub enum GatewayBody {
     /// An upstream response body. Holds the service's in-flight guard until the
     /// last byte is sent, so a reload does not stop a process mid-response.
     Upstream {
-        body: Incoming,
+        body: UpstreamBody,
         guard: Option<InFlight>,
     },
     /// A body written by Gantry (problem details, mostly).

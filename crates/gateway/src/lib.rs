@@ -27,9 +27,12 @@ mod problem;
 pub mod proxy;
 mod router;
 mod server;
+mod upstream;
 
 pub use body::GatewayBody;
+pub use forwarding::Peer;
 pub use metrics::GatewayMetrics;
 pub use proxy::Gateway;
 pub use router::{BuildError, RouteInfo, RouteTable};
 pub use server::serve;
+pub use upstream::UpstreamBody;

@@ -1,23 +1,20 @@
 //! The request path through the gateway; see the crate docs for the phases.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, Uri, Version};
+use http::{Method, Request, Response, Version};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::GatewayBody;
-use crate::forwarding::{add_forwarded, strip_hop_by_hop};
+use crate::forwarding::{add_forwarded, strip_hop_by_hop, Peer};
 use crate::identity::{request_id, TraceContext, REQUEST_ID, TRACEPARENT};
 use crate::metrics::{GatewayMetrics, RouteMetrics};
 use crate::problem::Problem;
 use crate::router::RouteTable;
+use crate::upstream::{UpstreamError, UpstreamPool};
 
 /// The gateway: the current route table and the upstream connection pool.
 /// Cheap to clone; clones share both.
@@ -29,24 +26,17 @@ pub struct Gateway {
 #[derive(Debug)]
 struct Inner {
     table: ArcSwap<RouteTable>,
-    client: Client<HttpConnector, Incoming>,
+    upstreams: UpstreamPool,
     metrics: GatewayMetrics,
 }
 
 impl Gateway {
-    /// A gateway serving `table`, with an upstream pool of keep-alive connections.
+    /// A gateway serving `table`, with a pool of keep-alive upstream connections.
     pub fn new(table: RouteTable, metrics: GatewayMetrics) -> Gateway {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_timer(TokioTimer::new())
-            .build(connector);
         Gateway {
             inner: Arc::new(Inner {
                 table: ArcSwap::from_pointee(table),
-                client,
+                upstreams: UpstreamPool::default(),
                 metrics,
             }),
         }
@@ -69,11 +59,7 @@ impl Gateway {
     }
 
     /// Handles one client request. Never fails: problems become responses.
-    pub async fn handle(
-        &self,
-        request: Request<Incoming>,
-        client: SocketAddr,
-    ) -> Response<GatewayBody> {
+    pub async fn handle(&self, request: Request<Incoming>, client: &Peer) -> Response<GatewayBody> {
         let started = Instant::now();
         let table = self.inner.table.load_full();
 
@@ -131,13 +117,7 @@ impl Gateway {
         outcome.instance = Some(instance.index);
 
         // Phase 4: forward.
-        let upstream_path = route.upstream_path(&path, &matched, parts.uri.query());
-        let uri = Uri::builder()
-            .scheme("http")
-            .authority(instance.authority.clone())
-            .path_and_query(upstream_path)
-            .build();
-        let Ok(uri) = uri else {
+        let Some(uri) = route.upstream_uri(&parts.uri, &matched) else {
             // Only a rewrite can produce this, from captured segments.
             let detail = "the rewritten upstream path is not a valid URI".to_string();
             return outcome.finish(
@@ -154,16 +134,20 @@ impl Gateway {
         parts.uri = uri;
         parts.version = Version::HTTP_11;
         strip_hop_by_hop(&mut parts.headers);
-        // The client sets Host from the upstream URI, as nginx does by default;
-        // the original is kept in X-Forwarded-Host.
-        parts.headers.remove(header::HOST);
-        add_forwarded(&mut parts.headers, client.ip(), original_host.as_ref());
+        // Host names the instance, as nginx does by default; the original is
+        // kept in X-Forwarded-Host.
+        parts
+            .headers
+            .insert(header::HOST, instance.host_header.clone());
+        add_forwarded(&mut parts.headers, client, original_host.as_ref());
         parts.headers.insert(REQUEST_ID, request_id.clone());
         parts.headers.insert(TRACEPARENT, trace.traceparent());
 
         let sent = tokio::time::timeout(
             route.timeout,
-            self.inner.client.request(Request::from_parts(parts, body)),
+            self.inner
+                .upstreams
+                .send(&instance.authority, Request::from_parts(parts, body)),
         )
         .await;
         let response = match sent {
@@ -178,7 +162,7 @@ impl Gateway {
             }
             Ok(Err(error)) => {
                 tracing::debug!(target: "gantry::proxy", service = service.name(), instance = instance.index, ?error, "upstream request failed");
-                let (problem, detail) = if error.is_connect() {
+                let (problem, detail) = if let UpstreamError::Connect(_) = error {
                     let detail = format!(
                         "could not connect to `{}` instance {} at {}",
                         service.name(),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use gantry_manifest::{PathMatch, PathPattern, Route};
 use gantry_services::ServiceHandle;
 use http::header::HeaderName;
-use http::{HeaderValue, Method};
+use http::{HeaderValue, Method, Uri};
 use serde::Serialize;
 
 use crate::metrics::{GatewayMetrics, RouteMetrics};
@@ -197,13 +197,20 @@ fn ends_with_ignore_case(text: &str, suffix: &str) -> bool {
 }
 
 impl CompiledRoute {
+    /// The origin-form URI (path and query) to send upstream; `None` when a
+    /// rewrite produced something that is not a valid path.
+    pub(crate) fn upstream_uri(&self, uri: &Uri, matched: &PathMatch<'_>) -> Option<Uri> {
+        if let PathRewrite::Keep = self.rewrite {
+            // The common case: no copy, no parse.
+            let mut parts = http::uri::Parts::default();
+            parts.path_and_query = uri.path_and_query().cloned();
+            return Uri::from_parts(parts).ok();
+        }
+        Uri::try_from(self.upstream_path(uri.path(), matched, uri.query())).ok()
+    }
+
     /// The path (and query) to send upstream.
-    pub(crate) fn upstream_path(
-        &self,
-        path: &str,
-        matched: &PathMatch<'_>,
-        query: Option<&str>,
-    ) -> String {
+    fn upstream_path(&self, path: &str, matched: &PathMatch<'_>, query: Option<&str>) -> String {
         let mut out = match &self.rewrite {
             PathRewrite::Keep => path.to_string(),
             PathRewrite::StripPrefix(prefix) => {

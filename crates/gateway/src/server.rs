@@ -11,6 +11,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::forwarding::Peer;
 use crate::proxy::Gateway;
 
 /// Serves `gateway` on `listener` until `shutdown` fires, then stops accepting
@@ -43,9 +44,11 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let gateway = gateway.clone();
+        let peer = Peer::new(client);
         let service = service_fn(move |request| {
             let gateway = gateway.clone();
-            async move { Ok::<_, Infallible>(gateway.handle(request, client).await) }
+            let peer = peer.clone();
+            async move { Ok::<_, Infallible>(gateway.handle(request, &peer).await) }
         });
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)

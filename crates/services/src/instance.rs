@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Mutex;
 
 use http::uri::Authority;
+use http::HeaderValue;
 use serde::Serialize;
 
 /// One place a service's requests can go.
@@ -13,6 +14,8 @@ pub struct Instance {
     pub index: u32,
     /// `host:port` to connect to.
     pub authority: Authority,
+    /// `authority` as a `Host` header value, made once.
+    pub host_header: HeaderValue,
     healthy: AtomicBool,
     pid: AtomicU32,
     restarts: AtomicU32,
@@ -40,8 +43,11 @@ impl Instance {
         healthy: bool,
         state: &'static str,
     ) -> Self {
+        let host_header = HeaderValue::from_str(authority.as_str())
+            .expect("an authority is a valid header value");
         Instance {
             index,
+            host_header,
             authority,
             healthy: AtomicBool::new(healthy),
             pid: AtomicU32::new(0),

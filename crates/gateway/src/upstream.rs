@@ -1,0 +1,244 @@
+//! Connections to service instances: HTTP/1.1, kept alive, pooled per
+//! instance, and driven by the request that uses them.
+//!
+//! hyper-util's pooled client gives every upstream connection its own task and
+//! passes each request and response through channels between that task and the
+//! request's task. Here the request's own task polls the connection while it
+//! waits for the response and while it streams the response body, then puts the
+//! connection back in the pool. That saves two task hand-offs per request and
+//! the client's per-request URI and pool-key work; see `bench/RESULTS.md` for
+//! what it measured. It is a small, self-contained piece because no maintained
+//! crate drives hyper connections this way.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::uri::Authority;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// Request bodies sent upstream.
+pub(crate) type RequestBody = Incoming;
+
+/// A connection idle longer than this is not reused: upstreams close idle
+/// connections on their own schedule, and an old one is likely gone.
+const MAX_IDLE: Duration = Duration::from_secs(30);
+/// Idle connections kept per instance; more are closed.
+const MAX_IDLE_PER_INSTANCE: usize = 512;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a request did not get a response from the upstream.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UpstreamError {
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    #[error("{0}")]
+    Http(#[from] hyper::Error),
+}
+
+/// One HTTP/1.1 connection: the handle to send on, and the state machine that
+/// reads and writes the socket when polled.
+struct Connection {
+    sender: http1::SendRequest<RequestBody>,
+    driver: http1::Connection<TokioIo<TcpStream>, RequestBody>,
+    /// The driver finished: the connection is closed.
+    closed: bool,
+    idle_since: Instant,
+}
+
+impl Connection {
+    /// Lets the connection make progress (read, write, notice a close).
+    fn drive(&mut self, cx: &mut Context<'_>) {
+        if !self.closed && Pin::new(&mut self.driver).poll(cx).is_ready() {
+            self.closed = true;
+        }
+    }
+}
+
+/// Idle connections by instance address. Cheap to clone.
+#[derive(Clone, Default)]
+pub(crate) struct UpstreamPool {
+    // Boxed so a checkout moves a pointer, not the connection's large state.
+    #[allow(clippy::vec_box)]
+    idle: Arc<Mutex<HashMap<Authority, Vec<Box<Connection>>>>>,
+}
+
+impl std::fmt::Debug for UpstreamPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamPool").finish_non_exhaustive()
+    }
+}
+
+impl UpstreamPool {
+    /// Sends `request` (origin-form URI, `Host` set) to the instance at
+    /// `authority` and waits for the response head. The returned body keeps
+    /// driving the connection and gives it back to the pool when it ends.
+    pub(crate) async fn send(
+        &self,
+        authority: &Authority,
+        mut request: Request<RequestBody>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        // A pooled connection may have been closed by the upstream while idle;
+        // if the request could not even be written, it is safe to resend it on
+        // a fresh connection. A fresh connection is not retried.
+        loop {
+            let (mut connection, reused) = match self.checkout(authority).await {
+                Some(connection) => (connection, true),
+                None => (connect(authority).await?, false),
+            };
+            let mut sending = Box::pin(connection.sender.try_send_request(request));
+            let sent = std::future::poll_fn(|cx| {
+                connection.drive(cx);
+                sending.as_mut().poll(cx)
+            })
+            .await;
+            match sent {
+                Ok(response) => {
+                    let (parts, body) = response.into_parts();
+                    let mut body = UpstreamBody {
+                        body,
+                        connection: Some(connection),
+                        pool: self.clone(),
+                        authority: authority.clone(),
+                    };
+                    if body.body.is_end_stream() {
+                        // No body to stream (204, 304, HEAD, `Content-Length: 0`):
+                        // the server may never poll it, so release the connection now.
+                        std::future::poll_fn(|cx| {
+                            body.release(cx);
+                            Poll::Ready(())
+                        })
+                        .await;
+                    }
+                    return Ok(Response::from_parts(parts, body));
+                }
+                Err(mut failed) => match failed.take_message() {
+                    Some(unsent) if reused => request = unsent,
+                    _ => return Err(failed.into_error().into()),
+                },
+            }
+        }
+    }
+
+    /// An idle connection to `authority` that can take a request now.
+    async fn checkout(&self, authority: &Authority) -> Option<Box<Connection>> {
+        loop {
+            let mut connection = {
+                let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+                idle.get_mut(authority)?.pop()?
+            };
+            if connection.idle_since.elapsed() > MAX_IDLE {
+                continue;
+            }
+            // Poll once: this notices a close that arrived while it was idle
+            // and moves a finished exchange to "ready for the next request".
+            let usable = std::future::poll_fn(|cx| {
+                connection.drive(cx);
+                Poll::Ready(!connection.closed && connection.sender.poll_ready(cx).is_ready())
+            })
+            .await;
+            if usable && connection.sender.is_ready() {
+                return Some(connection);
+            }
+        }
+    }
+
+    fn give_back(&self, authority: Authority, mut connection: Box<Connection>) {
+        if connection.closed || connection.sender.is_closed() {
+            return;
+        }
+        connection.idle_since = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.entry(authority).or_default();
+        if list.len() < MAX_IDLE_PER_INSTANCE {
+            list.push(connection);
+        }
+    }
+}
+
+async fn connect(authority: &Authority) -> Result<Box<Connection>, UpstreamError> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(authority.as_str()))
+        .await
+        .map_err(|_| UpstreamError::Connect(std::io::ErrorKind::TimedOut.into()))?
+        .map_err(UpstreamError::Connect)?;
+    let _ = stream.set_nodelay(true);
+    let (sender, driver) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await?;
+    // Boxed: the connection state is large and moves between the pool, the
+    // request future and the response body.
+    Ok(Box::new(Connection {
+        sender,
+        driver,
+        closed: false,
+        idle_since: Instant::now(),
+    }))
+}
+
+/// An upstream response body. Polling it also drives its connection; when the
+/// body ends the connection goes back to the pool, and if the body is dropped
+/// early (the client went away) the connection is closed.
+pub struct UpstreamBody {
+    body: Incoming,
+    connection: Option<Box<Connection>>,
+    pool: UpstreamPool,
+    authority: Authority,
+}
+
+impl std::fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamBody")
+            .field("authority", &self.authority)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UpstreamBody {
+    /// The body is complete: the connection goes back to the pool.
+    fn release(&mut self, cx: &mut Context<'_>) {
+        if let Some(mut connection) = self.connection.take() {
+            // Let the connection see the exchange is over before it idles.
+            connection.drive(cx);
+            self.pool.give_back(self.authority.clone(), connection);
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        if let Some(connection) = &mut this.connection {
+            connection.drive(cx);
+        }
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        // hyper stops polling a body that reports its end, so release the
+        // connection on the last frame rather than waiting for a `None`.
+        if matches!(polled, Poll::Ready(None)) || this.body.is_end_stream() {
+            this.release(cx);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
