@@ -24,6 +24,11 @@ UPSTREAM_PORT=19100 GANTRY_PORT=19101 GANTRY_ADMIN=19102 NGINX_PORT=19103 HAPROX
 for tool in nginx wrk taskset python3; do
   command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install nginx-light wrk haproxy)" >&2; exit 1; }
 done
+for port in $UPSTREAM_PORT $GANTRY_PORT $GANTRY_ADMIN $NGINX_PORT $HAPROXY_PORT; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "bench: port $port is already in use; stop what listens there first" >&2; exit 1
+  fi
+done
 WORK=$(mktemp -d /tmp/gantry-bench.XXXXXX)
 PIDS=()
 cleanup() {
@@ -135,6 +140,8 @@ for port in $PORTS; do
   for _ in $(seq 100); do curl -fsS -o /dev/null "http://127.0.0.1:$port/" 2>/dev/null && break; sleep 0.1; done
   curl -fsS -o /dev/null "http://127.0.0.1:$port/" || { echo "bench: nothing answers on $port" >&2; cat "$WORK"/logs/* >&2; exit 1; }
 done
+
+kill -0 "$GANTRY_PID" 2>/dev/null || { echo "bench: gantry exited:" >&2; cat "$WORK/logs/gantry.log" >&2; exit 1; }
 
 # CPU ticks (user+system) of a process and its children threads.
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
