@@ -28,7 +28,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-pub use reload::Live;
+use reload::Live;
 
 /// How long services get to become healthy before traffic is routed anyway
 /// (at start) or a reload is refused (at reload).
@@ -105,7 +105,7 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
         tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(request) = reload_rx.recv() => {
-                let outcome = live.reload("admin API").await;
+                let outcome = live.reload(watch::Trigger::AdminApi).await;
                 let _ = request.reply.send(outcome);
             }
             Some(source) = triggers.next() => {

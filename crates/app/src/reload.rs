@@ -10,11 +10,12 @@ use gantry_gateway::{Gateway, GatewayMetrics, RouteTable};
 use gantry_manifest::{Manifest, Platform};
 use gantry_services::ServiceHandle;
 
+use crate::watch::Trigger;
 use crate::READY_LIMIT;
 
 /// What is running now, and what a reload compares against.
 #[derive(Debug)]
-pub struct Live {
+pub(crate) struct Live {
     path: PathBuf,
     platform: Platform,
     /// The manifest text last applied, so a save without changes is a no-op.
@@ -61,16 +62,17 @@ impl Live {
 
     /// Re-reads the manifest and applies it. On any error the running system
     /// is left exactly as it was.
-    pub async fn reload(&mut self, trigger: &str) -> Result<ReloadReport, ReloadRefused> {
+    pub(crate) async fn reload(&mut self, trigger: Trigger) -> Result<ReloadReport, ReloadRefused> {
         let text = std::fs::read_to_string(&self.path).unwrap_or_default();
-        if trigger == "file change" && text == self.applied_text {
+        // Editors and `touch` fire file events without a change in content.
+        if trigger == Trigger::FileChange && text == self.applied_text {
             return Ok(ReloadReport::default());
         }
         let manifest = match gantry_manifest::load(&self.path) {
             Ok(manifest) => manifest,
             Err(error) => {
                 let reason = error.to_string();
-                tracing::error!(target: "gantry::reload", trigger, "manifest rejected; the previous configuration keeps serving:\n{reason}");
+                tracing::error!(target: "gantry::reload", trigger = trigger.as_str(), "manifest rejected; the previous configuration keeps serving:\n{reason}");
                 return Err(ReloadRefused { reason });
             }
         };
@@ -169,7 +171,7 @@ impl Live {
         }
         tracing::info!(
             target: "gantry::reload",
-            trigger,
+            trigger = trigger.as_str(),
             started = ?report.started,
             restarted = ?report.restarted,
             stopped = ?report.stopped,
@@ -183,8 +185,8 @@ impl Live {
         Ok(report)
     }
 
-    fn refuse(&self, trigger: &str, reason: String) -> ReloadRefused {
-        tracing::error!(target: "gantry::reload", trigger, %reason, "reload refused; the previous configuration keeps serving");
+    fn refuse(&self, trigger: Trigger, reason: String) -> ReloadRefused {
+        tracing::error!(target: "gantry::reload", trigger = trigger.as_str(), %reason, "reload refused; the previous configuration keeps serving");
         ReloadRefused { reason }
     }
 

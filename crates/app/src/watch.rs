@@ -12,6 +12,24 @@ use tokio::sync::mpsc;
 /// together than this are applied once.
 const SETTLE: Duration = Duration::from_millis(150);
 
+/// What asked for a reload; logged with its outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Trigger {
+    FileChange,
+    Hangup,
+    AdminApi,
+}
+
+impl Trigger {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Trigger::FileChange => "file change",
+            Trigger::Hangup => "SIGHUP",
+            Trigger::AdminApi => "admin API",
+        }
+    }
+}
+
 pub(crate) struct Triggers {
     files: Option<mpsc::UnboundedReceiver<()>>,
     /// Kept alive for as long as the file should be watched.
@@ -43,7 +61,7 @@ impl Triggers {
     }
 
     /// Waits for the next trigger and names it.
-    pub(crate) async fn next(&mut self) -> Option<&'static str> {
+    pub(crate) async fn next(&mut self) -> Option<Trigger> {
         let file_changed = async {
             match &mut self.files {
                 Some(rx) => {
@@ -62,8 +80,8 @@ impl Triggers {
             }
         };
         tokio::select! {
-            Some(()) = file_changed => Some("file change"),
-            Some(()) = hangup => Some("SIGHUP"),
+            Some(()) = file_changed => Some(Trigger::FileChange),
+            Some(()) = hangup => Some(Trigger::Hangup),
         }
     }
 }
