@@ -71,6 +71,19 @@ impl ServiceHandle {
             client: Box::new(health::http_client()),
         });
 
+        // The health-check loop of one instance.
+        let check = |instance: &Arc<Instance>, probe: Probe| {
+            let (interval, timeout) = (config.health_interval, config.health_timeout);
+            health::watch(
+                name.clone(),
+                instance.clone(),
+                probe,
+                interval,
+                timeout,
+                cancel.clone(),
+            )
+        };
+
         match config.kind() {
             ServiceKind::Process {
                 command,
@@ -95,14 +108,7 @@ impl ServiceHandle {
                     };
                     tasks.spawn(process::supervise(spec, instance.clone(), cancel.clone()));
                     let probe = probe.clone().unwrap_or(Probe::Tcp);
-                    tasks.spawn(health::watch(
-                        name.clone(),
-                        instance.clone(),
-                        probe,
-                        config.health_interval,
-                        config.health_timeout,
-                        cancel.clone(),
-                    ));
+                    tasks.spawn(check(&instance, probe));
                     instances.push(instance);
                 }
             }
@@ -125,14 +131,7 @@ impl ServiceHandle {
                         "external",
                     ));
                     if let Some(probe) = probe.clone() {
-                        tasks.spawn(health::watch(
-                            name.clone(),
-                            instance.clone(),
-                            probe,
-                            config.health_interval,
-                            config.health_timeout,
-                            cancel.clone(),
-                        ));
+                        tasks.spawn(check(&instance, probe));
                     }
                     instances.push(instance);
                 }
