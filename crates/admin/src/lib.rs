@@ -131,7 +131,16 @@ async fn metrics(State(state): State<AdminState>) -> Response {
 
 async fn services(State(state): State<AdminState>) -> Response {
     let table = state.gateway.table();
-    let services: Vec<_> = table.services().iter().map(|s| s.status()).collect();
+    let services: Vec<_> = table
+        .services()
+        .iter()
+        .map(|s| {
+            let mut status = serde_json::to_value(s.status()).unwrap_or_default();
+            status["circuit_breaker"] = json!(table.breaker_state(s.name()));
+            status["max_concurrent"] = json!(s.config().max_concurrent);
+            status
+        })
+        .collect();
     Json(json!({ "services": services })).into_response()
 }
 

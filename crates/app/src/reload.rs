@@ -42,8 +42,8 @@ impl Live {
                 tracing::warn!(target: "gantry::app", service = handle.name(), limit = ?READY_LIMIT, "service is not healthy yet; its routes answer 503 until it is");
             }
         }
-        let table =
-            RouteTable::build(&manifest.routes, &services, &metrics).map_err(|e| e.to_string())?;
+        let table = RouteTable::build(&manifest.routes, &services, &metrics, None)
+            .map_err(|e| e.to_string())?;
         let live = Live {
             path: path.to_path_buf(),
             platform: manifest.platform,
@@ -127,13 +127,15 @@ impl Live {
                 ));
             }
         }
-        let table = match RouteTable::build(&manifest.routes, &next, &self.metrics) {
-            Ok(table) => table,
-            Err(error) => {
-                stop_all(fresh, Duration::ZERO).await;
-                return Err(self.refuse(trigger, error.to_string()));
-            }
-        };
+        let previous = self.gateway.as_ref().map(Gateway::table);
+        let table =
+            match RouteTable::build(&manifest.routes, &next, &self.metrics, previous.as_deref()) {
+                Ok(table) => table,
+                Err(error) => {
+                    stop_all(fresh, Duration::ZERO).await;
+                    return Err(self.refuse(trigger, error.to_string()));
+                }
+            };
         report.routes = manifest.routes.len();
         if let Some(gateway) = &self.gateway {
             gateway.swap(table);

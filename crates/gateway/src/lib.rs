@@ -20,11 +20,13 @@
 //! instance, 504 upstream timeout.
 
 mod body;
+mod forward;
 mod forwarding;
 mod identity;
 mod metrics;
 mod problem;
 pub mod proxy;
+mod resilience;
 mod router;
 mod server;
 mod upstream;

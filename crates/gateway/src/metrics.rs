@@ -7,6 +7,7 @@ use gantry_telemetry::Metrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -24,11 +25,27 @@ struct RouteLabels {
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabels {
+    service: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FallbackLabels {
+    route: String,
+    reason: &'static str,
+}
+
 /// The gateway's metric families. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct GatewayMetrics {
     requests: Family<RequestLabels, Counter>,
     duration: Family<RouteLabels, Histogram>,
+    retries: Family<RouteLabels, Counter>,
+    shed: Family<ServiceLabels, Counter>,
+    breaker_state: Family<ServiceLabels, Gauge>,
+    breaker_opened: Family<ServiceLabels, Counter>,
+    fallbacks: Family<FallbackLabels, Counter>,
 }
 
 /// The metric handles of one route (or of unrouted requests).
@@ -36,6 +53,11 @@ pub struct GatewayMetrics {
 pub(crate) struct RouteMetrics {
     by_class: [Counter; 5],
     duration: Histogram,
+    pub(crate) retries: Counter,
+    /// Requests shed by the service's bulkhead.
+    pub(crate) shed: Counter,
+    fallbacks: Family<FallbackLabels, Counter>,
+    route: String,
 }
 
 impl GatewayMetrics {
@@ -61,7 +83,58 @@ impl GatewayMetrics {
                 duration.clone(),
             );
         });
-        GatewayMetrics { requests, duration }
+        let retries = Family::<RouteLabels, Counter>::default();
+        let shed = Family::<ServiceLabels, Counter>::default();
+        let breaker_state = Family::<ServiceLabels, Gauge>::default();
+        let breaker_opened = Family::<ServiceLabels, Counter>::default();
+        let fallbacks = Family::<FallbackLabels, Counter>::default();
+        metrics.register(|registry| {
+            registry.register(
+                "http_retries",
+                "Retried upstream attempts, by route",
+                retries.clone(),
+            );
+            registry.register(
+                "bulkhead_shed",
+                "Requests shed because a service had too many in flight",
+                shed.clone(),
+            );
+            registry.register(
+                "circuit_breaker_state",
+                "Circuit breaker state by service: 0 closed, 1 open, 2 half-open",
+                breaker_state.clone(),
+            );
+            registry.register(
+                "circuit_breaker_opened",
+                "Times a service's circuit breaker opened",
+                breaker_opened.clone(),
+            );
+            registry.register(
+                "fallbacks",
+                "Fallback answers served, by route and reason",
+                fallbacks.clone(),
+            );
+        });
+        GatewayMetrics {
+            requests,
+            duration,
+            retries,
+            shed,
+            breaker_state,
+            breaker_opened,
+            fallbacks,
+        }
+    }
+
+    /// The state gauge and open counter of a service's breaker.
+    pub(crate) fn for_breaker(&self, service: &str) -> (Gauge, Counter) {
+        let labels = ServiceLabels {
+            service: service.to_string(),
+        };
+        (
+            self.breaker_state.get_or_create(&labels).clone(),
+            self.breaker_opened.get_or_create(&labels).clone(),
+        )
     }
 
     pub(crate) fn for_route(&self, route: &str, service: &str) -> RouteMetrics {
@@ -81,11 +154,36 @@ impl GatewayMetrics {
                 service: service.to_string(),
             })
             .clone();
-        RouteMetrics { by_class, duration }
+        let labels = RouteLabels {
+            route: route.to_string(),
+            service: service.to_string(),
+        };
+        RouteMetrics {
+            by_class,
+            duration,
+            retries: self.retries.get_or_create(&labels).clone(),
+            shed: self
+                .shed
+                .get_or_create(&ServiceLabels {
+                    service: service.to_string(),
+                })
+                .clone(),
+            fallbacks: self.fallbacks.clone(),
+            route: route.to_string(),
+        }
     }
 }
 
 impl RouteMetrics {
+    pub(crate) fn fallback(&self, reason: &'static str) {
+        self.fallbacks
+            .get_or_create(&FallbackLabels {
+                route: self.route.clone(),
+                reason,
+            })
+            .inc();
+    }
+
     pub(crate) fn record(&self, status: u16, seconds: f64) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.by_class[class].inc();

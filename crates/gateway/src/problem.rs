@@ -14,6 +14,9 @@ pub(crate) enum Problem {
     UpstreamRefused,
     UpstreamReset,
     UpstreamTimeout,
+    CircuitOpen,
+    BulkheadFull,
+    BadRequestBody,
 }
 
 #[derive(Serialize)]
@@ -28,12 +31,19 @@ struct ProblemDetails<'a> {
 }
 
 impl Problem {
+    /// The short name used as the `reason` of fallback metrics and headers.
+    pub(crate) fn reason(self) -> &'static str {
+        self.kind().trim_start_matches("urn:gantry:problem:")
+    }
+
     pub(crate) fn status(self) -> StatusCode {
         match self {
             Problem::NoRoute => StatusCode::NOT_FOUND,
             Problem::NoHealthyInstance => StatusCode::SERVICE_UNAVAILABLE,
             Problem::UpstreamRefused | Problem::UpstreamReset => StatusCode::BAD_GATEWAY,
             Problem::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Problem::CircuitOpen | Problem::BulkheadFull => StatusCode::SERVICE_UNAVAILABLE,
+            Problem::BadRequestBody => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -44,6 +54,9 @@ impl Problem {
             Problem::UpstreamRefused => "urn:gantry:problem:upstream-refused",
             Problem::UpstreamReset => "urn:gantry:problem:upstream-reset",
             Problem::UpstreamTimeout => "urn:gantry:problem:upstream-timeout",
+            Problem::CircuitOpen => "urn:gantry:problem:circuit-open",
+            Problem::BulkheadFull => "urn:gantry:problem:bulkhead-full",
+            Problem::BadRequestBody => "urn:gantry:problem:bad-request-body",
         }
     }
 
@@ -54,6 +67,9 @@ impl Problem {
             Problem::UpstreamRefused => "The service refused the connection",
             Problem::UpstreamReset => "The service closed the connection without a response",
             Problem::UpstreamTimeout => "The service did not answer in time",
+            Problem::CircuitOpen => "The service is failing; requests to it are paused",
+            Problem::BulkheadFull => "The service has too many requests in flight",
+            Problem::BadRequestBody => "The request body could not be read",
         }
     }
 
@@ -79,7 +95,10 @@ impl Problem {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if self == Problem::NoHealthyInstance {
+        if matches!(
+            self,
+            Problem::NoHealthyInstance | Problem::CircuitOpen | Problem::BulkheadFull
+        ) {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

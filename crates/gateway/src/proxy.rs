@@ -9,12 +9,14 @@ use http::{Method, Request, Response, Version};
 use hyper::body::Incoming;
 
 use crate::body::GatewayBody;
+use crate::forward::{buffer_small_body, Forward, Forwarded, FALLBACK};
 use crate::forwarding::{add_forwarded, strip_hop_by_hop, Peer};
 use crate::identity::{request_id, TraceContext, REQUEST_ID, TRACEPARENT};
 use crate::metrics::{GatewayMetrics, RouteMetrics};
 use crate::problem::Problem;
-use crate::router::RouteTable;
-use crate::upstream::{UpstreamError, UpstreamPool};
+use crate::resilience::retry::is_idempotent;
+use crate::router::{CompiledFallback, CompiledRoute, RouteTable};
+use crate::upstream::{RequestBody, UpstreamPool};
 
 /// The gateway: the current route table and the upstream connection pool.
 /// Cheap to clone; clones share both.
@@ -99,24 +101,45 @@ impl Gateway {
         outcome.route = &route.label;
         outcome.service = service.name();
 
-        // Counted before an instance is picked so a reload cannot stop the
-        // service between the pick and the send.
-        let in_flight = service.track_request();
-
-        // Phase 3: pick an instance.
-        let Some(instance) = service.pick() else {
+        // Phase 3: admission. The bulkhead caps requests in flight to the
+        // service (the count also keeps a reload from stopping the service
+        // under this request); the breaker refuses while the service fails.
+        let Some(in_flight) = service.try_track_request() else {
+            route.metrics.shed.inc();
             let detail = format!(
-                "service `{}` has no healthy instance right now; try again shortly",
+                "service `{}` already has {} requests in flight (its `max_concurrent`); try again shortly",
+                service.name(),
+                service.config().max_concurrent
+            );
+            let request = Request::from_parts(parts, RequestBody::Streaming(body));
+            return self
+                .fall_back(
+                    route,
+                    Problem::BulkheadFull,
+                    detail,
+                    Some(request),
+                    &mut outcome,
+                )
+                .await;
+        };
+        let Some(admission) = route.policies.breaker.admit() else {
+            let detail = format!(
+                "service `{}` is failing and its circuit breaker is open; requests resume after a successful probe",
                 service.name()
             );
-            return outcome.finish(
-                Problem::NoHealthyInstance.respond(detail, &path, &request_id),
-                &route.metrics,
-            );
+            let request = Request::from_parts(parts, RequestBody::Streaming(body));
+            return self
+                .fall_back(
+                    route,
+                    Problem::CircuitOpen,
+                    detail,
+                    Some(request),
+                    &mut outcome,
+                )
+                .await;
         };
-        outcome.instance = Some(instance.index);
 
-        // Phase 4: forward.
+        // Phase 4: forward, retrying what may be retried.
         let Some(uri) = route.upstream_uri(&parts.uri, &matched) else {
             // Only a rewrite can produce this, from captured segments.
             let detail = "the rewritten upstream path is not a valid URI".to_string();
@@ -134,24 +157,38 @@ impl Gateway {
         parts.uri = uri;
         parts.version = Version::HTTP_11;
         strip_hop_by_hop(&mut parts.headers);
-        // Host names the instance, as nginx does by default; the original is
-        // kept in X-Forwarded-Host.
-        parts
-            .headers
-            .insert(header::HOST, instance.host_header.clone());
         add_forwarded(&mut parts.headers, client, original_host.as_ref());
         parts.headers.insert(REQUEST_ID, request_id.clone());
         parts.headers.insert(TRACEPARENT, trace.traceparent());
 
-        let sent = tokio::time::timeout(
-            route.timeout,
-            self.inner
-                .upstreams
-                .send(&instance.authority, Request::from_parts(parts, body)),
-        )
+        let idempotent = is_idempotent(&parts.method, &parts.headers);
+        let body = if idempotent && route.retry.attempts > 1 {
+            match buffer_small_body(body, route.retry.max_body).await {
+                Ok(body) => body,
+                Err(error) => {
+                    route.policies.breaker.record(admission, true);
+                    let detail = format!("reading the request body failed: {error}");
+                    return outcome.finish(
+                        Problem::BadRequestBody.respond(detail, &path, &request_id),
+                        &route.metrics,
+                    );
+                }
+            }
+        } else {
+            RequestBody::Streaming(body)
+        };
+        let forwarded = Forward {
+            upstreams: &self.inner.upstreams,
+            route,
+            admission,
+            idempotent,
+            deadline: started + route.timeout,
+        }
+        .run(parts, body)
         .await;
-        let response = match sent {
-            Ok(Ok(response)) => {
+        let response = match forwarded {
+            Forwarded::Response(response, instance) => {
+                outcome.instance = Some(instance);
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 let body = GatewayBody::Upstream {
@@ -160,36 +197,97 @@ impl Gateway {
                 };
                 Response::from_parts(parts, body)
             }
-            Ok(Err(error)) => {
-                tracing::debug!(target: "gantry::proxy", service = service.name(), instance = instance.index, ?error, "upstream request failed");
-                let (problem, detail) = if let UpstreamError::Connect(_) = error {
-                    let detail = format!(
-                        "could not connect to `{}` instance {} at {}",
-                        service.name(),
-                        instance.index,
-                        instance.authority
-                    );
-                    (Problem::UpstreamRefused, detail)
-                } else {
-                    let detail = format!(
-                        "`{}` instance {} closed the connection before answering",
-                        service.name(),
-                        instance.index
-                    );
-                    (Problem::UpstreamReset, detail)
-                };
+            Forwarded::Failed {
+                problem,
+                detail,
+                instance,
+                request,
+            } => {
+                outcome.instance = instance;
+                if matches!(
+                    problem,
+                    Problem::UpstreamTimeout | Problem::NoHealthyInstance
+                ) {
+                    drop(in_flight);
+                    return self
+                        .fall_back(route, problem, detail, request, &mut outcome)
+                        .await;
+                }
                 problem.respond(detail, &path, &request_id)
-            }
-            Err(_elapsed) => {
-                let detail = format!(
-                    "`{}` did not start answering within the route's timeout of {}",
-                    service.name(),
-                    humantime::format_duration(route.timeout)
-                );
-                Problem::UpstreamTimeout.respond(detail, &path, &request_id)
             }
         };
         outcome.finish(response, &route.metrics)
+    }
+
+    /// Answers with the route's fallback when it has one, otherwise with the
+    /// problem. A fallback to another service gets the request only if its body
+    /// is still available (it was not streamed away already).
+    async fn fall_back(
+        &self,
+        route: &CompiledRoute,
+        problem: Problem,
+        detail: String,
+        request: Option<Request<RequestBody>>,
+        outcome: &mut Outcome<'_>,
+    ) -> Response<GatewayBody> {
+        let respond_problem = |outcome: &Outcome<'_>| {
+            problem.respond(detail.clone(), outcome.path, outcome.request_id)
+        };
+        let response = match (&route.fallback, request) {
+            (
+                Some(CompiledFallback::Static {
+                    status,
+                    body,
+                    content_type,
+                }),
+                _,
+            ) => {
+                route.metrics.fallback(problem.reason());
+                let mut response = Response::new(GatewayBody::local(body.clone()));
+                *response.status_mut() = *status;
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_TYPE, content_type.clone());
+                response
+                    .headers_mut()
+                    .insert(FALLBACK, HeaderValue::from_static(problem.reason()));
+                response
+            }
+            (Some(CompiledFallback::Service(service)), Some(mut request)) => match service.pick() {
+                Some(instance) => {
+                    route.metrics.fallback(problem.reason());
+                    request
+                        .headers_mut()
+                        .insert(header::HOST, instance.host_header.clone());
+                    let in_flight = service.track_request();
+                    let sent = tokio::time::timeout(
+                        route.timeout,
+                        self.inner.upstreams.send(&instance.authority, request),
+                    )
+                    .await;
+                    match sent {
+                        Ok(Ok(response)) => {
+                            let (mut parts, body) = response.into_parts();
+                            strip_hop_by_hop(&mut parts.headers);
+                            parts
+                                .headers
+                                .insert(FALLBACK, HeaderValue::from_static(problem.reason()));
+                            Response::from_parts(
+                                parts,
+                                GatewayBody::Upstream {
+                                    body,
+                                    guard: Some(in_flight),
+                                },
+                            )
+                        }
+                        _ => respond_problem(outcome),
+                    }
+                }
+                None => respond_problem(outcome),
+            },
+            _ => respond_problem(outcome),
+        };
+        outcome.finish_ref(response, &route.metrics)
     }
 }
 
@@ -206,9 +304,17 @@ struct Outcome<'a> {
 }
 
 impl Outcome<'_> {
-    /// Phase 5: record the request, then hand the response back.
     fn finish(
         self,
+        response: Response<GatewayBody>,
+        metrics: &RouteMetrics,
+    ) -> Response<GatewayBody> {
+        self.finish_ref(response, metrics)
+    }
+
+    /// Phase 5: record the request, then hand the response back.
+    fn finish_ref(
+        &self,
         mut response: Response<GatewayBody>,
         metrics: &RouteMetrics,
     ) -> Response<GatewayBody> {

@@ -5,13 +5,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gantry_manifest::{PathMatch, PathPattern, Route};
+use gantry_manifest::{Fallback, PathMatch, PathPattern, RetryPolicy, Route};
 use gantry_services::ServiceHandle;
 use http::header::HeaderName;
 use http::{HeaderValue, Method, Uri};
 use serde::Serialize;
 
 use crate::metrics::{GatewayMetrics, RouteMetrics};
+use crate::resilience::ServicePolicies;
 
 /// Why a route table could not be built from a (validated) manifest.
 #[derive(Debug, thiserror::Error)]
@@ -44,9 +45,24 @@ pub(crate) struct CompiledRoute {
     headers: Vec<(HeaderName, HeaderValue)>,
     rewrite: PathRewrite,
     pub(crate) timeout: Duration,
+    pub(crate) attempt_timeout: Option<Duration>,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) fallback: Option<CompiledFallback>,
     pub(crate) service: Arc<ServiceHandle>,
+    pub(crate) policies: Arc<ServicePolicies>,
     pub(crate) metrics: RouteMetrics,
     config: Route,
+}
+
+/// A route's fallback, ready to serve.
+#[derive(Debug)]
+pub(crate) enum CompiledFallback {
+    Static {
+        status: http::StatusCode,
+        body: bytes::Bytes,
+        content_type: HeaderValue,
+    },
+    Service(Arc<ServiceHandle>),
 }
 
 /// All routes, in manifest order (the first match wins), plus the metrics of
@@ -54,6 +70,8 @@ pub(crate) struct CompiledRoute {
 #[derive(Debug)]
 pub struct RouteTable {
     routes: Vec<CompiledRoute>,
+    /// Breakers and retry budgets by service name.
+    policies: HashMap<String, Arc<ServicePolicies>>,
     /// Every service of the manifest this table was built from, routed to or not.
     services: Vec<Arc<ServiceHandle>>,
     pub(crate) unrouted: RouteMetrics,
@@ -70,11 +88,27 @@ pub struct RouteInfo {
 
 impl RouteTable {
     /// Compiles `routes`, binding each to its service in `services`.
+    ///
+    /// A service kept from `previous` (the same running handle) keeps its
+    /// breaker and retry budget; a new or restarted one starts afresh.
     pub fn build(
         routes: &[Route],
         services: &HashMap<String, Arc<ServiceHandle>>,
         metrics: &GatewayMetrics,
+        previous: Option<&RouteTable>,
     ) -> Result<RouteTable, BuildError> {
+        let policies: HashMap<String, Arc<ServicePolicies>> = services
+            .iter()
+            .map(|(name, handle)| {
+                let kept = previous
+                    .and_then(|p| p.policies.get(name))
+                    .filter(|p| Arc::ptr_eq(&p.service, handle))
+                    .cloned();
+                let policies =
+                    kept.unwrap_or_else(|| Arc::new(ServicePolicies::new(handle.clone(), metrics)));
+                (name.clone(), policies)
+            })
+            .collect();
         let mut compiled = Vec::with_capacity(routes.len());
         for route in routes {
             let service =
@@ -105,6 +139,28 @@ impl RouteTable {
                 (None, Some(template)) => PathRewrite::Template(template.clone()),
                 (None, None) => PathRewrite::Keep,
             };
+            let fallback = match &route.fallback {
+                None => None,
+                Some(Fallback::Service { to }) => Some(CompiledFallback::Service(
+                    services
+                        .get(to)
+                        .cloned()
+                        .ok_or_else(|| BuildError::MissingService {
+                            route: route.path.clone(),
+                            service: to.clone(),
+                        })?,
+                )),
+                Some(Fallback::Static {
+                    status,
+                    body,
+                    content_type,
+                }) => Some(CompiledFallback::Static {
+                    status: http::StatusCode::from_u16(*status).unwrap_or(http::StatusCode::OK),
+                    body: bytes::Bytes::from(body.clone()),
+                    content_type: HeaderValue::from_str(content_type)
+                        .unwrap_or(HeaderValue::from_static("text/plain")),
+                }),
+            };
             compiled.push(CompiledRoute {
                 label: Arc::from(route.label()),
                 pattern: route.pattern.clone(),
@@ -117,6 +173,10 @@ impl RouteTable {
                 headers,
                 rewrite,
                 timeout: route.timeout,
+                attempt_timeout: route.attempt_timeout,
+                retry: route.retry.clone(),
+                fallback,
+                policies: policies[&route.to].clone(),
                 metrics: metrics.for_route(route.label(), service.name()),
                 service,
                 config: route.clone(),
@@ -126,6 +186,7 @@ impl RouteTable {
         services.sort_by(|a, b| a.name().cmp(b.name()));
         Ok(RouteTable {
             routes: compiled,
+            policies,
             services,
             // Requests no route matched are counted under route="unmatched".
             unrouted: metrics.for_route("unmatched", "none"),
@@ -163,6 +224,13 @@ impl RouteTable {
     /// The services this table knows, by name.
     pub fn services(&self) -> &[Arc<ServiceHandle>] {
         &self.services
+    }
+
+    /// The state of a service's circuit breaker: `closed`, `open` or `half-open`.
+    pub fn breaker_state(&self, service: &str) -> Option<&'static str> {
+        self.policies
+            .get(service)
+            .map(|p| p.breaker.state().as_str())
     }
 
     /// Every route with its current readiness, for listings.

@@ -26,8 +26,60 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-/// Request bodies sent upstream.
-pub(crate) type RequestBody = Incoming;
+/// A request body on its way upstream.
+#[derive(Debug)]
+pub enum RequestBody {
+    /// The client's body, streamed through as it arrives: sent once.
+    Streaming(Incoming),
+    /// A small body read ahead so the request can be sent again (retries).
+    Buffered(Option<Bytes>),
+}
+
+impl RequestBody {
+    /// A copy for another attempt, if this body can be sent again.
+    pub(crate) fn replay(&self) -> Option<RequestBody> {
+        match self {
+            RequestBody::Buffered(bytes) => Some(RequestBody::Buffered(bytes.clone())),
+            RequestBody::Streaming(_) => None,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            RequestBody::Streaming(body) => Pin::new(body).poll_frame(cx),
+            RequestBody::Buffered(bytes) => Poll::Ready(
+                bytes
+                    .take()
+                    .filter(|b| !b.is_empty())
+                    .map(|b| Ok(Frame::data(b))),
+            ),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Streaming(body) => body.is_end_stream(),
+            RequestBody::Buffered(bytes) => bytes.as_ref().is_none_or(Bytes::is_empty),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Streaming(body) => body.size_hint(),
+            RequestBody::Buffered(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
+    }
+}
 
 /// A connection idle longer than this is not reused: upstreams close idle
 /// connections on their own schedule, and an old one is likely gone.
@@ -37,12 +89,13 @@ const MAX_IDLE_PER_INSTANCE: usize = 512;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a request did not get a response from the upstream.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug)]
 pub(crate) enum UpstreamError {
-    #[error("connect: {0}")]
-    Connect(std::io::Error),
-    #[error("{0}")]
-    Http(#[from] hyper::Error),
+    /// No connection could be made. Nothing was sent, so the request comes
+    /// back and may go to another instance.
+    Connect(std::io::Error, Box<Request<RequestBody>>),
+    /// The exchange failed after the request was (perhaps partly) sent.
+    Http(hyper::Error),
 }
 
 /// One HTTP/1.1 connection: the handle to send on, and the state machine that
@@ -93,7 +146,10 @@ impl UpstreamPool {
         loop {
             let (mut connection, reused) = match self.checkout(authority).await {
                 Some(connection) => (connection, true),
-                None => (connect(authority).await?, false),
+                None => match connect(authority).await {
+                    Ok(connection) => (connection, false),
+                    Err(error) => return Err(UpstreamError::Connect(error, Box::new(request))),
+                },
             };
             let mut sending = Box::pin(connection.sender.try_send_request(request));
             let sent = std::future::poll_fn(|cx| {
@@ -123,7 +179,7 @@ impl UpstreamPool {
                 }
                 Err(mut failed) => match failed.take_message() {
                     Some(unsent) if reused => request = unsent,
-                    _ => return Err(failed.into_error().into()),
+                    _ => return Err(UpstreamError::Http(failed.into_error())),
                 },
             }
         }
@@ -165,15 +221,15 @@ impl UpstreamPool {
     }
 }
 
-async fn connect(authority: &Authority) -> Result<Box<Connection>, UpstreamError> {
+async fn connect(authority: &Authority) -> std::io::Result<Box<Connection>> {
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(authority.as_str()))
         .await
-        .map_err(|_| UpstreamError::Connect(std::io::ErrorKind::TimedOut.into()))?
-        .map_err(UpstreamError::Connect)?;
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
     let _ = stream.set_nodelay(true);
     let (sender, driver) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
-        .await?;
+        .await
+        .map_err(std::io::Error::other)?;
     // Boxed: the connection state is large and moves between the pool, the
     // request future and the response body.
     Ok(Box::new(Connection {

@@ -440,7 +440,7 @@ async fn a_swapped_route_table_serves_new_requests() {
         gantry_services::ServiceHandle::start("app", &manifest.services["app"]).unwrap(),
     );
     let table =
-        gantry_gateway::RouteTable::build(&manifest.routes, &services, gw.gateway.metrics())
+        gantry_gateway::RouteTable::build(&manifest.routes, &services, gw.gateway.metrics(), None)
             .unwrap();
     gw.gateway.swap(table);
     let seen = json(client().get(gw.url("/")).send().await.unwrap()).await;

@@ -19,11 +19,13 @@ mod decode;
 mod diagnostics;
 mod model;
 mod pattern;
+mod policy;
 mod validate;
 
 pub use diagnostics::{Diagnostic, Diagnostics, ErrorCode};
 pub use model::{Manifest, Platform, Route, Service, ServiceKind};
 pub use pattern::{PathMatch, PathPattern};
+pub use policy::{CircuitBreakerPolicy, Fallback, RetryPolicy};
 
 use std::path::{Path, PathBuf};
 

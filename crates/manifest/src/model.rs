@@ -11,6 +11,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::pattern::PathPattern;
+use crate::policy::{self, CircuitBreakerPolicy, Fallback, RetryPolicy};
 
 /// A whole Gantry system: the platform settings, the services it fronts and the
 /// routes that send traffic to them.
@@ -114,6 +115,17 @@ pub struct Service {
     #[serde(default = "defaults::stop_grace", with = "duration_text")]
     #[schemars(with = "String")]
     pub stop_grace: Duration,
+    /// Bulkhead: requests in flight to this service at most; more are shed at
+    /// once with 503 and `Retry-After` rather than queued.
+    #[serde(default = "policy::defaults::max_concurrent")]
+    pub max_concurrent: u32,
+    /// Retries may add at most this fraction of extra load (0.2 = 20%), so
+    /// retries cannot multiply an outage.
+    #[serde(default = "policy::defaults::retry_budget")]
+    pub retry_budget: f64,
+    /// When to stop sending requests to a failing service.
+    #[serde(default)]
+    pub circuit_breaker: CircuitBreakerPolicy,
 }
 
 /// How a service's instances come to exist.
@@ -169,10 +181,26 @@ pub struct Route {
     /// and `{*}` the rest of a prefix match, e.g. `/v2/items/{id}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewrite: Option<String>,
-    /// How long the upstream has to start answering (response headers).
+    /// The request's deadline: how long the upstream (all attempts and
+    /// backoffs) has to start answering. The time left is sent upstream in
+    /// `X-Gantry-Deadline-Ms`.
     #[serde(default = "defaults::route_timeout", with = "duration_text")]
     #[schemars(with = "String")]
     pub timeout: Duration,
+    /// How long one attempt may take; defaults to the whole `timeout`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "duration_option"
+    )]
+    #[schemars(with = "Option<String>")]
+    pub attempt_timeout: Option<Duration>,
+    /// Retries of failed attempts.
+    #[serde(default = "RetryPolicy::connect_failures_only")]
+    pub retry: RetryPolicy,
+    /// What to answer when the service cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<Fallback>,
     /// The parsed `path`.
     #[serde(skip)]
     pub pattern: PathPattern,
@@ -193,6 +221,7 @@ pub(crate) struct RouteSpans {
     pub(crate) table: Option<Range<usize>>,
     pub(crate) path: Option<Range<usize>>,
     pub(crate) to: Option<Range<usize>>,
+    pub(crate) fallback: Option<Range<usize>>,
 }
 
 pub(crate) mod defaults {
@@ -235,9 +264,20 @@ pub(crate) mod defaults {
     }
 }
 
+mod duration_option {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.collect_str(&humantime::format_duration(*d)),
+            None => s.serialize_none(),
+        }
+    }
+}
+
 /// Durations are written as text in the manifest (`5s`, `250ms`) and shown the
 /// same way in listings.
-mod duration_text {
+pub(crate) mod duration_text {
     use std::time::Duration;
 
     pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

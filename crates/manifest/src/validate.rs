@@ -4,6 +4,7 @@
 use crate::decode::suggest;
 use crate::diagnostics::{Diagnostics, ErrorCode};
 use crate::model::{Manifest, Route};
+use crate::policy::Fallback;
 
 pub(crate) fn cross_check(manifest: &Manifest, source: &str, out: &mut Diagnostics) {
     let names: Vec<&str> = manifest.services.keys().map(String::as_str).collect();
@@ -24,6 +25,25 @@ pub(crate) fn cross_check(manifest: &Manifest, source: &str, out: &mut Diagnosti
                 ),
                 Some(hint),
             );
+        }
+    }
+    for route in &manifest.routes {
+        if let Some(Fallback::Service { to }) = &route.fallback {
+            if !manifest.services.contains_key(to) {
+                out.push_at(
+                    source,
+                    ErrorCode::UnknownService,
+                    route.spans.fallback.clone(),
+                    format!(
+                        "the fallback of route `{}` is `{to}`, which is not a declared service",
+                        route.path
+                    ),
+                    Some(match suggest(to, &names) {
+                        Some(close) => format!("did you mean `{close}`?"),
+                        None => format!("declared services: {}", names.join(", ")),
+                    }),
+                );
+            }
         }
     }
     for (later_index, later) in manifest.routes.iter().enumerate() {

@@ -203,6 +203,14 @@ impl ServiceHandle {
         InFlight(self.clone())
     }
 
+    /// Like [`ServiceHandle::track_request`], but refuses (the bulkhead) when
+    /// `max_concurrent` requests are already in flight.
+    pub fn try_track_request(self: &Arc<Self>) -> Option<InFlight> {
+        let before = self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let guard = InFlight(self.clone());
+        (before < self.config.max_concurrent as usize).then_some(guard)
+    }
+
     /// Stops health checks and processes: SIGTERM, then SIGKILL after
     /// `stop_grace`. Waits up to `drain` for in-flight requests first.
     pub async fn stop(&self, drain: Duration) {

@@ -11,6 +11,7 @@ use crate::diagnostics::{DiagnosticSink, Diagnostics, ErrorCode};
 use crate::model::{defaults, Manifest, Platform, Route, RouteSpans, Service};
 use crate::pattern::PathPattern;
 
+mod policies;
 mod values;
 
 pub(crate) use values::suggest;
@@ -35,6 +36,9 @@ pub(crate) const SERVICE_KEYS: &[&str] = &[
     "health_interval",
     "health_timeout",
     "stop_grace",
+    "max_concurrent",
+    "retry_budget",
+    "circuit_breaker",
 ];
 pub(crate) const ROUTE_KEYS: &[&str] = &[
     "name",
@@ -46,6 +50,9 @@ pub(crate) const ROUTE_KEYS: &[&str] = &[
     "strip_prefix",
     "rewrite",
     "timeout",
+    "attempt_timeout",
+    "retry",
+    "fallback",
 ];
 const METHODS: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT",
@@ -303,6 +310,13 @@ impl<'a> Decoder<'a> {
             stop_grace: self
                 .duration(s, "stop_grace")
                 .unwrap_or_else(defaults::stop_grace),
+            max_concurrent: self
+                .integer(s, "max_concurrent", 1, 1_000_000)
+                .map_or_else(crate::policy::defaults::max_concurrent, |n| n as u32),
+            retry_budget: self
+                .ratio(s, "retry_budget")
+                .unwrap_or_else(crate::policy::defaults::retry_budget),
+            circuit_breaker: self.circuit_breaker(s),
         }
     }
 
@@ -451,10 +465,22 @@ impl<'a> Decoder<'a> {
             .unwrap_or_else(defaults::route_timeout);
         let name = self.string(s, "name");
 
+        let attempt_timeout = self.duration(s, "attempt_timeout");
+        if attempt_timeout.is_some_and(|a| a > timeout) {
+            self.bad_value(
+                s,
+                "attempt_timeout",
+                format!("`attempt_timeout` is longer than `timeout` in {}", s.name),
+                "`timeout` bounds all attempts together; make `attempt_timeout` shorter",
+            );
+        }
+        let retry = self.retry(s);
+        let fallback = self.fallback(s);
         let spans = RouteSpans {
             table: s.table_span(),
             path: self.value_span(s, "path"),
             to: self.value_span(s, "to"),
+            fallback: self.value_span(s, "fallback"),
         };
         Some(Route {
             name,
@@ -466,6 +492,9 @@ impl<'a> Decoder<'a> {
             strip_prefix,
             rewrite,
             timeout,
+            attempt_timeout,
+            retry,
+            fallback,
             pattern: pattern?,
             spans,
         })

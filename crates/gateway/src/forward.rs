@@ -1,0 +1,253 @@
+//! Phase 4: sending a request upstream within its deadline, retrying failed
+//! attempts when the route's policy, the method and the service's retry budget
+//! allow it.
+//!
+//! What is retried:
+//! - a connection that could not be made, on another pick of instance, for any
+//!   method: nothing was sent;
+//! - a response whose status is in the route's `retry.on`, and an attempt that
+//!   ran past `attempt_timeout` (when 504 is in `retry.on`), for idempotent
+//!   requests whose body was small enough to keep.
+//!
+//! A connection that fails after the request went out is never retried: the
+//! service may have acted on it.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{request, HeaderMap, Method, Request, Response, Uri};
+use http_body::Body;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::problem::Problem;
+use crate::resilience::retry::backoff;
+use crate::resilience::Admission;
+use crate::router::CompiledRoute;
+use crate::upstream::{RequestBody, UpstreamBody, UpstreamError, UpstreamPool};
+
+/// Set on a response that a fallback produced; its value is the reason.
+pub(crate) const FALLBACK: HeaderName = HeaderName::from_static("x-gantry-fallback");
+/// Milliseconds left of the request's deadline, sent upstream so a service can
+/// give up early.
+pub(crate) const DEADLINE: HeaderName = HeaderName::from_static("x-gantry-deadline-ms");
+
+/// How forwarding ended.
+pub(crate) enum Forwarded {
+    Response(Response<UpstreamBody>, u32),
+    Failed {
+        problem: Problem,
+        detail: String,
+        instance: Option<u32>,
+        /// The request, when it was never sent (for a fallback service).
+        request: Option<Request<RequestBody>>,
+    },
+}
+
+/// One request's way upstream.
+pub(crate) struct Forward<'a> {
+    pub(crate) upstreams: &'a UpstreamPool,
+    pub(crate) route: &'a CompiledRoute,
+    pub(crate) admission: Admission,
+    pub(crate) idempotent: bool,
+    pub(crate) deadline: Instant,
+}
+
+/// What a request is rebuilt from for another attempt.
+struct Template {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: RequestBody,
+}
+
+impl Template {
+    fn build(&self) -> Request<RequestBody> {
+        let mut request = Request::new(self.body.replay().unwrap_or(RequestBody::Buffered(None)));
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.headers_mut() = self.headers.clone();
+        request
+    }
+}
+
+impl Forward<'_> {
+    pub(crate) async fn run(self, parts: request::Parts, body: RequestBody) -> Forwarded {
+        let route = self.route;
+        let service = &route.service;
+        let policy = &route.retry;
+        route.policies.budget.deposit();
+        // Only requests that may be resent after a response keep a template.
+        let template = match body.replay() {
+            Some(replay) if self.idempotent && policy.attempts > 1 && !policy.on.is_empty() => {
+                Some(Template {
+                    method: parts.method.clone(),
+                    uri: parts.uri.clone(),
+                    headers: parts.headers.clone(),
+                    body: replay,
+                })
+            }
+            _ => None,
+        };
+        let mut pending = Some(Request::from_parts(parts, body));
+        let mut admission = Some(self.admission);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let last = attempt >= policy.attempts;
+            let remaining = self.deadline.saturating_duration_since(Instant::now());
+            let mut request = match (pending.take(), &template) {
+                (Some(request), _) => request,
+                (None, Some(template)) => template.build(),
+                (None, None) => unreachable_retry(),
+            };
+            if remaining.is_zero() {
+                return self.timed_out(None, Some(request));
+            }
+            let Some(instance) = service.pick().cloned() else {
+                let detail = format!(
+                    "service `{}` has no healthy instance right now; try again shortly",
+                    service.name()
+                );
+                return Forwarded::Failed {
+                    problem: Problem::NoHealthyInstance,
+                    detail,
+                    instance: None,
+                    request: Some(request),
+                };
+            };
+            let headers = request.headers_mut();
+            headers.insert(header::HOST, instance.host_header.clone());
+            headers.insert(DEADLINE, HeaderValue::from(remaining.as_millis() as u64));
+            let limit = route
+                .attempt_timeout
+                .map_or(remaining, |a| a.min(remaining));
+            let admitted = admission.take().unwrap_or(Admission::Normal);
+            let sent =
+                tokio::time::timeout(limit, self.upstreams.send(&instance.authority, request))
+                    .await;
+            match sent {
+                Ok(Ok(response)) => {
+                    let status = response.status();
+                    route
+                        .policies
+                        .breaker
+                        .record(admitted, !status.is_server_error());
+                    let retryable = template.is_some() && policy.on.contains(&status.as_u16());
+                    if retryable && !last && self.back_off(attempt).await {
+                        continue;
+                    }
+                    return Forwarded::Response(response, instance.index);
+                }
+                Ok(Err(UpstreamError::Connect(error, unsent))) => {
+                    route.policies.breaker.record(admitted, false);
+                    tracing::debug!(target: "gantry::proxy", service = service.name(), instance = instance.index, %error, "connect failed");
+                    if !last && self.back_off(attempt).await {
+                        pending = Some(*unsent);
+                        continue;
+                    }
+                    let detail = format!(
+                        "could not connect to `{}` instance {} at {}",
+                        service.name(),
+                        instance.index,
+                        instance.authority
+                    );
+                    return Forwarded::Failed {
+                        problem: Problem::UpstreamRefused,
+                        detail,
+                        instance: Some(instance.index),
+                        request: Some(*unsent),
+                    };
+                }
+                Ok(Err(UpstreamError::Http(error))) => {
+                    route.policies.breaker.record(admitted, false);
+                    tracing::debug!(target: "gantry::proxy", service = service.name(), instance = instance.index, %error, "upstream exchange failed");
+                    let detail = format!(
+                        "`{}` instance {} closed the connection before answering",
+                        service.name(),
+                        instance.index
+                    );
+                    return Forwarded::Failed {
+                        problem: Problem::UpstreamReset,
+                        detail,
+                        instance: Some(instance.index),
+                        request: None,
+                    };
+                }
+                Err(_elapsed) => {
+                    route.policies.breaker.record(admitted, false);
+                    let attempt_timed_out = limit < remaining;
+                    let retryable =
+                        attempt_timed_out && template.is_some() && policy.on.contains(&504);
+                    if retryable && !last && self.back_off(attempt).await {
+                        continue;
+                    }
+                    return self
+                        .timed_out(Some(instance.index), template.as_ref().map(Template::build));
+                }
+            }
+        }
+    }
+
+    /// Takes a retry from the budget and waits the backoff; `false` when the
+    /// budget is spent or the deadline would pass first.
+    async fn back_off(&self, attempt: u32) -> bool {
+        let route = self.route;
+        let wait = backoff(attempt - 1, route.retry.backoff, route.retry.max_backoff);
+        if Instant::now() + wait >= self.deadline || !route.policies.budget.withdraw() {
+            return false;
+        }
+        route.metrics.retries.inc();
+        tokio::time::sleep(wait).await;
+        true
+    }
+
+    fn timed_out(&self, instance: Option<u32>, request: Option<Request<RequestBody>>) -> Forwarded {
+        let route = self.route;
+        let detail = format!(
+            "`{}` did not start answering within {}",
+            route.service.name(),
+            match route.attempt_timeout {
+                Some(attempt) if attempt < route.timeout => format!(
+                    "the route's attempt timeout of {} (deadline {})",
+                    humantime::format_duration(attempt),
+                    humantime::format_duration(route.timeout)
+                ),
+                _ => format!(
+                    "the route's timeout of {}",
+                    humantime::format_duration(route.timeout)
+                ),
+            }
+        );
+        Forwarded::Failed {
+            problem: Problem::UpstreamTimeout,
+            detail,
+            instance,
+            request,
+        }
+    }
+}
+
+/// A retry happens only with a template or a returned (unsent) request.
+fn unreachable_retry() -> ! {
+    unreachable!("a retry is only started when the request can be sent again")
+}
+
+/// Reads a body of known length up to `limit` bytes ahead, so the request can
+/// be sent more than once; anything else streams.
+pub(crate) async fn buffer_small_body(
+    body: Incoming,
+    limit: u64,
+) -> Result<RequestBody, hyper::Error> {
+    if body.is_end_stream() {
+        return Ok(RequestBody::Buffered(None));
+    }
+    match body.size_hint().exact() {
+        Some(length) if length <= limit => {
+            let bytes: Bytes = body.collect().await?.to_bytes();
+            Ok(RequestBody::Buffered(Some(bytes)))
+        }
+        _ => Ok(RequestBody::Streaming(body)),
+    }
+}

@@ -1,0 +1,190 @@
+//! Circuit breaker: stops sending to a failing service so it can recover, and
+//! answers clients at once meanwhile.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use gantry_manifest::CircuitBreakerPolicy;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+
+use crate::metrics::GatewayMetrics;
+
+/// Outcomes are counted in this many slices of the window, so old ones age out
+/// smoothly.
+const SLICES: usize = 10;
+
+/// The state a breaker is in; the value is also the metric's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BreakerState {
+    Closed = 0,
+    Open = 1,
+    HalfOpen = 2,
+}
+
+impl BreakerState {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half-open",
+        }
+    }
+}
+
+/// Permission to send one request; report its outcome with [`CircuitBreaker::record`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admission {
+    Normal,
+    /// The single trial request of a half-open breaker.
+    Probe,
+}
+
+#[derive(Debug)]
+pub(crate) struct CircuitBreaker {
+    service: String,
+    policy: CircuitBreakerPolicy,
+    inner: Mutex<Inner>,
+    state_gauge: Gauge,
+    opened: Counter,
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: BreakerState,
+    /// (slice start, successes, failures)
+    slices: [(Instant, u32, u32); SLICES],
+    consecutive_failures: u32,
+    open_until: Instant,
+    probe_in_flight: bool,
+}
+
+impl CircuitBreaker {
+    pub(crate) fn new(
+        service: &str,
+        policy: CircuitBreakerPolicy,
+        metrics: &GatewayMetrics,
+    ) -> CircuitBreaker {
+        let (state_gauge, opened) = metrics.for_breaker(service);
+        state_gauge.set(0);
+        let now = Instant::now();
+        CircuitBreaker {
+            service: service.to_string(),
+            policy,
+            inner: Mutex::new(Inner {
+                state: BreakerState::Closed,
+                slices: [(now, 0, 0); SLICES],
+                consecutive_failures: 0,
+                open_until: now,
+                probe_in_flight: false,
+            }),
+            state_gauge,
+            opened,
+        }
+    }
+
+    pub(crate) fn state(&self) -> BreakerState {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).state
+    }
+
+    /// Whether a request may go to the service now.
+    pub(crate) fn admit(&self) -> Option<Admission> {
+        if !self.policy.enabled {
+            return Some(Admission::Normal);
+        }
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        match inner.state {
+            BreakerState::Closed => Some(Admission::Normal),
+            BreakerState::Open if Instant::now() >= inner.open_until => {
+                self.transition(&mut inner, BreakerState::HalfOpen);
+                inner.probe_in_flight = true;
+                Some(Admission::Probe)
+            }
+            BreakerState::Open => None,
+            BreakerState::HalfOpen if !inner.probe_in_flight => {
+                inner.probe_in_flight = true;
+                Some(Admission::Probe)
+            }
+            BreakerState::HalfOpen => None,
+        }
+    }
+
+    /// Records how an admitted request went.
+    pub(crate) fn record(&self, admission: Admission, success: bool) {
+        if !self.policy.enabled {
+            return;
+        }
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if admission == Admission::Probe {
+            inner.probe_in_flight = false;
+            if success {
+                inner.slices = [(now, 0, 0); SLICES];
+                inner.consecutive_failures = 0;
+                self.transition(&mut inner, BreakerState::Closed);
+            } else {
+                self.open(&mut inner, now);
+            }
+            return;
+        }
+        if inner.state != BreakerState::Closed {
+            return;
+        }
+        let slice_length = (self.policy.window / SLICES as u32).max(Duration::from_millis(1));
+        let (index, start) = slice_of(now, slice_length);
+        let slice = &mut inner.slices[index];
+        if slice.0 != start {
+            // The slot last held an older slice: start it afresh.
+            *slice = (start, 0, 0);
+        }
+        if success {
+            slice.1 += 1;
+            inner.consecutive_failures = 0;
+        } else {
+            slice.2 += 1;
+            inner.consecutive_failures += 1;
+        }
+        let window_start = now.checked_sub(self.policy.window).unwrap_or(now);
+        let (successes, failures) = inner
+            .slices
+            .iter()
+            .filter(|(start, _, _)| *start > window_start)
+            .fold((0u32, 0u32), |(s, f), (_, ss, ff)| (s + ss, f + ff));
+        let total = successes + failures;
+        let ratio_trips = total >= self.policy.min_requests
+            && f64::from(failures) / f64::from(total) >= self.policy.failure_ratio;
+        let streak_trips = self.policy.consecutive_failures > 0
+            && inner.consecutive_failures >= self.policy.consecutive_failures;
+        if ratio_trips || streak_trips {
+            tracing::warn!(target: "gantry::breaker", service = %self.service, failures, requests = total, "circuit breaker opened");
+            self.open(&mut inner, now);
+        }
+    }
+
+    fn open(&self, inner: &mut Inner, now: Instant) {
+        inner.open_until = now + self.policy.open_for;
+        inner.consecutive_failures = 0;
+        inner.slices = [(now, 0, 0); SLICES];
+        self.opened.inc();
+        self.transition(inner, BreakerState::Open);
+    }
+
+    fn transition(&self, inner: &mut Inner, to: BreakerState) {
+        if inner.state != to {
+            tracing::info!(target: "gantry::breaker", service = %self.service, from = inner.state.as_str(), to = to.as_str(), "circuit breaker state changed");
+            inner.state = to;
+            self.state_gauge.set(to as i64);
+        }
+    }
+}
+
+/// The ring slot `now` falls in, and when that slice began (slices are
+/// aligned to a process-wide epoch, so a slot's start says which slice it holds).
+fn slice_of(now: Instant, slice_length: Duration) -> (usize, Instant) {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    let length = slice_length.as_nanos().max(1);
+    let number = now.saturating_duration_since(epoch).as_nanos() / length;
+    let start = epoch + Duration::from_nanos((number * length) as u64);
+    ((number % SLICES as u128) as usize, start)
+}

@@ -1,0 +1,197 @@
+//! Decoding of the reliability policies: `retry`, `circuit_breaker`, `fallback`.
+
+use super::{Decoder, Section};
+use crate::diagnostics::ErrorCode;
+use crate::policy::{defaults, CircuitBreakerPolicy, Fallback, RetryPolicy};
+
+pub(crate) const RETRY_KEYS: &[&str] = &["attempts", "on", "backoff", "max_backoff", "max_body"];
+pub(crate) const BREAKER_KEYS: &[&str] = &[
+    "enabled",
+    "failure_ratio",
+    "min_requests",
+    "consecutive_failures",
+    "window",
+    "open_for",
+];
+pub(crate) const FALLBACK_KEYS: &[&str] = &["to", "status", "body", "content_type"];
+
+impl Decoder<'_> {
+    /// A table nested under `key`, e.g. `retry = { attempts = 3 }`.
+    fn nested<'t>(&mut self, s: &Section<'t>, key: &str) -> Option<Section<'t>> {
+        let (_, item) = s.table.get_key_value(key)?;
+        self.section(item, format!("`{key}` in {}", s.name))
+    }
+
+    pub(super) fn retry(&mut self, route: &Section<'_>) -> RetryPolicy {
+        let Some(s) = self.nested(route, "retry") else {
+            return RetryPolicy::connect_failures_only();
+        };
+        self.unknown_keys(&s, RETRY_KEYS);
+        let written = RetryPolicy::written();
+        let on = match self.integer_list(&s, "on", 100, 599) {
+            Some(statuses) => statuses.into_iter().map(|n| n as u16).collect(),
+            None => written.on,
+        };
+        let policy = RetryPolicy {
+            attempts: self
+                .integer(&s, "attempts", 1, 10)
+                .map_or(written.attempts, |n| n as u32),
+            on,
+            backoff: self.duration(&s, "backoff").unwrap_or(written.backoff),
+            max_backoff: self
+                .duration(&s, "max_backoff")
+                .unwrap_or(written.max_backoff),
+            max_body: self.size(&s, "max_body").unwrap_or(written.max_body),
+        };
+        if policy.backoff > policy.max_backoff {
+            self.bad_value(
+                &s,
+                "backoff",
+                format!("`backoff` is longer than `max_backoff` in {}", s.name),
+                "make `max_backoff` at least as long as `backoff`",
+            );
+        }
+        policy
+    }
+
+    pub(super) fn circuit_breaker(&mut self, service: &Section<'_>) -> CircuitBreakerPolicy {
+        let Some(s) = self.nested(service, "circuit_breaker") else {
+            return CircuitBreakerPolicy::default();
+        };
+        self.unknown_keys(&s, BREAKER_KEYS);
+        let d = CircuitBreakerPolicy::default();
+        CircuitBreakerPolicy {
+            enabled: self.boolean(&s, "enabled").unwrap_or(d.enabled),
+            failure_ratio: self.ratio(&s, "failure_ratio").unwrap_or(d.failure_ratio),
+            min_requests: self
+                .integer(&s, "min_requests", 1, 1_000_000)
+                .map_or(d.min_requests, |n| n as u32),
+            consecutive_failures: self
+                .integer(&s, "consecutive_failures", 0, 1_000_000)
+                .map_or(d.consecutive_failures, |n| n as u32),
+            window: self.duration(&s, "window").unwrap_or(d.window),
+            open_for: self.duration(&s, "open_for").unwrap_or(d.open_for),
+        }
+    }
+
+    /// `fallback`, and where its `to` is, for the cross-check against services.
+    pub(super) fn fallback(&mut self, route: &Section<'_>) -> Option<Fallback> {
+        let s = self.nested(route, "fallback")?;
+        self.unknown_keys(&s, FALLBACK_KEYS);
+        if s.table.contains_key("to") {
+            for key in ["status", "body", "content_type"] {
+                if s.table.contains_key(key) {
+                    self.push_at_key(
+                        &s,
+                        key,
+                        ErrorCode::Conflict,
+                        format!("{} has both `to` and `{key}`", s.name),
+                        "a fallback is either another service (`to`) or a static answer (`status`, `body`, `content_type`)",
+                    );
+                }
+            }
+            return self.string(&s, "to").map(|to| Fallback::Service { to });
+        }
+        Some(Fallback::Static {
+            status: self
+                .integer(&s, "status", 100, 599)
+                .map_or(defaults::fallback_status(), |n| n as u16),
+            body: self.string(&s, "body").unwrap_or_default(),
+            content_type: self
+                .string(&s, "content_type")
+                .unwrap_or_else(defaults::content_type),
+        })
+    }
+
+    /// A number between 0 (exclusive) and 1 (inclusive).
+    pub(super) fn ratio(&mut self, s: &Section<'_>, key: &str) -> Option<f64> {
+        let value = self.value(s, key, "a number")?;
+        let number = value
+            .as_float()
+            .or_else(|| value.as_integer().map(|n| n as f64));
+        match number {
+            Some(x) if x > 0.0 && x <= 1.0 => Some(x),
+            Some(x) => {
+                self.bad_value(
+                    s,
+                    key,
+                    format!("`{key} = {x}` in {} is not a ratio", s.name),
+                    "use a number above 0 and at most 1, e.g. 0.2 for 20%",
+                );
+                None
+            }
+            None => {
+                self.wrong_type(s, key, "a number", value.type_name());
+                None
+            }
+        }
+    }
+
+    /// A byte size: an integer, or text such as `64KiB`, `1MiB`, `512`.
+    pub(super) fn size(&mut self, s: &Section<'_>, key: &str) -> Option<u64> {
+        let value = self.value(s, key, "a size")?;
+        if let Some(n) = value.as_integer() {
+            if n >= 0 {
+                return Some(n as u64);
+            }
+        }
+        let parsed = value.as_str().and_then(parse_size);
+        if parsed.is_none() {
+            self.push_value(
+                s,
+                key,
+                ErrorCode::BadValue,
+                format!("`{key}` in {} is not a size", s.name),
+                "write bytes as a number, or with a unit: `64KiB`, `1MiB`",
+            );
+        }
+        parsed
+    }
+
+    pub(super) fn integer_list(
+        &mut self,
+        s: &Section<'_>,
+        key: &str,
+        min: i64,
+        max: i64,
+    ) -> Option<Vec<i64>> {
+        let value = self.value(s, key, "a list of numbers")?;
+        let Some(array) = value.as_array() else {
+            self.wrong_type(s, key, "a list of numbers", value.type_name());
+            return None;
+        };
+        let mut out = Vec::new();
+        for element in array.iter() {
+            match element.as_integer() {
+                Some(n) if (min..=max).contains(&n) => out.push(n),
+                _ => self.sink.push(
+                    ErrorCode::BadValue,
+                    element.span(),
+                    format!(
+                        "`{key}` in {} must hold numbers from {min} to {max}",
+                        s.name
+                    ),
+                    Some(format!("e.g. `{key} = [502, 503, 504]`")),
+                ),
+            }
+        }
+        Some(out)
+    }
+}
+
+fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let multiplier = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "KB" | "K" => 1024,
+        "MiB" | "MB" | "M" => 1024 * 1024,
+        "GiB" | "GB" | "G" => 1024 * 1024 * 1024,
+        _ => return None,
+    };
+    n.checked_mul(multiplier)
+}

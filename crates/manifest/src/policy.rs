@@ -1,0 +1,168 @@
+//! Reliability policies in the manifest: retries, circuit breakers, fallbacks.
+//! Their defaults protect a system whose manifest says nothing about them.
+
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::Serialize;
+
+use crate::model::duration_text;
+
+/// `retry = { ... }` on a route: how failed attempts are retried.
+///
+/// Only idempotent requests (GET, HEAD, OPTIONS, PUT, DELETE, TRACE, or any
+/// request with an `Idempotency-Key` header) are retried, and only when the
+/// service's retry budget allows. Without a `retry` table a route still retries
+/// once when the connection to an instance fails (nothing was sent, so it is
+/// always safe).
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included (1 disables retries).
+    #[serde(default = "defaults::attempts")]
+    pub attempts: u32,
+    /// Response statuses that are retried, besides connection failures.
+    /// Defaults to `[502, 503, 504]` when a `retry` table is written.
+    #[serde(default)]
+    pub on: Vec<u16>,
+    /// Backoff before the first retry; it doubles each time, with full jitter.
+    #[serde(default = "defaults::backoff", with = "duration_text")]
+    #[schemars(with = "String")]
+    pub backoff: Duration,
+    /// The longest backoff.
+    #[serde(default = "defaults::max_backoff", with = "duration_text")]
+    #[schemars(with = "String")]
+    pub max_backoff: Duration,
+    /// Request bodies up to this many bytes are kept for a retry; larger ones
+    /// (or bodies of unknown length) are streamed and not retried.
+    #[serde(default = "defaults::max_body")]
+    pub max_body: u64,
+}
+
+impl RetryPolicy {
+    /// The policy of a route without a `retry` table.
+    pub fn connect_failures_only() -> RetryPolicy {
+        RetryPolicy {
+            on: Vec::new(),
+            ..RetryPolicy::written()
+        }
+    }
+
+    /// The policy of an empty `retry = {}` table.
+    pub fn written() -> RetryPolicy {
+        RetryPolicy {
+            attempts: defaults::attempts(),
+            on: vec![502, 503, 504],
+            backoff: defaults::backoff(),
+            max_backoff: defaults::max_backoff(),
+            max_body: defaults::max_body(),
+        }
+    }
+}
+
+/// `circuit_breaker = { ... }` on a service: stop sending to a failing service
+/// so it can recover, and answer fast meanwhile.
+///
+/// Closed, it counts outcomes over `window`; it opens when at least
+/// `min_requests` were seen and `failure_ratio` of them failed (a 5xx, a
+/// connection failure or a timeout), or after `consecutive_failures` failures
+/// in a row. Open, it rejects at once (503) for `open_for`, then lets one probe
+/// through (half-open): success closes it, failure opens it again.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakerPolicy {
+    /// Set to `false` to turn the breaker off.
+    #[serde(default = "defaults::yes")]
+    pub enabled: bool,
+    #[serde(default = "defaults::failure_ratio")]
+    pub failure_ratio: f64,
+    #[serde(default = "defaults::min_requests")]
+    pub min_requests: u32,
+    /// Failures in a row that open the breaker whatever the ratio; 0 turns it off.
+    #[serde(default = "defaults::consecutive_failures")]
+    pub consecutive_failures: u32,
+    #[serde(default = "defaults::window", with = "duration_text")]
+    #[schemars(with = "String")]
+    pub window: Duration,
+    #[serde(default = "defaults::open_for", with = "duration_text")]
+    #[schemars(with = "String")]
+    pub open_for: Duration,
+}
+
+impl Default for CircuitBreakerPolicy {
+    fn default() -> Self {
+        CircuitBreakerPolicy {
+            enabled: true,
+            failure_ratio: defaults::failure_ratio(),
+            min_requests: defaults::min_requests(),
+            consecutive_failures: defaults::consecutive_failures(),
+            window: defaults::window(),
+            open_for: defaults::open_for(),
+        }
+    }
+}
+
+/// `fallback = { ... }` on a route: what clients get when the service cannot
+/// answer (breaker open, bulkhead full, deadline over, no healthy instance).
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Fallback {
+    /// `fallback = { to = "SERVICE" }`: send the request there instead.
+    Service { to: String },
+    /// `fallback = { status = 200, body = "...", content_type = "..." }`.
+    Static {
+        #[serde(default = "defaults::fallback_status")]
+        status: u16,
+        #[serde(default)]
+        body: String,
+        #[serde(default = "defaults::content_type")]
+        content_type: String,
+    },
+}
+
+pub(crate) mod defaults {
+    use std::time::Duration;
+
+    pub fn attempts() -> u32 {
+        2
+    }
+    pub fn backoff() -> Duration {
+        Duration::from_millis(25)
+    }
+    pub fn max_backoff() -> Duration {
+        Duration::from_millis(250)
+    }
+    pub fn max_body() -> u64 {
+        64 * 1024
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn failure_ratio() -> f64 {
+        0.5
+    }
+    pub fn min_requests() -> u32 {
+        20
+    }
+    pub fn consecutive_failures() -> u32 {
+        0
+    }
+    pub fn window() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn open_for() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn fallback_status() -> u16 {
+        200
+    }
+    pub fn content_type() -> String {
+        "application/json".into()
+    }
+    pub fn max_concurrent() -> u32 {
+        1024
+    }
+    pub fn retry_budget() -> f64 {
+        0.2
+    }
+}
