@@ -24,7 +24,7 @@ use hyper::body::Incoming;
 use crate::problem::Problem;
 use crate::resilience::retry::backoff;
 use crate::resilience::Admission;
-use crate::router::CompiledRoute;
+use crate::router::{CompiledFallback, CompiledRoute};
 use crate::upstream::{RequestBody, UpstreamBody, UpstreamError, UpstreamPool};
 
 /// Set on a response that a fallback produced; its value is the reason.
@@ -79,15 +79,17 @@ impl Forward<'_> {
         let policy = &route.retry;
         route.policies.budget.deposit();
         // Only requests that may be resent after a response keep a template.
+        // Only requests that may be sent again (a retry after a response or a
+        // timeout, or to a fallback service) keep a template.
+        let may_resend = (policy.attempts > 1 && !policy.on.is_empty())
+            || matches!(route.fallback, Some(CompiledFallback::Service(_)));
         let template = match body.replay() {
-            Some(replay) if self.idempotent && policy.attempts > 1 && !policy.on.is_empty() => {
-                Some(Template {
-                    method: parts.method.clone(),
-                    uri: parts.uri.clone(),
-                    headers: parts.headers.clone(),
-                    body: replay,
-                })
-            }
+            Some(replay) if self.idempotent && may_resend => Some(Template {
+                method: parts.method.clone(),
+                uri: parts.uri.clone(),
+                headers: parts.headers.clone(),
+                body: replay,
+            }),
             _ => None,
         };
         let mut pending = Some(Request::from_parts(parts, body));
@@ -143,7 +145,9 @@ impl Forward<'_> {
                 Ok(Err(UpstreamError::Connect(error, unsent))) => {
                     route.policies.breaker.record(admitted, false);
                     tracing::debug!(target: "gantry::proxy", service = service.name(), instance = instance.index, %error, "connect failed");
-                    if !last && self.back_off(attempt).await {
+                    // No budget is spent: a connection that never opened put no
+                    // load on the service.
+                    if !last && self.wait_backoff(attempt).await {
                         pending = Some(*unsent);
                         continue;
                     }
@@ -198,7 +202,21 @@ impl Forward<'_> {
         if Instant::now() + wait >= self.deadline || !route.policies.budget.withdraw() {
             return false;
         }
-        route.metrics.retries.inc();
+        self.sleep(wait).await
+    }
+
+    /// Waits the backoff without touching the budget.
+    async fn wait_backoff(&self, attempt: u32) -> bool {
+        let route = self.route;
+        let wait = backoff(attempt - 1, route.retry.backoff, route.retry.max_backoff);
+        if Instant::now() + wait >= self.deadline {
+            return false;
+        }
+        self.sleep(wait).await
+    }
+
+    async fn sleep(&self, wait: std::time::Duration) -> bool {
+        self.route.metrics.retries.inc();
         tokio::time::sleep(wait).await;
         true
     }

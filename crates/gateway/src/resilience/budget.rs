@@ -8,8 +8,9 @@
 use std::sync::Mutex;
 use std::time::Instant;
 
-/// Retries a quiet service may make per second regardless of its traffic.
-const FLOOR_PER_SECOND: f64 = 1.0;
+/// Retries a quiet service may make per second regardless of its traffic (and
+/// the burst it starts with), as Linkerd's default budget allows.
+pub(crate) const FLOOR_PER_SECOND: f64 = 10.0;
 
 #[derive(Debug)]
 pub(crate) struct RetryBudget {
@@ -76,7 +77,7 @@ mod tests {
                 retries += 1;
             }
         }
-        // 20% of 1000, plus the initial floor and what a second of refill gives.
-        assert!((200..=205).contains(&retries), "{retries} retries");
+        // 20% of 1000, plus the initial burst and a little refill.
+        assert!((200..=215).contains(&retries), "{retries} retries");
     }
 }

@@ -35,6 +35,12 @@ pub enum Behaviour {
     Slow(Duration),
     /// Answers 500 to everything, `/healthz` included.
     Failing,
+    /// The first `failures` requests get `status`, later ones are echoed.
+    FailFirst { failures: usize, status: u16 },
+    /// The first `slow` requests wait `delay`, later ones answer at once.
+    SlowFirst { slow: usize, delay: Duration },
+    /// Answers with the status held in the switch (0: echo), changeable at run time.
+    Switch,
 }
 
 /// A running test upstream.
@@ -44,6 +50,8 @@ pub struct Upstream {
     pub connections: Arc<AtomicUsize>,
     /// Requests answered so far.
     pub requests: Arc<AtomicUsize>,
+    /// For [`Behaviour::Switch`]: the status to answer with, 0 to echo.
+    pub switch: Arc<std::sync::atomic::AtomicU16>,
 }
 
 impl Upstream {
@@ -52,7 +60,8 @@ impl Upstream {
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(AtomicUsize::new(0));
-        let (conns, reqs) = (connections.clone(), requests.clone());
+        let switch = Arc::new(std::sync::atomic::AtomicU16::new(0));
+        let (conns, reqs, status) = (connections.clone(), requests.clone(), switch.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -63,11 +72,22 @@ impl Upstream {
                     drop(stream);
                     continue;
                 }
-                let reqs = reqs.clone();
+                let (reqs, status) = (reqs.clone(), status.clone());
                 tokio::spawn(async move {
-                    let service = service_fn(move |request| {
-                        reqs.fetch_add(1, Ordering::SeqCst);
-                        answer(behaviour, addr, request)
+                    let service = service_fn(move |request: Request<Incoming>| {
+                        // Health checks are not counted as traffic.
+                        let seen = if request.uri().path() == "/healthz" {
+                            usize::MAX
+                        } else {
+                            reqs.fetch_add(1, Ordering::SeqCst)
+                        };
+                        answer(
+                            behaviour,
+                            addr,
+                            request,
+                            seen,
+                            status.load(Ordering::SeqCst),
+                        )
                     });
                     let _ = auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
@@ -79,6 +99,7 @@ impl Upstream {
             addr,
             connections,
             requests,
+            switch,
         }
     }
 
@@ -93,10 +114,17 @@ async fn answer(
     behaviour: Behaviour,
     me: SocketAddr,
     request: Request<Incoming>,
+    seen: usize,
+    switch: u16,
 ) -> Result<Response<UpstreamBody>, Infallible> {
     match behaviour {
         Behaviour::Failing => return Ok(full(500, "broken")),
         Behaviour::Slow(delay) => tokio::time::sleep(delay).await,
+        Behaviour::FailFirst { failures, status } if seen < failures => {
+            return Ok(full(status, "failing on purpose"))
+        }
+        Behaviour::SlowFirst { slow, delay } if seen < slow => tokio::time::sleep(delay).await,
+        Behaviour::Switch if switch != 0 => return Ok(full(switch, "switched to fail")),
         _ => {}
     }
     let path = request.uri().path().to_string();
