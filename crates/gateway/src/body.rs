@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use gantry_services::InFlight;
+use gantry_services::{InFlight, InstanceLoad};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 
@@ -18,7 +18,7 @@ pub enum GatewayBody {
     /// last byte is sent, so a reload does not stop a process mid-response.
     Upstream {
         body: UpstreamBody,
-        guard: Option<InFlight>,
+        guard: Option<(InFlight, Option<InstanceLoad>)>,
     },
     /// A body written by Gantry (problem details, mostly).
     Local(Full<Bytes>),

@@ -15,6 +15,8 @@
 use std::time::Instant;
 
 use bytes::Bytes;
+use gantry_manifest::HashKey;
+use gantry_services::InstanceLoad;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{request, HeaderMap, Method, Request, Response, Uri};
 use http_body::Body;
@@ -35,7 +37,9 @@ pub(crate) const DEADLINE: HeaderName = HeaderName::from_static("x-gantry-deadli
 
 /// How forwarding ended.
 pub(crate) enum Forwarded {
-    Response(Response<UpstreamBody>, u32),
+    /// The response, the instance that gave it, and that instance's load
+    /// count (held until the body is sent).
+    Response(Response<UpstreamBody>, u32, InstanceLoad),
     Failed {
         problem: Problem,
         detail: String,
@@ -92,6 +96,12 @@ impl Forward<'_> {
             }),
             _ => None,
         };
+        let key = service
+            .config()
+            .hash_on
+            .as_ref()
+            .and_then(|on| affinity_key(on, &parts.headers))
+            .map(str::to_owned);
         let mut pending = Some(Request::from_parts(parts, body));
         let mut admission = Some(self.admission);
         let mut attempt = 0;
@@ -107,7 +117,7 @@ impl Forward<'_> {
             if remaining.is_zero() {
                 return self.timed_out(None, Some(request));
             }
-            let Some(instance) = service.pick().cloned() else {
+            let Some(instance) = service.pick(key.as_deref()).cloned() else {
                 let detail = format!(
                     "service `{}` has no healthy instance right now; try again shortly",
                     service.name()
@@ -126,9 +136,13 @@ impl Forward<'_> {
                 .attempt_timeout
                 .map_or(remaining, |a| a.min(remaining));
             let admitted = admission.take().unwrap_or(Admission::Normal);
+            let load = instance.begin();
             let sent =
                 tokio::time::timeout(limit, self.upstreams.send(&instance.authority, request))
                     .await;
+            let succeeded =
+                matches!(&sent, Ok(Ok(response)) if !response.status().is_server_error());
+            service.record(&instance, succeeded);
             match sent {
                 Ok(Ok(response)) => {
                     let status = response.status();
@@ -140,7 +154,7 @@ impl Forward<'_> {
                     if retryable && !last && self.back_off(attempt).await {
                         continue;
                     }
-                    return Forwarded::Response(response, instance.index);
+                    return Forwarded::Response(response, instance.index, load);
                 }
                 Ok(Err(UpstreamError::Connect(error, unsent))) => {
                     route.policies.breaker.record(admitted, false);
@@ -244,6 +258,21 @@ impl Forward<'_> {
             instance,
             request,
         }
+    }
+}
+
+/// The value of a request's affinity key (`hash_on`), if it has one.
+pub(crate) fn affinity_key<'h>(on: &HashKey, headers: &'h HeaderMap) -> Option<&'h str> {
+    match on {
+        HashKey::Header(name) => headers.get(name.as_str()).and_then(|v| v.to_str().ok()),
+        HashKey::Cookie(name) => headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(n, _)| *n == name)
+            .map(|(_, value)| value),
     }
 }
 

@@ -187,13 +187,13 @@ impl Gateway {
         .run(parts, body)
         .await;
         let response = match forwarded {
-            Forwarded::Response(response, instance) => {
+            Forwarded::Response(response, instance, load) => {
                 outcome.instance = Some(instance);
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 let body = GatewayBody::Upstream {
                     body,
-                    guard: Some(in_flight),
+                    guard: Some((in_flight, Some(load))),
                 };
                 Response::from_parts(parts, body)
             }
@@ -253,38 +253,40 @@ impl Gateway {
                     .insert(FALLBACK, HeaderValue::from_static(problem.reason()));
                 response
             }
-            (Some(CompiledFallback::Service(service)), Some(mut request)) => match service.pick() {
-                Some(instance) => {
-                    route.metrics.fallback(problem.reason());
-                    request
-                        .headers_mut()
-                        .insert(header::HOST, instance.host_header.clone());
-                    let in_flight = service.track_request();
-                    let sent = tokio::time::timeout(
-                        route.timeout,
-                        self.inner.upstreams.send(&instance.authority, request),
-                    )
-                    .await;
-                    match sent {
-                        Ok(Ok(response)) => {
-                            let (mut parts, body) = response.into_parts();
-                            strip_hop_by_hop(&mut parts.headers);
-                            parts
-                                .headers
-                                .insert(FALLBACK, HeaderValue::from_static(problem.reason()));
-                            Response::from_parts(
-                                parts,
-                                GatewayBody::Upstream {
-                                    body,
-                                    guard: Some(in_flight),
-                                },
-                            )
+            (Some(CompiledFallback::Service(service)), Some(mut request)) => {
+                match service.pick(None) {
+                    Some(instance) => {
+                        route.metrics.fallback(problem.reason());
+                        request
+                            .headers_mut()
+                            .insert(header::HOST, instance.host_header.clone());
+                        let in_flight = service.track_request();
+                        let sent = tokio::time::timeout(
+                            route.timeout,
+                            self.inner.upstreams.send(&instance.authority, request),
+                        )
+                        .await;
+                        match sent {
+                            Ok(Ok(response)) => {
+                                let (mut parts, body) = response.into_parts();
+                                strip_hop_by_hop(&mut parts.headers);
+                                parts
+                                    .headers
+                                    .insert(FALLBACK, HeaderValue::from_static(problem.reason()));
+                                Response::from_parts(
+                                    parts,
+                                    GatewayBody::Upstream {
+                                        body,
+                                        guard: Some((in_flight, None)),
+                                    },
+                                )
+                            }
+                            _ => respond_problem(outcome),
                         }
-                        _ => respond_problem(outcome),
                     }
+                    None => respond_problem(outcome),
                 }
-                None => respond_problem(outcome),
-            },
+            }
             _ => respond_problem(outcome),
         };
         outcome.finish_ref(response, &route.metrics)

@@ -25,7 +25,9 @@ mod validate;
 pub use diagnostics::{Diagnostic, Diagnostics, ErrorCode};
 pub use model::{Manifest, Platform, Route, Service, ServiceKind};
 pub use pattern::{PathMatch, PathPattern};
-pub use policy::{CircuitBreakerPolicy, Fallback, RetryPolicy};
+pub use policy::{
+    CircuitBreakerPolicy, Fallback, HashKey, LoadBalancer, OutlierEjection, RetryPolicy,
+};
 
 use std::path::{Path, PathBuf};
 

@@ -11,7 +11,9 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::pattern::PathPattern;
-use crate::policy::{self, CircuitBreakerPolicy, Fallback, RetryPolicy};
+use crate::policy::{
+    self, CircuitBreakerPolicy, Fallback, HashKey, LoadBalancer, OutlierEjection, RetryPolicy,
+};
 
 /// A whole Gantry system: the platform settings, the services it fronts and the
 /// routes that send traffic to them.
@@ -126,6 +128,22 @@ pub struct Service {
     /// When to stop sending requests to a failing service.
     #[serde(default)]
     pub circuit_breaker: CircuitBreakerPolicy,
+    /// How an instance is chosen: `round_robin`, `least_requests` or `consistent_hash`.
+    #[serde(default)]
+    pub load_balancer: LoadBalancer,
+    /// The affinity key for `consistent_hash`: `header:NAME` or `cookie:NAME`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub hash_on: Option<HashKey>,
+    /// Passing health checks in a row before an instance gets traffic.
+    #[serde(default = "policy::defaults::healthy_threshold")]
+    pub healthy_threshold: u32,
+    /// Failing health checks in a row before a healthy instance stops getting traffic.
+    #[serde(default = "policy::defaults::unhealthy_threshold")]
+    pub unhealthy_threshold: u32,
+    /// Passive health checking: instances that keep failing requests are ejected for a while.
+    #[serde(default)]
+    pub outlier_ejection: OutlierEjection,
 }
 
 /// How a service's instances come to exist.

@@ -120,6 +120,74 @@ pub enum Fallback {
     },
 }
 
+/// `load_balancer` of a service: how an instance is chosen for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadBalancer {
+    /// Each healthy instance in turn.
+    #[default]
+    RoundRobin,
+    /// The less busy of two instances picked at random ("power of two choices").
+    LeastRequests,
+    /// The same instance for the same `hash_on` key while it is healthy
+    /// (rendezvous hashing: when an instance leaves, only its keys move).
+    ConsistentHash,
+}
+
+/// Where a request's affinity key comes from: `header:NAME` or `cookie:NAME`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HashKey {
+    Header(String),
+    Cookie(String),
+}
+
+impl HashKey {
+    /// Parses `header:x-user-id` or `cookie:session`.
+    pub fn parse(text: &str) -> Option<HashKey> {
+        let (kind, name) = text.split_once(':')?;
+        let name = name.trim();
+        if name.is_empty() {
+            return None;
+        }
+        match kind.trim() {
+            "header" => Some(HashKey::Header(name.to_ascii_lowercase())),
+            "cookie" => Some(HashKey::Cookie(name.to_string())),
+            _ => None,
+        }
+    }
+}
+
+/// `outlier_ejection = { ... }` on a service: passive health checking. An
+/// instance that fails `consecutive_failures` requests in a row (5xx,
+/// connection failure, timeout) gets no traffic for `base`, doubled on each
+/// ejection up to `max`.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierEjection {
+    #[serde(default = "defaults::yes")]
+    pub enabled: bool,
+    #[serde(default = "defaults::ejection_failures")]
+    pub consecutive_failures: u32,
+    #[serde(default = "defaults::ejection_base", with = "duration_text")]
+    #[schemars(with = "String")]
+    pub base: Duration,
+    #[serde(default = "defaults::ejection_max", with = "duration_text")]
+    #[schemars(with = "String")]
+    pub max: Duration,
+}
+
+impl Default for OutlierEjection {
+    fn default() -> Self {
+        OutlierEjection {
+            enabled: true,
+            consecutive_failures: defaults::ejection_failures(),
+            base: defaults::ejection_base(),
+            max: defaults::ejection_max(),
+        }
+    }
+}
+
 pub(crate) mod defaults {
     use std::time::Duration;
 
@@ -164,5 +232,20 @@ pub(crate) mod defaults {
     }
     pub fn retry_budget() -> f64 {
         0.2
+    }
+    pub fn ejection_failures() -> u32 {
+        5
+    }
+    pub fn ejection_base() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn ejection_max() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub fn healthy_threshold() -> u32 {
+        1
+    }
+    pub fn unhealthy_threshold() -> u32 {
+        2
     }
 }

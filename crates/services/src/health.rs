@@ -12,9 +12,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::instance::Instance;
 
-/// Failed checks in a row before a healthy instance stops getting traffic; one
-/// blip does not eject it.
-const FAILURES_TO_UNHEALTHY: u32 = 2;
 /// While an instance is not healthy it is checked at least this often, so a
 /// starting process gets traffic soon after it is ready.
 const UNHEALTHY_PROBE_INTERVAL: Duration = Duration::from_millis(100);
@@ -67,16 +64,32 @@ impl Probe {
     }
 }
 
+/// How often and how strictly an instance is checked.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Thresholds {
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Passing checks in a row before an instance gets traffic.
+    pub healthy: u32,
+    /// Failing checks in a row before a healthy instance stops getting it.
+    pub unhealthy: u32,
+}
+
 /// Checks one instance until `cancel` fires, updating its health flag.
 pub(crate) async fn watch(
     service: Arc<str>,
     instance: Arc<Instance>,
     probe: Probe,
-    interval: Duration,
-    timeout: Duration,
+    thresholds: Thresholds,
     cancel: CancellationToken,
 ) {
-    let mut failures = 0;
+    let Thresholds {
+        interval,
+        timeout,
+        healthy,
+        unhealthy,
+    } = thresholds;
+    let (mut failures, mut successes) = (0, 0);
     loop {
         let healthy_now = instance.is_healthy();
         let wait = if healthy_now {
@@ -89,18 +102,21 @@ pub(crate) async fn watch(
             _ = tokio::time::sleep(wait) => {}
         }
         if !instance.is_running() {
-            failures = 0;
+            (failures, successes) = (0, 0);
             continue;
         }
         if probe.check(&instance, timeout).await {
             failures = 0;
-            if !healthy_now {
+            successes += 1;
+            instance.forgive();
+            if !healthy_now && successes >= healthy {
                 tracing::info!(target: "gantry::health", service = %service, instance = instance.index, "instance is healthy");
                 instance.set_healthy(true);
             }
         } else {
             failures += 1;
-            if healthy_now && failures >= FAILURES_TO_UNHEALTHY {
+            successes = 0;
+            if healthy_now && failures >= unhealthy {
                 tracing::warn!(target: "gantry::health", service = %service, instance = instance.index, failures, "instance failed its health checks; no traffic until it passes");
                 instance.set_healthy(false);
             }

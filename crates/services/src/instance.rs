@@ -1,7 +1,10 @@
 //! One instance of a service: an address plus what Gantry knows about it.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gantry_manifest::OutlierEjection;
 
 use http::uri::Authority;
 use http::HeaderValue;
@@ -20,6 +23,27 @@ pub struct Instance {
     pid: AtomicU32,
     restarts: AtomicU32,
     state: Mutex<&'static str>,
+    /// Requests on their way to or from this instance (least-requests balancing).
+    load: AtomicUsize,
+    outlier: Mutex<Outlier>,
+}
+
+/// Passive health: failures in a row, and the current ejection.
+#[derive(Debug, Default)]
+struct Outlier {
+    consecutive_failures: u32,
+    ejections: u32,
+    ejected_until: Option<Instant>,
+}
+
+/// A request using an instance; see [`Instance::begin`].
+#[derive(Debug)]
+pub struct InstanceLoad(Arc<Instance>);
+
+impl Drop for InstanceLoad {
+    fn drop(&mut self) {
+        self.0.load.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// An instance as shown by `GET /v1/services`.
@@ -34,6 +58,11 @@ pub struct InstanceStatus {
     pub restarts: u32,
     /// `starting`, `running`, `backoff`, `stopped` or `external`.
     pub state: &'static str,
+    /// Requests in flight to this instance.
+    pub load: usize,
+    /// Milliseconds left of an outlier ejection, when ejected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ejected_for_ms: Option<u64>,
 }
 
 impl Instance {
@@ -53,6 +82,64 @@ impl Instance {
             pid: AtomicU32::new(0),
             restarts: AtomicU32::new(0),
             state: Mutex::new(state),
+            load: AtomicUsize::new(0),
+            outlier: Mutex::new(Outlier::default()),
+        }
+    }
+
+    /// Counts a request on this instance until the guard drops.
+    pub fn begin(self: &Arc<Self>) -> InstanceLoad {
+        self.load.fetch_add(1, Ordering::Relaxed);
+        InstanceLoad(self.clone())
+    }
+
+    pub(crate) fn load(&self) -> usize {
+        self.load.load(Ordering::Relaxed)
+    }
+
+    /// Ejected by outlier detection right now.
+    pub fn is_ejected(&self) -> bool {
+        let outlier = self.outlier.lock().unwrap_or_else(|e| e.into_inner());
+        outlier
+            .ejected_until
+            .is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Records how a request to this instance went; returns the ejection time
+    /// when this failure ejects it.
+    pub(crate) fn record(&self, success: bool, policy: &OutlierEjection) -> Option<Duration> {
+        let mut outlier = self.outlier.lock().unwrap_or_else(|e| e.into_inner());
+        if success {
+            outlier.consecutive_failures = 0;
+            return None;
+        }
+        outlier.consecutive_failures += 1;
+        let already_out = outlier
+            .ejected_until
+            .is_some_and(|until| Instant::now() < until);
+        if !policy.enabled
+            || already_out
+            || outlier.consecutive_failures < policy.consecutive_failures
+        {
+            return None;
+        }
+        // Each ejection in a row lasts twice as long as the last.
+        let factor = 1u32 << outlier.ejections.min(16);
+        let length = policy.base.saturating_mul(factor).min(policy.max);
+        outlier.ejections += 1;
+        outlier.consecutive_failures = 0;
+        outlier.ejected_until = Some(Instant::now() + length);
+        Some(length)
+    }
+
+    /// A passing health check ends the streak of ejections.
+    pub(crate) fn forgive(&self) {
+        let mut outlier = self.outlier.lock().unwrap_or_else(|e| e.into_inner());
+        if outlier
+            .ejected_until
+            .is_none_or(|until| Instant::now() >= until)
+        {
+            outlier.ejections = 0;
         }
     }
 
@@ -90,6 +177,14 @@ impl Instance {
             pid: (pid != 0).then_some(pid),
             restarts: self.restarts.load(Ordering::Relaxed),
             state: self.state(),
+            load: self.load(),
+            ejected_for_ms: {
+                let outlier = self.outlier.lock().unwrap_or_else(|e| e.into_inner());
+                outlier
+                    .ejected_until
+                    .and_then(|until| until.checked_duration_since(Instant::now()))
+                    .map(|left| left.as_millis() as u64)
+            },
         }
     }
 }

@@ -16,5 +16,5 @@ mod instance;
 mod process;
 mod service;
 
-pub use instance::{Instance, InstanceStatus};
+pub use instance::{Instance, InstanceLoad, InstanceStatus};
 pub use service::{InFlight, ServiceHandle, ServiceStatus, StartError};

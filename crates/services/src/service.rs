@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gantry_manifest::{Service, ServiceKind};
+use gantry_manifest::{LoadBalancer, Service, ServiceKind};
 use http::uri::Authority;
 use serde::Serialize;
 use tokio::task::JoinSet;
@@ -72,14 +72,18 @@ impl ServiceHandle {
         });
 
         // The health-check loop of one instance.
+        let thresholds = health::Thresholds {
+            interval: config.health_interval,
+            timeout: config.health_timeout,
+            healthy: config.healthy_threshold,
+            unhealthy: config.unhealthy_threshold,
+        };
         let check = |instance: &Arc<Instance>, probe: Probe| {
-            let (interval, timeout) = (config.health_interval, config.health_timeout);
             health::watch(
                 name.clone(),
                 instance.clone(),
                 probe,
-                interval,
-                timeout,
+                thresholds,
                 cancel.clone(),
             )
         };
@@ -162,16 +166,45 @@ impl ServiceHandle {
         &self.config
     }
 
-    /// The next healthy instance, round-robin; `None` when none is healthy.
-    pub fn pick(&self) -> Option<&Arc<Instance>> {
-        let n = self.instances.len();
-        if n == 0 {
-            return None;
+    /// An instance for a request, by the service's load balancer; `None` when
+    /// none is healthy. `key` is the request's affinity key (`hash_on`).
+    ///
+    /// Instances ejected by outlier detection are skipped, unless every
+    /// healthy instance is ejected: then ejection is ignored rather than
+    /// failing all traffic (Envoy's "panic mode").
+    pub fn pick(&self, key: Option<&str>) -> Option<&Arc<Instance>> {
+        let mut eligible: Vec<&Arc<Instance>> = self
+            .instances
+            .iter()
+            .filter(|i| i.is_healthy() && !i.is_ejected())
+            .collect();
+        if eligible.is_empty() {
+            eligible = self.instances.iter().filter(|i| i.is_healthy()).collect();
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..n)
-            .map(|offset| &self.instances[(start + offset) % n])
-            .find(|instance| instance.is_healthy())
+        match eligible.len() {
+            0 => None,
+            1 => Some(eligible[0]),
+            n => Some(match (self.config.load_balancer, key) {
+                (LoadBalancer::ConsistentHash, Some(key)) => rendezvous(&eligible, key),
+                (LoadBalancer::LeastRequests, _) => {
+                    let a = fastrand::usize(..n);
+                    let b = (a + 1 + fastrand::usize(..n - 1)) % n;
+                    if eligible[b].load() < eligible[a].load() {
+                        eligible[b]
+                    } else {
+                        eligible[a]
+                    }
+                }
+                _ => eligible[self.next.fetch_add(1, Ordering::Relaxed) % n],
+            }),
+        }
+    }
+
+    /// Records how a request to `instance` went, for outlier ejection.
+    pub fn record(&self, instance: &Instance, success: bool) {
+        if let Some(length) = instance.record(success, &self.config.outlier_ejection) {
+            tracing::warn!(target: "gantry::outlier", service = %self.name, instance = instance.index, ejected_for = ?length, "instance ejected after failing requests in a row");
+        }
     }
 
     /// Whether at least one instance can take traffic.
@@ -254,4 +287,21 @@ impl Drop for InFlight {
 /// ephemeral port out again at once.
 fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Rendezvous (highest random weight) hashing: every key ranks the instances
+/// by a hash of (key, instance) and takes the top one. When an instance comes
+/// or goes, only the keys it ranked first move.
+fn rendezvous<'i>(instances: &[&'i Arc<Instance>], key: &str) -> &'i Arc<Instance> {
+    use std::hash::{Hash, Hasher};
+    instances
+        .iter()
+        .max_by_key(|instance| {
+            // Fixed keys: the same key picks the same instance in every process.
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            key.hash(&mut hasher);
+            instance.authority.as_str().hash(&mut hasher);
+            hasher.finish()
+        })
+        .expect("called with at least one instance")
 }

@@ -39,6 +39,11 @@ pub(crate) const SERVICE_KEYS: &[&str] = &[
     "max_concurrent",
     "retry_budget",
     "circuit_breaker",
+    "load_balancer",
+    "hash_on",
+    "healthy_threshold",
+    "unhealthy_threshold",
+    "outlier_ejection",
 ];
 pub(crate) const ROUTE_KEYS: &[&str] = &[
     "name",
@@ -273,6 +278,7 @@ impl<'a> Decoder<'a> {
                 );
             }
         }
+        let (load_balancer, hash_on) = self.balancing(s);
         let env = self.string_map(s, "env").unwrap_or_default();
         for key in env.keys() {
             let valid = !key.is_empty()
@@ -317,6 +323,15 @@ impl<'a> Decoder<'a> {
                 .ratio(s, "retry_budget")
                 .unwrap_or_else(crate::policy::defaults::retry_budget),
             circuit_breaker: self.circuit_breaker(s),
+            load_balancer,
+            hash_on,
+            healthy_threshold: self
+                .integer(s, "healthy_threshold", 1, 100)
+                .map_or_else(crate::policy::defaults::healthy_threshold, |n| n as u32),
+            unhealthy_threshold: self
+                .integer(s, "unhealthy_threshold", 1, 100)
+                .map_or_else(crate::policy::defaults::unhealthy_threshold, |n| n as u32),
+            outlier_ejection: self.outlier_ejection(s),
         }
     }
 

@@ -1,8 +1,10 @@
 //! Decoding of the reliability policies: `retry`, `circuit_breaker`, `fallback`.
 
-use super::{Decoder, Section};
+use super::{suggest, Decoder, Section};
 use crate::diagnostics::ErrorCode;
-use crate::policy::{defaults, CircuitBreakerPolicy, Fallback, RetryPolicy};
+use crate::policy::{
+    defaults, CircuitBreakerPolicy, Fallback, HashKey, LoadBalancer, OutlierEjection, RetryPolicy,
+};
 
 pub(crate) const RETRY_KEYS: &[&str] = &["attempts", "on", "backoff", "max_backoff", "max_body"];
 pub(crate) const BREAKER_KEYS: &[&str] = &[
@@ -13,6 +15,7 @@ pub(crate) const BREAKER_KEYS: &[&str] = &[
     "window",
     "open_for",
 ];
+pub(crate) const EJECTION_KEYS: &[&str] = &["enabled", "consecutive_failures", "base", "max"];
 pub(crate) const FALLBACK_KEYS: &[&str] = &["to", "status", "body", "content_type"];
 
 impl Decoder<'_> {
@@ -72,6 +75,74 @@ impl Decoder<'_> {
             window: self.duration(&s, "window").unwrap_or(d.window),
             open_for: self.duration(&s, "open_for").unwrap_or(d.open_for),
         }
+    }
+
+    pub(super) fn outlier_ejection(&mut self, service: &Section<'_>) -> OutlierEjection {
+        let Some(s) = self.nested(service, "outlier_ejection") else {
+            return OutlierEjection::default();
+        };
+        self.unknown_keys(&s, EJECTION_KEYS);
+        let d = OutlierEjection::default();
+        OutlierEjection {
+            enabled: self.boolean(&s, "enabled").unwrap_or(d.enabled),
+            consecutive_failures: self
+                .integer(&s, "consecutive_failures", 1, 1_000_000)
+                .map_or(d.consecutive_failures, |n| n as u32),
+            base: self.duration(&s, "base").unwrap_or(d.base),
+            max: self.duration(&s, "max").unwrap_or(d.max),
+        }
+    }
+
+    /// `load_balancer` and `hash_on`, which go together.
+    pub(super) fn balancing(&mut self, s: &Section<'_>) -> (LoadBalancer, Option<HashKey>) {
+        const NAMES: &[&str] = &["round_robin", "least_requests", "consistent_hash"];
+        let balancer = match self.string(s, "load_balancer").as_deref() {
+            None | Some("round_robin") => LoadBalancer::RoundRobin,
+            Some("least_requests") => LoadBalancer::LeastRequests,
+            Some("consistent_hash") => LoadBalancer::ConsistentHash,
+            Some(other) => {
+                let hint = match suggest(other, NAMES) {
+                    Some(close) => format!("did you mean `{close}`?"),
+                    None => format!("use one of {}", NAMES.join(", ")),
+                };
+                self.bad_value(
+                    s,
+                    "load_balancer",
+                    format!("unknown load balancer `{other}` in {}", s.name),
+                    hint,
+                );
+                LoadBalancer::RoundRobin
+            }
+        };
+        let hash_on = self.hash_key(s, "hash_on");
+        if balancer == LoadBalancer::ConsistentHash
+            && hash_on.is_none()
+            && !s.table.contains_key("hash_on")
+        {
+            self.push_at_key(
+                s,
+                "load_balancer",
+                ErrorCode::MissingKey,
+                format!("`consistent_hash` in {} needs `hash_on`", s.name),
+                "add e.g. `hash_on = \"header:x-user-id\"` or `hash_on = \"cookie:session\"`",
+            );
+        }
+        (balancer, hash_on)
+    }
+
+    /// `header:NAME` or `cookie:NAME`.
+    pub(super) fn hash_key(&mut self, s: &Section<'_>, key: &str) -> Option<HashKey> {
+        let text = self.string(s, key)?;
+        let parsed = HashKey::parse(&text);
+        if parsed.is_none() {
+            self.bad_value(
+                s,
+                key,
+                format!("`{text}` in {} is not a key source", s.name),
+                "write `header:NAME` or `cookie:NAME`",
+            );
+        }
+        parsed
     }
 
     /// `fallback`, and where its `to` is, for the cross-check against services.
