@@ -8,16 +8,19 @@
 //! | `GET /v1/services` | services, owners, instances and their health |
 //! | `GET /v1/routes` | routes in match order |
 //! | `POST /v1/reload` | re-read the manifest and apply it; 422 with the errors if it is invalid |
+//! | `PUT /v1/routes/{route}/weights` | change a split's weights at run time, e.g. `{"catalog": 25}` |
+//! | `DELETE /v1/routes/{route}/weights` | back to the manifest's weights |
 //!
 //! Reloads are not done here: the admin API asks the app through a channel
 //! ([`ReloadRequest`]) so every reload, whatever triggered it, runs the same way.
 
 use std::net::SocketAddr;
 
+use axum::extract::Path;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use gantry_gateway::Gateway;
 use gantry_telemetry::Metrics;
@@ -93,6 +96,7 @@ fn router(state: AdminState) -> Router {
         .route("/v1/services", get(services))
         .route("/v1/routes", get(routes))
         .route("/v1/reload", post(reload))
+        .route("/v1/routes/{route}/weights", put(set_weights).delete(reset_weights))
         .fallback(|| async {
             problem(
                 StatusCode::NOT_FOUND,
@@ -146,6 +150,45 @@ async fn services(State(state): State<AdminState>) -> Response {
 
 async fn routes(State(state): State<AdminState>) -> Response {
     Json(json!({ "routes": state.gateway.table().describe() })).into_response()
+}
+
+/// `PUT /v1/routes/{route}/weights` with `{"catalog": 25}`: changes the split
+/// at run time. Services not named keep their weight.
+async fn set_weights(
+    State(state): State<AdminState>,
+    Path(route): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let weights: std::collections::BTreeMap<String, u32> = match serde_json::from_slice(&body) {
+        Ok(weights) => weights,
+        Err(error) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                &format!("the body must be a JSON object of service names to weights, e.g. {{\"catalog\": 25}}: {error}"),
+            )
+        }
+    };
+    let weights: Vec<(String, u32)> = weights.into_iter().collect();
+    answer_weights(
+        state.gateway.table().set_weights(&route, Some(&weights)),
+        &route,
+    )
+}
+
+/// `DELETE /v1/routes/{route}/weights`: back to the manifest's weights.
+async fn reset_weights(State(state): State<AdminState>, Path(route): Path<String>) -> Response {
+    answer_weights(state.gateway.table().set_weights(&route, None), &route)
+}
+
+fn answer_weights(result: Result<Vec<gantry_gateway::Weight>, String>, route: &str) -> Response {
+    match result {
+        Ok(weights) => {
+            tracing::info!(target: "gantry::traffic", route, weights = ?weights.iter().map(|w| (&w.service, w.weight)).collect::<Vec<_>>(), "route weights changed");
+            Json(json!({ "route": route, "weights": weights })).into_response()
+        }
+        Err(reason) if reason.starts_with("no route") => problem(StatusCode::NOT_FOUND, &reason),
+        Err(reason) => problem(StatusCode::UNPROCESSABLE_ENTITY, &reason),
+    }
 }
 
 async fn reload(State(state): State<AdminState>) -> Response {

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+
+mod admin_client;
 use gantry_telemetry::LogFormat;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
@@ -48,6 +50,32 @@ enum Command {
     },
     /// Print the JSON Schema of the manifest (for editors and CI checks).
     Schema,
+    /// Show or change a route's traffic split on a running Gantry, e.g.
+    /// `gantry traffic catalog --set catalog=25`. The change holds until
+    /// `--reset` or a reload that changes the route's `to`.
+    Traffic {
+        /// The route's name (its `name`, or its path when it has none).
+        route: String,
+        /// `SERVICE=WEIGHT`; repeat for several services. Services not named keep their weight.
+        #[arg(long = "set", value_name = "SERVICE=WEIGHT")]
+        set: Vec<String>,
+        /// Go back to the weights in the manifest.
+        #[arg(long, conflicts_with = "set")]
+        reset: bool,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+}
+
+/// How the CLI finds a running Gantry's admin API.
+#[derive(Debug, clap::Args)]
+struct AdminTarget {
+    /// The admin API address; defaults to `admin` in the manifest.
+    #[arg(long, env = "GANTRY_ADMIN")]
+    admin: Option<std::net::SocketAddr>,
+    /// The manifest to read the admin address from.
+    #[arg(short = 'f', long = "file", default_value = "gantry.toml")]
+    file: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -69,12 +97,112 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Command::Traffic {
+            route,
+            set,
+            reset,
+            target,
+        } => traffic(&route, &set, reset, &target),
         Command::Up {
             file,
             log_format,
             workers,
         } => up(&file, log_format, workers),
     }
+}
+
+fn traffic(route: &str, set: &[String], reset: bool, target: &AdminTarget) -> ExitCode {
+    let admin = match admin_client::admin_address(target.admin, &target.file) {
+        Ok(admin) => admin,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut weights = serde_json::Map::new();
+    for pair in set {
+        let parsed = pair.split_once('=').and_then(|(service, weight)| {
+            Some((service.trim(), weight.trim().parse::<u32>().ok()?))
+        });
+        match parsed {
+            Some((service, weight)) => {
+                weights.insert(service.to_string(), weight.into());
+            }
+            None => {
+                eprintln!(
+                    "error: `--set {pair}` must look like SERVICE=WEIGHT, e.g. --set catalog=25"
+                );
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let path = format!("/v1/routes/{}/weights", percent_encode_segment(route));
+    let result = if reset {
+        admin_client::call(admin, "DELETE", &path, None)
+    } else if weights.is_empty() {
+        admin_client::call(admin, "GET", "/v1/routes", None)
+    } else {
+        admin_client::call(
+            admin,
+            "PUT",
+            &path,
+            Some(serde_json::Value::Object(weights).to_string()),
+        )
+    };
+    match result {
+        Ok((status, body)) if status < 300 => {
+            let value: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let weights = if value.get("routes").is_some() {
+                value["routes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|r| r["name"] == route || r["path"] == route)
+                    .map(|r| r["weights"].clone())
+            } else {
+                Some(value["weights"].clone())
+            };
+            let Some(weights) = weights else {
+                eprintln!("error: no route is named `{route}`");
+                return ExitCode::FAILURE;
+            };
+            let total: u64 = weights
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|w| w["weight"].as_u64())
+                .sum();
+            #[allow(clippy::print_stdout)]
+            for w in weights.as_array().into_iter().flatten() {
+                let weight = w["weight"].as_u64().unwrap_or(0);
+                let share = if total == 0 {
+                    0.0
+                } else {
+                    weight as f64 * 100.0 / total as f64
+                };
+                println!(
+                    "{:<20} weight {:>5}  ({share:.1}%)",
+                    w["service"].as_str().unwrap_or("?"),
+                    weight
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Ok((_, body)) => {
+            let value: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            eprintln!("error: {}", value["detail"].as_str().unwrap_or(&body));
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Route names may be paths (`/api/*`): escape what a URL path segment cannot hold.
+fn percent_encode_segment(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 fn validate(file: &Path) -> ExitCode {

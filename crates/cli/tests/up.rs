@@ -21,14 +21,10 @@ fn shop_manifest() -> String {
 }
 
 async fn get_json(url: &str) -> Value {
-    client()
-        .get(url)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    let response = client().get(url).send().await.unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{url}: {status} {text:?}: {e}"))
 }
 
 #[tokio::test]
@@ -374,4 +370,94 @@ async fn sigterm_drains_and_stops_every_service_process() {
         );
     }
     assert!(gantry.log().contains("stopped"));
+}
+
+#[tokio::test]
+async fn gantry_traffic_shifts_a_split_at_run_time_and_a_reload_keeps_it() {
+    let manifest = r#"
+[platform]
+listen = "127.0.0.1:{GATEWAY}"
+admin = "127.0.0.1:{ADMIN}"
+
+[services.monolith]
+command = ["{BIN}/shop-monolith"]
+health = "/healthz"
+
+[services.catalog]
+command = ["{BIN}/shop-catalog"]
+health = "/healthz"
+
+[[routes]]
+name = "catalog"
+path = "/api/catalog/*"
+to = [{ service = "monolith", weight = 100 }, { service = "catalog", weight = 0 }]
+strip_prefix = "/api"
+"#;
+    let gantry = Gantry::start(manifest).await;
+    let served_by = || async {
+        get_json(&gantry.url("/api/catalog/items")).await["service"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(served_by().await, "monolith");
+
+    let admin = format!("127.0.0.1:{}", gantry.admin);
+    let out = std::process::Command::new(support::GANTRY)
+        .args([
+            "traffic",
+            "catalog",
+            "--set",
+            "catalog=100",
+            "--set",
+            "monolith=0",
+            "--admin",
+            &admin,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        printed.contains("catalog") && printed.contains("(100.0%)"),
+        "{printed}"
+    );
+    for _ in 0..5 {
+        assert_eq!(served_by().await, "catalog");
+    }
+    let routes = get_json(&gantry.admin_url("/v1/routes")).await;
+    assert_eq!(routes["routes"][0]["weights_overridden"], true);
+
+    // A reload that leaves the route's services alone keeps the override.
+    gantry.rewrite_manifest(&manifest.replace(
+        "health = \"/healthz\"\n\n[services.catalog]",
+        "health = \"/healthz\"\nowner = \"team-storefront\"\n\n[services.catalog]",
+    ));
+    eventually("the reload is applied", Duration::from_secs(20), || async {
+        get_json(&gantry.admin_url("/v1/services"))
+            .await
+            .to_string()
+            .contains("team-storefront")
+    })
+    .await;
+    assert_eq!(served_by().await, "catalog");
+
+    // Unknown services are refused with a clear message.
+    let out = std::process::Command::new(support::GANTRY)
+        .args(["traffic", "catalog", "--set", "search=5", "--admin", &admin])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a service of this route"));
+
+    let out = std::process::Command::new(support::GANTRY)
+        .args(["traffic", "catalog", "--reset", "--admin", &admin])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(served_by().await, "monolith");
 }

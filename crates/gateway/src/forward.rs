@@ -27,6 +27,7 @@ use crate::problem::Problem;
 use crate::resilience::retry::backoff;
 use crate::resilience::Admission;
 use crate::router::{CompiledFallback, CompiledRoute};
+use crate::split::Backend;
 use crate::upstream::{RequestBody, UpstreamBody, UpstreamError, UpstreamPool};
 
 /// Set on a response that a fallback produced; its value is the reason.
@@ -53,6 +54,7 @@ pub(crate) enum Forwarded {
 pub(crate) struct Forward<'a> {
     pub(crate) upstreams: &'a UpstreamPool,
     pub(crate) route: &'a CompiledRoute,
+    pub(crate) backend: &'a Backend,
     pub(crate) admission: Admission,
     pub(crate) idempotent: bool,
     pub(crate) deadline: Instant,
@@ -79,9 +81,9 @@ impl Template {
 impl Forward<'_> {
     pub(crate) async fn run(self, parts: request::Parts, body: RequestBody) -> Forwarded {
         let route = self.route;
-        let service = &route.service;
+        let service = &self.backend.service;
         let policy = &route.retry;
-        route.policies.budget.deposit();
+        self.backend.policies.budget.deposit();
         // Only requests that may be resent after a response keep a template.
         // Only requests that may be sent again (a retry after a response or a
         // timeout, or to a fallback service) keep a template.
@@ -146,7 +148,7 @@ impl Forward<'_> {
             match sent {
                 Ok(Ok(response)) => {
                     let status = response.status();
-                    route
+                    self.backend
                         .policies
                         .breaker
                         .record(admitted, !status.is_server_error());
@@ -157,7 +159,7 @@ impl Forward<'_> {
                     return Forwarded::Response(response, instance.index, load);
                 }
                 Ok(Err(UpstreamError::Connect(error, unsent))) => {
-                    route.policies.breaker.record(admitted, false);
+                    self.backend.policies.breaker.record(admitted, false);
                     tracing::debug!(target: "gantry::proxy", service = service.name(), instance = instance.index, %error, "connect failed");
                     // No budget is spent: a connection that never opened put no
                     // load on the service.
@@ -179,7 +181,7 @@ impl Forward<'_> {
                     };
                 }
                 Ok(Err(UpstreamError::Http(error))) => {
-                    route.policies.breaker.record(admitted, false);
+                    self.backend.policies.breaker.record(admitted, false);
                     tracing::debug!(target: "gantry::proxy", service = service.name(), instance = instance.index, %error, "upstream exchange failed");
                     let detail = format!(
                         "`{}` instance {} closed the connection before answering",
@@ -194,7 +196,7 @@ impl Forward<'_> {
                     };
                 }
                 Err(_elapsed) => {
-                    route.policies.breaker.record(admitted, false);
+                    self.backend.policies.breaker.record(admitted, false);
                     let attempt_timed_out = limit < remaining;
                     let retryable =
                         attempt_timed_out && template.is_some() && policy.on.contains(&504);
@@ -213,7 +215,7 @@ impl Forward<'_> {
     async fn back_off(&self, attempt: u32) -> bool {
         let route = self.route;
         let wait = backoff(attempt - 1, route.retry.backoff, route.retry.max_backoff);
-        if Instant::now() + wait >= self.deadline || !route.policies.budget.withdraw() {
+        if Instant::now() + wait >= self.deadline || !self.backend.policies.budget.withdraw() {
             return false;
         }
         self.sleep(wait).await
@@ -230,7 +232,7 @@ impl Forward<'_> {
     }
 
     async fn sleep(&self, wait: std::time::Duration) -> bool {
-        self.route.metrics.retries.inc();
+        self.backend.metrics.retries.inc();
         tokio::time::sleep(wait).await;
         true
     }
@@ -239,7 +241,7 @@ impl Forward<'_> {
         let route = self.route;
         let detail = format!(
             "`{}` did not start answering within {}",
-            route.service.name(),
+            self.backend.service.name(),
             match route.attempt_timeout {
                 Some(attempt) if attempt < route.timeout => format!(
                     "the route's attempt timeout of {} (deadline {})",

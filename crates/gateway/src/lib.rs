@@ -29,6 +29,7 @@ pub mod proxy;
 mod resilience;
 mod router;
 mod server;
+mod split;
 mod upstream;
 
 pub use body::GatewayBody;
@@ -37,4 +38,5 @@ pub use metrics::GatewayMetrics;
 pub use proxy::Gateway;
 pub use router::{BuildError, RouteInfo, RouteTable};
 pub use server::serve;
+pub use split::Weight;
 pub use upstream::UpstreamBody;

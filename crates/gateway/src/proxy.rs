@@ -16,6 +16,7 @@ use crate::metrics::{GatewayMetrics, RouteMetrics};
 use crate::problem::Problem;
 use crate::resilience::retry::is_idempotent;
 use crate::router::{CompiledFallback, CompiledRoute, RouteTable};
+use crate::split::Backend;
 use crate::upstream::{RequestBody, UpstreamPool};
 
 /// The gateway: the current route table and the upstream connection pool.
@@ -97,7 +98,8 @@ impl Gateway {
                 &table.unrouted,
             );
         };
-        let service = &route.service;
+        let backend = route.backends.choose(&parts.headers);
+        let service = &backend.service;
         outcome.route = &route.label;
         outcome.service = service.name();
 
@@ -105,7 +107,7 @@ impl Gateway {
         // service (the count also keeps a reload from stopping the service
         // under this request); the breaker refuses while the service fails.
         let Some(in_flight) = service.try_track_request() else {
-            route.metrics.shed.inc();
+            backend.metrics.shed.inc();
             let detail = format!(
                 "service `{}` already has {} requests in flight (its `max_concurrent`); try again shortly",
                 service.name(),
@@ -115,6 +117,7 @@ impl Gateway {
             return self
                 .fall_back(
                     route,
+                    backend,
                     Problem::BulkheadFull,
                     detail,
                     Some(request),
@@ -122,7 +125,7 @@ impl Gateway {
                 )
                 .await;
         };
-        let Some(admission) = route.policies.breaker.admit() else {
+        let Some(admission) = backend.policies.breaker.admit() else {
             let detail = format!(
                 "service `{}` is failing and its circuit breaker is open; requests resume after a successful probe",
                 service.name()
@@ -131,6 +134,7 @@ impl Gateway {
             return self
                 .fall_back(
                     route,
+                    backend,
                     Problem::CircuitOpen,
                     detail,
                     Some(request),
@@ -145,7 +149,7 @@ impl Gateway {
             let detail = "the rewritten upstream path is not a valid URI".to_string();
             return outcome.finish(
                 Problem::NoRoute.respond(detail, &path, &request_id),
-                &route.metrics,
+                &backend.metrics,
             );
         };
         let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
@@ -166,11 +170,11 @@ impl Gateway {
             match buffer_small_body(body, route.retry.max_body).await {
                 Ok(body) => body,
                 Err(error) => {
-                    route.policies.breaker.record(admission, true);
+                    backend.policies.breaker.record(admission, true);
                     let detail = format!("reading the request body failed: {error}");
                     return outcome.finish(
                         Problem::BadRequestBody.respond(detail, &path, &request_id),
-                        &route.metrics,
+                        &backend.metrics,
                     );
                 }
             }
@@ -180,6 +184,7 @@ impl Gateway {
         let forwarded = Forward {
             upstreams: &self.inner.upstreams,
             route,
+            backend,
             admission,
             idempotent,
             deadline: started + route.timeout,
@@ -210,13 +215,13 @@ impl Gateway {
                 ) {
                     drop(in_flight);
                     return self
-                        .fall_back(route, problem, detail, request, &mut outcome)
+                        .fall_back(route, backend, problem, detail, request, &mut outcome)
                         .await;
                 }
                 problem.respond(detail, &path, &request_id)
             }
         };
-        outcome.finish(response, &route.metrics)
+        outcome.finish(response, &backend.metrics)
     }
 
     /// Answers with the route's fallback when it has one, otherwise with the
@@ -225,6 +230,7 @@ impl Gateway {
     async fn fall_back(
         &self,
         route: &CompiledRoute,
+        backend: &Backend,
         problem: Problem,
         detail: String,
         request: Option<Request<RequestBody>>,
@@ -242,7 +248,7 @@ impl Gateway {
                 }),
                 _,
             ) => {
-                route.metrics.fallback(problem.reason());
+                backend.metrics.fallback(problem.reason());
                 let mut response = Response::new(GatewayBody::local(body.clone()));
                 *response.status_mut() = *status;
                 response
@@ -256,7 +262,7 @@ impl Gateway {
             (Some(CompiledFallback::Service(service)), Some(mut request)) => {
                 match service.pick(None) {
                     Some(instance) => {
-                        route.metrics.fallback(problem.reason());
+                        backend.metrics.fallback(problem.reason());
                         request
                             .headers_mut()
                             .insert(header::HOST, instance.host_header.clone());
@@ -289,7 +295,7 @@ impl Gateway {
             }
             _ => respond_problem(outcome),
         };
-        outcome.finish_ref(response, &route.metrics)
+        outcome.finish_ref(response, &backend.metrics)
     }
 }
 

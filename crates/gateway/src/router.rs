@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::metrics::{GatewayMetrics, RouteMetrics};
 use crate::resilience::ServicePolicies;
+use crate::split::{Backend, Backends, Weight};
 
 /// Why a route table could not be built from a (validated) manifest.
 #[derive(Debug, thiserror::Error)]
@@ -48,9 +49,7 @@ pub(crate) struct CompiledRoute {
     pub(crate) attempt_timeout: Option<Duration>,
     pub(crate) retry: RetryPolicy,
     pub(crate) fallback: Option<CompiledFallback>,
-    pub(crate) service: Arc<ServiceHandle>,
-    pub(crate) policies: Arc<ServicePolicies>,
-    pub(crate) metrics: RouteMetrics,
+    pub(crate) backends: Backends,
     config: Route,
 }
 
@@ -82,8 +81,12 @@ pub struct RouteTable {
 pub struct RouteInfo {
     #[serde(flatten)]
     pub route: Route,
-    /// Whether the target service has a healthy instance.
+    /// Whether every service of the route has a healthy instance.
     pub ready: bool,
+    /// The weights in force, by service.
+    pub weights: Vec<Weight>,
+    /// Whether an operator changed the weights at run time (`gantry traffic`).
+    pub weights_overridden: bool,
 }
 
 impl RouteTable {
@@ -111,14 +114,30 @@ impl RouteTable {
             .collect();
         let mut compiled = Vec::with_capacity(routes.len());
         for route in routes {
-            let service =
-                services
-                    .get(&route.to)
-                    .cloned()
-                    .ok_or_else(|| BuildError::MissingService {
-                        route: route.path.clone(),
-                        service: route.to.clone(),
-                    })?;
+            let mut list = Vec::new();
+            for (name, weight) in route.to.backends() {
+                let service =
+                    services
+                        .get(name)
+                        .cloned()
+                        .ok_or_else(|| BuildError::MissingService {
+                            route: route.path.clone(),
+                            service: name.to_string(),
+                        })?;
+                let route_metrics = metrics.for_route(route.label(), name);
+                list.push(Backend::new(
+                    service,
+                    policies[name].clone(),
+                    route_metrics,
+                    weight,
+                ));
+            }
+            let backends = Backends::new(list, route.sticky.clone());
+            if let Some(previous) =
+                previous.and_then(|p| p.routes.iter().find(|r| *r.label == *route.label()))
+            {
+                backends.carry_over(&previous.backends);
+            }
             let headers = route
                 .headers
                 .iter()
@@ -176,9 +195,7 @@ impl RouteTable {
                 attempt_timeout: route.attempt_timeout,
                 retry: route.retry.clone(),
                 fallback,
-                policies: policies[&route.to].clone(),
-                metrics: metrics.for_route(route.label(), service.name()),
-                service,
+                backends,
                 config: route.clone(),
             });
         }
@@ -226,6 +243,25 @@ impl RouteTable {
         &self.services
     }
 
+    /// Changes the weights of a route's split at run time (`None` resets them
+    /// to the manifest's); answers the weights now in force.
+    pub fn set_weights(
+        &self,
+        route: &str,
+        weights: Option<&[(String, u32)]>,
+    ) -> Result<Vec<Weight>, String> {
+        let found = self
+            .routes
+            .iter()
+            .find(|r| *r.label == *route)
+            .ok_or_else(|| format!("no route is named `{route}`; `GET /v1/routes` lists them"))?;
+        match weights {
+            Some(weights) => found.backends.set_weights(weights)?,
+            None => found.backends.reset(),
+        }
+        Ok(found.backends.weights().0)
+    }
+
     /// The state of a service's circuit breaker: `closed`, `open` or `half-open`.
     pub fn breaker_state(&self, service: &str) -> Option<&'static str> {
         self.policies
@@ -237,9 +273,14 @@ impl RouteTable {
     pub fn describe(&self) -> Vec<RouteInfo> {
         self.routes
             .iter()
-            .map(|r| RouteInfo {
-                route: r.config.clone(),
-                ready: r.service.is_ready(),
+            .map(|r| {
+                let (weights, weights_overridden) = r.backends.weights();
+                RouteInfo {
+                    route: r.config.clone(),
+                    ready: r.backends.iter().all(|b| b.service.is_ready()),
+                    weights,
+                    weights_overridden,
+                }
             })
             .collect()
     }

@@ -23,7 +23,7 @@ mod policy;
 mod validate;
 
 pub use diagnostics::{Diagnostic, Diagnostics, ErrorCode};
-pub use model::{Manifest, Platform, Route, Service, ServiceKind};
+pub use model::{Manifest, Platform, Route, Service, ServiceKind, Target, WeightedService};
 pub use pattern::{PathMatch, PathPattern};
 pub use policy::{
     CircuitBreakerPolicy, Fallback, HashKey, LoadBalancer, OutlierEjection, RetryPolicy,

@@ -190,8 +190,14 @@ pub struct Route {
     /// Headers that must be present with exactly these values.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
-    /// The service that receives matching requests.
-    pub to: String,
+    /// Where matching requests go: a service name, or a weighted split such
+    /// as `[{ service = "monolith", weight = 90 }, { service = "catalog", weight = 10 }]`.
+    pub to: Target,
+    /// For a split: keep each client on one side, keyed by `header:NAME` or
+    /// `cookie:NAME`. Without it each request is assigned at random by weight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub sticky: Option<HashKey>,
     /// A leading part of the path to remove before forwarding, e.g. `/api`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strip_prefix: Option<String>,
@@ -224,6 +230,44 @@ pub struct Route {
     pub pattern: PathPattern,
     #[serde(skip)]
     pub(crate) spans: RouteSpans,
+}
+
+/// A route's destination.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Target {
+    Service(String),
+    Split(Vec<WeightedService>),
+}
+
+/// One side of a weighted split.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedService {
+    pub service: String,
+    /// Relative share of the route's requests.
+    pub weight: u32,
+}
+
+impl Target {
+    /// Every service with its weight (a single service has weight 1).
+    pub fn backends(&self) -> Vec<(&str, u32)> {
+        match self {
+            Target::Service(name) => vec![(name.as_str(), 1)],
+            Target::Split(split) => split
+                .iter()
+                .map(|b| (b.service.as_str(), b.weight))
+                .collect(),
+        }
+    }
+
+    /// The first service: the one named in listings and error messages.
+    pub fn primary(&self) -> &str {
+        match self {
+            Target::Service(name) => name,
+            Target::Split(split) => split.first().map_or("", |b| b.service.as_str()),
+        }
+    }
 }
 
 impl Route {

@@ -9,8 +9,11 @@ use crate::policy::Fallback;
 pub(crate) fn cross_check(manifest: &Manifest, source: &str, out: &mut Diagnostics) {
     let names: Vec<&str> = manifest.services.keys().map(String::as_str).collect();
     for route in &manifest.routes {
-        if !manifest.services.contains_key(&route.to) {
-            let hint = match suggest(&route.to, &names) {
+        for (to, _) in route.to.backends() {
+            if manifest.services.contains_key(to) {
+                continue;
+            }
+            let hint = match suggest(to, &names) {
                 Some(close) => format!("did you mean `{close}`?"),
                 None if names.is_empty() => "declare it under [services]".to_string(),
                 None => format!("declared services: {}", names.join(", ")),
@@ -20,8 +23,8 @@ pub(crate) fn cross_check(manifest: &Manifest, source: &str, out: &mut Diagnosti
                 ErrorCode::UnknownService,
                 route.spans.to.clone(),
                 format!(
-                    "route `{}` sends traffic to `{}`, which is not a declared service",
-                    route.path, route.to
+                    "route `{}` sends traffic to `{to}`, which is not a declared service",
+                    route.path
                 ),
                 Some(hint),
             );

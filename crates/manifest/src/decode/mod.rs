@@ -58,6 +58,7 @@ pub(crate) const ROUTE_KEYS: &[&str] = &[
     "attempt_timeout",
     "retry",
     "fallback",
+    "sticky",
 ];
 const METHODS: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT",
@@ -383,11 +384,8 @@ impl<'a> Decoder<'a> {
     fn route(&mut self, s: &Section<'_>) -> Option<Route> {
         self.unknown_keys(s, ROUTE_KEYS);
         let path = self.required_string(s, "path", "add `path = \"/api/*\"`");
-        let to = self.required_string(
-            s,
-            "to",
-            "add `to = \"SERVICE\"` naming a service from [services]",
-        );
+        let to = self.target(s);
+        let sticky = self.hash_key(s, "sticky");
         let pattern = path.as_ref().and_then(|p| match PathPattern::parse(p) {
             Ok(pattern) => Some(pattern),
             Err(why) => {
@@ -504,6 +502,7 @@ impl<'a> Decoder<'a> {
             host,
             headers,
             to: to?,
+            sticky,
             strip_prefix,
             rewrite,
             timeout,

@@ -2,6 +2,7 @@
 
 use super::{suggest, Decoder, Section};
 use crate::diagnostics::ErrorCode;
+use crate::model::{Target, WeightedService};
 use crate::policy::{
     defaults, CircuitBreakerPolicy, Fallback, HashKey, LoadBalancer, OutlierEjection, RetryPolicy,
 };
@@ -143,6 +144,89 @@ impl Decoder<'_> {
             );
         }
         parsed
+    }
+
+    /// `to`: a service name or a weighted split.
+    pub(super) fn target(&mut self, s: &Section<'_>) -> Option<Target> {
+        let Some((_, item)) = s.table.get_key_value("to") else {
+            self.sink.push(
+                ErrorCode::MissingKey,
+                s.table_span(),
+                format!("{} is missing `to`", s.name),
+                Some("add `to = \"SERVICE\"` naming a service from [services]".into()),
+            );
+            return None;
+        };
+        if let Some(name) = item.as_str() {
+            return Some(Target::Service(name.to_string()));
+        }
+        let Some(array) = item.as_array() else {
+            self.wrong_type(
+                s,
+                "to",
+                "a service name or a list of { service, weight }",
+                item.type_name(),
+            );
+            return None;
+        };
+        let mut split = Vec::new();
+        for element in array.iter() {
+            let Some(table) = element.as_inline_table() else {
+                self.sink.push(
+                    ErrorCode::WrongType,
+                    element.span(),
+                    format!("each part of the split `to` in {} must be a table", s.name),
+                    Some("write `{ service = \"catalog\", weight = 10 }`".into()),
+                );
+                continue;
+            };
+            let part = Section {
+                table,
+                name: format!("a part of `to` in {}", s.name),
+                span: element.span(),
+            };
+            self.unknown_keys(&part, &["service", "weight"]);
+            let service = self.string(&part, "service");
+            let weight = self.integer(&part, "weight", 0, 1_000_000);
+            match (service, weight) {
+                (Some(service), Some(weight)) => split.push(WeightedService {
+                    service,
+                    weight: weight as u32,
+                }),
+                (None, _) if !part.table.contains_key("service") => self.sink.push(
+                    ErrorCode::MissingKey,
+                    element.span(),
+                    format!("{} is missing `service`", part.name),
+                    Some("write `{ service = \"catalog\", weight = 10 }`".into()),
+                ),
+                (_, None) if !part.table.contains_key("weight") => self.sink.push(
+                    ErrorCode::MissingKey,
+                    element.span(),
+                    format!("{} is missing `weight`", part.name),
+                    Some("write `{ service = \"catalog\", weight = 10 }`".into()),
+                ),
+                _ => {}
+            }
+        }
+        if split.is_empty() || split.iter().all(|b| b.weight == 0) {
+            self.bad_value(
+                s,
+                "to",
+                format!("the split in {} sends traffic nowhere", s.name),
+                "give at least one service a weight above 0",
+            );
+        }
+        let mut names: Vec<&str> = split.iter().map(|b| b.service.as_str()).collect();
+        names.sort();
+        if names.windows(2).any(|w| w[0] == w[1]) {
+            self.bad_value(
+                s,
+                "to",
+                format!("a service appears twice in the split of {}", s.name),
+                "list each service once, with its whole weight",
+            );
+        }
+        Some(Target::Split(split))
     }
 
     /// `fallback`, and where its `to` is, for the cross-check against services.

@@ -1,0 +1,54 @@
+//! The CLI's client for the admin API of a running Gantry.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+/// Where the admin API is: `--admin`, or the `admin` address of the manifest.
+pub fn admin_address(admin: Option<SocketAddr>, manifest: &Path) -> Result<SocketAddr, String> {
+    if let Some(admin) = admin {
+        return Ok(admin);
+    }
+    gantry_manifest::load(manifest)
+        .map(|m| m.platform.admin)
+        .map_err(|e| {
+            format!("{e}\n(pass --admin ADDRESS to reach a running Gantry without its manifest)")
+        })
+}
+
+/// Sends one request and returns the status and body text.
+pub fn call(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<String>,
+) -> Result<(u16, String), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(format!("http://{admin}{path}"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| e.to_string())?;
+        let response = client.request(request).await.map_err(|e| {
+            format!("cannot reach the admin API at {admin}: {e} (is `gantry up` running?)")
+        })?;
+        let status = response.status().as_u16();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+    })
+}
