@@ -10,6 +10,7 @@
 //! | `POST /v1/reload` | re-read the manifest and apply it; 422 with the errors if it is invalid |
 //! | `PUT /v1/routes/{route}/weights` | change a split's weights at run time, e.g. `{"catalog": 25}` |
 //! | `DELETE /v1/routes/{route}/weights` | back to the manifest's weights |
+//! | `GET /v1/routes/{route}/shadow` | the shadow comparison report: match rate and the latest differing pairs |
 //!
 //! Reloads are not done here: the admin API asks the app through a channel
 //! ([`ReloadRequest`]) so every reload, whatever triggered it, runs the same way.
@@ -97,6 +98,7 @@ fn router(state: AdminState) -> Router {
         .route("/v1/routes", get(routes))
         .route("/v1/reload", post(reload))
         .route("/v1/routes/{route}/weights", put(set_weights).delete(reset_weights))
+        .route("/v1/routes/{route}/shadow", get(shadow_report))
         .fallback(|| async {
             problem(
                 StatusCode::NOT_FOUND,
@@ -178,6 +180,14 @@ async fn set_weights(
 /// `DELETE /v1/routes/{route}/weights`: back to the manifest's weights.
 async fn reset_weights(State(state): State<AdminState>, Path(route): Path<String>) -> Response {
     answer_weights(state.gateway.table().set_weights(&route, None), &route)
+}
+
+/// `GET /v1/routes/{route}/shadow`: how the route's mirrored responses compared.
+async fn shadow_report(State(state): State<AdminState>, Path(route): Path<String>) -> Response {
+    match state.gateway.table().shadow_report(&route) {
+        Ok(summary) => Json(summary).into_response(),
+        Err(reason) => problem(StatusCode::NOT_FOUND, &reason),
+    }
 }
 
 fn answer_weights(result: Result<Vec<gantry_gateway::Weight>, String>, route: &str) -> Response {

@@ -65,6 +65,26 @@ enum Command {
         #[command(flatten)]
         target: AdminTarget,
     },
+    /// Shadow traffic: compare a route's service with the one it mirrors to.
+    Shadow {
+        #[command(subcommand)]
+        command: ShadowCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ShadowCommand {
+    /// How the route's mirrored responses compared: match rate and the latest
+    /// differing pairs.
+    Report {
+        /// The route's name.
+        route: String,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
 }
 
 /// How the CLI finds a running Gantry's admin API.
@@ -103,6 +123,14 @@ fn main() -> ExitCode {
             reset,
             target,
         } => traffic(&route, &set, reset, &target),
+        Command::Shadow {
+            command:
+                ShadowCommand::Report {
+                    route,
+                    json,
+                    target,
+                },
+        } => shadow_report(&route, json, &target),
         Command::Up {
             file,
             log_format,
@@ -203,6 +231,67 @@ fn traffic(route: &str, set: &[String], reset: bool, target: &AdminTarget) -> Ex
 /// Route names may be paths (`/api/*`): escape what a URL path segment cannot hold.
 fn percent_encode_segment(text: &str) -> String {
     percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+fn shadow_report(route: &str, json: bool, target: &AdminTarget) -> ExitCode {
+    let admin = match admin_client::admin_address(target.admin, &target.file) {
+        Ok(admin) => admin,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let path = format!("/v1/routes/{}/shadow", percent_encode_segment(route));
+    let (status, body) = match admin_client::call(admin, "GET", &path, None) {
+        Ok(answer) => answer,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    if status >= 300 {
+        eprintln!("error: {}", report["detail"].as_str().unwrap_or(&body));
+        return ExitCode::FAILURE;
+    }
+    #[allow(clippy::print_stdout)]
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report).unwrap_or(body));
+    } else {
+        let rate = report["match_rate"]
+            .as_f64()
+            .map_or("-".to_string(), |r| format!("{:.1}%", r * 100.0));
+        println!(
+            "route {route}: mirrored to {} ({}% of requests)",
+            report["to"].as_str().unwrap_or("?"),
+            report["percent"]
+        );
+        println!(
+            "compared {}  matched {}  differed {}  shadow errors {}  skipped {}  match rate {rate}",
+            report["compared"],
+            report["matched"],
+            report["mismatched"],
+            report["errors"],
+            report["skipped"]
+        );
+        for difference in report["recent_differences"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            println!(
+                "\n{} {}: {}\n  primary {}: {}\n  shadow  {}: {}",
+                difference["method"].as_str().unwrap_or(""),
+                difference["path"].as_str().unwrap_or(""),
+                difference["reason"].as_str().unwrap_or(""),
+                difference["primary"]["status"],
+                difference["primary"]["body"].as_str().unwrap_or(""),
+                difference["shadow"]["status"],
+                difference["shadow"]["body"].as_str().unwrap_or(""),
+            );
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn validate(file: &Path) -> ExitCode {

@@ -9,6 +9,7 @@ use gantry_services::{InFlight, InstanceLoad};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 
+use crate::shadow::{poll_tapped, Tap};
 use crate::upstream::UpstreamBody;
 
 /// A response body, streamed without buffering.
@@ -19,6 +20,8 @@ pub enum GatewayBody {
     Upstream {
         body: UpstreamBody,
         guard: Option<(InFlight, Option<InstanceLoad>)>,
+        /// Copies the body for a shadow comparison.
+        tap: Option<Tap>,
     },
     /// A body written by Gantry (problem details, mostly).
     Local(Full<Bytes>),
@@ -39,8 +42,8 @@ impl Body for GatewayBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            GatewayBody::Upstream { body, guard } => {
-                let polled = Pin::new(body).poll_frame(cx);
+            GatewayBody::Upstream { body, guard, tap } => {
+                let polled = poll_tapped(Pin::new(body), tap, cx);
                 if let Poll::Ready(None) = polled {
                     guard.take();
                 }

@@ -29,6 +29,7 @@ pub mod proxy;
 mod resilience;
 mod router;
 mod server;
+mod shadow;
 mod split;
 mod upstream;
 
@@ -38,5 +39,6 @@ pub use metrics::GatewayMetrics;
 pub use proxy::Gateway;
 pub use router::{BuildError, RouteInfo, RouteTable};
 pub use server::serve;
+pub use shadow::{Difference, ShadowSummary, Side};
 pub use split::Weight;
 pub use upstream::UpstreamBody;

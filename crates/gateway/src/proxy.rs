@@ -6,6 +6,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 
 use crate::body::GatewayBody;
@@ -166,8 +167,18 @@ impl Gateway {
         parts.headers.insert(TRACEPARENT, trace.traceparent());
 
         let idempotent = is_idempotent(&parts.method, &parts.headers);
-        let body = if idempotent && route.retry.attempts > 1 {
-            match buffer_small_body(body, route.retry.max_body).await {
+        // A body is read ahead (when small and of known length) if the request
+        // may be sent more than once: retried, or mirrored to a shadow.
+        let shadow = route
+            .shadow
+            .as_ref()
+            .filter(|shadow| shadow.applies(idempotent));
+        let keep_for_retry = idempotent && route.retry.attempts > 1;
+        let body = if keep_for_retry || shadow.is_some() {
+            let limit = shadow
+                .map_or(0, |s| s.policy.max_body)
+                .max(route.retry.max_body);
+            match buffer_small_body(body, limit).await {
                 Ok(body) => body,
                 Err(error) => {
                     backend.policies.breaker.record(admission, true);
@@ -181,6 +192,20 @@ impl Gateway {
         } else {
             RequestBody::Streaming(body)
         };
+        let mirrored = shadow.and_then(|shadow| match body.replay() {
+            Some(copy) => Some(shadow.mirror(
+                self.inner.upstreams.clone(),
+                parts.method.clone(),
+                parts.uri.clone(),
+                parts.headers.clone(),
+                copy,
+                route.timeout,
+            )),
+            None => {
+                shadow.skip();
+                None
+            }
+        });
         let forwarded = Forward {
             upstreams: &self.inner.upstreams,
             route,
@@ -196,9 +221,18 @@ impl Gateway {
                 outcome.instance = Some(instance);
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
+                let tap = mirrored.map(|mirror| {
+                    let mut tap = mirror.tap(parts.status, &parts.headers);
+                    if body.is_end_stream() {
+                        // hyper never polls an empty body: it ends here.
+                        tap.observe(None);
+                    }
+                    tap
+                });
                 let body = GatewayBody::Upstream {
                     body,
                     guard: Some((in_flight, Some(load))),
+                    tap,
                 };
                 Response::from_parts(parts, body)
             }
@@ -284,6 +318,7 @@ impl Gateway {
                                     GatewayBody::Upstream {
                                         body,
                                         guard: Some((in_flight, None)),
+                                        tap: None,
                                     },
                                 )
                             }

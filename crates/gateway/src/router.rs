@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::metrics::{GatewayMetrics, RouteMetrics};
 use crate::resilience::ServicePolicies;
+use crate::shadow::{Shadow, ShadowSummary};
 use crate::split::{Backend, Backends, Weight};
 
 /// Why a route table could not be built from a (validated) manifest.
@@ -50,6 +51,7 @@ pub(crate) struct CompiledRoute {
     pub(crate) retry: RetryPolicy,
     pub(crate) fallback: Option<CompiledFallback>,
     pub(crate) backends: Backends,
+    pub(crate) shadow: Option<Shadow>,
     config: Route,
 }
 
@@ -180,6 +182,29 @@ impl RouteTable {
                         .unwrap_or(HeaderValue::from_static("text/plain")),
                 }),
             };
+            let shadow = match &route.shadow {
+                None => None,
+                Some(policy) => {
+                    let service = services.get(&policy.to).cloned().ok_or_else(|| {
+                        BuildError::MissingService {
+                            route: route.path.clone(),
+                            service: policy.to.clone(),
+                        }
+                    })?;
+                    // The report survives a reload that keeps mirroring to the same service.
+                    let report = previous
+                        .and_then(|p| p.routes.iter().find(|r| *r.label == *route.label()))
+                        .and_then(|r| r.shadow.as_ref())
+                        .filter(|s| s.policy.to == policy.to)
+                        .map(|s| s.report.clone())
+                        .unwrap_or_default();
+                    Some(Shadow {
+                        policy: policy.clone(),
+                        service,
+                        report,
+                    })
+                }
+            };
             compiled.push(CompiledRoute {
                 label: Arc::from(route.label()),
                 pattern: route.pattern.clone(),
@@ -196,6 +221,7 @@ impl RouteTable {
                 retry: route.retry.clone(),
                 fallback,
                 backends,
+                shadow,
                 config: route.clone(),
             });
         }
@@ -260,6 +286,21 @@ impl RouteTable {
             None => found.backends.reset(),
         }
         Ok(found.backends.weights().0)
+    }
+
+    /// The shadow comparison report of a route.
+    pub fn shadow_report(&self, route: &str) -> Result<ShadowSummary, String> {
+        let found = self
+            .routes
+            .iter()
+            .find(|r| *r.label == *route)
+            .ok_or_else(|| format!("no route is named `{route}`; `GET /v1/routes` lists them"))?;
+        match &found.shadow {
+            Some(shadow) => Ok(shadow.summary(route)),
+            None => Err(format!(
+                "route `{route}` has no `shadow`; add `shadow = {{ to = \"SERVICE\" }}` to it"
+            )),
+        }
     }
 
     /// The state of a service's circuit breaker: `closed`, `open` or `half-open`.

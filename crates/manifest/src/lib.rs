@@ -27,6 +27,7 @@ pub use model::{Manifest, Platform, Route, Service, ServiceKind, Target, Weighte
 pub use pattern::{PathMatch, PathPattern};
 pub use policy::{
     CircuitBreakerPolicy, Fallback, HashKey, LoadBalancer, OutlierEjection, RetryPolicy,
+    ShadowPolicy,
 };
 
 use std::path::{Path, PathBuf};

@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::pattern::PathPattern;
 use crate::policy::{
     self, CircuitBreakerPolicy, Fallback, HashKey, LoadBalancer, OutlierEjection, RetryPolicy,
+    ShadowPolicy,
 };
 
 /// A whole Gantry system: the platform settings, the services it fronts and the
@@ -225,6 +226,9 @@ pub struct Route {
     /// What to answer when the service cannot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<Fallback>,
+    /// Mirror requests to another service and compare the responses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowPolicy>,
     /// The parsed `path`.
     #[serde(skip)]
     pub pattern: PathPattern,
@@ -284,6 +288,7 @@ pub(crate) struct RouteSpans {
     pub(crate) path: Option<Range<usize>>,
     pub(crate) to: Option<Range<usize>>,
     pub(crate) fallback: Option<Range<usize>>,
+    pub(crate) shadow: Option<Range<usize>>,
 }
 
 pub(crate) mod defaults {

@@ -188,6 +188,33 @@ impl Default for OutlierEjection {
     }
 }
 
+/// `shadow = { ... }` on a route: mirror a sample of its requests to another
+/// service and compare the answers. The client only ever gets the primary's
+/// response; Gantry keeps a report of how often the two agree and the latest
+/// pairs that did not (`gantry shadow report ROUTE`).
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowPolicy {
+    /// The service that gets the copies.
+    pub to: String,
+    /// The share of requests mirrored, 0 to 100.
+    #[serde(default = "defaults::shadow_percent")]
+    pub percent: f64,
+    /// Response headers that must match (the status always must).
+    #[serde(default)]
+    pub compare_headers: Vec<String>,
+    /// JSON pointers left out of the body comparison, e.g. `/generated_at`.
+    #[serde(default)]
+    pub ignore_fields: Vec<String>,
+    /// Mirror non-idempotent requests too (POST, PATCH). Off by default: a
+    /// mirrored POST would act twice.
+    #[serde(default)]
+    pub unsafe_methods: bool,
+    /// Bodies (request and responses) larger than this are not mirrored or compared.
+    #[serde(default = "defaults::shadow_max_body")]
+    pub max_body: u64,
+}
+
 pub(crate) mod defaults {
     use std::time::Duration;
 
@@ -241,6 +268,12 @@ pub(crate) mod defaults {
     }
     pub fn ejection_max() -> Duration {
         Duration::from_secs(300)
+    }
+    pub fn shadow_percent() -> f64 {
+        100.0
+    }
+    pub fn shadow_max_body() -> u64 {
+        1024 * 1024
     }
     pub fn healthy_threshold() -> u32 {
         1

@@ -49,6 +49,22 @@ pub(crate) fn cross_check(manifest: &Manifest, source: &str, out: &mut Diagnosti
             }
         }
     }
+    for route in &manifest.routes {
+        if let Some(shadow) = &route.shadow {
+            if !manifest.services.contains_key(&shadow.to) {
+                out.push_at(
+                    source,
+                    ErrorCode::UnknownService,
+                    route.spans.shadow.clone(),
+                    format!(
+                        "route `{}` mirrors to `{}`, which is not a declared service",
+                        route.path, shadow.to
+                    ),
+                    suggest(&shadow.to, &names).map(|close| format!("did you mean `{close}`?")),
+                );
+            }
+        }
+    }
     for (later_index, later) in manifest.routes.iter().enumerate() {
         let hidden_by = manifest.routes[..later_index]
             .iter()

@@ -59,6 +59,7 @@ pub(crate) const ROUTE_KEYS: &[&str] = &[
     "retry",
     "fallback",
     "sticky",
+    "shadow",
 ];
 const METHODS: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT",
@@ -489,11 +490,13 @@ impl<'a> Decoder<'a> {
         }
         let retry = self.retry(s);
         let fallback = self.fallback(s);
+        let shadow = self.shadow(s);
         let spans = RouteSpans {
             table: s.table_span(),
             path: self.value_span(s, "path"),
             to: self.value_span(s, "to"),
             fallback: self.value_span(s, "fallback"),
+            shadow: self.value_span(s, "shadow"),
         };
         Some(Route {
             name,
@@ -509,6 +512,7 @@ impl<'a> Decoder<'a> {
             attempt_timeout,
             retry,
             fallback,
+            shadow,
             pattern: pattern?,
             spans,
         })

@@ -5,6 +5,7 @@ use crate::diagnostics::ErrorCode;
 use crate::model::{Target, WeightedService};
 use crate::policy::{
     defaults, CircuitBreakerPolicy, Fallback, HashKey, LoadBalancer, OutlierEjection, RetryPolicy,
+    ShadowPolicy,
 };
 
 pub(crate) const RETRY_KEYS: &[&str] = &["attempts", "on", "backoff", "max_backoff", "max_body"];
@@ -17,6 +18,14 @@ pub(crate) const BREAKER_KEYS: &[&str] = &[
     "open_for",
 ];
 pub(crate) const EJECTION_KEYS: &[&str] = &["enabled", "consecutive_failures", "base", "max"];
+pub(crate) const SHADOW_KEYS: &[&str] = &[
+    "to",
+    "percent",
+    "compare_headers",
+    "ignore_fields",
+    "unsafe_methods",
+    "max_body",
+];
 pub(crate) const FALLBACK_KEYS: &[&str] = &["to", "status", "body", "content_type"];
 
 impl Decoder<'_> {
@@ -227,6 +236,60 @@ impl Decoder<'_> {
             );
         }
         Some(Target::Split(split))
+    }
+
+    pub(super) fn shadow(&mut self, route: &Section<'_>) -> Option<ShadowPolicy> {
+        let s = self.nested(route, "shadow")?;
+        self.unknown_keys(&s, SHADOW_KEYS);
+        let to = self.required_string(
+            &s,
+            "to",
+            "add `to = \"SERVICE\"`: the service that gets the copies",
+        )?;
+        let percent = match s.table.get("percent").and_then(|i| i.as_value()) {
+            Some(value) => match value
+                .as_float()
+                .or_else(|| value.as_integer().map(|n| n as f64))
+            {
+                Some(p) if (0.0..=100.0).contains(&p) => p,
+                _ => {
+                    self.bad_value(
+                        &s,
+                        "percent",
+                        format!("`percent` in {} must be a number from 0 to 100", s.name),
+                        "e.g. `percent = 10` mirrors one request in ten",
+                    );
+                    defaults::shadow_percent()
+                }
+            },
+            None => defaults::shadow_percent(),
+        };
+        let ignore_fields = self.string_list(&s, "ignore_fields").unwrap_or_default();
+        for field in &ignore_fields {
+            if !field.starts_with('/') {
+                self.bad_value(
+                    &s,
+                    "ignore_fields",
+                    format!("`{field}` in {} is not a JSON pointer", s.name),
+                    "JSON pointers start with `/`, e.g. `/generated_at` or `/items/0/price`",
+                );
+            }
+        }
+        Some(ShadowPolicy {
+            to,
+            percent,
+            compare_headers: self
+                .string_list(&s, "compare_headers")
+                .unwrap_or_default()
+                .into_iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+            ignore_fields,
+            unsafe_methods: self.boolean(&s, "unsafe_methods").unwrap_or(false),
+            max_body: self
+                .size(&s, "max_body")
+                .unwrap_or_else(defaults::shadow_max_body),
+        })
     }
 
     /// `fallback`, and where its `to` is, for the cross-check against services.
