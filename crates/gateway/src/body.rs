@@ -21,7 +21,7 @@ pub enum GatewayBody {
         body: UpstreamBody,
         guard: Option<(InFlight, Option<InstanceLoad>)>,
         /// Copies the body for a shadow comparison.
-        tap: Option<Tap>,
+        tap: Option<Box<Tap>>,
     },
     /// A body written by Gantry (problem details, mostly).
     Local(Full<Bytes>),

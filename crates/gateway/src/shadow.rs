@@ -203,14 +203,14 @@ impl Shadow {
 
 impl PrimaryTap {
     /// Starts collecting the primary response for comparison.
-    pub(crate) fn tap(self, status: StatusCode, headers: &HeaderMap) -> Tap {
-        Tap {
+    pub(crate) fn tap(self, status: StatusCode, headers: &HeaderMap) -> Box<Tap> {
+        Box::new(Tap {
             status,
             headers: headers.clone(),
             body: BytesMut::new(),
             limit: self.limit,
             sender: Some(self.sender),
-        }
+        })
     }
 }
 
@@ -262,7 +262,7 @@ impl Tap {
 /// Polls `body`, showing each frame to `tap`.
 pub(crate) fn poll_tapped<B>(
     mut body: Pin<&mut B>,
-    tap: &mut Option<Tap>,
+    tap: &mut Option<Box<Tap>>,
     cx: &mut Context<'_>,
 ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>>
 where
