@@ -169,10 +169,11 @@ impl Gateway {
         let idempotent = is_idempotent(&parts.method, &parts.headers);
         // A body is read ahead (when small and of known length) if the request
         // may be sent more than once: retried, or mirrored to a shadow.
+        // A request the split already sent to the shadow's service is not mirrored.
         let shadow = route
             .shadow
             .as_ref()
-            .filter(|shadow| shadow.applies(idempotent));
+            .filter(|shadow| shadow.policy.to != service.name() && shadow.applies(idempotent));
         let keep_for_retry = idempotent && route.retry.attempts > 1;
         let body = if keep_for_retry || shadow.is_some() {
             let limit = shadow

@@ -46,10 +46,16 @@ async fn main() {
         .and_then(|p| p.parse().ok())
         .unwrap_or(9001);
     let instance = Instance(std::env::var("GANTRY_INSTANCE").unwrap_or_else(|_| "0".into()));
+    // The catalog keeps the monolith's public paths (`/api/catalog/...`), so
+    // the gateway can split and mirror traffic between the two, and also
+    // answers under `/catalog/...` for routes that strip `/api`.
+    let catalog = Router::new()
+        .route("/items", get(list))
+        .route("/items/{id}", get(item));
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/catalog/items", get(list))
-        .route("/catalog/items/{id}", get(item))
+        .nest("/catalog", catalog.clone())
+        .nest("/api/catalog", catalog)
         .with_state(instance.clone());
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port)))
         .await

@@ -45,8 +45,17 @@ async fn orders() -> Json<Value> {
 }
 
 /// The catalog as the monolith still serves it, until the extraction is done.
+/// Same contract as the catalog service: the gateway's shadow comparison
+/// checks that the two agree.
 async fn old_catalog() -> Json<Value> {
-    Json(json!({ "service": "monolith", "items": [{ "id": 1, "name": "espresso cup" }] }))
+    Json(json!({
+        "service": "monolith",
+        "items": [
+            { "id": 1, "name": "espresso cup", "price_cents": 1200 },
+            { "id": 2, "name": "moka pot", "price_cents": 3900 },
+            { "id": 3, "name": "grinder", "price_cents": 8900 },
+        ]
+    }))
 }
 
 /// Shows what reached the monolith: handy to see what the gateway forwards.
