@@ -5,6 +5,8 @@
 #   bash bench/gateway.sh            # defaults below; needs nginx and wrk
 #   RUNS=5 DURATION=15s bash bench/gateway.sh
 #
+# Targets: gantry (resilience stack on), gantry-bare (all of it off), nginx,
+# and HAProxy when installed.
 # Setup: a 1 KiB upstream response (nginx `return 200`, keep-alive), each proxy
 # pinned to core 0 with one worker (Gantry: --workers 1; nginx:
 # worker_processes 1; HAProxy: nbthread 1), the upstream and the load generator
@@ -20,11 +22,12 @@ DURATION=${DURATION:-10s}
 CONNS=${CONNS:-64}
 RATE=${RATE:-10000}
 UPSTREAM_PORT=19100 GANTRY_PORT=19101 GANTRY_ADMIN=19102 NGINX_PORT=19103 HAPROXY_PORT=19104
+BARE_PORT=19105 BARE_ADMIN=19106
 
 for tool in nginx wrk taskset python3; do
   command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install nginx-light wrk haproxy)" >&2; exit 1; }
 done
-for port in $UPSTREAM_PORT $GANTRY_PORT $GANTRY_ADMIN $NGINX_PORT $HAPROXY_PORT; do
+for port in $UPSTREAM_PORT $GANTRY_PORT $GANTRY_ADMIN $NGINX_PORT $HAPROXY_PORT $BARE_PORT $BARE_ADMIN; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "bench: port $port is already in use; stop what listens there first" >&2; exit 1
   fi
@@ -114,7 +117,10 @@ CONF
   PIDS+=($HAPROXY_PID)
 fi
 
-# Gantry, on core 0 with one worker thread.
+# Gantry, on core 0 with one worker thread, twice: "gantry" with the
+# resilience stack on (deadline + per-attempt timeout + retries on 5xx within
+# the retry budget + circuit breaker + bulkhead + outlier ejection), and
+# "gantry-bare" with all of it off, to show what the stack costs per request.
 cat > "$WORK/gantry.toml" <<CONF
 [platform]
 name = "bench"
@@ -125,31 +131,60 @@ watch = false
 
 [services.app]
 urls = ["http://127.0.0.1:$UPSTREAM_PORT"]
+max_concurrent = 4096
+circuit_breaker = { failure_ratio = 0.5, min_requests = 20, open_for = "5s" }
 
 [[routes]]
 path = "/*"
 to = "app"
+timeout = "5s"
+attempt_timeout = "2s"
+retry = { attempts = 3, on = [502, 503, 504] }
+CONF
+cat > "$WORK/bare.toml" <<CONF
+[platform]
+name = "bench-bare"
+listen = "127.0.0.1:$BARE_PORT"
+admin = "127.0.0.1:$BARE_ADMIN"
+data_dir = "state-bare"
+watch = false
+
+[services.app]
+urls = ["http://127.0.0.1:$UPSTREAM_PORT"]
+max_concurrent = 1000000
+circuit_breaker = { enabled = false }
+outlier_ejection = { enabled = false }
+
+[[routes]]
+path = "/*"
+to = "app"
+retry = { attempts = 1 }
 CONF
 GANTRY_LOG=warn taskset -c 0 "$GANTRY" up --workers 1 -f "$WORK/gantry.toml" > "$WORK/logs/gantry.log" 2>&1 &
-PIDS+=($!)
 GANTRY_PID=$!
+PIDS+=($GANTRY_PID)
+GANTRY_LOG=warn taskset -c 0 "$GANTRY" up --workers 1 -f "$WORK/bare.toml" > "$WORK/logs/bare.log" 2>&1 &
+BARE_PID=$!
+PIDS+=($BARE_PID)
 
-PORTS="$UPSTREAM_PORT $NGINX_PORT $GANTRY_PORT"
+PORTS="$UPSTREAM_PORT $NGINX_PORT $GANTRY_PORT $BARE_PORT"
 [ "$HAVE_HAPROXY" = 1 ] && PORTS="$PORTS $HAPROXY_PORT"
 for port in $PORTS; do
   for _ in $(seq 100); do curl -fsS -o /dev/null "http://127.0.0.1:$port/" 2>/dev/null && break; sleep 0.1; done
   curl -fsS -o /dev/null "http://127.0.0.1:$port/" || { echo "bench: nothing answers on $port" >&2; cat "$WORK"/logs/* >&2; exit 1; }
 done
 
-kill -0 "$GANTRY_PID" 2>/dev/null || { echo "bench: gantry exited:" >&2; cat "$WORK/logs/gantry.log" >&2; exit 1; }
+for pid in $GANTRY_PID $BARE_PID; do
+  kill -0 "$pid" 2>/dev/null || { echo "bench: gantry exited:" >&2; cat "$WORK/logs/gantry.log" "$WORK/logs/bare.log" >&2; exit 1; }
+done
 
 # CPU ticks (user+system) of a process and its children threads.
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 nginx_worker() { pgrep -P "$(cat "$WORK/nginx.pid")" | head -1; }
 
-declare -A PID_OF=([gantry]=$GANTRY_PID [nginx]=$(nginx_worker))
-TARGETS=(gantry nginx)
-declare -A PORT_OF=([gantry]=$GANTRY_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT)
+declare -A PID_OF=([gantry]=$GANTRY_PID [gantry-bare]=$BARE_PID [nginx]=$(nginx_worker))
+TARGETS=(gantry gantry-bare nginx)
+declare -A PORT_OF=([gantry]=$GANTRY_PORT [gantry-bare]=$BARE_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT)
 if [ "$HAVE_HAPROXY" = 1 ]; then TARGETS+=(haproxy); PID_OF[haproxy]=$HAPROXY_PID; fi
 
 HZ=$(getconf CLK_TCK)
@@ -212,7 +247,11 @@ for tool, title in (("wrk", "peak throughput, wrk --latency (unbounded)"), ("oha
         cpu = [float(x[3]) for x in r if x[3] != "-"]
         print(f"| {target} | {med(rps):.0f} | {spread(rps)} | {med(p50):.3f} | {med(p99):.3f} | {f'{med(cpu):.4f}' if cpu else '-'} | {sum(x[4] for x in r)} |")
     if ("nginx" in targets) and ("gantry" in targets):
-        g, n = rows[(tool, "gantry")], rows[(tool, "nginx")]
-        print(f"\ngantry/nginx: throughput {med([x[0] for x in g]) / med([x[0] for x in n]):.2f}x, "
-              f"p99 {med([x[2] for x in g]) / med([x[2] for x in n]):.2f}x\n")
+        n = rows[(tool, "nginx")]
+        for name in ("gantry", "gantry-bare"):
+            if name not in targets: continue
+            g = rows[(tool, name)]
+            print(f"\n{name}/nginx: throughput {med([x[0] for x in g]) / med([x[0] for x in n]):.2f}x, "
+                  f"p99 {med([x[2] for x in g]) / med([x[2] for x in n]):.2f}x")
+        print()
 PY
