@@ -5,12 +5,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gantry_manifest::{Fallback, PathMatch, PathPattern, RetryPolicy, Route};
+use gantry_manifest::{Fallback, HashKey, PathMatch, PathPattern, RetryPolicy, Route};
 use gantry_services::ServiceHandle;
 use http::header::HeaderName;
 use http::{HeaderValue, Method, Uri};
 use serde::Serialize;
 
+use crate::forward::affinity_key;
 use crate::metrics::{GatewayMetrics, RouteMetrics};
 use crate::resilience::ServicePolicies;
 use crate::shadow::{Shadow, ShadowSummary};
@@ -45,6 +46,7 @@ pub(crate) struct CompiledRoute {
     methods: Vec<Method>,
     host: Option<String>,
     headers: Vec<(HeaderName, HeaderValue)>,
+    cookies: Vec<(HashKey, String)>,
     rewrite: PathRewrite,
     pub(crate) timeout: Duration,
     pub(crate) attempt_timeout: Option<Duration>,
@@ -215,6 +217,11 @@ impl RouteTable {
                     .collect(),
                 host: route.host.clone(),
                 headers,
+                cookies: route
+                    .cookies
+                    .iter()
+                    .map(|(name, value)| (HashKey::Cookie(name.clone()), value.clone()))
+                    .collect(),
                 rewrite,
                 timeout: route.timeout,
                 attempt_timeout: route.attempt_timeout,
@@ -257,6 +264,13 @@ impl RouteTable {
                 .headers
                 .iter()
                 .all(|(name, value)| headers.get(name) == Some(value))
+            {
+                return None;
+            }
+            if !route
+                .cookies
+                .iter()
+                .all(|(cookie, value)| affinity_key(cookie, headers) == Some(value.as_str()))
             {
                 return None;
             }

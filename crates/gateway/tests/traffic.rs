@@ -162,3 +162,67 @@ async fn weights_change_at_run_time_and_reset() {
         vec![90, 10]
     );
 }
+
+#[tokio::test]
+async fn header_and_cookie_rules_send_chosen_clients_to_a_version() {
+    let monolith = Upstream::start(Behaviour::Echo).await;
+    let catalog = Upstream::start(Behaviour::Echo).await;
+    let manifest = format!(
+        r#"
+[services.monolith]
+urls = ["{}"]
+[services.catalog]
+urls = ["{}"]
+
+[[routes]]
+name = "testers"
+path = "/api/catalog/*"
+cookies = {{ canary = "1" }}
+to = "catalog"
+
+[[routes]]
+name = "canary-header"
+path = "/api/catalog/*"
+headers = {{ x-canary = "1" }}
+to = "catalog"
+
+[[routes]]
+name = "everyone"
+path = "/api/catalog/*"
+to = "monolith"
+"#,
+        monolith.url(),
+        catalog.url()
+    );
+    let gw = TestGateway::start(&manifest).await;
+    let c = client();
+    let served = |body: Value| body["upstream"].as_str().unwrap().to_string();
+    let get = |cookie: Option<&str>, header: Option<&str>| {
+        let mut request = c.get(gw.url("/api/catalog/items"));
+        if let Some(cookie) = cookie {
+            request = request.header("cookie", cookie);
+        }
+        if let Some(header) = header {
+            request = request.header("x-canary", header);
+        }
+        request.send()
+    };
+    let body: Value = get(Some("session=abc; canary=1"), None)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(served(body), catalog.addr.to_string());
+    let body: Value = get(None, Some("1")).await.unwrap().json().await.unwrap();
+    assert_eq!(served(body), catalog.addr.to_string());
+    let body: Value = get(Some("canary=0"), Some("0"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(served(body), monolith.addr.to_string());
+    let body: Value = get(None, None).await.unwrap().json().await.unwrap();
+    assert_eq!(served(body), monolith.addr.to_string());
+}

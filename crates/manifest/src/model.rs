@@ -191,6 +191,10 @@ pub struct Route {
     /// Headers that must be present with exactly these values.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+    /// Cookies that must be present with exactly these values, e.g.
+    /// `{ canary = "1" }` to send opted-in testers to a new version.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cookies: BTreeMap<String, String>,
     /// Where matching requests go: a service name, or a weighted split such
     /// as `[{ service = "monolith", weight = 90 }, { service = "catalog", weight = 10 }]`.
     pub to: Target,

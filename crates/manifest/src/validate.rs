@@ -107,5 +107,9 @@ fn takes_all_traffic_of(earlier: &Route, later: &Route) -> bool {
             .iter()
             .any(|(n, v)| n.eq_ignore_ascii_case(name) && v == value)
     });
-    methods && host && headers && earlier.pattern.covers(&later.pattern)
+    let cookies = earlier
+        .cookies
+        .iter()
+        .all(|(name, value)| later.cookies.get(name) == Some(value));
+    methods && host && headers && cookies && earlier.pattern.covers(&later.pattern)
 }

@@ -51,6 +51,7 @@ pub(crate) const ROUTE_KEYS: &[&str] = &[
     "methods",
     "host",
     "headers",
+    "cookies",
     "to",
     "strip_prefix",
     "rewrite",
@@ -436,6 +437,17 @@ impl<'a> Decoder<'a> {
                 );
             }
         }
+        let cookies = self.string_map(s, "cookies").unwrap_or_default();
+        for name in cookies.keys() {
+            if name.is_empty() || !name.bytes().all(is_token_byte) {
+                self.bad_value(
+                    s,
+                    "cookies",
+                    format!("`{name}` is not a valid cookie name"),
+                    "cookie names are letters, digits, `-` and `_`",
+                );
+            }
+        }
         let host = self.string(s, "host").map(|h| h.to_ascii_lowercase());
         if host
             .as_deref()
@@ -504,6 +516,7 @@ impl<'a> Decoder<'a> {
             methods,
             host,
             headers,
+            cookies,
             to: to?,
             sticky,
             strip_prefix,
