@@ -120,3 +120,42 @@ async fn a_failing_instance_is_ejected_and_comes_back() {
     }
     assert!(seen(&flaky) > 3, "back in rotation after the ejection ends");
 }
+
+#[tokio::test]
+async fn health_thresholds_decide_when_an_instance_leaves_and_rejoins() {
+    let upstream = Upstream::start(Behaviour::Switch).await;
+    let manifest = format!(
+        "[services.app]\nurls = [\"{}\"]\nhealth = \"/healthz\"\nhealth_interval = \"50ms\"\nhealthy_threshold = 3\nunhealthy_threshold = 1\n\n[[routes]]\npath = \"/*\"\nto = \"app\"\n",
+        upstream.url()
+    );
+    let gw = TestGateway::start(&manifest).await;
+    let c = client();
+    assert_eq!(c.get(gw.url("/")).send().await.unwrap().status(), 200);
+
+    // One failed check is enough to take it out (unhealthy_threshold = 1).
+    upstream.switch.store(500, Ordering::SeqCst);
+    let mut status = 200;
+    for _ in 0..100 {
+        status = c.get(gw.url("/")).send().await.unwrap().status().as_u16();
+        if status == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(status, 503, "the instance left after failing its check");
+
+    // It needs three passing checks in a row to come back.
+    upstream.switch.store(0, Ordering::SeqCst);
+    let checks_before = upstream.health_checks.load(Ordering::SeqCst);
+    let mut back = false;
+    for _ in 0..200 {
+        if c.get(gw.url("/")).send().await.unwrap().status() == 200 {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(back, "the instance came back");
+    let passing = upstream.health_checks.load(Ordering::SeqCst) - checks_before;
+    assert!(passing >= 3, "back after {passing} passing checks");
+}

@@ -52,6 +52,8 @@ pub struct Upstream {
     pub requests: Arc<AtomicUsize>,
     /// For [`Behaviour::Switch`]: the status to answer with, 0 to echo.
     pub switch: Arc<std::sync::atomic::AtomicU16>,
+    /// Health checks (`GET /healthz`) answered so far.
+    pub health_checks: Arc<AtomicUsize>,
 }
 
 impl Upstream {
@@ -61,7 +63,13 @@ impl Upstream {
         let connections = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(AtomicUsize::new(0));
         let switch = Arc::new(std::sync::atomic::AtomicU16::new(0));
-        let (conns, reqs, status) = (connections.clone(), requests.clone(), switch.clone());
+        let health_checks = Arc::new(AtomicUsize::new(0));
+        let (conns, reqs, status, checks) = (
+            connections.clone(),
+            requests.clone(),
+            switch.clone(),
+            health_checks.clone(),
+        );
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -72,11 +80,12 @@ impl Upstream {
                     drop(stream);
                     continue;
                 }
-                let (reqs, status) = (reqs.clone(), status.clone());
+                let (reqs, status, checks) = (reqs.clone(), status.clone(), checks.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |request: Request<Incoming>| {
                         // Health checks are not counted as traffic.
                         let seen = if request.uri().path() == "/healthz" {
+                            checks.fetch_add(1, Ordering::SeqCst);
                             usize::MAX
                         } else {
                             reqs.fetch_add(1, Ordering::SeqCst)
@@ -100,6 +109,7 @@ impl Upstream {
             connections,
             requests,
             switch,
+            health_checks,
         }
     }
 
