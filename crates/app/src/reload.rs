@@ -43,7 +43,8 @@ impl Live {
             }
         }
         let table = RouteTable::build(&manifest.routes, &services, &metrics, None)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())?
+            .with_trusted_proxies(&manifest.platform.trusted_proxies);
         let live = Live {
             path: path.to_path_buf(),
             platform: manifest.platform,
@@ -130,7 +131,7 @@ impl Live {
         let previous = self.gateway.as_ref().map(Gateway::table);
         let table =
             match RouteTable::build(&manifest.routes, &next, &self.metrics, previous.as_deref()) {
-                Ok(table) => table,
+                Ok(table) => table.with_trusted_proxies(&manifest.platform.trusted_proxies),
                 Err(error) => {
                     stop_all(fresh, Duration::ZERO).await;
                     return Err(self.refuse(trigger, error.to_string()));

@@ -65,6 +65,39 @@ impl Peer {
     }
 }
 
+/// The address of the client a request comes from: the peer, or, when the
+/// peer is a trusted proxy, the nearest address in `X-Forwarded-For` that is
+/// not a trusted proxy (the rightmost entries were added by the proxies
+/// closest to Gantry; anything left of the first untrusted one could be forged).
+pub(crate) fn client_ip(
+    peer: &Peer,
+    headers: &HeaderMap,
+    trusted: &[ipnet::IpNet],
+) -> std::net::IpAddr {
+    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|net| net.contains(ip));
+    let mut client = peer.addr.ip();
+    if !is_trusted(&client) {
+        return client;
+    }
+    let chain = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect::<Vec<_>>();
+    for entry in chain.iter().rev() {
+        let Ok(ip) = entry.parse::<std::net::IpAddr>() else {
+            break;
+        };
+        client = ip;
+        if !is_trusted(&ip) {
+            break;
+        }
+    }
+    client
+}
+
 /// Appends the client to `X-Forwarded-For` and sets `-Proto` and `-Host` when
 /// an earlier proxy has not.
 pub(crate) fn add_forwarded(headers: &mut HeaderMap, client: &Peer, host: Option<&HeaderValue>) {
@@ -110,6 +143,23 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn the_client_address_comes_through_trusted_proxies_only() {
+        let peer = Peer::new("10.0.0.2:5000".parse().unwrap());
+        let mut h = HeaderMap::new();
+        h.insert(
+            X_FORWARDED_FOR,
+            HeaderValue::from_static("6.6.6.6, 203.0.113.5, 10.0.0.9"),
+        );
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        assert_eq!(client_ip(&peer, &h, &trusted).to_string(), "203.0.113.5");
+        assert_eq!(
+            client_ip(&peer, &h, &[]).to_string(),
+            "10.0.0.2",
+            "untrusted peers are taken as the client"
+        );
     }
 
     #[test]

@@ -26,6 +26,7 @@ mod identity;
 mod metrics;
 mod problem;
 pub mod proxy;
+mod rate_limit;
 mod resilience;
 mod router;
 mod server;

@@ -17,6 +17,7 @@ pub(crate) enum Problem {
     CircuitOpen,
     BulkheadFull,
     BadRequestBody,
+    RateLimited,
 }
 
 #[derive(Serialize)]
@@ -44,6 +45,7 @@ impl Problem {
             Problem::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Problem::CircuitOpen | Problem::BulkheadFull => StatusCode::SERVICE_UNAVAILABLE,
             Problem::BadRequestBody => StatusCode::BAD_REQUEST,
+            Problem::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -57,6 +59,7 @@ impl Problem {
             Problem::CircuitOpen => "urn:gantry:problem:circuit-open",
             Problem::BulkheadFull => "urn:gantry:problem:bulkhead-full",
             Problem::BadRequestBody => "urn:gantry:problem:bad-request-body",
+            Problem::RateLimited => "urn:gantry:problem:rate-limited",
         }
     }
 
@@ -70,6 +73,7 @@ impl Problem {
             Problem::CircuitOpen => "The service is failing; requests to it are paused",
             Problem::BulkheadFull => "The service has too many requests in flight",
             Problem::BadRequestBody => "The request body could not be read",
+            Problem::RateLimited => "Too many requests",
         }
     }
 

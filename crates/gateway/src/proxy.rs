@@ -4,6 +4,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
+use gantry_manifest::RateLimitKey;
+use http::header::HeaderName;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, Version};
 use http_body::Body as _;
@@ -11,14 +13,18 @@ use hyper::body::Incoming;
 
 use crate::body::GatewayBody;
 use crate::forward::{buffer_small_body, Forward, Forwarded, FALLBACK};
-use crate::forwarding::{add_forwarded, strip_hop_by_hop, Peer};
+use crate::forwarding::{add_forwarded, client_ip, strip_hop_by_hop, Peer};
 use crate::identity::{request_id, TraceContext, REQUEST_ID, TRACEPARENT};
 use crate::metrics::{GatewayMetrics, RouteMetrics};
 use crate::problem::Problem;
+use crate::rate_limit::{rate_limit_header, Decision};
 use crate::resilience::retry::is_idempotent;
 use crate::router::{CompiledFallback, CompiledRoute, RouteTable};
 use crate::split::Backend;
 use crate::upstream::{RequestBody, UpstreamPool};
+
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// The gateway: the current route table and the upstream connection pool.
 /// Cheap to clone; clones share both.
@@ -103,6 +109,45 @@ impl Gateway {
         let service = &backend.service;
         outcome.route = &route.label;
         outcome.service = service.name();
+
+        // Rate limit, before anything reaches the service.
+        let mut rate_headers = None;
+        if let Some(limiter) = &route.rate_limit {
+            let key = match &limiter.policy.key {
+                RateLimitKey::Ip => {
+                    client_ip(client, &parts.headers, &table.trusted_proxies).to_string()
+                }
+                RateLimitKey::Header(name) => parts
+                    .headers
+                    .get(name.as_str())
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string(),
+            };
+            match limiter.check(&key, Instant::now()) {
+                Decision::Allowed { remaining, reset } => {
+                    rate_headers = Some((
+                        limiter.policy_header().clone(),
+                        rate_limit_header(remaining, reset),
+                    ));
+                }
+                Decision::Limited { retry_after } => {
+                    let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                    let detail = format!(
+                        "route `{}` allows {} requests per {} per client; try again in {seconds}s",
+                        route.label,
+                        limiter.policy.requests,
+                        humantime::format_duration(limiter.policy.per)
+                    );
+                    let mut response = Problem::RateLimited.respond(detail, &path, &request_id);
+                    let headers = response.headers_mut();
+                    headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+                    headers.insert(RATELIMIT_POLICY, limiter.policy_header().clone());
+                    headers.insert(RATELIMIT, rate_limit_header(0, retry_after));
+                    return outcome.finish(response, &backend.metrics);
+                }
+            }
+        }
 
         // Phase 3: admission. The bulkhead caps requests in flight to the
         // service (the count also keeps a reload from stopping the service
@@ -256,6 +301,11 @@ impl Gateway {
                 problem.respond(detail, &path, &request_id)
             }
         };
+        let mut response = response;
+        if let Some((policy, state)) = rate_headers {
+            response.headers_mut().insert(RATELIMIT_POLICY, policy);
+            response.headers_mut().insert(RATELIMIT, state);
+        }
         outcome.finish(response, &backend.metrics)
     }
 

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::forward::affinity_key;
 use crate::metrics::{GatewayMetrics, RouteMetrics};
+use crate::rate_limit::RateLimiter;
 use crate::resilience::ServicePolicies;
 use crate::shadow::{Shadow, ShadowSummary};
 use crate::split::{Backend, Backends, Weight};
@@ -54,6 +55,7 @@ pub(crate) struct CompiledRoute {
     pub(crate) fallback: Option<CompiledFallback>,
     pub(crate) backends: Backends,
     pub(crate) shadow: Option<Shadow>,
+    pub(crate) rate_limit: Option<Arc<RateLimiter>>,
     config: Route,
 }
 
@@ -73,6 +75,8 @@ pub(crate) enum CompiledFallback {
 #[derive(Debug)]
 pub struct RouteTable {
     routes: Vec<CompiledRoute>,
+    /// Proxies whose `X-Forwarded-For` is believed (`[platform] trusted_proxies`).
+    pub(crate) trusted_proxies: Vec<ipnet::IpNet>,
     /// Breakers and retry budgets by service name.
     policies: HashMap<String, Arc<ServicePolicies>>,
     /// Every service of the manifest this table was built from, routed to or not.
@@ -207,6 +211,14 @@ impl RouteTable {
                     })
                 }
             };
+            // A limiter keeps its counts across a reload that does not change it.
+            let rate_limit = route.rate_limit.as_ref().map(|policy| {
+                previous
+                    .and_then(|p| p.routes.iter().find(|r| *r.label == *route.label()))
+                    .and_then(|r| r.rate_limit.clone())
+                    .filter(|limiter| limiter.policy == *policy)
+                    .unwrap_or_else(|| Arc::new(RateLimiter::new(policy.clone())))
+            });
             compiled.push(CompiledRoute {
                 label: Arc::from(route.label()),
                 pattern: route.pattern.clone(),
@@ -229,6 +241,7 @@ impl RouteTable {
                 fallback,
                 backends,
                 shadow,
+                rate_limit,
                 config: route.clone(),
             });
         }
@@ -236,6 +249,7 @@ impl RouteTable {
         services.sort_by(|a, b| a.name().cmp(b.name()));
         Ok(RouteTable {
             routes: compiled,
+            trusted_proxies: Vec::new(),
             policies,
             services,
             // Requests no route matched are counted under route="unmatched".
@@ -300,6 +314,20 @@ impl RouteTable {
             None => found.backends.reset(),
         }
         Ok(found.backends.weights().0)
+    }
+
+    /// Sets the proxies whose `X-Forwarded-For` is believed; entries that are
+    /// not IP addresses or CIDR ranges are skipped (the manifest validated them).
+    pub fn with_trusted_proxies(mut self, proxies: &[String]) -> RouteTable {
+        self.trusted_proxies = proxies
+            .iter()
+            .filter_map(|p| {
+                p.parse::<ipnet::IpNet>()
+                    .ok()
+                    .or_else(|| p.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+            })
+            .collect();
+        self
     }
 
     /// The shadow comparison report of a route.

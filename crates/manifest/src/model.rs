@@ -12,8 +12,8 @@ use serde::Serialize;
 
 use crate::pattern::PathPattern;
 use crate::policy::{
-    self, CircuitBreakerPolicy, Fallback, HashKey, LoadBalancer, OutlierEjection, RetryPolicy,
-    ShadowPolicy,
+    self, CircuitBreakerPolicy, Fallback, HashKey, LoadBalancer, OutlierEjection, RateLimitPolicy,
+    RetryPolicy, ShadowPolicy,
 };
 
 /// A whole Gantry system: the platform settings, the services it fronts and the
@@ -61,6 +61,11 @@ pub struct Platform {
     /// Reload automatically when the manifest file changes.
     #[serde(default = "defaults::yes")]
     pub watch: bool,
+    /// Proxies in front of Gantry whose `X-Forwarded-For` is believed, as IPs or
+    /// CIDR ranges (`10.0.0.0/8`). The client address for rate limits is the
+    /// nearest address in that header not in this list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for Platform {
@@ -72,6 +77,7 @@ impl Default for Platform {
             data_dir: defaults::data_dir(),
             drain_timeout: defaults::drain_timeout(),
             watch: true,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -233,6 +239,9 @@ pub struct Route {
     /// Mirror requests to another service and compare the responses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<ShadowPolicy>,
+    /// Limit the rate of requests per client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitPolicy>,
     /// The parsed `path`.
     #[serde(skip)]
     pub pattern: PathPattern,

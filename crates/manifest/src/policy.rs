@@ -215,6 +215,34 @@ pub struct ShadowPolicy {
     pub max_body: u64,
 }
 
+/// `rate_limit = { ... }` on a route: a GCRA (token bucket) limit per key.
+///
+/// `requests` per `per` is the sustained rate; up to `burst` requests may come
+/// at once. Past the limit a request gets 429 with `Retry-After`; every
+/// response carries the IETF `RateLimit-Policy` and `RateLimit` headers.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitPolicy {
+    pub requests: u32,
+    #[serde(with = "duration_text")]
+    #[schemars(with = "String")]
+    pub per: Duration,
+    /// Requests allowed at once; defaults to `requests`.
+    pub burst: u32,
+    /// Whose requests are counted together: `ip` (the client address, through
+    /// `[platform] trusted_proxies`), or `header:NAME`.
+    #[schemars(with = "String")]
+    pub key: RateLimitKey,
+}
+
+/// What a rate limit counts by.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitKey {
+    Ip,
+    Header(String),
+}
+
 pub(crate) mod defaults {
     use std::time::Duration;
 

@@ -24,6 +24,7 @@ pub(crate) const PLATFORM_KEYS: &[&str] = &[
     "data_dir",
     "drain_timeout",
     "watch",
+    "trusted_proxies",
 ];
 pub(crate) const SERVICE_KEYS: &[&str] = &[
     "owner",
@@ -61,6 +62,7 @@ pub(crate) const ROUTE_KEYS: &[&str] = &[
     "fallback",
     "sticky",
     "shadow",
+    "rate_limit",
 ];
 const METHODS: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT",
@@ -184,6 +186,7 @@ impl<'a> Decoder<'a> {
                 .duration(s, "drain_timeout")
                 .unwrap_or_else(defaults::drain_timeout),
             watch: self.boolean(s, "watch").unwrap_or(true),
+            trusted_proxies: self.trusted_proxies(s),
         }
     }
 
@@ -503,6 +506,7 @@ impl<'a> Decoder<'a> {
         let retry = self.retry(s);
         let fallback = self.fallback(s);
         let shadow = self.shadow(s);
+        let rate_limit = self.rate_limit(s);
         let spans = RouteSpans {
             table: s.table_span(),
             path: self.value_span(s, "path"),
@@ -526,6 +530,7 @@ impl<'a> Decoder<'a> {
             retry,
             fallback,
             shadow,
+            rate_limit,
             pattern: pattern?,
             spans,
         })
@@ -554,7 +559,7 @@ fn resolve(base_dir: &Path, path: &Path) -> PathBuf {
     }
 }
 
-fn is_token_byte(b: u8) -> bool {
+pub(super) fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 

@@ -4,8 +4,8 @@ use super::{suggest, Decoder, Section};
 use crate::diagnostics::ErrorCode;
 use crate::model::{Target, WeightedService};
 use crate::policy::{
-    defaults, CircuitBreakerPolicy, Fallback, HashKey, LoadBalancer, OutlierEjection, RetryPolicy,
-    ShadowPolicy,
+    defaults, CircuitBreakerPolicy, Fallback, HashKey, LoadBalancer, OutlierEjection, RateLimitKey,
+    RateLimitPolicy, RetryPolicy, ShadowPolicy,
 };
 
 pub(crate) const RETRY_KEYS: &[&str] = &["attempts", "on", "backoff", "max_backoff", "max_body"];
@@ -26,6 +26,7 @@ pub(crate) const SHADOW_KEYS: &[&str] = &[
     "unsafe_methods",
     "max_body",
 ];
+pub(crate) const RATE_LIMIT_KEYS: &[&str] = &["requests", "per", "burst", "key"];
 pub(crate) const FALLBACK_KEYS: &[&str] = &["to", "status", "body", "content_type"];
 
 impl Decoder<'_> {
@@ -290,6 +291,76 @@ impl Decoder<'_> {
                 .size(&s, "max_body")
                 .unwrap_or_else(defaults::shadow_max_body),
         })
+    }
+
+    pub(super) fn rate_limit(&mut self, route: &Section<'_>) -> Option<RateLimitPolicy> {
+        let s = self.nested(route, "rate_limit")?;
+        self.unknown_keys(&s, RATE_LIMIT_KEYS);
+        let requests = if s.table.contains_key("requests") {
+            self.integer(&s, "requests", 1, 1_000_000_000)? as u32
+        } else {
+            self.sink.push(
+                ErrorCode::MissingKey,
+                s.span.clone(),
+                format!("{} is missing `requests`", s.name),
+                Some("e.g. `rate_limit = { requests = 100, per = \"1m\" }`".into()),
+            );
+            return None;
+        };
+        let per = self
+            .duration(&s, "per")
+            .unwrap_or(std::time::Duration::from_secs(1));
+        let burst = self
+            .integer(&s, "burst", 1, 1_000_000_000)
+            .map_or(requests, |n| n as u32);
+        let key = match self.string(&s, "key").as_deref() {
+            None | Some("ip") => RateLimitKey::Ip,
+            Some(text) => match text.strip_prefix("header:").map(str::trim) {
+                Some(name) if !name.is_empty() && name.bytes().all(super::is_token_byte) => {
+                    RateLimitKey::Header(name.to_ascii_lowercase())
+                }
+                _ => {
+                    self.bad_value(
+                        &s,
+                        "key",
+                        format!("`{text}` in {} is not a rate-limit key", s.name),
+                        "use `ip` or `header:NAME`",
+                    );
+                    RateLimitKey::Ip
+                }
+            },
+        };
+        Some(RateLimitPolicy {
+            requests,
+            per,
+            burst,
+            key,
+        })
+    }
+
+    /// `trusted_proxies`: IP addresses or CIDR ranges.
+    pub(super) fn trusted_proxies(&mut self, s: &Section<'_>) -> Vec<String> {
+        let list = self.string_list(s, "trusted_proxies").unwrap_or_default();
+        for entry in &list {
+            let valid = entry.parse::<std::net::IpAddr>().is_ok()
+                || entry.split_once('/').is_some_and(|(ip, bits)| {
+                    let bits: Option<u8> = bits.parse().ok();
+                    match ip.parse::<std::net::IpAddr>() {
+                        Ok(std::net::IpAddr::V4(_)) => bits.is_some_and(|b| b <= 32),
+                        Ok(std::net::IpAddr::V6(_)) => bits.is_some_and(|b| b <= 128),
+                        Err(_) => false,
+                    }
+                });
+            if !valid {
+                self.bad_value(
+                    s,
+                    "trusted_proxies",
+                    format!("`{entry}` is not an IP address or CIDR range"),
+                    "e.g. `10.0.0.0/8` or `192.168.1.10`",
+                );
+            }
+        }
+        list
     }
 
     /// `fallback`, and where its `to` is, for the cross-check against services.

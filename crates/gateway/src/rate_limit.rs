@@ -1,0 +1,188 @@
+//! Rate limits per client: the generic cell rate algorithm (GCRA), an exact
+//! token bucket kept as one timestamp per key.
+//!
+//! Each key stores its "theoretical arrival time" (TAT). A request is allowed
+//! when it would not push the TAT further than `burst` emission intervals
+//! past now; allowing it moves the TAT one interval on. The check and the
+//! update happen under one lock, so the limit holds exactly under concurrency.
+//! A key whose TAT has passed is indistinguishable from a new one and is
+//! dropped, so memory follows the number of recently active clients.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use gantry_manifest::RateLimitPolicy;
+use http::HeaderValue;
+
+const SHARDS: usize = 16;
+/// A shard is swept of idle keys when it grows past this many.
+const SWEEP_AT: usize = 4096;
+
+#[derive(Debug)]
+pub(crate) struct RateLimiter {
+    pub(crate) policy: RateLimitPolicy,
+    interval: Duration,
+    capacity: Duration,
+    shards: Vec<Mutex<Shard>>,
+    policy_header: HeaderValue,
+}
+
+#[derive(Debug)]
+struct Shard {
+    keys: HashMap<String, Instant>,
+    /// Sweep when the shard grows past this; doubling it after each sweep
+    /// keeps the cost of sweeping constant per request.
+    sweep_at: usize,
+}
+
+/// The answer for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Decision {
+    Allowed { remaining: u32, reset: Duration },
+    Limited { retry_after: Duration },
+}
+
+impl RateLimiter {
+    pub(crate) fn new(policy: RateLimitPolicy) -> RateLimiter {
+        let interval = policy.per / policy.requests.max(1);
+        let capacity = interval * policy.burst.max(1);
+        let policy_header = HeaderValue::from_str(&format!(
+            "\"default\";q={};w={}",
+            policy.requests,
+            policy.per.as_secs().max(1)
+        ))
+        .expect("digits are a valid header value");
+        RateLimiter {
+            policy,
+            interval,
+            capacity,
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        keys: HashMap::new(),
+                        sweep_at: SWEEP_AT,
+                    })
+                })
+                .collect(),
+            policy_header,
+        }
+    }
+
+    /// Counts a request of `key` at `now`, if the limit allows it.
+    pub(crate) fn check(&self, key: &str, now: Instant) -> Decision {
+        let mut hasher = DefaultHasher::new();
+        key.hash(&mut hasher);
+        let shard = &self.shards[hasher.finish() as usize % SHARDS];
+        let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+        let tat = shard
+            .keys
+            .get(key)
+            .copied()
+            .filter(|tat| *tat > now)
+            .unwrap_or(now);
+        let next = tat + self.interval;
+        // The request fits if the bucket, after it, holds at most `capacity`.
+        let fill = next.duration_since(now);
+        if fill > self.capacity {
+            return Decision::Limited {
+                retry_after: fill - self.capacity,
+            };
+        }
+        shard.keys.insert(key.to_string(), next);
+        if shard.keys.len() > shard.sweep_at {
+            shard.keys.retain(|_, tat| *tat > now);
+            shard.sweep_at = (shard.keys.len() * 2).max(SWEEP_AT);
+        }
+        let remaining =
+            ((self.capacity - fill).as_nanos() / self.interval.as_nanos().max(1)) as u32;
+        Decision::Allowed {
+            remaining,
+            reset: fill,
+        }
+    }
+
+    /// The `RateLimit-Policy` header value.
+    pub(crate) fn policy_header(&self) -> &HeaderValue {
+        &self.policy_header
+    }
+
+    #[cfg(test)]
+    fn keys(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap().keys.len())
+            .sum()
+    }
+}
+
+/// The `RateLimit` header value: what is left and when the bucket is full again.
+pub(crate) fn rate_limit_header(remaining: u32, reset: Duration) -> HeaderValue {
+    HeaderValue::from_str(&format!(
+        "\"default\";r={remaining};t={}",
+        reset.as_secs_f64().ceil() as u64
+    ))
+    .expect("digits are a valid header value")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gantry_manifest::RateLimitKey;
+
+    fn limiter(requests: u32, per: Duration, burst: u32) -> RateLimiter {
+        RateLimiter::new(RateLimitPolicy {
+            requests,
+            per,
+            burst,
+            key: RateLimitKey::Ip,
+        })
+    }
+
+    #[test]
+    fn a_burst_is_allowed_then_the_sustained_rate() {
+        let limiter = limiter(10, Duration::from_secs(1), 3);
+        let start = Instant::now();
+        for expected in [2, 1, 0] {
+            assert_eq!(
+                limiter.check("a", start),
+                Decision::Allowed {
+                    remaining: expected,
+                    reset: Duration::from_millis(100) * (3 - expected)
+                }
+            );
+        }
+        let Decision::Limited { retry_after } = limiter.check("a", start) else {
+            panic!("over the burst")
+        };
+        assert_eq!(retry_after, Duration::from_millis(100));
+        // One interval later there is room for one more.
+        assert!(matches!(
+            limiter.check("a", start + Duration::from_millis(100)),
+            Decision::Allowed { .. }
+        ));
+        // Other keys have their own bucket.
+        assert!(matches!(
+            limiter.check("b", start),
+            Decision::Allowed { remaining: 2, .. }
+        ));
+    }
+
+    #[test]
+    fn idle_keys_are_forgotten() {
+        let limiter = limiter(1000, Duration::from_secs(1), 1);
+        let start = Instant::now();
+        for i in 0..100_000 {
+            limiter.check(&format!("client-{i}"), start);
+        }
+        assert_eq!(limiter.keys(), 100_000, "active clients are all kept");
+        // Later, when every bucket has refilled, new traffic sweeps the old keys.
+        let later = start + Duration::from_secs(5);
+        for i in 0..100_000 {
+            limiter.check(&format!("other-{i}"), later);
+        }
+        assert!(limiter.keys() < 150_000, "{} keys kept", limiter.keys());
+    }
+}
