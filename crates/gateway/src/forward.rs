@@ -21,7 +21,6 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{request, HeaderMap, Method, Request, Response, Uri};
 use http_body::Body;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use crate::problem::Problem;
 use crate::resilience::retry::backoff;
@@ -283,12 +282,46 @@ fn unreachable_retry() -> ! {
     unreachable!("a retry is only started when the request can be sent again")
 }
 
+/// Enforces a route's `max_body`: a declared length over it, or a streamed
+/// body that grows past it, is refused (`Err(())`: answer 413). A streamed
+/// body of unknown length is read ahead to check it.
+pub(crate) async fn limit_body(
+    body: RequestBody,
+    limit: u64,
+) -> Result<RequestBody, Option<hyper::Error>> {
+    let RequestBody::Streaming(body) = body else {
+        return Ok(body);
+    };
+    if let Some(length) = body.size_hint().exact() {
+        return if length > limit {
+            Err(None)
+        } else {
+            Ok(RequestBody::Streaming(body))
+        };
+    }
+    match http_body_util::Limited::new(body, limit as usize)
+        .collect()
+        .await
+    {
+        Ok(collected) => Ok(RequestBody::Buffered(Some(collected.to_bytes()))),
+        Err(error) => match error.downcast::<hyper::Error>() {
+            Ok(error) => Err(Some(*error)),
+            // The only other error is the length limit.
+            Err(_) => Err(None),
+        },
+    }
+}
+
 /// Reads a body of known length up to `limit` bytes ahead, so the request can
 /// be sent more than once; anything else streams.
 pub(crate) async fn buffer_small_body(
-    body: Incoming,
+    body: RequestBody,
     limit: u64,
 ) -> Result<RequestBody, hyper::Error> {
+    let body = match body {
+        RequestBody::Streaming(body) => body,
+        buffered => return Ok(buffered),
+    };
     if body.is_end_stream() {
         return Ok(RequestBody::Buffered(None));
     }

@@ -31,6 +31,7 @@ mod resilience;
 mod router;
 mod server;
 mod shadow;
+mod shaping;
 mod split;
 mod upstream;
 

@@ -18,6 +18,9 @@ pub(crate) enum Problem {
     BulkheadFull,
     BadRequestBody,
     RateLimited,
+    MethodNotAllowed,
+    BodyTooLarge,
+    OriginNotAllowed,
 }
 
 #[derive(Serialize)]
@@ -46,6 +49,9 @@ impl Problem {
             Problem::CircuitOpen | Problem::BulkheadFull => StatusCode::SERVICE_UNAVAILABLE,
             Problem::BadRequestBody => StatusCode::BAD_REQUEST,
             Problem::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Problem::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Problem::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Problem::OriginNotAllowed => StatusCode::FORBIDDEN,
         }
     }
 
@@ -60,6 +66,9 @@ impl Problem {
             Problem::BulkheadFull => "urn:gantry:problem:bulkhead-full",
             Problem::BadRequestBody => "urn:gantry:problem:bad-request-body",
             Problem::RateLimited => "urn:gantry:problem:rate-limited",
+            Problem::MethodNotAllowed => "urn:gantry:problem:method-not-allowed",
+            Problem::BodyTooLarge => "urn:gantry:problem:body-too-large",
+            Problem::OriginNotAllowed => "urn:gantry:problem:origin-not-allowed",
         }
     }
 
@@ -74,6 +83,9 @@ impl Problem {
             Problem::BulkheadFull => "The service has too many requests in flight",
             Problem::BadRequestBody => "The request body could not be read",
             Problem::RateLimited => "Too many requests",
+            Problem::MethodNotAllowed => "The route does not accept this method",
+            Problem::BodyTooLarge => "The request body is too large for this route",
+            Problem::OriginNotAllowed => "This origin may not call the route from a browser",
         }
     }
 

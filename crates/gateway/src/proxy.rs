@@ -12,7 +12,7 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 
 use crate::body::GatewayBody;
-use crate::forward::{buffer_small_body, Forward, Forwarded, FALLBACK};
+use crate::forward::{buffer_small_body, limit_body, Forward, Forwarded, FALLBACK};
 use crate::forwarding::{add_forwarded, client_ip, strip_hop_by_hop, Peer};
 use crate::identity::{request_id, TraceContext, REQUEST_ID, TRACEPARENT};
 use crate::metrics::{GatewayMetrics, RouteMetrics};
@@ -95,7 +95,41 @@ impl Gateway {
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .or_else(|| parts.uri.authority().map(|a| a.as_str()));
+        let origin = parts.headers.get(header::ORIGIN).cloned();
+        // A CORS preflight is answered here for routes with `cors`.
+        let preflight = parts
+            .headers
+            .get(header::ACCESS_CONTROL_REQUEST_METHOD)
+            .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
+            .filter(|_| parts.method == Method::OPTIONS);
+        if let (Some(requested), Some(origin)) = (preflight, &origin) {
+            if let Some((route, _)) = table.find(&requested, host, &path, &parts.headers) {
+                if let Some(cors) = &route.shaping.cors {
+                    outcome.route = &route.label;
+                    let metrics = &route.backends.choose(&parts.headers).metrics;
+                    let response = cors.preflight(origin, &requested).unwrap_or_else(|| {
+                        let detail = format!(
+                            "origin {} is not in the `cors.origins` of route `{}`",
+                            origin.to_str().unwrap_or("?"),
+                            route.label
+                        );
+                        Problem::OriginNotAllowed.respond(detail, &path, &request_id)
+                    });
+                    return outcome.finish(response, metrics);
+                }
+            }
+        }
         let Some((route, matched)) = table.find(&parts.method, host, &path, &parts.headers) else {
+            let allowed = table.allowed_methods(host, &path, &parts.headers);
+            if !allowed.is_empty() {
+                let list: Vec<&str> = allowed.iter().map(Method::as_str).collect();
+                let detail = format!("{path} accepts {}, not {}", list.join(", "), parts.method);
+                let mut response = Problem::MethodNotAllowed.respond(detail, &path, &request_id);
+                if let Ok(allow) = HeaderValue::from_str(&list.join(", ")) {
+                    response.headers_mut().insert(header::ALLOW, allow);
+                }
+                return outcome.finish(response, &table.unrouted);
+            }
             let detail = format!(
                 "no route matches {} {path}; `GET /v1/routes` on the admin API lists the routes",
                 parts.method
@@ -105,6 +139,7 @@ impl Gateway {
                 &table.unrouted,
             );
         };
+        let body = RequestBody::Streaming(body);
         let backend = route.backends.choose(&parts.headers);
         let service = &backend.service;
         outcome.route = &route.label;
@@ -149,6 +184,31 @@ impl Gateway {
             }
         }
 
+        // The route's body size limit.
+        let body = match route.shaping.max_body {
+            Some(limit) => match limit_body(body, limit).await {
+                Ok(body) => body,
+                Err(None) => {
+                    let detail = format!(
+                        "route `{}` accepts request bodies of at most {limit} bytes",
+                        route.label
+                    );
+                    return outcome.finish(
+                        Problem::BodyTooLarge.respond(detail, &path, &request_id),
+                        &backend.metrics,
+                    );
+                }
+                Err(Some(error)) => {
+                    let detail = format!("reading the request body failed: {error}");
+                    return outcome.finish(
+                        Problem::BadRequestBody.respond(detail, &path, &request_id),
+                        &backend.metrics,
+                    );
+                }
+            },
+            None => body,
+        };
+
         // Phase 3: admission. The bulkhead caps requests in flight to the
         // service (the count also keeps a reload from stopping the service
         // under this request); the breaker refuses while the service fails.
@@ -159,7 +219,7 @@ impl Gateway {
                 service.name(),
                 service.config().max_concurrent
             );
-            let request = Request::from_parts(parts, RequestBody::Streaming(body));
+            let request = Request::from_parts(parts, body);
             return self
                 .fall_back(
                     route,
@@ -176,7 +236,7 @@ impl Gateway {
                 "service `{}` is failing and its circuit breaker is open; requests resume after a successful probe",
                 service.name()
             );
-            let request = Request::from_parts(parts, RequestBody::Streaming(body));
+            let request = Request::from_parts(parts, body);
             return self
                 .fall_back(
                     route,
@@ -210,6 +270,7 @@ impl Gateway {
         add_forwarded(&mut parts.headers, client, original_host.as_ref());
         parts.headers.insert(REQUEST_ID, request_id.clone());
         parts.headers.insert(TRACEPARENT, trace.traceparent());
+        route.shaping.request.apply(&mut parts.headers);
 
         let idempotent = is_idempotent(&parts.method, &parts.headers);
         // A body is read ahead (when small and of known length) if the request
@@ -236,7 +297,7 @@ impl Gateway {
                 }
             }
         } else {
-            RequestBody::Streaming(body)
+            body
         };
         let mirrored = shadow.and_then(|shadow| match body.replay() {
             Some(copy) => Some(shadow.mirror(
@@ -302,6 +363,9 @@ impl Gateway {
             }
         };
         let mut response = response;
+        route
+            .shaping
+            .finish_response(response.headers_mut(), origin.as_ref());
         if let Some((policy, state)) = rate_headers {
             response.headers_mut().insert(RATELIMIT_POLICY, policy);
             response.headers_mut().insert(RATELIMIT, state);

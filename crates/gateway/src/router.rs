@@ -16,6 +16,7 @@ use crate::metrics::{GatewayMetrics, RouteMetrics};
 use crate::rate_limit::RateLimiter;
 use crate::resilience::ServicePolicies;
 use crate::shadow::{Shadow, ShadowSummary};
+use crate::shaping::Shaping;
 use crate::split::{Backend, Backends, Weight};
 
 /// Why a route table could not be built from a (validated) manifest.
@@ -56,6 +57,7 @@ pub(crate) struct CompiledRoute {
     pub(crate) backends: Backends,
     pub(crate) shadow: Option<Shadow>,
     pub(crate) rate_limit: Option<Arc<RateLimiter>>,
+    pub(crate) shaping: Shaping,
     config: Route,
 }
 
@@ -242,6 +244,7 @@ impl RouteTable {
                 backends,
                 shadow,
                 rate_limit,
+                shaping: Shaping::compile(route),
                 config: route.clone(),
             });
         }
@@ -350,6 +353,38 @@ impl RouteTable {
         self.policies
             .get(service)
             .map(|p| p.breaker.state().as_str())
+    }
+
+    /// The methods of routes that would match this request under another
+    /// method: what a 405 lists in `Allow`. Empty when no route matches at all.
+    pub(crate) fn allowed_methods(
+        &self,
+        host: Option<&str>,
+        path: &str,
+        headers: &http::HeaderMap,
+    ) -> Vec<Method> {
+        let mut methods: Vec<Method> = Vec::new();
+        for route in &self.routes {
+            let host_ok = route
+                .host
+                .as_ref()
+                .is_none_or(|wanted| host.is_some_and(|h| host_matches(wanted, h)));
+            let headers_ok = route
+                .headers
+                .iter()
+                .all(|(name, value)| headers.get(name) == Some(value));
+            if host_ok && headers_ok && route.pattern.matches(path).is_some() {
+                if route.methods.is_empty() {
+                    return Vec::new();
+                }
+                for method in &route.methods {
+                    if !methods.contains(method) {
+                        methods.push(method.clone());
+                    }
+                }
+            }
+        }
+        methods
     }
 
     /// Every route with its current readiness, for listings.

@@ -12,8 +12,8 @@ use serde::Serialize;
 
 use crate::pattern::PathPattern;
 use crate::policy::{
-    self, CircuitBreakerPolicy, Fallback, HashKey, LoadBalancer, OutlierEjection, RateLimitPolicy,
-    RetryPolicy, ShadowPolicy,
+    self, CircuitBreakerPolicy, CorsPolicy, Deprecation, Fallback, HashKey, HeaderEdits,
+    LoadBalancer, OutlierEjection, RateLimitPolicy, RetryPolicy, ShadowPolicy,
 };
 
 /// A whole Gantry system: the platform settings, the services it fronts and the
@@ -242,6 +242,22 @@ pub struct Route {
     /// Limit the rate of requests per client.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitPolicy>,
+    /// Edits to the headers of requests sent upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_headers: Option<HeaderEdits>,
+    /// Edits to the headers of responses sent back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_headers: Option<HeaderEdits>,
+    /// The largest request body accepted, in bytes (or `64KiB`, `10MiB`);
+    /// larger ones get 413.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body: Option<u64>,
+    /// Cross-origin access for browsers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<CorsPolicy>,
+    /// Marks the route as a deprecated API version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deprecation: Option<Deprecation>,
     /// The parsed `path`.
     #[serde(skip)]
     pub pattern: PathPattern,

@@ -1,6 +1,7 @@
 //! Reliability policies in the manifest: retries, circuit breakers, fallbacks.
 //! Their defaults protect a system whose manifest says nothing about them.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use schemars::JsonSchema;
@@ -243,6 +244,61 @@ pub enum RateLimitKey {
     Header(String),
 }
 
+/// `request_headers` / `response_headers` on a route: edits applied to every
+/// request sent upstream or response sent back. `remove` runs first, then
+/// `set` (replace), then `add` (append).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderEdits {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub set: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub add: BTreeMap<String, String>,
+}
+
+/// `cors = { ... }` on a route: browsers on these origins may call it.
+/// Preflight requests (`OPTIONS` with `Access-Control-Request-Method`) are
+/// answered by the gateway; other responses get the CORS headers added.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CorsPolicy {
+    /// Allowed origins, e.g. `https://shop.example`; `*` allows any (not with `credentials`).
+    pub origins: Vec<String>,
+    /// Methods a browser may use; defaults to the route's `methods`, or common ones.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Request headers a browser may send.
+    #[serde(default)]
+    pub headers: Vec<String>,
+    /// Response headers scripts may read.
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    /// Allow cookies and credentials.
+    #[serde(default)]
+    pub credentials: bool,
+    /// How long browsers may cache a preflight answer.
+    #[serde(default = "defaults::cors_max_age", with = "duration_text")]
+    #[schemars(with = "String")]
+    pub max_age: Duration,
+}
+
+/// `deprecation = { ... }` on a route (an API version on its way out): every
+/// response says so with `Deprecation` (RFC 9745) and `Sunset` (RFC 8594).
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Deprecation {
+    /// Unix time the version was deprecated (written `since = "2026-01-31"`).
+    pub since: u64,
+    /// Unix time it stops working (written `sunset = "2026-12-31"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sunset: Option<u64>,
+    /// Where to read about the replacement; sent as a `Link` with `rel="deprecation"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+}
+
 pub(crate) mod defaults {
     use std::time::Duration;
 
@@ -296,6 +352,9 @@ pub(crate) mod defaults {
     }
     pub fn ejection_max() -> Duration {
         Duration::from_secs(300)
+    }
+    pub fn cors_max_age() -> Duration {
+        Duration::from_secs(600)
     }
     pub fn shadow_percent() -> f64 {
         100.0

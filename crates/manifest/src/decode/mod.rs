@@ -12,6 +12,7 @@ use crate::model::{defaults, Manifest, Platform, Route, RouteSpans, Service};
 use crate::pattern::PathPattern;
 
 mod policies;
+mod shaping;
 mod values;
 
 pub(crate) use values::suggest;
@@ -63,6 +64,11 @@ pub(crate) const ROUTE_KEYS: &[&str] = &[
     "sticky",
     "shadow",
     "rate_limit",
+    "request_headers",
+    "response_headers",
+    "max_body",
+    "cors",
+    "deprecation",
 ];
 const METHODS: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT",
@@ -507,6 +513,11 @@ impl<'a> Decoder<'a> {
         let fallback = self.fallback(s);
         let shadow = self.shadow(s);
         let rate_limit = self.rate_limit(s);
+        let request_headers = self.header_edits(s, "request_headers");
+        let response_headers = self.header_edits(s, "response_headers");
+        let max_body = self.size(s, "max_body");
+        let cors = self.cors(s);
+        let deprecation = self.deprecation(s);
         let spans = RouteSpans {
             table: s.table_span(),
             path: self.value_span(s, "path"),
@@ -531,6 +542,11 @@ impl<'a> Decoder<'a> {
             fallback,
             shadow,
             rate_limit,
+            request_headers,
+            response_headers,
+            max_body,
+            cors,
+            deprecation,
             pattern: pattern?,
             spans,
         })
