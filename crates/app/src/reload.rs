@@ -44,7 +44,9 @@ impl Live {
         }
         let table = RouteTable::build(&manifest.routes, &services, &metrics, None)
             .map_err(|e| e.to_string())?
-            .with_trusted_proxies(&manifest.platform.trusted_proxies);
+            .with_trusted_proxies(&manifest.platform.trusted_proxies)
+            .with_jwt(manifest.jwt.as_ref())
+            .await?;
         let live = Live {
             path: path.to_path_buf(),
             platform: manifest.platform,
@@ -131,7 +133,17 @@ impl Live {
         let previous = self.gateway.as_ref().map(Gateway::table);
         let table =
             match RouteTable::build(&manifest.routes, &next, &self.metrics, previous.as_deref()) {
-                Ok(table) => table.with_trusted_proxies(&manifest.platform.trusted_proxies),
+                Ok(table) => match table
+                    .with_trusted_proxies(&manifest.platform.trusted_proxies)
+                    .with_jwt(manifest.jwt.as_ref())
+                    .await
+                {
+                    Ok(table) => table,
+                    Err(error) => {
+                        stop_all(fresh, Duration::ZERO).await;
+                        return Err(self.refuse(trigger, error));
+                    }
+                },
                 Err(error) => {
                     stop_all(fresh, Duration::ZERO).await;
                     return Err(self.refuse(trigger, error.to_string()));

@@ -19,6 +19,7 @@
 //! request id: 404 no route, 502 upstream refused or reset, 503 no healthy
 //! instance, 504 upstream timeout.
 
+mod auth;
 mod body;
 mod forward;
 mod forwarding;

@@ -21,6 +21,8 @@ pub(crate) enum Problem {
     MethodNotAllowed,
     BodyTooLarge,
     OriginNotAllowed,
+    Unauthenticated,
+    Forbidden,
 }
 
 #[derive(Serialize)]
@@ -52,6 +54,8 @@ impl Problem {
             Problem::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Problem::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Problem::OriginNotAllowed => StatusCode::FORBIDDEN,
+            Problem::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Problem::Forbidden => StatusCode::FORBIDDEN,
         }
     }
 
@@ -69,6 +73,8 @@ impl Problem {
             Problem::MethodNotAllowed => "urn:gantry:problem:method-not-allowed",
             Problem::BodyTooLarge => "urn:gantry:problem:body-too-large",
             Problem::OriginNotAllowed => "urn:gantry:problem:origin-not-allowed",
+            Problem::Unauthenticated => "urn:gantry:problem:unauthenticated",
+            Problem::Forbidden => "urn:gantry:problem:forbidden",
         }
     }
 
@@ -86,6 +92,8 @@ impl Problem {
             Problem::MethodNotAllowed => "The route does not accept this method",
             Problem::BodyTooLarge => "The request body is too large for this route",
             Problem::OriginNotAllowed => "This origin may not call the route from a browser",
+            Problem::Unauthenticated => "Valid credentials are required",
+            Problem::Forbidden => "The credentials do not allow this",
         }
     }
 

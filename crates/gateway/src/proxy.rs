@@ -4,13 +4,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use gantry_manifest::RateLimitKey;
+use gantry_manifest::{AuthMode, RateLimitKey};
 use http::header::HeaderName;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 
+use crate::auth::{deny, forward_claims};
 use crate::body::GatewayBody;
 use crate::forward::{buffer_small_body, limit_body, Forward, Forwarded, FALLBACK};
 use crate::forwarding::{add_forwarded, client_ip, strip_hop_by_hop, Peer};
@@ -145,6 +146,31 @@ impl Gateway {
         outcome.route = &route.label;
         outcome.service = service.name();
 
+        // Authentication. Copies of forwarded-claim headers sent by the client
+        // are removed whatever happens: only Gantry may set them.
+        for (_, header) in &route.forward_claims {
+            parts.headers.remove(header);
+        }
+        let mut claims = None;
+        if route.auth == AuthMode::Jwt {
+            let Some(verifier) = &table.jwt else {
+                let detail = "the route needs JWTs but no [jwt] keys are loaded".to_string();
+                return outcome.finish(
+                    Problem::Unauthenticated.respond(detail, &path, &request_id),
+                    &backend.metrics,
+                );
+            };
+            match verifier.check(&parts.headers, &route.scopes).await {
+                Ok(verified) => {
+                    forward_claims(&mut parts.headers, &verified, &route.forward_claims);
+                    claims = Some(verified);
+                }
+                Err(denied) => {
+                    return outcome.finish(deny(denied, &path, &request_id), &backend.metrics)
+                }
+            }
+        }
+
         // Rate limit, before anything reaches the service.
         let mut rate_headers = None;
         if let Some(limiter) = &route.rate_limit {
@@ -152,6 +178,15 @@ impl Gateway {
                 RateLimitKey::Ip => {
                     client_ip(client, &parts.headers, &table.trusted_proxies).to_string()
                 }
+                RateLimitKey::Claim(name) => match claims
+                    .as_ref()
+                    .and_then(|c| c.get(name.as_str()))
+                {
+                    Some(serde_json::Value::String(value)) => format!("claim:{value}"),
+                    Some(value) => format!("claim:{value}"),
+                    // Without a token, the client address is the key.
+                    None => client_ip(client, &parts.headers, &table.trusted_proxies).to_string(),
+                },
                 RateLimitKey::Header(name) => parts
                     .headers
                     .get(name.as_str())

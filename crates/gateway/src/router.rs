@@ -5,12 +5,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gantry_manifest::{Fallback, HashKey, PathMatch, PathPattern, RetryPolicy, Route};
+use gantry_manifest::{AuthMode, Fallback, HashKey, PathMatch, PathPattern, RetryPolicy, Route};
 use gantry_services::ServiceHandle;
 use http::header::HeaderName;
 use http::{HeaderValue, Method, Uri};
 use serde::Serialize;
 
+use crate::auth::JwtVerifier;
 use crate::forward::affinity_key;
 use crate::metrics::{GatewayMetrics, RouteMetrics};
 use crate::rate_limit::RateLimiter;
@@ -58,6 +59,10 @@ pub(crate) struct CompiledRoute {
     pub(crate) shadow: Option<Shadow>,
     pub(crate) rate_limit: Option<Arc<RateLimiter>>,
     pub(crate) shaping: Shaping,
+    pub(crate) auth: AuthMode,
+    pub(crate) scopes: Vec<String>,
+    /// Claims to forward, with the header each goes in.
+    pub(crate) forward_claims: Vec<(String, HeaderName)>,
     config: Route,
 }
 
@@ -79,6 +84,8 @@ pub struct RouteTable {
     routes: Vec<CompiledRoute>,
     /// Proxies whose `X-Forwarded-For` is believed (`[platform] trusted_proxies`).
     pub(crate) trusted_proxies: Vec<ipnet::IpNet>,
+    /// Checks tokens for routes with `auth = "jwt"`.
+    pub(crate) jwt: Option<Arc<JwtVerifier>>,
     /// Breakers and retry budgets by service name.
     policies: HashMap<String, Arc<ServicePolicies>>,
     /// Every service of the manifest this table was built from, routed to or not.
@@ -245,6 +252,18 @@ impl RouteTable {
                 shadow,
                 rate_limit,
                 shaping: Shaping::compile(route),
+                auth: route.auth,
+                scopes: route.scopes.clone(),
+                forward_claims: route
+                    .forward_claims
+                    .iter()
+                    .filter_map(|(claim, header)| {
+                        Some((
+                            claim.clone(),
+                            HeaderName::from_bytes(header.as_bytes()).ok()?,
+                        ))
+                    })
+                    .collect(),
                 config: route.clone(),
             });
         }
@@ -253,6 +272,7 @@ impl RouteTable {
         Ok(RouteTable {
             routes: compiled,
             trusted_proxies: Vec::new(),
+            jwt: None,
             policies,
             services,
             // Requests no route matched are counted under route="unmatched".
@@ -331,6 +351,20 @@ impl RouteTable {
             })
             .collect();
         self
+    }
+
+    /// Loads the `[jwt]` keys (PEM files, secrets from the environment) and
+    /// fetches the JWKS, if any; an unreadable key is an error.
+    pub async fn with_jwt(
+        mut self,
+        config: Option<&gantry_manifest::JwtConfig>,
+    ) -> Result<RouteTable, String> {
+        if let Some(config) = config {
+            let verifier = JwtVerifier::new(config)?;
+            verifier.refresh_jwks(true).await;
+            self.jwt = Some(Arc::new(verifier));
+        }
+        Ok(self)
     }
 
     /// The shadow comparison report of a route.

@@ -15,6 +15,7 @@
 //! to serialize the types (admin API listings) and, through `schemars`, to print
 //! the JSON Schema of the manifest (`gantry schema`).
 
+mod auth;
 mod decode;
 mod diagnostics;
 mod model;
@@ -22,6 +23,7 @@ mod pattern;
 mod policy;
 mod validate;
 
+pub use auth::{AuthMode, JwtConfig, JwtKey};
 pub use diagnostics::{Diagnostic, Diagnostics, ErrorCode};
 pub use model::{Manifest, Platform, Route, Service, ServiceKind, Target, WeightedService};
 pub use pattern::{PathMatch, PathPattern};

@@ -10,6 +10,7 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::Serialize;
 
+use crate::auth::{AuthMode, JwtConfig};
 use crate::pattern::PathPattern;
 use crate::policy::{
     self, CircuitBreakerPolicy, CorsPolicy, Deprecation, Fallback, HashKey, HeaderEdits,
@@ -32,6 +33,9 @@ pub struct Manifest {
     /// Routes, tried in file order: the first route that matches a request wins.
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// How bearer tokens are checked on routes with `auth = "jwt"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtConfig>,
     /// The directory relative paths resolve against: the manifest's own.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -258,6 +262,16 @@ pub struct Route {
     /// Marks the route as a deprecated API version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deprecation: Option<Deprecation>,
+    /// Who may call the route: `none` (default) or `jwt`.
+    #[serde(default)]
+    pub auth: AuthMode,
+    /// Scopes the token must carry (`scope` claim, space-separated, or `scp`/`scopes` arrays).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    /// Claims passed upstream as headers, e.g. `{ sub = "x-user-id" }`.
+    /// Client-sent copies of these headers are always removed first.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub forward_claims: BTreeMap<String, String>,
     /// The parsed `path`.
     #[serde(skip)]
     pub pattern: PathPattern,
@@ -318,6 +332,7 @@ pub(crate) struct RouteSpans {
     pub(crate) to: Option<Range<usize>>,
     pub(crate) fallback: Option<Range<usize>>,
     pub(crate) shadow: Option<Range<usize>>,
+    pub(crate) auth: Option<Range<usize>>,
 }
 
 pub(crate) mod defaults {

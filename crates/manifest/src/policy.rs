@@ -231,7 +231,8 @@ pub struct RateLimitPolicy {
     /// Requests allowed at once; defaults to `requests`.
     pub burst: u32,
     /// Whose requests are counted together: `ip` (the client address, through
-    /// `[platform] trusted_proxies`), or `header:NAME`.
+    /// `[platform] trusted_proxies`), `header:NAME`, or `claim:NAME` (a claim of
+    /// the verified token, e.g. `claim:sub` for per-user limits).
     #[schemars(with = "String")]
     pub key: RateLimitKey,
 }
@@ -242,6 +243,8 @@ pub struct RateLimitPolicy {
 pub enum RateLimitKey {
     Ip,
     Header(String),
+    /// A claim of the request's verified JWT, e.g. `claim:sub` (per user).
+    Claim(String),
 }
 
 /// `request_headers` / `response_headers` on a route: edits applied to every

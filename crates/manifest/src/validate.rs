@@ -1,6 +1,7 @@
 //! Checks that need the whole manifest: routes against services, and routes
 //! that an earlier route hides.
 
+use crate::auth::AuthMode;
 use crate::decode::suggest;
 use crate::diagnostics::{Diagnostics, ErrorCode};
 use crate::model::{Manifest, Route};
@@ -63,6 +64,20 @@ pub(crate) fn cross_check(manifest: &Manifest, source: &str, out: &mut Diagnosti
                     suggest(&shadow.to, &names).map(|close| format!("did you mean `{close}`?")),
                 );
             }
+        }
+    }
+    if manifest.jwt.is_none() {
+        for route in manifest.routes.iter().filter(|r| r.auth == AuthMode::Jwt) {
+            out.push_at(
+                source,
+                ErrorCode::MissingKey,
+                route.spans.auth.clone(),
+                format!(
+                    "route `{}` needs JWTs but the manifest has no [jwt] section",
+                    route.path
+                ),
+                Some("add a [jwt] section with `[[jwt.keys]]` or a `jwks_url`".into()),
+            );
         }
     }
     for (later_index, later) in manifest.routes.iter().enumerate() {

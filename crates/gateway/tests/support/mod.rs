@@ -209,7 +209,10 @@ impl TestGateway {
         let gateway_metrics = GatewayMetrics::register(&metrics);
         let table = RouteTable::build(&manifest.routes, &services, &gateway_metrics, None)
             .unwrap()
-            .with_trusted_proxies(&manifest.platform.trusted_proxies);
+            .with_trusted_proxies(&manifest.platform.trusted_proxies)
+            .with_jwt(manifest.jwt.as_ref())
+            .await
+            .unwrap();
         let gateway = Gateway::new(table, gateway_metrics);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

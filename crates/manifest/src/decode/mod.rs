@@ -11,13 +11,14 @@ use crate::diagnostics::{DiagnosticSink, Diagnostics, ErrorCode};
 use crate::model::{defaults, Manifest, Platform, Route, RouteSpans, Service};
 use crate::pattern::PathPattern;
 
+mod auth;
 mod policies;
 mod shaping;
 mod values;
 
 pub(crate) use values::suggest;
 
-pub(crate) const TOP_KEYS: &[&str] = &["platform", "services", "routes"];
+pub(crate) const TOP_KEYS: &[&str] = &["platform", "services", "routes", "jwt"];
 pub(crate) const PLATFORM_KEYS: &[&str] = &[
     "name",
     "listen",
@@ -69,6 +70,9 @@ pub(crate) const ROUTE_KEYS: &[&str] = &[
     "max_body",
     "cors",
     "deprecation",
+    "auth",
+    "scopes",
+    "forward_claims",
 ];
 const METHODS: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT",
@@ -161,10 +165,18 @@ impl<'a> Decoder<'a> {
             }
         }
 
+        let jwt = match root.table.get_key_value("jwt") {
+            Some((_, item)) => self
+                .section(item, "[jwt]".into())
+                .map(|section| self.jwt(&section, base_dir)),
+            None => None,
+        };
+
         Some(Manifest {
             platform,
             services,
             routes,
+            jwt,
             base_dir: base_dir.to_path_buf(),
         })
     }
@@ -518,12 +530,39 @@ impl<'a> Decoder<'a> {
         let max_body = self.size(s, "max_body");
         let cors = self.cors(s);
         let deprecation = self.deprecation(s);
+        let auth = self.auth_mode(s);
+        let scopes = self.string_list(s, "scopes").unwrap_or_default();
+        let forward_claims = self.string_map(s, "forward_claims").unwrap_or_default();
+        for header in forward_claims.values() {
+            if header.is_empty() || !header.bytes().all(is_token_byte) {
+                self.bad_value(
+                    s,
+                    "forward_claims",
+                    format!("`{header}` is not a valid header name"),
+                    "e.g. `forward_claims = { sub = \"x-user-id\" }`",
+                );
+            }
+        }
+        if auth == crate::auth::AuthMode::None && (!scopes.is_empty() || !forward_claims.is_empty())
+        {
+            self.push_at_key(
+                s,
+                "auth",
+                ErrorCode::MissingKey,
+                format!(
+                    "{} has `scopes` or `forward_claims` but no `auth = \"jwt\"`",
+                    s.name
+                ),
+                "add `auth = \"jwt\"`, or remove them",
+            );
+        }
         let spans = RouteSpans {
             table: s.table_span(),
             path: self.value_span(s, "path"),
             to: self.value_span(s, "to"),
             fallback: self.value_span(s, "fallback"),
             shadow: self.value_span(s, "shadow"),
+            auth: self.value_span(s, "auth"),
         };
         Some(Route {
             name,
@@ -547,6 +586,9 @@ impl<'a> Decoder<'a> {
             max_body,
             cors,
             deprecation,
+            auth,
+            scopes,
+            forward_claims,
             pattern: pattern?,
             spans,
         })
@@ -565,7 +607,7 @@ impl Section<'_> {
     }
 }
 
-fn resolve(base_dir: &Path, path: &Path) -> PathBuf {
+pub(super) fn resolve(base_dir: &Path, path: &Path) -> PathBuf {
     if path.is_absolute() {
         path.to_path_buf()
     } else if path.as_os_str().is_empty() {

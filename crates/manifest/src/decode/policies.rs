@@ -315,6 +315,9 @@ impl Decoder<'_> {
             .map_or(requests, |n| n as u32);
         let key = match self.string(&s, "key").as_deref() {
             None | Some("ip") => RateLimitKey::Ip,
+            Some(text) if text.starts_with("claim:") && text.len() > 6 => {
+                RateLimitKey::Claim(text[6..].trim().to_string())
+            }
             Some(text) => match text.strip_prefix("header:").map(str::trim) {
                 Some(name) if !name.is_empty() && name.bytes().all(super::is_token_byte) => {
                     RateLimitKey::Header(name.to_ascii_lowercase())
@@ -324,7 +327,7 @@ impl Decoder<'_> {
                         &s,
                         "key",
                         format!("`{text}` in {} is not a rate-limit key", s.name),
-                        "use `ip` or `header:NAME`",
+                        "use `ip`, `header:NAME` or `claim:NAME`",
                     );
                     RateLimitKey::Ip
                 }
