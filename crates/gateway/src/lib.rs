@@ -23,6 +23,7 @@ mod auth;
 mod body;
 mod forward;
 mod forwarding;
+mod idempotency;
 mod identity;
 mod metrics;
 mod problem;
@@ -38,6 +39,7 @@ mod upstream;
 
 pub use body::GatewayBody;
 pub use forwarding::Peer;
+pub use idempotency::IdempotencyStore;
 pub use metrics::GatewayMetrics;
 pub use proxy::Gateway;
 pub use router::{BuildError, RouteInfo, RouteTable};

@@ -23,6 +23,10 @@ pub(crate) enum Problem {
     OriginNotAllowed,
     Unauthenticated,
     Forbidden,
+    IdempotencyKeyMissing,
+    IdempotencyConflict,
+    IdempotencyMismatch,
+    StoreUnavailable,
 }
 
 #[derive(Serialize)]
@@ -56,6 +60,10 @@ impl Problem {
             Problem::OriginNotAllowed => StatusCode::FORBIDDEN,
             Problem::Unauthenticated => StatusCode::UNAUTHORIZED,
             Problem::Forbidden => StatusCode::FORBIDDEN,
+            Problem::IdempotencyKeyMissing => StatusCode::BAD_REQUEST,
+            Problem::IdempotencyConflict => StatusCode::CONFLICT,
+            Problem::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
+            Problem::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -75,6 +83,10 @@ impl Problem {
             Problem::OriginNotAllowed => "urn:gantry:problem:origin-not-allowed",
             Problem::Unauthenticated => "urn:gantry:problem:unauthenticated",
             Problem::Forbidden => "urn:gantry:problem:forbidden",
+            Problem::IdempotencyKeyMissing => "urn:gantry:problem:idempotency-key-missing",
+            Problem::IdempotencyConflict => "urn:gantry:problem:idempotency-key-in-use",
+            Problem::IdempotencyMismatch => "urn:gantry:problem:idempotency-key-reused",
+            Problem::StoreUnavailable => "urn:gantry:problem:store-unavailable",
         }
     }
 
@@ -94,6 +106,10 @@ impl Problem {
             Problem::OriginNotAllowed => "This origin may not call the route from a browser",
             Problem::Unauthenticated => "Valid credentials are required",
             Problem::Forbidden => "The credentials do not allow this",
+            Problem::IdempotencyKeyMissing => "A valid idempotency key is required",
+            Problem::IdempotencyConflict => "A request with this idempotency key is in progress",
+            Problem::IdempotencyMismatch => "The idempotency key was used for a different request",
+            Problem::StoreUnavailable => "Gantry's store is unavailable",
         }
     }
 

@@ -15,17 +15,20 @@ use crate::auth::{deny, forward_claims};
 use crate::body::GatewayBody;
 use crate::forward::{buffer_small_body, limit_body, Forward, Forwarded, FALLBACK};
 use crate::forwarding::{add_forwarded, client_ip, strip_hop_by_hop, Peer};
+use crate::idempotency::{fingerprint, Claim, ClaimGuard, IdempotencyStore, RecordKey};
 use crate::identity::{request_id, TraceContext, REQUEST_ID, TRACEPARENT};
 use crate::metrics::{GatewayMetrics, RouteMetrics};
 use crate::problem::Problem;
 use crate::rate_limit::{rate_limit_header, Decision};
 use crate::resilience::retry::is_idempotent;
 use crate::router::{CompiledFallback, CompiledRoute, RouteTable};
+use crate::shadow::Tap;
 use crate::split::Backend;
 use crate::upstream::{RequestBody, UpstreamPool};
 
 const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 /// The gateway: the current route table and the upstream connection pool.
 /// Cheap to clone; clones share both.
@@ -37,6 +40,8 @@ pub struct Gateway {
 #[derive(Debug)]
 struct Inner {
     table: ArcSwap<RouteTable>,
+    /// Opened once by the app, from the data directory.
+    idempotency: std::sync::OnceLock<IdempotencyStore>,
     upstreams: UpstreamPool,
     metrics: GatewayMetrics,
 }
@@ -47,10 +52,16 @@ impl Gateway {
         Gateway {
             inner: Arc::new(Inner {
                 table: ArcSwap::from_pointee(table),
+                idempotency: std::sync::OnceLock::new(),
                 upstreams: UpstreamPool::default(),
                 metrics,
             }),
         }
+    }
+
+    /// Uses `store` for idempotency keys (set once; later calls are ignored).
+    pub fn use_idempotency_store(&self, store: IdempotencyStore) {
+        let _ = self.inner.idempotency.set(store);
     }
 
     /// The metric families route tables register into.
@@ -244,6 +255,25 @@ impl Gateway {
             None => body,
         };
 
+        // Idempotency keys: a repeated request is answered from the store.
+        let mut claim_guard = None;
+        let (body, replayed) = self
+            .idempotency(
+                route,
+                &parts,
+                body,
+                claims.as_ref(),
+                client,
+                &table,
+                &path,
+                &request_id,
+                &mut claim_guard,
+            )
+            .await;
+        if let Some(response) = replayed {
+            return outcome.finish(response, &backend.metrics);
+        }
+
         // Phase 3: admission. The bulkhead caps requests in flight to the
         // service (the count also keeps a reload from stopping the service
         // under this request); the breaker refuses while the service fails.
@@ -363,14 +393,26 @@ impl Gateway {
                 outcome.instance = Some(instance);
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
-                let tap = mirrored.map(|mirror| {
-                    let mut tap = mirror.tap(parts.status, &parts.headers);
+                let mut tap = mirrored.map(|mirror| mirror.tap(parts.status, &parts.headers));
+                if let Some(guard) = claim_guard.take() {
+                    // A 5xx is not stored: the guard drops and the key is freed.
+                    if !parts.status.is_server_error() {
+                        let tap = tap.get_or_insert_with(|| {
+                            Box::new(Tap::new(parts.status, &parts.headers))
+                        });
+                        let limit = route
+                            .idempotency
+                            .as_ref()
+                            .map_or(0, |p| p.max_body as usize);
+                        guard.store_when(tap.listen(limit));
+                    }
+                }
+                if let Some(tap) = &mut tap {
                     if body.is_end_stream() {
                         // hyper never polls an empty body: it ends here.
                         tap.observe(None);
                     }
-                    tap
-                });
+                }
                 let body = GatewayBody::Upstream {
                     body,
                     guard: Some((in_flight, Some(load))),
@@ -406,6 +448,143 @@ impl Gateway {
             response.headers_mut().insert(RATELIMIT, state);
         }
         outcome.finish(response, &backend.metrics)
+    }
+
+    /// Handles a route's idempotency key: claims it, or answers for it (a
+    /// replay, 409, 422, 400 or 413). Returns the body (read whole when a key
+    /// is given, to fingerprint it) and, when the request is answered here,
+    /// the response.
+    #[allow(clippy::too_many_arguments)]
+    async fn idempotency(
+        &self,
+        route: &CompiledRoute,
+        parts: &http::request::Parts,
+        body: RequestBody,
+        claims: Option<&serde_json::Map<String, serde_json::Value>>,
+        client: &Peer,
+        table: &RouteTable,
+        path: &str,
+        request_id: &HeaderValue,
+        guard: &mut Option<ClaimGuard>,
+    ) -> (RequestBody, Option<Response<GatewayBody>>) {
+        let Some(policy) = &route.idempotency else {
+            return (body, None);
+        };
+        let answer =
+            |problem: Problem, detail: String| Some(problem.respond(detail, path, request_id));
+        let key = match parts.headers.get(policy.header.as_str()) {
+            None if policy.required => {
+                let detail = format!("route `{}` needs an `{}` header: a unique key per operation, reused on retries", route.label, policy.header);
+                return (body, answer(Problem::IdempotencyKeyMissing, detail));
+            }
+            None => return (body, None),
+            Some(value) => match value
+                .to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= 255)
+            {
+                Some(key) => key.to_string(),
+                None => {
+                    let detail = format!(
+                        "the `{}` header must be 1 to 255 visible characters",
+                        policy.header
+                    );
+                    return (body, answer(Problem::IdempotencyKeyMissing, detail));
+                }
+            },
+        };
+        let Some(store) = self.inner.idempotency.get() else {
+            let detail =
+                "idempotency keys need the data directory's store, which is not open".to_string();
+            return (body, answer(Problem::StoreUnavailable, detail));
+        };
+        let limit = policy.max_body;
+        let body = match limit_body(body, limit).await {
+            Ok(body) => body,
+            Err(_) => {
+                let detail = format!(
+                    "requests with an idempotency key may have bodies of at most {limit} bytes"
+                );
+                return (
+                    RequestBody::Buffered(None),
+                    answer(Problem::BodyTooLarge, detail),
+                );
+            }
+        };
+        let body = match buffer_small_body(body, limit).await {
+            Ok(body @ RequestBody::Buffered(_)) => body,
+            _ => {
+                let detail = "the request body could not be read whole".to_string();
+                return (
+                    RequestBody::Buffered(None),
+                    answer(Problem::BadRequestBody, detail),
+                );
+            }
+        };
+        let bytes = match &body {
+            RequestBody::Buffered(bytes) => bytes.clone().unwrap_or_default(),
+            RequestBody::Streaming(_) => bytes::Bytes::new(),
+        };
+        let consumer = match claims.and_then(|c| c.get("sub")).and_then(|s| s.as_str()) {
+            Some(subject) => format!("sub:{subject}"),
+            None => format!(
+                "ip:{}",
+                client_ip(client, &parts.headers, &table.trusted_proxies)
+            ),
+        };
+        let target = parts.uri.path_and_query().map_or(path, |pq| pq.as_str());
+        let print = fingerprint(parts.method.as_str(), target, &consumer, &bytes);
+        let record = RecordKey {
+            route: route.label.to_string(),
+            consumer,
+            key,
+        };
+        let running_timeout = route.timeout + std::time::Duration::from_secs(10);
+        match store
+            .claim(record.clone(), print, policy.ttl, running_timeout)
+            .await
+        {
+            Ok(Claim::Proceed) => {
+                *guard = Some(ClaimGuard::new(store.clone(), record));
+                (body, None)
+            }
+            Ok(Claim::Replay(stored)) => {
+                let mut response = Response::new(GatewayBody::local(stored.body));
+                *response.status_mut() = stored.status;
+                for (name, value) in stored.headers {
+                    if let (Ok(name), Ok(value)) = (
+                        HeaderName::from_bytes(name.as_bytes()),
+                        HeaderValue::from_bytes(&value),
+                    ) {
+                        response.headers_mut().append(name, value);
+                    }
+                }
+                response
+                    .headers_mut()
+                    .insert(REPLAYED, HeaderValue::from_static("true"));
+                (body, Some(response))
+            }
+            Ok(Claim::InFlight) => {
+                let detail =
+                    "a request with this idempotency key is still being processed; retry later"
+                        .to_string();
+                (body, answer(Problem::IdempotencyConflict, detail))
+            }
+            Ok(Claim::Mismatch) => {
+                let detail = "this idempotency key was used for a different request (method, path, body or consumer)".to_string();
+                (body, answer(Problem::IdempotencyMismatch, detail))
+            }
+            Err(error) => {
+                tracing::error!(target: "gantry::idempotency", %error, "idempotency store failed");
+                (
+                    body,
+                    answer(
+                        Problem::StoreUnavailable,
+                        "the idempotency store is unavailable".to_string(),
+                    ),
+                )
+            }
+        }
     }
 
     /// Answers with the route's fallback when it has one, otherwise with the

@@ -63,6 +63,7 @@ pub(crate) struct CompiledRoute {
     pub(crate) scopes: Vec<String>,
     /// Claims to forward, with the header each goes in.
     pub(crate) forward_claims: Vec<(String, HeaderName)>,
+    pub(crate) idempotency: Option<gantry_manifest::IdempotencyPolicy>,
     config: Route,
 }
 
@@ -264,6 +265,7 @@ impl RouteTable {
                         ))
                     })
                     .collect(),
+                idempotency: route.idempotency.clone(),
                 config: route.clone(),
             });
         }

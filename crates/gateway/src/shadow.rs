@@ -98,11 +98,11 @@ pub struct ShadowSummary {
 }
 
 /// A response as captured for comparison.
-#[derive(Debug)]
-struct Captured {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
+#[derive(Debug, Clone)]
+pub(crate) struct Captured {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
 }
 
 /// The primary side of a mirrored request: hand it the primary response's
@@ -204,25 +204,21 @@ impl Shadow {
 impl PrimaryTap {
     /// Starts collecting the primary response for comparison.
     pub(crate) fn tap(self, status: StatusCode, headers: &HeaderMap) -> Box<Tap> {
-        Box::new(Tap {
-            status,
-            headers: headers.clone(),
-            body: BytesMut::new(),
-            limit: self.limit,
-            sender: Some(self.sender),
-        })
+        let mut tap = Tap::new(status, headers);
+        tap.listeners.push((self.sender, self.limit));
+        Box::new(tap)
     }
 }
 
-/// Copies the primary response body as it streams to the client; when it
-/// ends, the copy goes to the comparison. Too large a body, or a client that
-/// leaves early, skips the comparison.
+/// Copies a response body as it streams to the client; when it ends, the
+/// copy goes to each listener (the shadow comparison, the idempotency store).
+/// A listener whose size limit the body passes, or a client that leaves
+/// early, gets nothing (its receiver sees the sender dropped).
 pub struct Tap {
     status: StatusCode,
     headers: HeaderMap,
     body: BytesMut,
-    limit: usize,
-    sender: Option<oneshot::Sender<Captured>>,
+    listeners: Vec<(oneshot::Sender<Captured>, usize)>,
 }
 
 impl std::fmt::Debug for Tap {
@@ -234,25 +230,42 @@ impl std::fmt::Debug for Tap {
 }
 
 impl Tap {
-    /// Sees one polled frame of the primary body (`None`: the body ended).
+    pub(crate) fn new(status: StatusCode, headers: &HeaderMap) -> Tap {
+        Tap {
+            status,
+            headers: headers.clone(),
+            body: BytesMut::new(),
+            listeners: Vec::new(),
+        }
+    }
+
+    /// Adds a listener that wants bodies up to `limit` bytes.
+    pub(crate) fn listen(&mut self, limit: usize) -> oneshot::Receiver<Captured> {
+        let (sender, receiver) = oneshot::channel();
+        self.listeners.push((sender, limit));
+        receiver
+    }
+
+    /// Sees one polled frame of the body (`None`: the body ended).
     pub(crate) fn observe(&mut self, frame: Option<&Frame<Bytes>>) {
         match frame {
             Some(frame) => {
                 if let Some(data) = frame.data_ref() {
-                    if self.body.len() + data.len() > self.limit {
-                        self.sender = None;
-                    } else if self.sender.is_some() {
+                    let length = self.body.len() + data.len();
+                    self.listeners.retain(|(_, limit)| length <= *limit);
+                    if !self.listeners.is_empty() {
                         self.body.extend_from_slice(data);
                     }
                 }
             }
             None => {
-                if let Some(sender) = self.sender.take() {
-                    let _ = sender.send(Captured {
-                        status: self.status,
-                        headers: std::mem::take(&mut self.headers),
-                        body: std::mem::take(&mut self.body).freeze(),
-                    });
+                let captured = Captured {
+                    status: self.status,
+                    headers: std::mem::take(&mut self.headers),
+                    body: std::mem::take(&mut self.body).freeze(),
+                };
+                for (sender, _) in self.listeners.drain(..) {
+                    let _ = sender.send(captured.clone());
                 }
             }
         }

@@ -28,8 +28,9 @@ pub use diagnostics::{Diagnostic, Diagnostics, ErrorCode};
 pub use model::{Manifest, Platform, Route, Service, ServiceKind, Target, WeightedService};
 pub use pattern::{PathMatch, PathPattern};
 pub use policy::{
-    CircuitBreakerPolicy, CorsPolicy, Deprecation, Fallback, HashKey, HeaderEdits, LoadBalancer,
-    OutlierEjection, RateLimitKey, RateLimitPolicy, RetryPolicy, ShadowPolicy,
+    CircuitBreakerPolicy, CorsPolicy, Deprecation, Fallback, HashKey, HeaderEdits,
+    IdempotencyPolicy, LoadBalancer, OutlierEjection, RateLimitKey, RateLimitPolicy, RetryPolicy,
+    ShadowPolicy,
 };
 
 use std::path::{Path, PathBuf};

@@ -14,7 +14,7 @@ use crate::auth::{AuthMode, JwtConfig};
 use crate::pattern::PathPattern;
 use crate::policy::{
     self, CircuitBreakerPolicy, CorsPolicy, Deprecation, Fallback, HashKey, HeaderEdits,
-    LoadBalancer, OutlierEjection, RateLimitPolicy, RetryPolicy, ShadowPolicy,
+    IdempotencyPolicy, LoadBalancer, OutlierEjection, RateLimitPolicy, RetryPolicy, ShadowPolicy,
 };
 
 /// A whole Gantry system: the platform settings, the services it fronts and the
@@ -268,6 +268,9 @@ pub struct Route {
     /// Scopes the token must carry (`scope` claim, space-separated, or `scp`/`scopes` arrays).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scopes: Vec<String>,
+    /// Idempotency keys: replay the stored response of a repeated request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency: Option<IdempotencyPolicy>,
     /// Claims passed upstream as headers, e.g. `{ sub = "x-user-id" }`.
     /// Client-sent copies of these headers are always removed first.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

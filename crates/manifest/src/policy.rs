@@ -302,6 +302,32 @@ pub struct Deprecation {
     pub link: Option<String>,
 }
 
+/// `idempotency = { ... }` on a route (draft-ietf-httpapi-idempotency-key-header):
+/// the first request with a key runs and its response is stored durably; a
+/// retry with the same key and the same request gets the stored response
+/// replayed (`Idempotent-Replayed: true`) without reaching the service; the
+/// same key with another request gets 422, and while the first is still
+/// running, 409. Keys are scoped per consumer (the token's `sub`, else the
+/// client address).
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IdempotencyPolicy {
+    /// The request header that carries the key.
+    #[serde(default = "defaults::idempotency_header")]
+    pub header: String,
+    /// Refuse requests without a key (400).
+    #[serde(default)]
+    pub required: bool,
+    /// How long a stored response is replayed.
+    #[serde(default = "defaults::idempotency_ttl", with = "duration_text")]
+    #[schemars(with = "String")]
+    pub ttl: Duration,
+    /// Request and response bodies up to this size are handled; larger
+    /// request bodies get 413, larger responses are not stored.
+    #[serde(default = "defaults::shadow_max_body")]
+    pub max_body: u64,
+}
+
 pub(crate) mod defaults {
     use std::time::Duration;
 
@@ -355,6 +381,12 @@ pub(crate) mod defaults {
     }
     pub fn ejection_max() -> Duration {
         Duration::from_secs(300)
+    }
+    pub fn idempotency_header() -> String {
+        "idempotency-key".into()
+    }
+    pub fn idempotency_ttl() -> Duration {
+        Duration::from_secs(24 * 3600)
     }
     pub fn cors_max_age() -> Duration {
         Duration::from_secs(600)

@@ -196,6 +196,17 @@ pub struct TestGateway {
 impl TestGateway {
     /// Starts the services and routes of `manifest` (TOML text).
     pub async fn start(manifest: &str) -> TestGateway {
+        let data = std::env::temp_dir().join(format!(
+            "gantry-test-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        TestGateway::start_in(manifest, &data).await
+    }
+
+    /// Like [`TestGateway::start`], keeping state (idempotency records) in `data_dir`.
+    pub async fn start_in(manifest: &str, data_dir: &Path) -> TestGateway {
+        std::fs::create_dir_all(data_dir).unwrap();
         let manifest = gantry_manifest::parse(manifest, Path::new("test.toml"), Path::new("/tmp"))
             .unwrap_or_else(|e| panic!("{e}"));
         let mut services = HashMap::new();
@@ -214,6 +225,7 @@ impl TestGateway {
             .await
             .unwrap();
         let gateway = Gateway::new(table, gateway_metrics);
+        gateway.use_idempotency_store(gantry_gateway::IdempotencyStore::open(data_dir).unwrap());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();

@@ -73,6 +73,7 @@ pub(crate) const ROUTE_KEYS: &[&str] = &[
     "auth",
     "scopes",
     "forward_claims",
+    "idempotency",
 ];
 const METHODS: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT",
@@ -530,6 +531,7 @@ impl<'a> Decoder<'a> {
         let max_body = self.size(s, "max_body");
         let cors = self.cors(s);
         let deprecation = self.deprecation(s);
+        let idempotency = self.idempotency(s);
         let auth = self.auth_mode(s);
         let scopes = self.string_list(s, "scopes").unwrap_or_default();
         let forward_claims = self.string_map(s, "forward_claims").unwrap_or_default();
@@ -589,6 +591,7 @@ impl<'a> Decoder<'a> {
             auth,
             scopes,
             forward_claims,
+            idempotency,
             pattern: pattern?,
             spans,
         })

@@ -4,7 +4,7 @@ use std::time::UNIX_EPOCH;
 
 use super::{is_token_byte, Decoder, Section};
 use crate::diagnostics::ErrorCode;
-use crate::policy::{defaults, CorsPolicy, Deprecation, HeaderEdits};
+use crate::policy::{defaults, CorsPolicy, Deprecation, HeaderEdits, IdempotencyPolicy};
 
 pub(crate) const HEADER_EDIT_KEYS: &[&str] = &["remove", "set", "add"];
 pub(crate) const CORS_KEYS: &[&str] = &[
@@ -15,6 +15,7 @@ pub(crate) const CORS_KEYS: &[&str] = &[
     "credentials",
     "max_age",
 ];
+pub(crate) const IDEMPOTENCY_KEYS: &[&str] = &["header", "required", "ttl", "max_body"];
 pub(crate) const DEPRECATION_KEYS: &[&str] = &["since", "sunset", "link"];
 
 impl Decoder<'_> {
@@ -101,6 +102,33 @@ impl Decoder<'_> {
             max_age: self
                 .duration(&s, "max_age")
                 .unwrap_or_else(defaults::cors_max_age),
+        })
+    }
+
+    pub(super) fn idempotency(&mut self, route: &Section<'_>) -> Option<IdempotencyPolicy> {
+        let (_, item) = route.table.get_key_value("idempotency")?;
+        let s = self.section(item, format!("`idempotency` in {}", route.name))?;
+        self.unknown_keys(&s, IDEMPOTENCY_KEYS);
+        let header = self
+            .string(&s, "header")
+            .unwrap_or_else(defaults::idempotency_header);
+        if header.is_empty() || !header.bytes().all(is_token_byte) {
+            self.bad_value(
+                &s,
+                "header",
+                format!("`{header}` is not a valid header name"),
+                "e.g. `header = \"Idempotency-Key\"`",
+            );
+        }
+        Some(IdempotencyPolicy {
+            header: header.to_ascii_lowercase(),
+            required: self.boolean(&s, "required").unwrap_or(false),
+            ttl: self
+                .duration(&s, "ttl")
+                .unwrap_or_else(defaults::idempotency_ttl),
+            max_body: self
+                .size(&s, "max_body")
+                .unwrap_or_else(defaults::shadow_max_body),
         })
     }
 
