@@ -200,11 +200,12 @@ impl IdempotencyStore {
             )
         })
         .await;
-        if let Ok(Err(error)) | Err(error) =
-            result.map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
-        {
-            tracing::error!(target: "gantry::idempotency", %error, "cannot store a response");
-        }
+        let error = match result {
+            Ok(Ok(_)) => return,
+            Ok(Err(error)) => error.to_string(),
+            Err(error) => error.to_string(),
+        };
+        tracing::error!(target: "gantry::idempotency", %error, "cannot store a response");
     }
 
     /// Forgets a claimed key whose request did not get a storable answer, so
