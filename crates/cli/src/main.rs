@@ -65,6 +65,25 @@ enum Command {
         #[command(flatten)]
         target: AdminTarget,
     },
+    /// Mint a test JWT signed with an HS key of the manifest's [jwt] section
+    /// (for development and the examples; real tokens come from your identity provider).
+    Token {
+        /// The `sub` claim.
+        #[arg(long, default_value = "dev-user")]
+        sub: String,
+        /// Scopes, space-separated in the `scope` claim; repeat for several.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// How long the token is valid, e.g. `1h`.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// The key to sign with (its `kid`); defaults to the first HS key.
+        #[arg(long)]
+        kid: Option<String>,
+        /// The manifest with the [jwt] section.
+        #[arg(short = 'f', long = "file", default_value = "gantry.toml")]
+        file: PathBuf,
+    },
     /// Shadow traffic: compare a route's service with the one it mirrors to.
     Shadow {
         #[command(subcommand)]
@@ -131,6 +150,13 @@ fn main() -> ExitCode {
                     target,
                 },
         } => shadow_report(&route, json, &target),
+        Command::Token {
+            sub,
+            scopes,
+            ttl,
+            kid,
+            file,
+        } => token(&sub, &scopes, &ttl, kid.as_deref(), &file),
         Command::Up {
             file,
             log_format,
@@ -231,6 +257,72 @@ fn traffic(route: &str, set: &[String], reset: bool, target: &AdminTarget) -> Ex
 /// Route names may be paths (`/api/*`): escape what a URL path segment cannot hold.
 fn percent_encode_segment(text: &str) -> String {
     percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+fn token(sub: &str, scopes: &[String], ttl: &str, kid: Option<&str>, file: &Path) -> ExitCode {
+    let fail = |message: String| {
+        eprintln!("error: {message}");
+        ExitCode::FAILURE
+    };
+    let manifest = match gantry_manifest::load(file) {
+        Ok(manifest) => manifest,
+        Err(error) => return fail(error.to_string()),
+    };
+    let Some(jwt) = manifest.jwt else {
+        return fail(format!("{} has no [jwt] section", file.display()));
+    };
+    let key = jwt
+        .keys
+        .iter()
+        .filter(|k| k.algorithm.starts_with("HS"))
+        .find(|k| kid.is_none() || k.kid.as_deref() == kid);
+    let Some(key) = key else {
+        return fail("no HS key to sign with in [jwt] (RS/ES/EdDSA keys are public keys: mint those tokens with the private key)".into());
+    };
+    let secret = match (&key.secret_env, &key.secret) {
+        (Some(var), _) => match std::env::var(var) {
+            Ok(secret) => secret,
+            Err(_) => return fail(format!("the environment variable {var} is not set")),
+        },
+        (None, Some(secret)) => secret.clone(),
+        (None, None) => return fail("the key has no secret".into()),
+    };
+    let ttl = match humantime::parse_duration(ttl) {
+        Ok(ttl) => ttl,
+        Err(_) => return fail(format!("`{ttl}` is not a duration (e.g. 1h, 30m)")),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut claims = serde_json::json!({ "sub": sub, "iat": now, "exp": now + ttl.as_secs() });
+    if !scopes.is_empty() {
+        claims["scope"] = scopes.join(" ").into();
+    }
+    if let Some(issuer) = &jwt.issuer {
+        claims["iss"] = issuer.clone().into();
+    }
+    if let Some(audience) = &jwt.audience {
+        claims["aud"] = audience.clone().into();
+    }
+    let Ok(algorithm) = key.algorithm.parse::<jsonwebtoken::Algorithm>() else {
+        return fail(format!("unknown algorithm {}", key.algorithm));
+    };
+    let mut header = jsonwebtoken::Header::new(algorithm);
+    header.kid = key.kid.clone();
+    match jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    ) {
+        Ok(token) => {
+            #[allow(clippy::print_stdout)]
+            {
+                println!("{token}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => fail(error.to_string()),
+    }
 }
 
 fn shadow_report(route: &str, json: bool, target: &AdminTarget) -> ExitCode {

@@ -510,3 +510,58 @@ strip_prefix = "/api"
     assert!(out.status.success());
     assert_eq!(served_by().await, "monolith");
 }
+
+#[tokio::test]
+async fn placing_an_order_in_the_shop_needs_a_token_and_an_idempotency_key() {
+    let gantry = Gantry::start(&shop_manifest()).await;
+    let c = client();
+    let anonymous = c
+        .post(gantry.url("/api/orders"))
+        .body("{\"sku\": 2}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+
+    let minted = std::process::Command::new(support::GANTRY)
+        .args(["token", "--sub", "alice", "--scope", "orders:write", "-f"])
+        .arg(gantry.manifest_path())
+        .output()
+        .unwrap();
+    assert!(
+        minted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&minted.stderr)
+    );
+    let token = String::from_utf8(minted.stdout).unwrap().trim().to_string();
+
+    let no_key = c
+        .post(gantry.url("/api/orders"))
+        .bearer_auth(&token)
+        .body("{\"sku\": 2}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_key.status(), 400);
+
+    let place = || {
+        c.post(gantry.url("/api/orders"))
+            .bearer_auth(&token)
+            .header("idempotency-key", "alice-order-1")
+            .body("{\"sku\": 2}")
+            .send()
+    };
+    let first = place().await.unwrap();
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.unwrap();
+    assert_eq!(first["user"], "alice");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let again = place().await.unwrap();
+    assert_eq!(again.status(), 201);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(
+        again["order_id"], first["order_id"],
+        "the same order, not a second one"
+    );
+}

@@ -21,7 +21,7 @@ async fn main() {
             get(|| async { "Welcome to the shop (served by the monolith)\n" }),
         )
         .route("/healthz", get(|| async { "ok" }))
-        .route("/api/orders", get(orders))
+        .route("/api/orders", get(orders).post(place_order))
         .route("/api/catalog/items", get(old_catalog))
         .route("/debug/request", get(echo).post(echo))
         .fallback(echo);
@@ -42,6 +42,24 @@ async fn main() {
 
 async fn orders() -> Json<Value> {
     Json(json!({ "service": "monolith", "orders": [{ "id": 100, "items": [1, 2] }] }))
+}
+
+/// Places an order for the user the gateway vouches for (`X-User-Id`, from
+/// the token's subject).
+async fn place_order(headers: HeaderMap, body: String) -> (axum::http::StatusCode, Json<Value>) {
+    let user = headers
+        .get("x-user-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("anonymous")
+        .to_string();
+    let id = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() % 1_000_000);
+    let order: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    (
+        axum::http::StatusCode::CREATED,
+        Json(json!({ "service": "monolith", "order_id": id, "user": user, "order": order })),
+    )
 }
 
 /// The catalog as the monolith still serves it, until the extraction is done.
