@@ -10,6 +10,7 @@
 //! | `POST /v1/reload` | re-read the manifest and apply it; 422 with the errors if it is invalid |
 //! | `PUT /v1/routes/{route}/weights` | change a split's weights at run time, e.g. `{"catalog": 25}` |
 //! | `DELETE /v1/routes/{route}/weights` | back to the manifest's weights |
+//! | `POST /v1/keys`, `GET /v1/keys`, `DELETE /v1/keys/{id}` | create (shown once), list and revoke API keys |
 //! | `GET /v1/routes/{route}/shadow` | the shadow comparison report: match rate and the latest differing pairs |
 //!
 //! Reloads are not done here: the admin API asks the app through a channel
@@ -99,6 +100,8 @@ fn router(state: AdminState) -> Router {
         .route("/v1/reload", post(reload))
         .route("/v1/routes/{route}/weights", put(set_weights).delete(reset_weights))
         .route("/v1/routes/{route}/shadow", get(shadow_report))
+        .route("/v1/keys", get(list_keys).post(create_key))
+        .route("/v1/keys/{id}", axum::routing::delete(revoke_key))
         .fallback(|| async {
             problem(
                 StatusCode::NOT_FOUND,
@@ -187,6 +190,64 @@ async fn shadow_report(State(state): State<AdminState>, Path(route): Path<String
     match state.gateway.table().shadow_report(&route) {
         Ok(summary) => Json(summary).into_response(),
         Err(reason) => problem(StatusCode::NOT_FOUND, &reason),
+    }
+}
+
+/// `POST /v1/keys` with `{"consumer": "NAME"}`: a new API key, shown once.
+async fn create_key(State(state): State<AdminState>, body: axum::body::Bytes) -> Response {
+    let Some(keys) = state.gateway.api_keys() else {
+        return problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the API key store is not open",
+        );
+    };
+    let consumer = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["consumer"].as_str().map(str::to_string))
+        .filter(|c| !c.trim().is_empty());
+    let Some(consumer) = consumer else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "the body must be {\"consumer\": \"NAME\"}",
+        );
+    };
+    match keys.create(&consumer) {
+        Ok(created) => {
+            tracing::info!(target: "gantry::keys", id = %created.info.id, consumer = %created.info.consumer, "API key created");
+            (StatusCode::CREATED, Json(created)).into_response()
+        }
+        Err(reason) => problem(StatusCode::INTERNAL_SERVER_ERROR, &reason),
+    }
+}
+
+/// `GET /v1/keys`: every key without its secret.
+async fn list_keys(State(state): State<AdminState>) -> Response {
+    match state.gateway.api_keys().map(|keys| keys.list()) {
+        Some(Ok(keys)) => Json(json!({ "keys": keys })).into_response(),
+        Some(Err(reason)) => problem(StatusCode::INTERNAL_SERVER_ERROR, &reason),
+        None => problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the API key store is not open",
+        ),
+    }
+}
+
+/// `DELETE /v1/keys/{id}`: revokes a key at once.
+async fn revoke_key(State(state): State<AdminState>, Path(id): Path<String>) -> Response {
+    match state.gateway.api_keys().map(|keys| keys.revoke(&id)) {
+        Some(Ok(true)) => {
+            tracing::info!(target: "gantry::keys", %id, "API key revoked");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Some(Ok(false)) => problem(
+            StatusCode::NOT_FOUND,
+            &format!("no API key has the id `{id}`; `gantry keys list` shows them"),
+        ),
+        Some(Err(reason)) => problem(StatusCode::INTERNAL_SERVER_ERROR, &reason),
+        None => problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the API key store is not open",
+        ),
     }
 }
 

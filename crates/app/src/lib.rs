@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use gantry_admin::ReloadRequest;
-use gantry_gateway::{Gateway, GatewayMetrics, IdempotencyStore};
+use gantry_gateway::{ApiKeys, Gateway, GatewayMetrics, IdempotencyStore};
 use gantry_manifest::LoadError;
 use gantry_telemetry::Metrics;
 use tokio::net::TcpListener;
@@ -78,6 +78,7 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
     gateway.use_idempotency_store(
         IdempotencyStore::open(&platform.data_dir).map_err(AppError::Start)?,
     );
+    gateway.use_api_keys(ApiKeys::open(&platform.data_dir).map_err(AppError::Start)?);
     let mut live = live.with_gateway(gateway.clone());
 
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(8);

@@ -84,10 +84,37 @@ enum Command {
         #[arg(short = 'f', long = "file", default_value = "gantry.toml")]
         file: PathBuf,
     },
+    /// API keys for routes with `auth = "api_key"` (on a running Gantry).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Shadow traffic: compare a route's service with the one it mirrors to.
     Shadow {
         #[command(subcommand)]
         command: ShadowCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create a key for a consumer; the key is printed once and never stored.
+    Create {
+        #[arg(long)]
+        consumer: String,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// List keys (ids, consumers, revoked or not), never their secrets.
+    List {
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Revoke a key by id; it stops working at once.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        target: AdminTarget,
     },
 }
 
@@ -150,6 +177,7 @@ fn main() -> ExitCode {
                     target,
                 },
         } => shadow_report(&route, json, &target),
+        Command::Keys { command } => keys(command),
         Command::Token {
             sub,
             scopes,
@@ -257,6 +285,70 @@ fn traffic(route: &str, set: &[String], reset: bool, target: &AdminTarget) -> Ex
 /// Route names may be paths (`/api/*`): escape what a URL path segment cannot hold.
 fn percent_encode_segment(text: &str) -> String {
     percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+fn keys(command: KeysCommand) -> ExitCode {
+    let (target, method, path, body) = match &command {
+        KeysCommand::Create { consumer, target } => (
+            target,
+            "POST",
+            "/v1/keys".to_string(),
+            Some(serde_json::json!({ "consumer": consumer }).to_string()),
+        ),
+        KeysCommand::List { target } => (target, "GET", "/v1/keys".to_string(), None),
+        KeysCommand::Revoke { id, target } => (
+            target,
+            "DELETE",
+            format!("/v1/keys/{}", percent_encode_segment(id)),
+            None,
+        ),
+    };
+    let admin = match admin_client::admin_address(target.admin, &target.file) {
+        Ok(admin) => admin,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (status, text) = match admin_client::call(admin, method, &path, body) {
+        Ok(answer) => answer,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    if status >= 300 {
+        eprintln!("error: {}", value["detail"].as_str().unwrap_or(&text));
+        return ExitCode::FAILURE;
+    }
+    #[allow(clippy::print_stdout)]
+    match command {
+        KeysCommand::Create { .. } => {
+            println!("{}", value["key"].as_str().unwrap_or_default());
+            eprintln!(
+                "key {} for {}: store it now, it is not shown again",
+                value["id"].as_str().unwrap_or_default(),
+                value["consumer"].as_str().unwrap_or_default()
+            );
+        }
+        KeysCommand::List { .. } => {
+            for key in value["keys"].as_array().into_iter().flatten() {
+                let state = if key["revoked"] == true {
+                    "revoked"
+                } else {
+                    "active"
+                };
+                println!(
+                    "{}  {:<24} {state}",
+                    key["id"].as_str().unwrap_or(""),
+                    key["consumer"].as_str().unwrap_or("")
+                );
+            }
+        }
+        KeysCommand::Revoke { id, .. } => println!("revoked {id}"),
+    }
+    ExitCode::SUCCESS
 }
 
 fn token(sub: &str, scopes: &[String], ttl: &str, kid: Option<&str>, file: &Path) -> ExitCode {

@@ -1,7 +1,7 @@
 //! Idempotency keys: a durable record per (route, consumer, key) of the first
 //! request's fingerprint and, once it is done, its response.
 //!
-//! Records live in SQLite (WAL mode) in the data directory, so replays work
+//! Records live in SQLite (WAL mode, `gantry.db` in the data directory), so replays work
 //! across restarts. Claiming a key is one transaction on one connection, so
 //! of concurrent requests with the same key exactly one runs. A record left
 //! "running" by a crash is taken over once it is older than the route's
@@ -60,7 +60,7 @@ pub(crate) struct RecordKey {
 impl IdempotencyStore {
     /// Opens (or creates) `idempotency.db` in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<IdempotencyStore, String> {
-        let path = data_dir.join("idempotency.db");
+        let path = data_dir.join("gantry.db");
         let connection =
             Connection::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         connection

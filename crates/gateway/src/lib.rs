@@ -19,6 +19,7 @@
 //! request id: 404 no route, 502 upstream refused or reset, 503 no healthy
 //! instance, 504 upstream timeout.
 
+mod api_keys;
 mod auth;
 mod body;
 mod forward;
@@ -37,6 +38,7 @@ mod shaping;
 mod split;
 mod upstream;
 
+pub use api_keys::{ApiKeyInfo, ApiKeys, NewApiKey};
 pub use body::GatewayBody;
 pub use forwarding::Peer;
 pub use idempotency::IdempotencyStore;

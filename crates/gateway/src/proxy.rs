@@ -4,13 +4,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use gantry_manifest::{AuthMode, RateLimitKey};
+use gantry_manifest::{ApiKeySource, AuthMode, RateLimitKey};
 use http::header::HeaderName;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 
+use crate::api_keys::ApiKeys;
 use crate::auth::{deny, forward_claims};
 use crate::body::GatewayBody;
 use crate::forward::{buffer_small_body, limit_body, Forward, Forwarded, FALLBACK};
@@ -42,6 +43,7 @@ struct Inner {
     table: ArcSwap<RouteTable>,
     /// Opened once by the app, from the data directory.
     idempotency: std::sync::OnceLock<IdempotencyStore>,
+    api_keys: std::sync::OnceLock<ApiKeys>,
     upstreams: UpstreamPool,
     metrics: GatewayMetrics,
 }
@@ -53,6 +55,7 @@ impl Gateway {
             inner: Arc::new(Inner {
                 table: ArcSwap::from_pointee(table),
                 idempotency: std::sync::OnceLock::new(),
+                api_keys: std::sync::OnceLock::new(),
                 upstreams: UpstreamPool::default(),
                 metrics,
             }),
@@ -62,6 +65,16 @@ impl Gateway {
     /// Uses `store` for idempotency keys (set once; later calls are ignored).
     pub fn use_idempotency_store(&self, store: IdempotencyStore) {
         let _ = self.inner.idempotency.set(store);
+    }
+
+    /// Uses `keys` for `auth = "api_key"` routes (set once).
+    pub fn use_api_keys(&self, keys: ApiKeys) {
+        let _ = self.inner.api_keys.set(keys);
+    }
+
+    /// The API key store, for the admin API.
+    pub fn api_keys(&self) -> Option<&ApiKeys> {
+        self.inner.api_keys.get()
     }
 
     /// The metric families route tables register into.
@@ -163,6 +176,43 @@ impl Gateway {
             parts.headers.remove(header);
         }
         let mut claims = None;
+        if route.auth == AuthMode::ApiKey {
+            let presented = match &route.api_key_from {
+                ApiKeySource::Header(name) => parts
+                    .headers
+                    .get(name.as_str())
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
+                ApiKeySource::Query(name) => parts.uri.query().and_then(|q| {
+                    q.split('&')
+                        .filter_map(|pair| pair.split_once('='))
+                        .find(|(k, _)| k == name)
+                        .map(|(_, v)| v.to_owned())
+                }),
+            };
+            let consumer = match (&presented, self.inner.api_keys.get()) {
+                (Some(key), Some(keys)) => keys.consumer(key).await,
+                _ => None,
+            };
+            let Some(consumer) = consumer else {
+                let reason = if presented.is_some() {
+                    "the API key is not valid"
+                } else {
+                    "this route needs an API key"
+                };
+                let mut response =
+                    Problem::Unauthenticated.respond(reason.to_string(), &path, &request_id);
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("ApiKey realm=\"gantry\""),
+                );
+                return outcome.finish(response, &backend.metrics);
+            };
+            let mut verified = serde_json::Map::new();
+            verified.insert("sub".into(), consumer.into());
+            forward_claims(&mut parts.headers, &verified, &route.forward_claims);
+            claims = Some(verified);
+        }
         if route.auth == AuthMode::Jwt {
             let Some(verifier) = &table.jwt else {
                 let detail = "the route needs JWTs but no [jwt] keys are loaded".to_string();

@@ -60,6 +60,7 @@ pub(crate) struct CompiledRoute {
     pub(crate) rate_limit: Option<Arc<RateLimiter>>,
     pub(crate) shaping: Shaping,
     pub(crate) auth: AuthMode,
+    pub(crate) api_key_from: gantry_manifest::ApiKeySource,
     pub(crate) scopes: Vec<String>,
     /// Claims to forward, with the header each goes in.
     pub(crate) forward_claims: Vec<(String, HeaderName)>,
@@ -254,6 +255,7 @@ impl RouteTable {
                 rate_limit,
                 shaping: Shaping::compile(route),
                 auth: route.auth,
+                api_key_from: route.api_key_from.clone(),
                 scopes: route.scopes.clone(),
                 forward_claims: route
                     .forward_claims

@@ -62,6 +62,22 @@ pub enum AuthMode {
     None,
     /// A valid JWT bearer token is required.
     Jwt,
+    /// A valid API key (`gantry keys create`) is required.
+    ApiKey,
+}
+
+/// Where a route reads API keys from: `header:NAME` (default `header:x-api-key`) or `query:NAME`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiKeySource {
+    Header(String),
+    Query(String),
+}
+
+impl Default for ApiKeySource {
+    fn default() -> Self {
+        ApiKeySource::Header("x-api-key".into())
+    }
 }
 
 fn default_leeway() -> Duration {

@@ -23,7 +23,7 @@ mod pattern;
 mod policy;
 mod validate;
 
-pub use auth::{AuthMode, JwtConfig, JwtKey};
+pub use auth::{ApiKeySource, AuthMode, JwtConfig, JwtKey};
 pub use diagnostics::{Diagnostic, Diagnostics, ErrorCode};
 pub use model::{Manifest, Platform, Route, Service, ServiceKind, Target, WeightedService};
 pub use pattern::{PathMatch, PathPattern};

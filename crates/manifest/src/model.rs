@@ -10,7 +10,7 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::Serialize;
 
-use crate::auth::{AuthMode, JwtConfig};
+use crate::auth::{ApiKeySource, AuthMode, JwtConfig};
 use crate::pattern::PathPattern;
 use crate::policy::{
     self, CircuitBreakerPolicy, CorsPolicy, Deprecation, Fallback, HashKey, HeaderEdits,
@@ -265,6 +265,10 @@ pub struct Route {
     /// Who may call the route: `none` (default) or `jwt`.
     #[serde(default)]
     pub auth: AuthMode,
+    /// Where `auth = "api_key"` reads the key: `header:NAME` or `query:NAME`.
+    #[serde(default)]
+    #[schemars(with = "String")]
+    pub api_key_from: ApiKeySource,
     /// Scopes the token must carry (`scope` claim, space-separated, or `scp`/`scopes` arrays).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scopes: Vec<String>,

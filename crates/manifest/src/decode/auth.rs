@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use super::{resolve, suggest, Decoder, Section};
-use crate::auth::{AuthMode, JwtConfig, JwtKey, ALGORITHMS};
+use crate::auth::{ApiKeySource, AuthMode, JwtConfig, JwtKey, ALGORITHMS};
 use crate::diagnostics::ErrorCode;
 
 pub(crate) const JWT_KEYS: &[&str] = &["issuer", "audience", "leeway", "jwks_url", "keys"];
@@ -123,16 +123,40 @@ impl Decoder<'_> {
         })
     }
 
+    pub(super) fn api_key_source(&mut self, s: &Section<'_>) -> ApiKeySource {
+        let Some(text) = self.string(s, "api_key_from") else {
+            return ApiKeySource::default();
+        };
+        match text.split_once(':') {
+            Some(("header", name)) if !name.trim().is_empty() => {
+                ApiKeySource::Header(name.trim().to_ascii_lowercase())
+            }
+            Some(("query", name)) if !name.trim().is_empty() => {
+                ApiKeySource::Query(name.trim().to_string())
+            }
+            _ => {
+                self.bad_value(
+                    s,
+                    "api_key_from",
+                    format!("`{text}` in {} is not a key source", s.name),
+                    "write `header:x-api-key` or `query:api_key`",
+                );
+                ApiKeySource::default()
+            }
+        }
+    }
+
     pub(super) fn auth_mode(&mut self, s: &Section<'_>) -> AuthMode {
         match self.string(s, "auth").as_deref() {
             None | Some("none") => AuthMode::None,
             Some("jwt") => AuthMode::Jwt,
+            Some("api_key") => AuthMode::ApiKey,
             Some(other) => {
                 self.bad_value(
                     s,
                     "auth",
                     format!("unknown auth `{other}` in {}", s.name),
-                    "use `jwt` or `none`",
+                    "use `jwt`, `api_key` or `none`",
                 );
                 AuthMode::None
             }

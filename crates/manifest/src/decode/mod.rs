@@ -74,6 +74,7 @@ pub(crate) const ROUTE_KEYS: &[&str] = &[
     "scopes",
     "forward_claims",
     "idempotency",
+    "api_key_from",
 ];
 const METHODS: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT",
@@ -533,6 +534,16 @@ impl<'a> Decoder<'a> {
         let deprecation = self.deprecation(s);
         let idempotency = self.idempotency(s);
         let auth = self.auth_mode(s);
+        let api_key_from = self.api_key_source(s);
+        if auth == crate::auth::AuthMode::ApiKey && s.table.contains_key("scopes") {
+            self.push_at_key(
+                s,
+                "scopes",
+                ErrorCode::Conflict,
+                format!("{} checks API keys, which carry no scopes", s.name),
+                "use `auth = \"jwt\"` for scopes, or split the route",
+            );
+        }
         let scopes = self.string_list(s, "scopes").unwrap_or_default();
         let forward_claims = self.string_map(s, "forward_claims").unwrap_or_default();
         for header in forward_claims.values() {
@@ -592,6 +603,7 @@ impl<'a> Decoder<'a> {
             scopes,
             forward_claims,
             idempotency,
+            api_key_from,
             pattern: pattern?,
             spans,
         })
