@@ -5,8 +5,9 @@
 #   bash bench/gateway.sh            # defaults below; needs nginx and wrk
 #   RUNS=5 DURATION=15s bash bench/gateway.sh
 #
-# Targets: gantry (resilience stack on), gantry-bare (all of it off), nginx,
-# and HAProxy when installed.
+# Targets: gantry (resilience stack on), gantry-bare (all of it off),
+# gantry-edge (JWT + per-subject rate limit + request ids), nginx, and HAProxy
+# when installed.
 # Setup: a 1 KiB upstream response (nginx `return 200`, keep-alive), each proxy
 # pinned to core 0 with one worker (Gantry: --workers 1; nginx:
 # worker_processes 1; HAProxy: nbthread 1), the upstream and the load generator
@@ -22,12 +23,12 @@ DURATION=${DURATION:-10s}
 CONNS=${CONNS:-64}
 RATE=${RATE:-10000}
 UPSTREAM_PORT=19100 GANTRY_PORT=19101 GANTRY_ADMIN=19102 NGINX_PORT=19103 HAPROXY_PORT=19104
-BARE_PORT=19105 BARE_ADMIN=19106
+BARE_PORT=19105 BARE_ADMIN=19106 EDGE_PORT=19107 EDGE_ADMIN=19108
 
 for tool in nginx wrk taskset python3; do
   command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install nginx-light wrk haproxy)" >&2; exit 1; }
 done
-for port in $UPSTREAM_PORT $GANTRY_PORT $GANTRY_ADMIN $NGINX_PORT $HAPROXY_PORT $BARE_PORT $BARE_ADMIN; do
+for port in $UPSTREAM_PORT $GANTRY_PORT $GANTRY_ADMIN $NGINX_PORT $HAPROXY_PORT $BARE_PORT $BARE_ADMIN $EDGE_PORT $EDGE_ADMIN; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "bench: port $port is already in use; stop what listens there first" >&2; exit 1
   fi
@@ -160,6 +161,39 @@ path = "/*"
 to = "app"
 retry = { attempts = 1 }
 CONF
+# "gantry-edge": the edge policies on, as a public API would have them: JWT
+# check (HS256), a per-subject rate limit (high enough never to refuse here)
+# and request ids; resilience stack at its defaults.
+cat > "$WORK/edge.toml" <<CONF
+[platform]
+name = "bench-edge"
+listen = "127.0.0.1:$EDGE_PORT"
+admin = "127.0.0.1:$EDGE_ADMIN"
+data_dir = "state-edge"
+watch = false
+
+[jwt]
+audience = "bench"
+
+[[jwt.keys]]
+kid = "bench"
+algorithm = "HS256"
+secret = "bench-secret-not-for-production"
+
+[services.app]
+urls = ["http://127.0.0.1:$UPSTREAM_PORT"]
+
+[[routes]]
+path = "/*"
+to = "app"
+auth = "jwt"
+forward_claims = { sub = "x-user-id" }
+rate_limit = { requests = 100000000, per = "1s", key = "claim:sub" }
+CONF
+TOKEN=$("$GANTRY" token --sub bench-user --ttl 1h -f "$WORK/edge.toml")
+GANTRY_LOG=warn taskset -c 0 "$GANTRY" up --workers 1 -f "$WORK/edge.toml" > "$WORK/logs/edge.log" 2>&1 &
+EDGE_PID=$!
+PIDS+=($EDGE_PID)
 GANTRY_LOG=warn taskset -c 0 "$GANTRY" up --workers 1 -f "$WORK/gantry.toml" > "$WORK/logs/gantry.log" 2>&1 &
 GANTRY_PID=$!
 PIDS+=($GANTRY_PID)
@@ -168,13 +202,15 @@ BARE_PID=$!
 PIDS+=($BARE_PID)
 
 PORTS="$UPSTREAM_PORT $NGINX_PORT $GANTRY_PORT $BARE_PORT"
+for _ in $(seq 100); do curl -fsS -o /dev/null -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$EDGE_PORT/" 2>/dev/null && break; sleep 0.1; done
+curl -fsS -o /dev/null -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$EDGE_PORT/" || { echo "bench: gantry-edge does not answer" >&2; cat "$WORK/logs/edge.log" >&2; exit 1; }
 [ "$HAVE_HAPROXY" = 1 ] && PORTS="$PORTS $HAPROXY_PORT"
 for port in $PORTS; do
   for _ in $(seq 100); do curl -fsS -o /dev/null "http://127.0.0.1:$port/" 2>/dev/null && break; sleep 0.1; done
   curl -fsS -o /dev/null "http://127.0.0.1:$port/" || { echo "bench: nothing answers on $port" >&2; cat "$WORK"/logs/* >&2; exit 1; }
 done
 
-for pid in $GANTRY_PID $BARE_PID; do
+for pid in $GANTRY_PID $BARE_PID $EDGE_PID; do
   kill -0 "$pid" 2>/dev/null || { echo "bench: gantry exited:" >&2; cat "$WORK/logs/gantry.log" "$WORK/logs/bare.log" >&2; exit 1; }
 done
 
@@ -182,9 +218,9 @@ done
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 nginx_worker() { pgrep -P "$(cat "$WORK/nginx.pid")" | head -1; }
 
-declare -A PID_OF=([gantry]=$GANTRY_PID [gantry-bare]=$BARE_PID [nginx]=$(nginx_worker))
-TARGETS=(gantry gantry-bare nginx)
-declare -A PORT_OF=([gantry]=$GANTRY_PORT [gantry-bare]=$BARE_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT)
+declare -A PID_OF=([gantry]=$GANTRY_PID [gantry-bare]=$BARE_PID [gantry-edge]=$EDGE_PID [nginx]=$(nginx_worker))
+TARGETS=(gantry gantry-bare gantry-edge nginx)
+declare -A PORT_OF=([gantry]=$GANTRY_PORT [gantry-bare]=$BARE_PORT [gantry-edge]=$EDGE_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT)
 if [ "$HAVE_HAPROXY" = 1 ]; then TARGETS+=(haproxy); PID_OF[haproxy]=$HAPROXY_PID; fi
 
 HZ=$(getconf CLK_TCK)
@@ -193,14 +229,19 @@ for run in $(seq "$RUNS"); do
   for target in "${TARGETS[@]}"; do
     url="http://127.0.0.1:${PORT_OF[$target]}/"
     before=$(cpu_ticks "${PID_OF[$target]}")
-    out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"$DURATION" --latency "$url")
+    auth=()
+    [ "$target" = gantry-edge ] && auth=(-H "Authorization: Bearer $TOKEN")
+    out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"$DURATION" --latency "${auth[@]}" "$url")
     after=$(cpu_ticks "${PID_OF[$target]}")
     python3 - "$target" "$run" "$before" "$after" "$HZ" "$out" >> "$RESULTS" <<'PY'
 import re, sys
 target, run, before, after, hz, out = sys.argv[1:]
 def ms(text):
-    value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    match = re.match(r"([\d.]+)(us|ms|s|m)$", text)
+    if match is None:
+        sys.exit(f"bench: cannot read a latency of {text!r} from wrk for {target}:\n{out}")
+    value, unit = match.groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 total = int(re.search(r"(\d+) requests in", out).group(1))
 p50 = ms(re.search(r"50%\s+(\S+)", out).group(1))
@@ -210,7 +251,7 @@ cpu_per_k = (int(after) - int(before)) / int(hz) / total * 1000
 print(f"wrk\t{target}\t{run}\t{rps:.0f}\t{p50:.3f}\t{p99:.3f}\t{cpu_per_k:.4f}\t{errors.group(1) if errors else 0}")
 PY
     if command -v oha >/dev/null; then
-      oha_json=$(taskset -c 1 oha --no-tui --output-format json -q "$RATE" --latency-correction -z "$DURATION" -c "$CONNS" "$url" 2>/dev/null)
+      oha_json=$(taskset -c 1 oha --no-tui --output-format json -q "$RATE" --latency-correction -z "$DURATION" -c "$CONNS" "${auth[@]}" "$url" 2>/dev/null)
       python3 - "$target" "$run" "$oha_json" >> "$RESULTS" <<'PY'
 import json, sys
 target, run, text = sys.argv[1:]
@@ -248,7 +289,7 @@ for tool, title in (("wrk", "peak throughput, wrk --latency (unbounded)"), ("oha
         print(f"| {target} | {med(rps):.0f} | {spread(rps)} | {med(p50):.3f} | {med(p99):.3f} | {f'{med(cpu):.4f}' if cpu else '-'} | {sum(x[4] for x in r)} |")
     if ("nginx" in targets) and ("gantry" in targets):
         n = rows[(tool, "nginx")]
-        for name in ("gantry", "gantry-bare"):
+        for name in ("gantry", "gantry-bare", "gantry-edge"):
             if name not in targets: continue
             g = rows[(tool, name)]
             print(f"\n{name}/nginx: throughput {med([x[0] for x in g]) / med([x[0] for x in n]):.2f}x, "
