@@ -49,3 +49,48 @@ pub use server::serve;
 pub use shadow::{Difference, ShadowSummary, Side};
 pub use split::Weight;
 pub use upstream::UpstreamBody;
+
+/// Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`); not an API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    use http::HeaderMap;
+
+    /// Runs every parser the gateway applies to client headers before routing:
+    /// request id, trace context, forwarded-for chain, cookies, and a JWT check
+    /// against an HS256 key. None of them may panic.
+    pub fn edge_headers(headers: &HeaderMap) {
+        let _ = crate::identity::request_id(headers);
+        let trace = crate::identity::TraceContext::from_headers(headers);
+        let _ = trace.traceparent();
+        let peer = crate::forwarding::Peer::new(([10, 0, 0, 1], 1234).into());
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().expect("a CIDR")];
+        let _ = crate::forwarding::client_ip(&peer, headers, &trusted);
+        let _ = crate::forward::affinity_key(&gantry_manifest::HashKey::Cookie("session".into()), headers);
+        let mut edited = headers.clone();
+        crate::forwarding::strip_hop_by_hop(&mut edited);
+        let verifier = verifier();
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("a runtime");
+        let _ = runtime.block_on(verifier.check(headers, &["orders:write".to_string()]));
+    }
+
+    fn verifier() -> &'static crate::auth::JwtVerifier {
+        static VERIFIER: std::sync::OnceLock<crate::auth::JwtVerifier> = std::sync::OnceLock::new();
+        VERIFIER.get_or_init(|| {
+            let config = gantry_manifest::JwtConfig {
+                issuer: None,
+                audience: Some("fuzz".into()),
+                leeway: std::time::Duration::from_secs(5),
+                jwks_url: None,
+                keys: vec![gantry_manifest::JwtKey {
+                    kid: Some("k".into()),
+                    algorithm: "HS256".into(),
+                    secret_env: None,
+                    secret: Some("fuzz-secret".into()),
+                    pem_file: None,
+                }],
+            };
+            crate::auth::JwtVerifier::new(&config).expect("an HS key loads")
+        })
+    }
+}
