@@ -66,11 +66,16 @@ pub mod fuzzing {
         let peer = crate::forwarding::Peer::new(([10, 0, 0, 1], 1234).into());
         let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().expect("a CIDR")];
         let _ = crate::forwarding::client_ip(&peer, headers, &trusted);
-        let _ = crate::forward::affinity_key(&gantry_manifest::HashKey::Cookie("session".into()), headers);
+        let _ = crate::forward::affinity_key(
+            &gantry_manifest::HashKey::Cookie("session".into()),
+            headers,
+        );
         let mut edited = headers.clone();
         crate::forwarding::strip_hop_by_hop(&mut edited);
         let verifier = verifier();
-        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("a runtime");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
         let _ = runtime.block_on(verifier.check(headers, &["orders:write".to_string()]));
     }
 

@@ -27,6 +27,7 @@ pub(crate) enum Problem {
     IdempotencyConflict,
     IdempotencyMismatch,
     StoreUnavailable,
+    HeadersTooLarge,
 }
 
 #[derive(Serialize)]
@@ -64,6 +65,7 @@ impl Problem {
             Problem::IdempotencyConflict => StatusCode::CONFLICT,
             Problem::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
             Problem::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Problem::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
 
@@ -87,6 +89,7 @@ impl Problem {
             Problem::IdempotencyConflict => "urn:gantry:problem:idempotency-key-in-use",
             Problem::IdempotencyMismatch => "urn:gantry:problem:idempotency-key-reused",
             Problem::StoreUnavailable => "urn:gantry:problem:store-unavailable",
+            Problem::HeadersTooLarge => "urn:gantry:problem:headers-too-large",
         }
     }
 
@@ -110,6 +113,7 @@ impl Problem {
             Problem::IdempotencyConflict => "A request with this idempotency key is in progress",
             Problem::IdempotencyMismatch => "The idempotency key was used for a different request",
             Problem::StoreUnavailable => "Gantry's store is unavailable",
+            Problem::HeadersTooLarge => "The request headers are too large",
         }
     }
 

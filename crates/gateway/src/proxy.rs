@@ -29,6 +29,8 @@ use crate::upstream::{RequestBody, UpstreamPool};
 
 const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+/// The largest request head accepted (names and values of all headers).
+const MAX_HEADER_BYTES: usize = 32 * 1024;
 const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 /// The gateway: the current route table and the upstream connection pool.
@@ -113,6 +115,23 @@ impl Gateway {
             request_id: &request_id,
             trace: &trace,
         };
+
+        // Oversized heads are refused before any work. (hyper itself refuses
+        // heads past its read buffer, with a bare 431.)
+        let head_size: usize = parts
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum();
+        if head_size > MAX_HEADER_BYTES {
+            let detail = format!(
+                "the request headers total {head_size} bytes; the limit is {MAX_HEADER_BYTES}"
+            );
+            return outcome.finish(
+                Problem::HeadersTooLarge.respond(detail, &path, &request_id),
+                &table.unrouted,
+            );
+        }
 
         // Phase 2: route.
         let host = parts

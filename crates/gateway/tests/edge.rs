@@ -344,3 +344,31 @@ async fn deprecated_versions_say_so_on_every_response() {
         "the header selects the version"
     );
 }
+
+#[tokio::test]
+async fn oversized_headers_and_odd_methods_get_clear_4xx_problems() {
+    let upstream = Upstream::start(Behaviour::Echo).await;
+    let gw = TestGateway::start(&shaped(&upstream, "methods = [\"GET\"]\nto = \"app\"")).await;
+    let c = client();
+    let huge = "x".repeat(40 * 1024);
+    let response = c
+        .get(gw.url("/api/x"))
+        .header("x-huge", huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 431);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["type"], "urn:gantry:problem:headers-too-large");
+    let odd = c
+        .request(
+            reqwest::Method::from_bytes(b"BREW").unwrap(),
+            gw.url("/api/x"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(odd.status(), 405);
+    assert_eq!(odd.headers()["content-type"], "application/problem+json");
+    assert_eq!(upstream.requests.load(Ordering::SeqCst), 0);
+}
