@@ -193,14 +193,31 @@ fn main() -> ExitCode {
     }
 }
 
+/// Calls the admin API of the Gantry `target` points at and returns the JSON
+/// answer; on any failure prints why and gives the exit code.
+fn call_admin(
+    target: &AdminTarget,
+    method: &str,
+    path: &str,
+    body: Option<String>,
+) -> Result<serde_json::Value, ExitCode> {
+    let admin = admin_client::admin_address(target.admin, &target.file).map_err(|error| {
+        eprintln!("{error}");
+        ExitCode::FAILURE
+    })?;
+    let (status, text) = admin_client::call(admin, method, path, body).map_err(|error| {
+        eprintln!("error: {error}");
+        ExitCode::FAILURE
+    })?;
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    if status >= 300 {
+        eprintln!("error: {}", value["detail"].as_str().unwrap_or(&text));
+        return Err(ExitCode::FAILURE);
+    }
+    Ok(value)
+}
+
 fn traffic(route: &str, set: &[String], reset: bool, target: &AdminTarget) -> ExitCode {
-    let admin = match admin_client::admin_address(target.admin, &target.file) {
-        Ok(admin) => admin,
-        Err(error) => {
-            eprintln!("{error}");
-            return ExitCode::FAILURE;
-        }
-    };
     let mut weights = serde_json::Map::new();
     for pair in set {
         let parsed = pair.split_once('=').and_then(|(service, weight)| {
@@ -219,67 +236,57 @@ fn traffic(route: &str, set: &[String], reset: bool, target: &AdminTarget) -> Ex
         }
     }
     let path = format!("/v1/routes/{}/weights", percent_encode_segment(route));
-    let result = if reset {
-        admin_client::call(admin, "DELETE", &path, None)
+    let answer = if reset {
+        call_admin(target, "DELETE", &path, None)
     } else if weights.is_empty() {
-        admin_client::call(admin, "GET", "/v1/routes", None)
+        call_admin(target, "GET", "/v1/routes", None)
     } else {
-        admin_client::call(
-            admin,
+        call_admin(
+            target,
             "PUT",
             &path,
             Some(serde_json::Value::Object(weights).to_string()),
         )
     };
-    match result {
-        Ok((status, body)) if status < 300 => {
-            let value: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-            let weights = if value.get("routes").is_some() {
-                value["routes"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .find(|r| r["name"] == route || r["path"] == route)
-                    .map(|r| r["weights"].clone())
-            } else {
-                Some(value["weights"].clone())
-            };
-            let Some(weights) = weights else {
-                eprintln!("error: no route is named `{route}`");
-                return ExitCode::FAILURE;
-            };
-            let total: u64 = weights
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|w| w["weight"].as_u64())
-                .sum();
-            #[allow(clippy::print_stdout)]
-            for w in weights.as_array().into_iter().flatten() {
-                let weight = w["weight"].as_u64().unwrap_or(0);
-                let share = if total == 0 {
-                    0.0
-                } else {
-                    weight as f64 * 100.0 / total as f64
-                };
-                println!(
-                    "{:<20} weight {:>5}  ({share:.1}%)",
-                    w["service"].as_str().unwrap_or("?"),
-                    weight
-                );
-            }
-            ExitCode::SUCCESS
-        }
-        Ok((_, body)) => {
-            let value: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-            eprintln!("error: {}", value["detail"].as_str().unwrap_or(&body));
-            ExitCode::FAILURE
-        }
-        Err(error) => {
-            eprintln!("error: {error}");
-            ExitCode::FAILURE
-        }
+    let value = match answer {
+        Ok(value) => value,
+        Err(code) => return code,
+    };
+    let weights = if value.get("routes").is_some() {
+        value["routes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["name"] == route || r["path"] == route)
+            .map(|r| r["weights"].clone())
+    } else {
+        Some(value["weights"].clone())
+    };
+    let Some(weights) = weights else {
+        eprintln!("error: no route is named `{route}`");
+        return ExitCode::FAILURE;
+    };
+    let total: u64 = weights
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|w| w["weight"].as_u64())
+        .sum();
+    #[allow(clippy::print_stdout)]
+    for w in weights.as_array().into_iter().flatten() {
+        let weight = w["weight"].as_u64().unwrap_or(0);
+        let share = if total == 0 {
+            0.0
+        } else {
+            weight as f64 * 100.0 / total as f64
+        };
+        println!(
+            "{:<20} weight {:>5}  ({share:.1}%)",
+            w["service"].as_str().unwrap_or("?"),
+            weight
+        );
     }
+    ExitCode::SUCCESS
 }
 
 /// Route names may be paths (`/api/*`): escape what a URL path segment cannot hold.
@@ -303,25 +310,10 @@ fn keys(command: KeysCommand) -> ExitCode {
             None,
         ),
     };
-    let admin = match admin_client::admin_address(target.admin, &target.file) {
-        Ok(admin) => admin,
-        Err(error) => {
-            eprintln!("{error}");
-            return ExitCode::FAILURE;
-        }
+    let value = match call_admin(target, method, &path, body) {
+        Ok(value) => value,
+        Err(code) => return code,
     };
-    let (status, text) = match admin_client::call(admin, method, &path, body) {
-        Ok(answer) => answer,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-    if status >= 300 {
-        eprintln!("error: {}", value["detail"].as_str().unwrap_or(&text));
-        return ExitCode::FAILURE;
-    }
     #[allow(clippy::print_stdout)]
     match command {
         KeysCommand::Create { .. } => {
@@ -418,29 +410,17 @@ fn token(sub: &str, scopes: &[String], ttl: &str, kid: Option<&str>, file: &Path
 }
 
 fn shadow_report(route: &str, json: bool, target: &AdminTarget) -> ExitCode {
-    let admin = match admin_client::admin_address(target.admin, &target.file) {
-        Ok(admin) => admin,
-        Err(error) => {
-            eprintln!("{error}");
-            return ExitCode::FAILURE;
-        }
-    };
     let path = format!("/v1/routes/{}/shadow", percent_encode_segment(route));
-    let (status, body) = match admin_client::call(admin, "GET", &path, None) {
-        Ok(answer) => answer,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return ExitCode::FAILURE;
-        }
+    let report = match call_admin(target, "GET", &path, None) {
+        Ok(report) => report,
+        Err(code) => return code,
     };
-    let report: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-    if status >= 300 {
-        eprintln!("error: {}", report["detail"].as_str().unwrap_or(&body));
-        return ExitCode::FAILURE;
-    }
     #[allow(clippy::print_stdout)]
     if json {
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or(body));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
     } else {
         let rate = report["match_rate"]
             .as_f64()

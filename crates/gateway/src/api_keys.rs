@@ -42,20 +42,13 @@ pub struct NewApiKey {
 
 impl ApiKeys {
     pub fn open(data_dir: &Path) -> Result<ApiKeys, String> {
-        let path = data_dir.join("gantry.db");
-        let connection =
-            Connection::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        connection
-            .execute_batch(
-                "PRAGMA journal_mode = WAL;
-                 CREATE TABLE IF NOT EXISTS api_keys (
-                     id TEXT PRIMARY KEY, consumer TEXT NOT NULL, hash BLOB NOT NULL UNIQUE,
-                     created_ms INTEGER NOT NULL, revoked INTEGER NOT NULL DEFAULT 0);",
-            )
-            .map_err(|e| format!("cannot prepare {}: {e}", path.display()))?;
-        Ok(ApiKeys {
-            connection: Arc::new(Mutex::new(connection)),
-        })
+        let connection = crate::database::open(
+            data_dir,
+            "CREATE TABLE IF NOT EXISTS api_keys (
+                 id TEXT PRIMARY KEY, consumer TEXT NOT NULL, hash BLOB NOT NULL UNIQUE,
+                 created_ms INTEGER NOT NULL, revoked INTEGER NOT NULL DEFAULT 0);",
+        )?;
+        Ok(ApiKeys { connection })
     }
 
     /// Creates a key for `consumer`.

@@ -60,24 +60,16 @@ pub(crate) struct RecordKey {
 impl IdempotencyStore {
     /// Opens (or creates) `idempotency.db` in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<IdempotencyStore, String> {
-        let path = data_dir.join("gantry.db");
-        let connection =
-            Connection::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        connection
-            .execute_batch(
-                "PRAGMA journal_mode = WAL;
-                 PRAGMA synchronous = NORMAL;
-                 CREATE TABLE IF NOT EXISTS idempotency (
-                     route TEXT NOT NULL, consumer TEXT NOT NULL, key TEXT NOT NULL,
-                     fingerprint BLOB NOT NULL, running INTEGER NOT NULL,
-                     started_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL,
-                     status INTEGER, headers TEXT, body BLOB,
-                     PRIMARY KEY (route, consumer, key));",
-            )
-            .map_err(|e| format!("cannot prepare {}: {e}", path.display()))?;
-        Ok(IdempotencyStore {
-            connection: Arc::new(Mutex::new(connection)),
-        })
+        let connection = crate::database::open(
+            data_dir,
+            "CREATE TABLE IF NOT EXISTS idempotency (
+                 route TEXT NOT NULL, consumer TEXT NOT NULL, key TEXT NOT NULL,
+                 fingerprint BLOB NOT NULL, running INTEGER NOT NULL,
+                 started_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL,
+                 status INTEGER, headers TEXT, body BLOB,
+                 PRIMARY KEY (route, consumer, key));",
+        )?;
+        Ok(IdempotencyStore { connection })
     }
 
     /// Claims `record` for a request with `fingerprint`.

@@ -22,6 +22,7 @@
 mod api_keys;
 mod auth;
 mod body;
+mod database;
 mod forward;
 mod forwarding;
 mod idempotency;
