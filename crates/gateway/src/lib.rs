@@ -23,6 +23,8 @@ mod api_keys;
 mod auth;
 mod body;
 mod database;
+mod edge_idempotency;
+mod fallback;
 mod forward;
 mod forwarding;
 mod idempotency;

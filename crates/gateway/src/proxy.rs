@@ -14,40 +14,38 @@ use hyper::body::Incoming;
 use crate::api_keys::ApiKeys;
 use crate::auth::{deny, forward_claims};
 use crate::body::GatewayBody;
-use crate::forward::{buffer_small_body, limit_body, Forward, Forwarded, FALLBACK};
+use crate::forward::{buffer_small_body, limit_body, Forward, Forwarded};
 use crate::forwarding::{add_forwarded, client_ip, strip_hop_by_hop, Peer};
-use crate::idempotency::{fingerprint, Claim, ClaimGuard, IdempotencyStore, RecordKey};
+use crate::idempotency::IdempotencyStore;
 use crate::identity::{request_id, TraceContext, REQUEST_ID, TRACEPARENT};
 use crate::metrics::{GatewayMetrics, RouteMetrics};
 use crate::problem::Problem;
 use crate::rate_limit::{rate_limit_header, Decision};
 use crate::resilience::retry::is_idempotent;
-use crate::router::{CompiledFallback, CompiledRoute, RouteTable};
+use crate::router::RouteTable;
 use crate::shadow::Tap;
-use crate::split::Backend;
 use crate::upstream::{RequestBody, UpstreamPool};
 
 const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 /// The largest request head accepted (names and values of all headers).
 const MAX_HEADER_BYTES: usize = 32 * 1024;
-const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 /// The gateway: the current route table and the upstream connection pool.
 /// Cheap to clone; clones share both.
 #[derive(Debug, Clone)]
 pub struct Gateway {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 #[derive(Debug)]
-struct Inner {
-    table: ArcSwap<RouteTable>,
+pub(crate) struct Inner {
+    pub(crate) table: ArcSwap<RouteTable>,
     /// Opened once by the app, from the data directory.
-    idempotency: std::sync::OnceLock<IdempotencyStore>,
-    api_keys: std::sync::OnceLock<ApiKeys>,
-    upstreams: UpstreamPool,
-    metrics: GatewayMetrics,
+    pub(crate) idempotency: std::sync::OnceLock<IdempotencyStore>,
+    pub(crate) api_keys: std::sync::OnceLock<ApiKeys>,
+    pub(crate) upstreams: UpstreamPool,
+    pub(crate) metrics: GatewayMetrics,
 }
 
 impl Gateway {
@@ -518,230 +516,18 @@ impl Gateway {
         }
         outcome.finish(response, &backend.metrics)
     }
-
-    /// Handles a route's idempotency key: claims it, or answers for it (a
-    /// replay, 409, 422, 400 or 413). Returns the body (read whole when a key
-    /// is given, to fingerprint it) and, when the request is answered here,
-    /// the response.
-    #[allow(clippy::too_many_arguments)]
-    async fn idempotency(
-        &self,
-        route: &CompiledRoute,
-        parts: &http::request::Parts,
-        body: RequestBody,
-        claims: Option<&serde_json::Map<String, serde_json::Value>>,
-        client: &Peer,
-        table: &RouteTable,
-        path: &str,
-        request_id: &HeaderValue,
-        guard: &mut Option<ClaimGuard>,
-    ) -> (RequestBody, Option<Response<GatewayBody>>) {
-        let Some(policy) = &route.idempotency else {
-            return (body, None);
-        };
-        let answer =
-            |problem: Problem, detail: String| Some(problem.respond(detail, path, request_id));
-        let key = match parts.headers.get(policy.header.as_str()) {
-            None if policy.required => {
-                let detail = format!("route `{}` needs an `{}` header: a unique key per operation, reused on retries", route.label, policy.header);
-                return (body, answer(Problem::IdempotencyKeyMissing, detail));
-            }
-            None => return (body, None),
-            Some(value) => match value
-                .to_str()
-                .ok()
-                .filter(|k| !k.is_empty() && k.len() <= 255)
-            {
-                Some(key) => key.to_string(),
-                None => {
-                    let detail = format!(
-                        "the `{}` header must be 1 to 255 visible characters",
-                        policy.header
-                    );
-                    return (body, answer(Problem::IdempotencyKeyMissing, detail));
-                }
-            },
-        };
-        let Some(store) = self.inner.idempotency.get() else {
-            let detail =
-                "idempotency keys need the data directory's store, which is not open".to_string();
-            return (body, answer(Problem::StoreUnavailable, detail));
-        };
-        let limit = policy.max_body;
-        let body = match limit_body(body, limit).await {
-            Ok(body) => body,
-            Err(_) => {
-                let detail = format!(
-                    "requests with an idempotency key may have bodies of at most {limit} bytes"
-                );
-                return (
-                    RequestBody::Buffered(None),
-                    answer(Problem::BodyTooLarge, detail),
-                );
-            }
-        };
-        let body = match buffer_small_body(body, limit).await {
-            Ok(body @ RequestBody::Buffered(_)) => body,
-            _ => {
-                let detail = "the request body could not be read whole".to_string();
-                return (
-                    RequestBody::Buffered(None),
-                    answer(Problem::BadRequestBody, detail),
-                );
-            }
-        };
-        let bytes = match &body {
-            RequestBody::Buffered(bytes) => bytes.clone().unwrap_or_default(),
-            RequestBody::Streaming(_) => bytes::Bytes::new(),
-        };
-        let consumer = match claims.and_then(|c| c.get("sub")).and_then(|s| s.as_str()) {
-            Some(subject) => format!("sub:{subject}"),
-            None => format!(
-                "ip:{}",
-                client_ip(client, &parts.headers, &table.trusted_proxies)
-            ),
-        };
-        let target = parts.uri.path_and_query().map_or(path, |pq| pq.as_str());
-        let print = fingerprint(parts.method.as_str(), target, &consumer, &bytes);
-        let record = RecordKey {
-            route: route.label.to_string(),
-            consumer,
-            key,
-        };
-        let running_timeout = route.timeout + std::time::Duration::from_secs(10);
-        match store
-            .claim(record.clone(), print, policy.ttl, running_timeout)
-            .await
-        {
-            Ok(Claim::Proceed) => {
-                *guard = Some(ClaimGuard::new(store.clone(), record));
-                (body, None)
-            }
-            Ok(Claim::Replay(stored)) => {
-                let mut response = Response::new(GatewayBody::local(stored.body));
-                *response.status_mut() = stored.status;
-                for (name, value) in stored.headers {
-                    if let (Ok(name), Ok(value)) = (
-                        HeaderName::from_bytes(name.as_bytes()),
-                        HeaderValue::from_bytes(&value),
-                    ) {
-                        response.headers_mut().append(name, value);
-                    }
-                }
-                response
-                    .headers_mut()
-                    .insert(REPLAYED, HeaderValue::from_static("true"));
-                (body, Some(response))
-            }
-            Ok(Claim::InFlight) => {
-                let detail =
-                    "a request with this idempotency key is still being processed; retry later"
-                        .to_string();
-                (body, answer(Problem::IdempotencyConflict, detail))
-            }
-            Ok(Claim::Mismatch) => {
-                let detail = "this idempotency key was used for a different request (method, path, body or consumer)".to_string();
-                (body, answer(Problem::IdempotencyMismatch, detail))
-            }
-            Err(error) => {
-                tracing::error!(target: "gantry::idempotency", %error, "idempotency store failed");
-                (
-                    body,
-                    answer(
-                        Problem::StoreUnavailable,
-                        "the idempotency store is unavailable".to_string(),
-                    ),
-                )
-            }
-        }
-    }
-
-    /// Answers with the route's fallback when it has one, otherwise with the
-    /// problem. A fallback to another service gets the request only if its body
-    /// is still available (it was not streamed away already).
-    async fn fall_back(
-        &self,
-        route: &CompiledRoute,
-        backend: &Backend,
-        problem: Problem,
-        detail: String,
-        request: Option<Request<RequestBody>>,
-        outcome: &mut Outcome<'_>,
-    ) -> Response<GatewayBody> {
-        let respond_problem = |outcome: &Outcome<'_>| {
-            problem.respond(detail.clone(), outcome.path, outcome.request_id)
-        };
-        let response = match (&route.fallback, request) {
-            (
-                Some(CompiledFallback::Static {
-                    status,
-                    body,
-                    content_type,
-                }),
-                _,
-            ) => {
-                backend.metrics.fallback(problem.reason());
-                let mut response = Response::new(GatewayBody::local(body.clone()));
-                *response.status_mut() = *status;
-                response
-                    .headers_mut()
-                    .insert(header::CONTENT_TYPE, content_type.clone());
-                response
-                    .headers_mut()
-                    .insert(FALLBACK, HeaderValue::from_static(problem.reason()));
-                response
-            }
-            (Some(CompiledFallback::Service(service)), Some(mut request)) => {
-                match service.pick(None) {
-                    Some(instance) => {
-                        backend.metrics.fallback(problem.reason());
-                        request
-                            .headers_mut()
-                            .insert(header::HOST, instance.host_header.clone());
-                        let in_flight = service.track_request();
-                        let sent = tokio::time::timeout(
-                            route.timeout,
-                            self.inner.upstreams.send(&instance.authority, request),
-                        )
-                        .await;
-                        match sent {
-                            Ok(Ok(response)) => {
-                                let (mut parts, body) = response.into_parts();
-                                strip_hop_by_hop(&mut parts.headers);
-                                parts
-                                    .headers
-                                    .insert(FALLBACK, HeaderValue::from_static(problem.reason()));
-                                Response::from_parts(
-                                    parts,
-                                    GatewayBody::Upstream {
-                                        body,
-                                        guard: Some((in_flight, None)),
-                                        tap: None,
-                                    },
-                                )
-                            }
-                            _ => respond_problem(outcome),
-                        }
-                    }
-                    None => respond_problem(outcome),
-                }
-            }
-            _ => respond_problem(outcome),
-        };
-        outcome.finish_ref(response, &backend.metrics)
-    }
 }
 
 /// What the access log and metrics record about one request.
-struct Outcome<'a> {
-    started: Instant,
-    method: Method,
-    path: &'a str,
-    route: &'a str,
-    service: &'a str,
-    instance: Option<u32>,
-    request_id: &'a HeaderValue,
-    trace: &'a TraceContext,
+pub(crate) struct Outcome<'a> {
+    pub(crate) started: Instant,
+    pub(crate) method: Method,
+    pub(crate) path: &'a str,
+    pub(crate) route: &'a str,
+    pub(crate) service: &'a str,
+    pub(crate) instance: Option<u32>,
+    pub(crate) request_id: &'a HeaderValue,
+    pub(crate) trace: &'a TraceContext,
 }
 
 impl Outcome<'_> {
@@ -754,7 +540,7 @@ impl Outcome<'_> {
     }
 
     /// Phase 5: record the request, then hand the response back.
-    fn finish_ref(
+    pub(crate) fn finish_ref(
         &self,
         mut response: Response<GatewayBody>,
         metrics: &RouteMetrics,
