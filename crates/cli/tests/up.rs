@@ -559,6 +559,10 @@ async fn placing_an_order_in_the_shop_needs_a_token_and_an_idempotency_key() {
     let again = place().await.unwrap();
     assert_eq!(again.status(), 201);
     assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert!(
+        again.headers().contains_key("ratelimit"),
+        "replays count against the limit too"
+    );
     let again: Value = again.json().await.unwrap();
     assert_eq!(
         again["order_id"], first["order_id"],

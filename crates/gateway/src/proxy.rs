@@ -337,7 +337,11 @@ impl Gateway {
                 &mut claim_guard,
             )
             .await;
-        if let Some(response) = replayed {
+        if let Some(mut response) = replayed {
+            if let Some((policy, state)) = rate_headers {
+                response.headers_mut().insert(RATELIMIT_POLICY, policy);
+                response.headers_mut().insert(RATELIMIT, state);
+            }
             return outcome.finish(response, &backend.metrics);
         }
 
