@@ -13,6 +13,10 @@ use gantry_services::ServiceHandle;
 use crate::watch::Trigger;
 use crate::READY_LIMIT;
 
+/// How long a replaced service keeps running after the swap before its drain
+/// starts.
+const RETIRE_AFTER: Duration = Duration::from_millis(500);
+
 /// What is running now, and what a reload compares against.
 #[derive(Debug)]
 pub(crate) struct Live {
@@ -166,7 +170,13 @@ impl Live {
             }
         }
         let drain = self.platform.drain_timeout;
-        tokio::spawn(stop_all(retired, drain));
+        tokio::spawn(async move {
+            // A request that read the old route table just before the swap may
+            // not have registered as in flight yet: give it a moment to, so
+            // the drain below sees it.
+            tokio::time::sleep(RETIRE_AFTER.min(drain)).await;
+            stop_all(retired, drain).await;
+        });
 
         self.services = next;
         self.applied_text = text;

@@ -35,6 +35,8 @@ pub(crate) struct Triggers {
     /// Kept alive for as long as the file should be watched.
     _watcher: Option<notify::RecommendedWatcher>,
     hangup: Option<Signal>,
+    /// When a file event arrived that has not been reported yet.
+    pending_since: Option<tokio::time::Instant>,
 }
 
 impl Triggers {
@@ -57,31 +59,38 @@ impl Triggers {
             files,
             _watcher: watcher,
             hangup,
+            pending_since: None,
         }
     }
 
-    /// Waits for the next trigger and names it.
+    /// Waits for the next trigger and names it. Safe to cancel: a file event
+    /// already received is kept until it is reported.
     pub(crate) async fn next(&mut self) -> Option<Trigger> {
-        let file_changed = async {
-            match &mut self.files {
-                Some(rx) => {
-                    rx.recv().await?;
-                    tokio::time::sleep(SETTLE).await;
+        loop {
+            if let Some(since) = self.pending_since {
+                tokio::time::sleep_until(since + SETTLE).await;
+                if let Some(rx) = &mut self.files {
                     while rx.try_recv().is_ok() {}
-                    Some(())
                 }
-                None => std::future::pending().await,
+                self.pending_since = None;
+                return Some(Trigger::FileChange);
             }
-        };
-        let hangup = async {
-            match &mut self.hangup {
-                Some(signal) => signal.recv().await,
-                None => std::future::pending().await,
+            let file_changed = async {
+                match &mut self.files {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let hangup = async {
+                match &mut self.hangup {
+                    Some(signal) => signal.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                Some(()) = file_changed => self.pending_since = Some(tokio::time::Instant::now()),
+                Some(()) = hangup => return Some(Trigger::Hangup),
             }
-        };
-        tokio::select! {
-            Some(()) = file_changed => Some(Trigger::FileChange),
-            Some(()) = hangup => Some(Trigger::Hangup),
         }
     }
 }
