@@ -10,10 +10,6 @@ use std::time::Duration;
 use serde_json::Value;
 use support::{client, Behaviour, TestGateway, Upstream};
 
-fn seen(upstream: &Upstream) -> usize {
-    upstream.requests.load(Ordering::SeqCst)
-}
-
 #[tokio::test]
 async fn least_requests_sends_traffic_away_from_a_busy_instance() {
     let slow = Upstream::start(Behaviour::Slow(Duration::from_millis(300))).await;
@@ -41,7 +37,7 @@ async fn least_requests_sends_traffic_away_from_a_busy_instance() {
     for worker in workers {
         worker.await.unwrap();
     }
-    let (fast, slow) = (seen(&fast), seen(&slow));
+    let (fast, slow) = (fast.seen(), slow.seen());
     assert!(fast > slow * 10, "fast {fast} slow {slow}");
 }
 
@@ -104,21 +100,21 @@ async fn a_failing_instance_is_ejected_and_comes_back() {
         c.get(gw.url("/")).send().await.unwrap();
     }
     assert_eq!(
-        seen(&flaky),
+        flaky.seen(),
         3,
         "round-robin until the third failure ejects it"
     );
     for _ in 0..10 {
         assert_eq!(c.get(gw.url("/")).send().await.unwrap().status(), 200);
     }
-    assert_eq!(seen(&flaky), 3, "an ejected instance gets no traffic");
+    assert_eq!(flaky.seen(), 3, "an ejected instance gets no traffic");
 
     flaky.switch.store(0, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(450)).await;
     for _ in 0..10 {
         assert_eq!(c.get(gw.url("/")).send().await.unwrap().status(), 200);
     }
-    assert!(seen(&flaky) > 3, "back in rotation after the ejection ends");
+    assert!(flaky.seen() > 3, "back in rotation after the ejection ends");
 }
 
 #[tokio::test]

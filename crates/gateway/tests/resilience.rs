@@ -13,10 +13,6 @@ fn manifest(service: &str, route: &str) -> String {
     format!("[services.app]\n{service}\n\n[[routes]]\nname = \"app\"\npath = \"/*\"\nto = \"app\"\n{route}\n")
 }
 
-fn seen(upstream: &Upstream) -> usize {
-    upstream.requests.load(Ordering::SeqCst)
-}
-
 #[tokio::test]
 async fn retries_succeed_against_a_flaky_instance() {
     let upstream = Upstream::start(Behaviour::FailFirst {
@@ -31,7 +27,7 @@ async fn retries_succeed_against_a_flaky_instance() {
     .await;
     let response = client().get(gw.url("/flaky")).send().await.unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(seen(&upstream), 3, "two failed attempts, then success");
+    assert_eq!(upstream.seen(), 3, "two failed attempts, then success");
     let text = gw.metrics.render();
     assert!(
         text.contains(r#"gantry_http_retries_total{route="app",service="app"} 2"#),
@@ -58,7 +54,7 @@ async fn only_idempotent_requests_are_retried_after_a_response() {
         .await
         .unwrap();
     assert_eq!(post.status(), 503, "a POST is not resent");
-    assert_eq!(seen(&upstream), 1);
+    assert_eq!(upstream.seen(), 1);
     // With an idempotency key the client says resending is safe.
     let upstream = Upstream::start(Behaviour::FailFirst {
         failures: 1,
@@ -78,7 +74,7 @@ async fn only_idempotent_requests_are_retried_after_a_response() {
         .await
         .unwrap();
     assert_eq!(keyed.status(), 200);
-    assert_eq!(seen(&upstream), 2);
+    assert_eq!(upstream.seen(), 2);
 }
 
 #[tokio::test]
@@ -99,7 +95,7 @@ async fn connect_failures_are_retried_on_another_instance() {
         let response = c.post(gw.url("/")).body("x").send().await.unwrap();
         assert_eq!(response.status(), 200);
     }
-    assert_eq!(seen(&good), 6);
+    assert_eq!(good.seen(), 6);
 }
 
 #[tokio::test]
@@ -125,7 +121,7 @@ async fn the_retry_budget_caps_extra_load_during_an_outage() {
         assert_eq!(response.status(), 503);
     }
     let seconds = started.elapsed().as_secs_f64();
-    let sent = seen(&upstream);
+    let sent = upstream.seen();
     // Without a budget this would be 1,500. With 20%: 300 + 60, plus the
     // budget's floor of 10 retries per second and its initial burst of 10.
     let bound = requests + requests / 5 + 10 + (10.0 * seconds).ceil() as usize;
@@ -153,7 +149,7 @@ async fn the_breaker_opens_sheds_probes_and_closes() {
         assert_eq!(c.get(gw.url("/")).send().await.unwrap().status(), 500);
     }
     // Open: answered at once by the gateway, the service sees nothing.
-    let before = seen(&upstream);
+    let before = upstream.seen();
     for _ in 0..10 {
         let response = c.get(gw.url("/")).send().await.unwrap();
         assert_eq!(response.status(), 503);
@@ -162,7 +158,7 @@ async fn the_breaker_opens_sheds_probes_and_closes() {
         assert_eq!(body["type"], "urn:gantry:problem:circuit-open");
     }
     assert_eq!(
-        seen(&upstream),
+        upstream.seen(),
         before,
         "no request reached the service while open"
     );
@@ -206,13 +202,13 @@ async fn a_failed_probe_opens_the_breaker_again() {
         c.get(gw.url("/")).send().await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(250)).await;
-    let before = seen(&upstream);
+    let before = upstream.seen();
     assert_eq!(
         c.get(gw.url("/")).send().await.unwrap().status(),
         503,
         "the probe fails"
     );
-    assert_eq!(seen(&upstream), before + 1, "exactly one probe");
+    assert_eq!(upstream.seen(), before + 1, "exactly one probe");
     let body: Value = c
         .get(gw.url("/"))
         .send()
@@ -245,7 +241,7 @@ async fn the_bulkhead_sheds_requests_past_its_cap_at_once() {
     statuses.sort();
     assert_eq!(statuses, vec![200, 200, 503, 503, 503, 503]);
     assert_eq!(
-        seen(&upstream),
+        upstream.seen(),
         2,
         "shed requests never reached the service"
     );

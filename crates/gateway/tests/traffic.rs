@@ -4,14 +4,9 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
 
 use serde_json::Value;
 use support::{client, Behaviour, TestGateway, Upstream};
-
-fn seen(upstream: &Upstream) -> usize {
-    upstream.requests.load(Ordering::SeqCst)
-}
 
 fn split_manifest(monolith: &Upstream, catalog: &Upstream, extra: &str) -> String {
     format!(
@@ -49,12 +44,12 @@ async fn a_90_10_split_lands_within_tolerance() {
             .unwrap();
     }
     // Binomial(2000, 0.1): mean 200, standard deviation ~13.4; ±60 is ~4.5 sd.
-    let to_catalog = seen(&catalog);
+    let to_catalog = catalog.seen();
     assert!(
         (140..=260).contains(&to_catalog),
         "catalog got {to_catalog} of {total}"
     );
-    assert_eq!(seen(&monolith) + to_catalog, total);
+    assert_eq!(monolith.seen() + to_catalog, total);
     let text = gw.metrics.render();
     assert!(
         text.contains(
@@ -133,7 +128,7 @@ async fn weights_change_at_run_time_and_reset() {
             .await
             .unwrap();
     }
-    assert_eq!((seen(&monolith), seen(&catalog)), (0, 50));
+    assert_eq!((monolith.seen(), catalog.seen()), (0, 50));
     let listed = table.describe();
     assert!(listed[0].weights_overridden);
 

@@ -116,6 +116,11 @@ impl Upstream {
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
+
+    /// Requests (not health checks) this upstream has answered.
+    pub fn seen(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
 }
 
 type UpstreamBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
