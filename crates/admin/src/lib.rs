@@ -13,6 +13,9 @@
 //! | `POST /v1/keys`, `GET /v1/keys`, `DELETE /v1/keys/{id}` | create (shown once), list and revoke API keys |
 //! | `GET /v1/routes/{route}/shadow` | the shadow comparison report: match rate and the latest differing pairs |
 //!
+//! Other subsystems add their own endpoints through the `extra` router of
+//! [`serve`] (the event bus: `/v1/topics`, `/v1/subscriptions`, ...).
+//!
 //! Reloads are not done here: the admin API asks the app through a channel
 //! ([`ReloadRequest`]) so every reload, whatever triggered it, runs the same way.
 
@@ -69,19 +72,22 @@ struct AdminState {
     reload: mpsc::Sender<ReloadRequest>,
 }
 
-/// Serves the admin API on `listener` until `shutdown` fires.
+/// Serves the admin API, with the routes of `extra` merged in, on `listener`
+/// until `shutdown` fires.
 pub async fn serve(
     listener: TcpListener,
     gateway: Gateway,
     metrics: Metrics,
     reload: mpsc::Sender<ReloadRequest>,
+    extra: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let app = router(AdminState {
         gateway,
         metrics,
         reload,
-    });
+    })
+    .merge(extra);
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
@@ -105,7 +111,7 @@ fn router(state: AdminState) -> Router {
         .fallback(|| async {
             problem(
                 StatusCode::NOT_FOUND,
-                "no such admin endpoint; see /v1/services, /v1/routes, /v1/reload, /metrics, /readyz",
+                "no such admin endpoint; see /v1/services, /v1/routes, /v1/topics, /v1/subscriptions, /v1/reload, /metrics, /readyz",
             )
         })
         .with_state(state)

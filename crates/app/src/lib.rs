@@ -6,23 +6,30 @@
 //!    (so a taken port fails at once, before any process starts);
 //! 2. start the services and give the ones with health checks a bounded time
 //!    to become healthy;
-//! 3. serve the gateway and the admin API;
-//! 4. on a reload (file change, `SIGHUP`, `POST /v1/reload`): validate the new
+//! 3. open the event bus and apply the topics and subscriptions (schemas are
+//!    checked against their registered versions first);
+//! 4. serve the gateway, the platform API and the admin API;
+//! 5. on a reload (file change, `SIGHUP`, `POST /v1/reload`): validate the new
 //!    manifest, start only the services that changed, wait until they are
-//!    healthy, swap the route table, then stop what was replaced once its
-//!    in-flight requests are done. An invalid manifest changes nothing;
-//! 5. on shutdown: stop accepting, drain in-flight requests (bounded by
-//!    `drain_timeout`), stop every service process.
+//!    healthy, apply the event bus changes, swap the route table, then stop
+//!    what was replaced once its in-flight requests are done. An invalid
+//!    manifest (or a breaking schema change) changes nothing;
+//! 6. on shutdown: stop accepting, drain in-flight requests (bounded by
+//!    `drain_timeout`), stop event deliveries (what was in flight stays
+//!    pending for the next start), stop every service process.
 
 mod reload;
 mod watch;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use gantry_admin::ReloadRequest;
+use gantry_events::{EventBus, ServiceDirectory};
 use gantry_gateway::{ApiKeys, Gateway, GatewayMetrics, IdempotencyStore};
-use gantry_manifest::LoadError;
+use gantry_manifest::{LoadError, Manifest};
 use gantry_telemetry::Metrics;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -59,7 +66,7 @@ pub enum AppError {
 
 /// Runs the system the manifest at `path` describes until `shutdown` fires.
 pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppError> {
-    let manifest = gantry_manifest::load(path)?;
+    let mut manifest = gantry_manifest::load(path)?;
     let platform = manifest.platform.clone();
     std::fs::create_dir_all(&platform.data_dir).map_err(|source| AppError::DataDir {
         path: platform.data_dir.clone(),
@@ -67,12 +74,26 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
     })?;
     let gateway_listener = bind(platform.listen, "the gateway", "listen").await?;
     let admin_listener = bind(platform.admin, "the admin API", "admin").await?;
+    let api_listener = bind(platform.api, "the platform API", "api").await?;
+    let api_url = platform_url(platform.api);
+    give_platform_env(&mut manifest, &api_url);
 
     let metrics = Metrics::new();
     let gateway_metrics = GatewayMetrics::register(&metrics);
-    let (live, table) = Live::start(path, manifest, gateway_metrics.clone())
-        .await
-        .map_err(AppError::Start)?;
+    let directory: ServiceDirectory = Arc::default();
+    let bus = EventBus::open(&platform.data_dir, directory.clone()).map_err(AppError::Start)?;
+    let (live, table) = Live::start(
+        path,
+        manifest,
+        gateway_metrics.clone(),
+        reload::Events {
+            bus: bus.clone(),
+            directory,
+            api_url,
+        },
+    )
+    .await
+    .map_err(AppError::Start)?;
     let gateway = Gateway::new(table, gateway_metrics);
     // Idempotency records live in the data directory and outlive restarts.
     gateway.use_idempotency_store(
@@ -94,13 +115,24 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
         gateway.clone(),
         metrics.clone(),
         reload_tx,
+        gantry_events::api::admin_router(bus.clone()),
         servers.clone(),
     ));
+    let api_task = tokio::spawn({
+        let servers = servers.clone();
+        let router = gantry_events::api::platform_router(bus.clone());
+        async move {
+            axum::serve(api_listener, router)
+                .with_graceful_shutdown(async move { servers.cancelled().await })
+                .await
+        }
+    });
     tracing::info!(
         target: "gantry::app",
         system = %platform.name,
         gateway = %platform.listen,
         admin = %platform.admin,
+        api = %platform.api,
         manifest = %path.display(),
         "gantry is up"
     );
@@ -123,9 +155,32 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
     servers.cancel();
     let _ = gateway_task.await;
     let _ = admin_task.await;
+    let _ = api_task.await;
+    bus.stop().await;
     live.stop_all(platform.drain_timeout).await;
     tracing::info!(target: "gantry::app", "stopped");
     Ok(())
+}
+
+/// The URL services use to reach the platform API.
+fn platform_url(addr: SocketAddr) -> String {
+    let host = if addr.ip().is_unspecified() {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        addr.ip()
+    };
+    format!("http://{}", SocketAddr::new(host, addr.port()))
+}
+
+/// Every service process learns where the platform API is from `GANTRY_API`
+/// (unless its manifest `env` says otherwise).
+pub(crate) fn give_platform_env(manifest: &mut Manifest, api_url: &str) {
+    for service in manifest.services.values_mut() {
+        service
+            .env
+            .entry("GANTRY_API".into())
+            .or_insert_with(|| api_url.to_string());
+    }
 }
 
 async fn bind(

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gantry_admin::{ReloadRefused, ReloadReport};
+use gantry_events::{EventBus, ServiceDirectory};
 use gantry_gateway::{Gateway, GatewayMetrics, RouteTable};
 use gantry_manifest::{Manifest, Platform};
 use gantry_services::ServiceHandle;
@@ -27,6 +28,17 @@ pub(crate) struct Live {
     services: HashMap<String, Arc<ServiceHandle>>,
     metrics: GatewayMetrics,
     gateway: Option<Gateway>,
+    events: Events,
+}
+
+/// The event bus and what it needs from a reload.
+#[derive(Debug)]
+pub(crate) struct Events {
+    pub bus: EventBus,
+    /// The services deliveries go to; replaced with each reload's.
+    pub directory: ServiceDirectory,
+    /// The platform API's URL, given to every service as `GANTRY_API`.
+    pub api_url: String,
 }
 
 impl Live {
@@ -35,6 +47,7 @@ impl Live {
         path: &Path,
         manifest: Manifest,
         metrics: GatewayMetrics,
+        events: Events,
     ) -> Result<(Live, RouteTable), String> {
         let mut services = HashMap::new();
         for (name, config) in &manifest.services {
@@ -51,6 +64,15 @@ impl Live {
             .with_trusted_proxies(&manifest.platform.trusted_proxies)
             .with_jwt(manifest.jwt.as_ref())
             .await?;
+        events.directory.store(Arc::new(services.clone()));
+        let applied = events.bus.apply(&manifest).await?;
+        tracing::info!(
+            target: "gantry::events",
+            topics = manifest.topics.len(),
+            subscriptions = applied.subscriptions_started.len(),
+            schemas_registered = ?applied.schemas_registered,
+            "event bus ready"
+        );
         let live = Live {
             path: path.to_path_buf(),
             platform: manifest.platform,
@@ -58,6 +80,7 @@ impl Live {
             services,
             metrics,
             gateway: None,
+            events,
         };
         Ok((live, table))
     }
@@ -75,7 +98,7 @@ impl Live {
         if trigger == Trigger::FileChange && text == self.applied_text {
             return Ok(ReloadReport::default());
         }
-        let manifest = match gantry_manifest::load(&self.path) {
+        let mut manifest = match gantry_manifest::load(&self.path) {
             Ok(manifest) => manifest,
             Err(error) => {
                 let reason = error.to_string();
@@ -84,10 +107,13 @@ impl Live {
             }
         };
 
+        crate::give_platform_env(&mut manifest, &self.events.api_url);
+
         let mut report = ReloadReport::default();
         for (what, old, new) in [
             ("listen", self.platform.listen, manifest.platform.listen),
             ("admin", self.platform.admin, manifest.platform.admin),
+            ("api", self.platform.api, manifest.platform.api),
         ] {
             if old != new {
                 report.warnings.push(format!(
@@ -153,6 +179,14 @@ impl Live {
                     return Err(self.refuse(trigger, error.to_string()));
                 }
             };
+        // Deliveries go to the new services from here on; a refused event
+        // bus change (a breaking schema, say) puts the old ones back.
+        let previous_directory = self.events.directory.swap(Arc::new(next.clone()));
+        if let Err(error) = self.events.bus.apply(&manifest).await {
+            self.events.directory.store(previous_directory);
+            stop_all(fresh, Duration::ZERO).await;
+            return Err(self.refuse(trigger, error));
+        }
         report.routes = manifest.routes.len();
         if let Some(gateway) = &self.gateway {
             gateway.swap(table);
@@ -184,6 +218,7 @@ impl Live {
         self.platform = Platform {
             listen: self.platform.listen,
             admin: self.platform.admin,
+            api: self.platform.api,
             ..manifest.platform
         };
         for sorted in [

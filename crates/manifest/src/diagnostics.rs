@@ -28,6 +28,8 @@ pub enum ErrorCode {
     UnknownService,
     /// A route that can never match because an earlier route takes all its traffic.
     UnreachableRoute,
+    /// A subscription reads a topic that is not declared.
+    UnknownTopic,
 }
 
 impl ErrorCode {
@@ -44,6 +46,7 @@ impl ErrorCode {
             ErrorCode::BadPath => "M008",
             ErrorCode::UnknownService => "M009",
             ErrorCode::UnreachableRoute => "M010",
+            ErrorCode::UnknownTopic => "M011",
         }
     }
 }

@@ -18,6 +18,7 @@
 mod auth;
 mod decode;
 mod diagnostics;
+mod events;
 mod model;
 mod pattern;
 mod policy;
@@ -25,6 +26,9 @@ mod validate;
 
 pub use auth::{ApiKeySource, AuthMode, JwtConfig, JwtKey};
 pub use diagnostics::{Diagnostic, Diagnostics, ErrorCode};
+pub use events::{
+    Compatibility, DeliveryRetry, Endpoint, Outbox, StartAt, Subscription, SubscriptionSpans, Topic,
+};
 pub use model::{Manifest, Platform, Route, Service, ServiceKind, Target, WeightedService};
 pub use pattern::{PathMatch, PathPattern};
 pub use policy::{

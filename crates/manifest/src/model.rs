@@ -11,6 +11,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::auth::{ApiKeySource, AuthMode, JwtConfig};
+use crate::events::{Outbox, Subscription, Topic};
 use crate::pattern::PathPattern;
 use crate::policy::{
     self, CircuitBreakerPolicy, CorsPolicy, Deprecation, Fallback, HashKey, HeaderEdits,
@@ -36,6 +37,12 @@ pub struct Manifest {
     /// How bearer tokens are checked on routes with `auth = "jwt"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt: Option<JwtConfig>,
+    /// Event topics, by name (`order.placed`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub topics: BTreeMap<String, Topic>,
+    /// Deliveries of a topic's events to a service endpoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subscriptions: Vec<Subscription>,
     /// The directory relative paths resolve against: the manifest's own.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -55,6 +62,10 @@ pub struct Platform {
     /// on a loopback or private address.
     #[serde(default = "defaults::admin")]
     pub admin: SocketAddr,
+    /// Address of the platform API that services call (publish events, ...);
+    /// each service process finds it in `GANTRY_API`. Keep it private.
+    #[serde(default = "defaults::api")]
+    pub api: SocketAddr,
     /// Where Gantry keeps its state. Relative to the manifest's directory.
     #[serde(default = "defaults::data_dir")]
     pub data_dir: PathBuf,
@@ -78,6 +89,7 @@ impl Default for Platform {
             name: defaults::name(),
             listen: defaults::listen(),
             admin: defaults::admin(),
+            api: defaults::api(),
             data_dir: defaults::data_dir(),
             drain_timeout: defaults::drain_timeout(),
             watch: true,
@@ -155,6 +167,10 @@ pub struct Service {
     /// Passive health checking: instances that keep failing requests are ejected for a while.
     #[serde(default)]
     pub outlier_ejection: OutlierEjection,
+    /// An outbox table in the service's own SQLite database that Gantry relays
+    /// to the event bus, e.g. `{ database = "orders.db" }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbox: Option<Outbox>,
 }
 
 /// How a service's instances come to exist.
@@ -355,6 +371,9 @@ pub(crate) mod defaults {
     }
     pub fn admin() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 8081))
+    }
+    pub fn api() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 8082))
     }
     pub fn data_dir() -> PathBuf {
         PathBuf::from(".gantry")

@@ -80,6 +80,7 @@ pub(crate) fn cross_check(manifest: &Manifest, source: &str, out: &mut Diagnosti
             );
         }
     }
+    check_subscriptions(manifest, &names, source, out);
     for (later_index, later) in manifest.routes.iter().enumerate() {
         let hidden_by = manifest.routes[..later_index]
             .iter()
@@ -98,6 +99,64 @@ pub(crate) fn cross_check(manifest: &Manifest, source: &str, out: &mut Diagnosti
                     earlier.path
                 ),
                 Some("routes are tried in file order: move the more specific route above the broader one, or remove it".into()),
+            );
+        }
+    }
+}
+
+/// Subscriptions name a declared topic and service, and have unique names.
+fn check_subscriptions(
+    manifest: &Manifest,
+    services: &[&str],
+    source: &str,
+    out: &mut Diagnostics,
+) {
+    let topics: Vec<&str> = manifest.topics.keys().map(String::as_str).collect();
+    let mut seen = std::collections::HashSet::new();
+    for subscription in &manifest.subscriptions {
+        if !manifest.topics.contains_key(&subscription.topic) {
+            let hint = match suggest(&subscription.topic, &topics) {
+                Some(close) => format!("did you mean `{close}`?"),
+                None if topics.is_empty() => format!(
+                    "declare it with a `[topics.\"{}\"]` section",
+                    subscription.topic
+                ),
+                None => format!("declared topics: {}", topics.join(", ")),
+            };
+            out.push_at(
+                source,
+                ErrorCode::UnknownTopic,
+                subscription.spans.topic.clone(),
+                format!(
+                    "subscription `{}` reads topic `{}`, which is not declared",
+                    subscription.name, subscription.topic
+                ),
+                Some(hint),
+            );
+        }
+        let service = &subscription.to.service;
+        if !manifest.services.contains_key(service) {
+            out.push_at(
+                source,
+                ErrorCode::UnknownService,
+                subscription.spans.to.clone(),
+                format!(
+                    "subscription `{}` delivers to `{service}`, which is not a declared service",
+                    subscription.name
+                ),
+                Some(match suggest(service, services) {
+                    Some(close) => format!("did you mean `{close}`?"),
+                    None => format!("declared services: {}", services.join(", ")),
+                }),
+            );
+        }
+        if !seen.insert(subscription.name.as_str()) {
+            out.push_at(
+                source,
+                ErrorCode::Conflict,
+                subscription.spans.name.clone(),
+                format!("two subscriptions are named `{}`", subscription.name),
+                Some("give each subscription its own `name`; a subscription's position in its topic is kept under its name".into()),
             );
         }
     }

@@ -11,6 +11,7 @@ use crate::diagnostics::{DiagnosticSink, Diagnostics, ErrorCode};
 use crate::model::{defaults, Manifest, Platform, Service};
 
 mod auth;
+mod events;
 mod policies;
 mod route;
 mod shaping;
@@ -18,11 +19,19 @@ mod values;
 
 pub(crate) use values::suggest;
 
-pub(crate) const TOP_KEYS: &[&str] = &["platform", "services", "routes", "jwt"];
+pub(crate) const TOP_KEYS: &[&str] = &[
+    "platform",
+    "services",
+    "routes",
+    "jwt",
+    "topics",
+    "subscriptions",
+];
 pub(crate) const PLATFORM_KEYS: &[&str] = &[
     "name",
     "listen",
     "admin",
+    "api",
     "data_dir",
     "drain_timeout",
     "watch",
@@ -47,6 +56,7 @@ pub(crate) const SERVICE_KEYS: &[&str] = &[
     "healthy_threshold",
     "unhealthy_threshold",
     "outlier_ejection",
+    "outbox",
 ];
 pub(crate) const ROUTE_KEYS: &[&str] = &[
     "name",
@@ -174,11 +184,31 @@ impl<'a> Decoder<'a> {
             None => None,
         };
 
+        let topics = match root.table.get_key_value("topics") {
+            Some((_, item)) => self.topics(item, base_dir),
+            None => BTreeMap::new(),
+        };
+        let mut subscriptions = Vec::new();
+        if let Some((_, item)) = root.table.get_key_value("subscriptions") {
+            for (index, table, span) in self.route_tables(item) {
+                let section = Section {
+                    table,
+                    name: format!("[[subscriptions]] #{}", index + 1),
+                    span,
+                };
+                if let Some(subscription) = self.subscription(&section) {
+                    subscriptions.push(subscription);
+                }
+            }
+        }
+
         Some(Manifest {
             platform,
             services,
             routes,
             jwt,
+            topics,
+            subscriptions,
             base_dir: base_dir.to_path_buf(),
         })
     }
@@ -198,6 +228,7 @@ impl<'a> Decoder<'a> {
             name,
             listen: self.address(s, "listen").unwrap_or_else(defaults::listen),
             admin: self.address(s, "admin").unwrap_or_else(defaults::admin),
+            api: self.address(s, "api").unwrap_or_else(defaults::api),
             data_dir: self
                 .string(s, "data_dir")
                 .map(PathBuf::from)
@@ -358,6 +389,7 @@ impl<'a> Decoder<'a> {
                 .integer(s, "unhealthy_threshold", 1, 100)
                 .map_or_else(crate::policy::defaults::unhealthy_threshold, |n| n as u32),
             outlier_ejection: self.outlier_ejection(s),
+            outbox: self.outbox(s, base_dir),
         }
     }
 }

@@ -31,7 +31,7 @@ pub(crate) const FALLBACK_KEYS: &[&str] = &["to", "status", "body", "content_typ
 
 impl Decoder<'_> {
     /// A table nested under `key`, e.g. `retry = { attempts = 3 }`.
-    fn nested<'t>(&mut self, s: &Section<'t>, key: &str) -> Option<Section<'t>> {
+    pub(super) fn nested<'t>(&mut self, s: &Section<'t>, key: &str) -> Option<Section<'t>> {
         let (_, item) = s.table.get_key_value(key)?;
         self.section(item, format!("`{key}` in {}", s.name))
     }

@@ -1,0 +1,146 @@
+//! Sending one event to a subscriber: an HTTP POST in CloudEvents binary mode
+//! to an instance of the target service.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use gantry_manifest::Subscription;
+use gantry_services::ServiceHandle;
+use http::{HeaderValue, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::broker::Pending;
+use crate::cloudevent::CloudEvent;
+
+/// The services events can be delivered to, as the app's latest reload left them.
+pub type ServiceDirectory = Arc<ArcSwap<HashMap<String, Arc<ServiceHandle>>>>;
+
+/// Header with the attempt number (1 for the first delivery of an event).
+pub const ATTEMPT_HEADER: &str = "gantry-delivery-attempt";
+/// Header naming the subscription a delivery belongs to.
+pub const SUBSCRIPTION_HEADER: &str = "gantry-subscription";
+/// Header with the event's sequence number in its topic.
+pub const SEQUENCE_HEADER: &str = "gantry-sequence";
+
+/// Delivers events over pooled HTTP/1.1 connections.
+#[derive(Debug, Clone)]
+pub(crate) struct Deliverer {
+    client: Client<HttpConnector, Full<Bytes>>,
+    services: ServiceDirectory,
+}
+
+impl Deliverer {
+    pub fn new(services: ServiceDirectory) -> Deliverer {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Deliverer { client, services }
+    }
+
+    /// One delivery attempt. `Err` carries the reason, for retries and the
+    /// dead-letter queue.
+    pub async fn send(
+        &self,
+        subscription: &Subscription,
+        pending: &Pending,
+        attempt: u32,
+    ) -> Result<(), String> {
+        let service = &subscription.to.service;
+        let handle = self
+            .services
+            .load()
+            .get(service)
+            .cloned()
+            .ok_or_else(|| format!("service `{service}` is not running"))?;
+        let instance = handle
+            .pick(None)
+            .cloned()
+            .ok_or_else(|| format!("no healthy instance of service `{service}`"))?;
+        let _in_flight = handle.track_request();
+        let _load = instance.begin();
+
+        let event = CloudEvent::from_stored(&pending.event.json).map_err(|e| e.to_string())?;
+        let (headers, body) = event.to_binary();
+        let uri = format!("http://{}{}", instance.authority, subscription.to.path);
+        let mut request = Request::post(uri)
+            .body(Full::new(body))
+            .map_err(|e| format!("cannot build the request: {e}"))?;
+        let out = request.headers_mut();
+        out.extend(headers);
+        out.insert(http::header::HOST, instance.host_header.clone());
+        if let Some(parent) = event.attribute("traceparent").and_then(|t| child_span(&t)) {
+            out.insert("traceparent", parent);
+        }
+        if let Some(state) = event
+            .attribute("tracestate")
+            .and_then(|t| HeaderValue::from_str(&t).ok())
+        {
+            out.insert("tracestate", state);
+        }
+        out.insert(ATTEMPT_HEADER, HeaderValue::from(attempt));
+        out.insert(SEQUENCE_HEADER, HeaderValue::from(pending.event.seq));
+        if let Ok(name) = HeaderValue::from_str(&subscription.name) {
+            out.insert(SUBSCRIPTION_HEADER, name);
+        }
+
+        let exchange = async {
+            let response = self.client.request(request).await.map_err(|e| {
+                let mut reason = e.to_string();
+                if let Some(source) = std::error::Error::source(&e) {
+                    reason = format!("{reason}: {source}");
+                }
+                format!("cannot reach {service} at {}: {reason}", instance.authority)
+            })?;
+            let status = response.status();
+            // Read the body so the connection can be reused; keep a little of
+            // it for the error message.
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            if status.is_success() {
+                Ok(())
+            } else {
+                let excerpt = String::from_utf8_lossy(&body[..body.len().min(200)]);
+                Err(format!(
+                    "{service} answered {status}{}{}",
+                    if excerpt.is_empty() { "" } else { ": " },
+                    excerpt.trim()
+                ))
+            }
+        };
+        let outcome = match tokio::time::timeout(subscription.timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(format!(
+                "{service} did not answer within {:?} (the subscription's `timeout`)",
+                subscription.timeout
+            )),
+        };
+        handle.record(&instance, outcome.is_ok());
+        outcome
+    }
+}
+
+/// A `traceparent` for the delivery hop: the publisher's trace id with a new
+/// span id, so the delivery shows as a child of the publish.
+fn child_span(parent: &str) -> Option<HeaderValue> {
+    let mut parts = parent.split('-');
+    let (version, trace, _span, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if version.len() != 2 || trace.len() != 32 || flags.len() != 2 {
+        return None;
+    }
+    let span = format!("{:016x}", fastrand::u64(1..));
+    HeaderValue::from_str(&format!("{version}-{trace}-{span}-{flags}")).ok()
+}
