@@ -231,7 +231,11 @@ impl Runner {
                         caught_up = false;
                     }
                 }
-                Some(control) = inbox.recv() => self.control(control).await,
+                Some(control) = inbox.recv() => {
+                    self.control(control).await;
+                    // A seek moved the position: read from there.
+                    caught_up = false;
+                }
                 _ = sleep => {}
             }
         }
