@@ -30,6 +30,9 @@ use crate::broker::{Broker, BrokerError, DeadLetterFilter, EventFilter, Pending,
 use crate::deliver::Deliverer;
 use crate::sqlite::now_ms;
 
+/// How long a stopping subscription waits for its deliveries in flight.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
 /// Operator requests a running subscription handles itself, so they never
 /// race its deliveries.
 #[derive(Debug)]
@@ -239,8 +242,19 @@ impl Runner {
                 _ = sleep => {}
             }
         }
-        // Deliveries in flight are abandoned; they stay pending in the broker
-        // and go again after a restart.
+        // Let deliveries in flight finish and be recorded, for a while; what
+        // is still out after that stays pending in the broker and goes again
+        // after a restart.
+        let drain = async {
+            while let Some(joined) = deliveries.join_next().await {
+                if let Ok(finished) = joined {
+                    self.finish(finished);
+                }
+            }
+        };
+        if tokio::time::timeout(STOP_GRACE, drain).await.is_err() {
+            tracing::info!(target: "gantry::events", subscription = %name, "deliveries still in flight at stop will be made again after a restart");
+        }
         deliveries.abort_all();
     }
 
