@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod admin_client;
+mod events;
 use gantry_telemetry::LogFormat;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
@@ -94,6 +95,11 @@ enum Command {
         #[command(subcommand)]
         command: ShadowCommand,
     },
+    /// The event bus: topics, subscriptions, tail, replay and dead letters.
+    Events {
+        #[command(subcommand)]
+        command: events::EventsCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -135,13 +141,13 @@ enum ShadowCommand {
 
 /// How the CLI finds a running Gantry's admin API.
 #[derive(Debug, clap::Args)]
-struct AdminTarget {
+pub(crate) struct AdminTarget {
     /// The admin API address; defaults to `admin` in the manifest.
     #[arg(long, env = "GANTRY_ADMIN")]
-    admin: Option<std::net::SocketAddr>,
+    pub admin: Option<std::net::SocketAddr>,
     /// The manifest to read the admin address from.
     #[arg(short = 'f', long = "file", default_value = "gantry.toml")]
-    file: PathBuf,
+    pub file: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -178,6 +184,7 @@ fn main() -> ExitCode {
                 },
         } => shadow_report(&route, json, &target),
         Command::Keys { command } => keys(command),
+        Command::Events { command } => events::run(command),
         Command::Token {
             sub,
             scopes,
@@ -195,7 +202,7 @@ fn main() -> ExitCode {
 
 /// Calls the admin API of the Gantry `target` points at and returns the JSON
 /// answer; on any failure prints why and gives the exit code.
-fn call_admin(
+pub(crate) fn call_admin(
     target: &AdminTarget,
     method: &str,
     path: &str,
@@ -290,7 +297,7 @@ fn traffic(route: &str, set: &[String], reset: bool, target: &AdminTarget) -> Ex
 }
 
 /// Route names may be paths (`/api/*`): escape what a URL path segment cannot hold.
-fn percent_encode_segment(text: &str) -> String {
+pub(crate) fn percent_encode_segment(text: &str) -> String {
     percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 

@@ -18,6 +18,7 @@ fn shop_manifest() -> String {
         .replace("../../target/release", "{BIN}")
         .replace("127.0.0.1:8080", "127.0.0.1:{GATEWAY}")
         .replace("127.0.0.1:8081", "127.0.0.1:{ADMIN}")
+        .replace("127.0.0.1:8082", "127.0.0.1:{API}")
 }
 
 async fn get_json(url: &str) -> Value {

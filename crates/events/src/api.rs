@@ -377,16 +377,15 @@ struct Selection {
 }
 
 impl Selection {
-    fn filter(self) -> Result<DeadLetterFilter, Response> {
+    fn filter(self) -> Result<DeadLetterFilter, String> {
         let narrowed =
             !self.seqs.is_empty() || self.event_type.is_some() || self.error_contains.is_some();
         if !narrowed && !self.all {
-            return Err(problem(
-                StatusCode::BAD_REQUEST,
-                "invalid-request",
-                "Nothing selected",
-                "name the dead letters: `seqs`, `type` or `error_contains`, or send `\"all\": true`",
-            ));
+            return Err(
+                "nothing selected: name the dead letters with `seqs`, `type` or \
+                 `error_contains`, or send `\"all\": true`"
+                    .into(),
+            );
         }
         Ok(DeadLetterFilter {
             seqs: self.seqs,
@@ -396,19 +395,23 @@ impl Selection {
     }
 }
 
+/// The dead letters a redrive or purge names; the error is the problem to answer.
 fn selection(
     body: Result<Json<Selection>, axum::extract::rejection::JsonRejection>,
-) -> Result<DeadLetterFilter, Response> {
-    match body {
-        Ok(Json(selection)) => selection.filter(),
-        Err(rejection) => Err(problem(
+) -> Result<DeadLetterFilter, Box<Response>> {
+    let refused = |detail: String| {
+        Box::new(problem(
             StatusCode::BAD_REQUEST,
             "invalid-request",
             "Invalid selection",
-            format!(
-                "{rejection}; send JSON such as {{\"seqs\": [12]}}, {{\"type\": \"order.placed\"}} or {{\"all\": true}}"
-            ),
-        )),
+            detail,
+        ))
+    };
+    match body {
+        Ok(Json(selection)) => selection.filter().map_err(refused),
+        Err(rejection) => Err(refused(format!(
+            "{rejection}; send JSON such as {{\"seqs\": [12]}}, {{\"type\": \"order.placed\"}} or {{\"all\": true}}"
+        ))),
     }
 }
 
@@ -419,7 +422,7 @@ async fn redrive(
 ) -> Response {
     let filter = match selection(body) {
         Ok(filter) => filter,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     match bus.redrive(&name, filter).await {
         Ok(count) => Json(json!({"subscription": name, "redriven": count})).into_response(),
@@ -434,7 +437,7 @@ async fn purge(
 ) -> Response {
     let filter = match selection(body) {
         Ok(filter) => filter,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     match bus.purge(&name, filter).await {
         Ok(count) => Json(json!({"subscription": name, "purged": count})).into_response(),

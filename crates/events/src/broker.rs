@@ -179,6 +179,7 @@ pub struct SchemaVersion {
     pub registered_ms: i64,
 }
 
+#[allow(clippy::ptr_arg)] // `serialize_with` hands over the field as it is
 fn as_json_text<S: serde::Serializer>(text: &String, s: S) -> Result<S::Ok, S::Error> {
     as_json(&Bytes::from(text.clone()), s)
 }

@@ -140,11 +140,9 @@ impl CloudEvent {
             .map(str::to_string);
         if !body.is_empty() {
             let data = match content_type.as_deref() {
-                Some(ct) if is_json(ct) => {
-                    Value::from(serde_json::from_slice::<Value>(&body).map_err(|e| {
-                        bad(format!("the body is declared as {ct} but is not JSON: {e}"))
-                    })?)
-                }
+                Some(ct) if is_json(ct) => serde_json::from_slice::<Value>(&body).map_err(|e| {
+                    bad(format!("the body is declared as {ct} but is not JSON: {e}"))
+                })?,
                 Some(ct) if ct.starts_with("text/") => match std::str::from_utf8(&body) {
                     Ok(text) => Value::String(text.to_string()),
                     Err(_) => {

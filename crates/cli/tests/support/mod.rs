@@ -52,12 +52,16 @@ pub struct Gantry {
     pub child: Option<Child>,
     pub gateway: u16,
     pub admin: u16,
+    /// The platform API's port.
+    pub api: u16,
 }
 
 impl Gantry {
-    /// Writes `manifest` (where `{GATEWAY}`, `{ADMIN}` and `{BIN}` are replaced
-    /// by two free ports and the binaries' directory) to `gantry.toml` in a new
-    /// directory and starts Gantry on it from another working directory.
+    /// Writes `manifest` (where `{GATEWAY}`, `{ADMIN}`, `{API}` and `{BIN}` are
+    /// replaced by free ports and the binaries' directory) to `gantry.toml` in
+    /// a new directory and starts Gantry on it from another working directory.
+    /// A manifest without `api` gets one on a free port, so tests never share
+    /// the default.
     pub async fn start(manifest: &str) -> Gantry {
         Gantry::start_with(manifest, |_| {}).await
     }
@@ -69,10 +73,8 @@ impl Gantry {
         prepare(dir.path());
         let gateway = free_port();
         let admin = free_port();
-        let text = manifest
-            .replace("{GATEWAY}", &gateway.to_string())
-            .replace("{ADMIN}", &admin.to_string())
-            .replace("{BIN}", &shop_binaries().display().to_string());
+        let api = free_port();
+        let text = fill(manifest, gateway, admin, api, &shop_binaries());
         std::fs::write(dir.path().join("gantry.toml"), text).unwrap();
         let log = std::fs::File::create(dir.path().join("gantry.log")).unwrap();
         let child = Command::new(GANTRY)
@@ -89,9 +91,40 @@ impl Gantry {
             child: Some(child),
             gateway,
             admin,
+            api,
         };
         gantry.wait_ready().await;
         gantry
+    }
+
+    /// Starts Gantry again on the same directory and ports (after a crash, say).
+    pub async fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("gantry.log"))
+            .unwrap();
+        let child = Command::new(GANTRY)
+            .args(["up", "-f"])
+            .arg(self.manifest_path())
+            .current_dir("/")
+            .env("GANTRY_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start gantry");
+        self.child = Some(child);
+        self.wait_ready().await;
+    }
+
+    /// `kill -9`: no chance to clean up or flush anything.
+    pub fn kill_hard(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    pub fn api_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.api, path)
     }
 
     async fn wait_ready(&mut self) {
@@ -130,10 +163,7 @@ impl Gantry {
     /// Replaces the manifest the way an editor that writes a temp file and
     /// renames it over the original does.
     pub fn rewrite_manifest(&self, manifest: &str) {
-        let text = manifest
-            .replace("{GATEWAY}", &self.gateway.to_string())
-            .replace("{ADMIN}", &self.admin.to_string())
-            .replace("{BIN}", &bin_dir().display().to_string());
+        let text = fill(manifest, self.gateway, self.admin, self.api, &bin_dir());
         let tmp = self.dir.path().join(".gantry.toml.swp");
         std::fs::write(&tmp, text).unwrap();
         std::fs::rename(tmp, self.manifest_path()).unwrap();
@@ -180,6 +210,21 @@ impl Drop for Gantry {
             let _ = self.stop();
         }
     }
+}
+
+fn fill(manifest: &str, gateway: u16, admin: u16, api: u16, bin: &Path) -> String {
+    let mut text = manifest.to_string();
+    if !text.contains("\napi = ") {
+        text = text.replacen(
+            "admin = \"127.0.0.1:{ADMIN}\"",
+            "admin = \"127.0.0.1:{ADMIN}\"\napi = \"127.0.0.1:{API}\"",
+            1,
+        );
+    }
+    text.replace("{GATEWAY}", &gateway.to_string())
+        .replace("{ADMIN}", &admin.to_string())
+        .replace("{API}", &api.to_string())
+        .replace("{BIN}", &bin.display().to_string())
 }
 
 /// A pooled HTTP client.
