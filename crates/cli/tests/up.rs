@@ -19,6 +19,17 @@ fn shop_manifest() -> String {
         .replace("127.0.0.1:8080", "127.0.0.1:{GATEWAY}")
         .replace("127.0.0.1:8081", "127.0.0.1:{ADMIN}")
         .replace("127.0.0.1:8082", "127.0.0.1:{API}")
+        .replace(
+            "\"schemas/",
+            &format!("\"{}/examples/shop/schemas/", workspace_root().display()),
+        )
+}
+
+fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 async fn get_json(url: &str) -> Value {
@@ -655,4 +666,123 @@ forward_claims = { sub = "x-consumer" }
         .await
         .unwrap();
     assert_eq!(revoked.status(), 401);
+}
+
+/// The shop's event flow: an order placed through the gateway is written with
+/// its event in one transaction (outbox), relayed, delivered to
+/// notifications, which publishes `notification.sent` through `GANTRY_API`
+/// in the same trace; a confirmation that keeps failing is dead-lettered and
+/// redriven once the failure is fixed.
+#[tokio::test]
+async fn shop_orders_flow_through_the_outbox_to_notifications_and_the_dead_letter_queue() {
+    let gantry = Gantry::start(&shop_manifest()).await;
+    let c = client();
+    let minted = std::process::Command::new(support::GANTRY)
+        .args(["token", "--sub", "alice", "--scope", "orders:write", "-f"])
+        .arg(gantry.manifest_path())
+        .output()
+        .unwrap();
+    let token = String::from_utf8(minted.stdout).unwrap().trim().to_string();
+    let place = |key: &'static str, body: &'static str| {
+        c.post(gantry.url("/api/orders"))
+            .bearer_auth(&token)
+            .header("idempotency-key", key)
+            .header(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            )
+            .body(body)
+            .send()
+    };
+    let placed: Value = place("o-1", r#"{"sku": 2, "email": "alice@example.com"}"#)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(placed["service"], "orders");
+    let order_id = placed["order_id"].as_i64().unwrap();
+
+    eventually(
+        "the confirmation is sent",
+        Duration::from_secs(20),
+        || async {
+            let sent = get_json(&gantry.url("/notifications")).await;
+            sent["sent"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|n| n["order_id"] == order_id))
+        },
+    )
+    .await;
+    eventually(
+        "notification.sent is published through GANTRY_API",
+        Duration::from_secs(20),
+        || async {
+            let text = c
+                .get(gantry.admin_url("/v1/topics/notification.sent/events?from=earliest&limit=10"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            text.contains(&format!("sent-order-{order_id}"))
+        },
+    )
+    .await;
+
+    // A confirmation whose mail provider is down ends in the dead-letter queue.
+    let bounced: Value = place("o-2", r#"{"sku": 3, "email": "bob@bounce.example"}"#)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let dlq = gantry.admin_url("/v1/subscriptions/notifications.order.placed/dead-letters");
+    eventually(
+        "the bounced confirmation is dead-lettered",
+        Duration::from_secs(30),
+        || async {
+            let letters = get_json(&dlq).await;
+            letters["dead_letters"].as_array().is_some_and(|l| {
+                l.iter()
+                    .any(|d| d["event"]["data"]["order_id"] == bounced["order_id"])
+            })
+        },
+    )
+    .await;
+    let letters = get_json(&dlq).await;
+    let letter = &letters["dead_letters"][0];
+    assert_eq!(letter["attempts"], 4);
+    assert!(
+        letter["last_error"].as_str().unwrap().contains("502"),
+        "{letter}"
+    );
+
+    // Fix the provider, redrive: delivered.
+    c.post(gantry.url("/notifications/recover"))
+        .send()
+        .await
+        .unwrap();
+    let redriven: Value = c
+        .post(format!("{dlq}/redrive"))
+        .json(&serde_json::json!({"all": true}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(redriven["redriven"], 1);
+    eventually(
+        "the redriven confirmation is sent",
+        Duration::from_secs(20),
+        || async {
+            let sent = get_json(&gantry.url("/notifications")).await;
+            sent["sent"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|n| n["order_id"] == bounced["order_id"]))
+        },
+    )
+    .await;
 }

@@ -28,6 +28,10 @@ pub fn shop_binaries() -> PathBuf {
                 "shop-catalog",
                 "-p",
                 "shop-monolith",
+                "-p",
+                "shop-orders",
+                "-p",
+                "shop-notifications",
             ])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
@@ -206,7 +210,11 @@ impl Gantry {
 
 impl Drop for Gantry {
     fn drop(&mut self) {
-        if self.child.is_some() {
+        let running = self
+            .child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+        if running {
             let _ = self.stop();
         }
     }
