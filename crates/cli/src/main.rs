@@ -470,12 +470,19 @@ fn validate(file: &Path) -> ExitCode {
         Ok(manifest) => {
             #[allow(clippy::print_stdout)]
             {
-                println!(
-                    "{} is valid: {} services, {} routes",
-                    file.display(),
+                let mut summary = format!(
+                    "{} services, {} routes",
                     manifest.services.len(),
                     manifest.routes.len()
                 );
+                if !manifest.topics.is_empty() {
+                    summary += &format!(
+                        ", {} topics, {} subscriptions",
+                        manifest.topics.len(),
+                        manifest.subscriptions.len()
+                    );
+                }
+                println!("{} is valid: {summary}", file.display());
             }
             ExitCode::SUCCESS
         }
