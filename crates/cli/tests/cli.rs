@@ -54,7 +54,10 @@ fn validate_accepts_the_repository_and_example_manifests() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     for (file, summary) in [
         ("gantry.toml", "2 services, 2 routes"),
-        ("examples/shop/gantry.toml", "4 services, 4 routes, 2 topics, 1 subscriptions"),
+        (
+            "examples/shop/gantry.toml",
+            "4 services, 4 routes, 2 topics, 1 subscriptions",
+        ),
     ] {
         let out = gantry(&["validate", "-f", file], &root);
         let stdout = String::from_utf8_lossy(&out.stdout);

@@ -205,3 +205,75 @@ fn the_schema_describes_every_key_the_decoder_accepts() {
     }
     assert_eq!(schema["title"], "gantry.toml");
 }
+
+#[test]
+fn subscriptions_name_declared_topics_and_services() {
+    let d = errors(&format!(
+        "{SERVICES}\n[topics.\"order.placed\"]\n\n[[subscriptions]]\ntopic = \"order.place\"\nto = \"order:/events\"\n"
+    ));
+    assert_reports(
+        &d,
+        "gantry.toml:8:9: error[M011]: subscription `order.order.place` reads topic `order.place`, which is not declared",
+    );
+    assert_reports(&d, "hint: did you mean `order.placed`?");
+    assert_reports(
+        &d,
+        "gantry.toml:9:6: error[M009]: subscription `order.order.place` delivers to `order`, which is not a declared service",
+    );
+    assert_reports(&d, "hint: did you mean `orders`?");
+}
+
+#[test]
+fn subscription_values_are_checked_where_they_are_written() {
+    let d = errors(&format!(
+        "{SERVICES}\n[topics.orders]\ncompatibility = \"sideways\"\n\n[[subscriptions]]\ntopic = \"orders\"\nto = \"orders/events\"\nordering_key = \"data.id\"\nstart_at = \"yesterday\"\nfilter = {{ Type = \"x\" }}\nretry = {{ max_attempts = 0, initial = \"5s\", max = \"1s\" }}\n"
+    ));
+    assert_reports(
+        &d,
+        "gantry.toml:6:17: error[M006]: unknown compatibility `sideways`",
+    );
+    assert_reports(&d, "error[M006]: `orders/events` is not a service endpoint");
+    assert_reports(
+        &d,
+        "hint: write `SERVICE:/path`, e.g. `notifications:/events`",
+    );
+    assert_reports(&d, "error[M006]: `data.id` is not a JSON pointer");
+    assert_reports(
+        &d,
+        "error[M006]: `yesterday` is not `latest`, `earliest` or a time",
+    );
+    assert_reports(
+        &d,
+        "error[M006]: `Type` is not a CloudEvents attribute name",
+    );
+    assert_reports(
+        &d,
+        "`max_attempts = 0` in `retry` in [[subscriptions]] #1 is out of range",
+    );
+    assert_reports(&d, "`initial` is longer than `max`");
+}
+
+#[test]
+fn two_subscriptions_with_one_name_conflict() {
+    let d = errors(&format!(
+        "{SERVICES}\n[topics.orders]\n\n[[subscriptions]]\ntopic = \"orders\"\nto = \"orders:/a\"\n\n[[subscriptions]]\ntopic = \"orders\"\nto = \"orders:/b\"\n"
+    ));
+    assert_reports(
+        &d,
+        "error[M007]: two subscriptions are named `orders.orders`",
+    );
+    assert_reports(&d, "give each subscription its own `name`");
+}
+
+#[test]
+fn a_missing_schema_file_and_a_bad_outbox_table_are_reported() {
+    let d = errors(
+        "[services.orders]\nurls = [\"http://127.0.0.1:9000\"]\noutbox = { database = \"orders.db\", table = \"out box\" }\n\n[topics.orders]\nschema = \"schemas/nope.json\"\n",
+    );
+    assert_reports(&d, "error[M006]: `out box` is not a plain table name");
+    assert_reports(
+        &d,
+        "gantry.toml:6:10: error[M006]: cannot read schema file /srv/app/schemas/nope.json",
+    );
+    assert_reports(&d, "the path is relative to the manifest's directory");
+}
