@@ -267,6 +267,31 @@ async fn the_platform_api_refuses_bad_events_with_clear_problems() {
     assert_eq!(body["results"][0]["seq"], 1);
     assert_eq!(body["results"][1]["seq"], 3);
 
+    // A request over the platform API's body limit, and an unknown endpoint.
+    let response = http
+        .post(gantry.api_url("/v1/publish/orders"))
+        .header("content-type", "application/cloudevents-batch+json")
+        .body(vec![b' '; 17 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["detail"].as_str().unwrap().contains("split the batch"),
+        "{body}"
+    );
+    let response = http
+        .get(gantry.api_url("/v1/nothing"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+
     // The admin API serves the platform API's OpenAPI document.
     let doc: Value = http
         .get(gantry.admin_url("/v1/platform-api/openapi.json"))

@@ -49,6 +49,14 @@ pub fn platform_router(bus: EventBus) -> Router {
     Router::new()
         .route("/v1/publish/{topic}", post(publish))
         .route("/v1/openapi.json", get(openapi))
+        .fallback(|| async {
+            problem(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                "No such platform API endpoint",
+                "the platform API serves POST /v1/publish/{topic}; GET /v1/openapi.json describes it",
+            )
+        })
         .layer(DefaultBodyLimit::max(MAX_PUBLISH_BODY))
         .with_state(bus)
 }
@@ -99,8 +107,30 @@ async fn publish(
     State(bus): State<EventBus>,
     Path(topic): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request-too-large",
+                "Request too large",
+                format!(
+                    "a publish request may carry at most {} MiB; split the batch",
+                    MAX_PUBLISH_BODY / (1024 * 1024)
+                ),
+            )
+        }
+        Err(rejection) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "invalid-request",
+                "Unreadable request",
+                rejection.body_text(),
+            )
+        }
+    };
     let events = match cloudevent::parse_request(&headers, body) {
         Ok(events) => events,
         Err(error) => {

@@ -182,14 +182,16 @@ fn in_savepoint<T>(
     work: impl FnOnce(&Connection) -> rusqlite::Result<T>,
 ) -> Result<T, BrokerError> {
     let storage = |e: rusqlite::Error| BrokerError::Storage(e.to_string());
-    conn.execute_batch("SAVEPOINT job").map_err(storage)?;
+    // Prepared once per connection: these run for every operation.
+    let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
+    run("SAVEPOINT job").map_err(storage)?;
     match work(conn) {
         Ok(value) => {
-            conn.execute_batch("RELEASE job").map_err(storage)?;
+            run("RELEASE job").map_err(storage)?;
             Ok(value)
         }
         Err(error) => {
-            let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+            let _ = run("ROLLBACK TO job").and_then(|_| run("RELEASE job"));
             Err(storage(error))
         }
     }
