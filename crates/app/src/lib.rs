@@ -7,7 +7,8 @@
 //! 2. start the services and give the ones with health checks a bounded time
 //!    to become healthy;
 //! 3. open the event bus and apply the topics and subscriptions (schemas are
-//!    checked against their registered versions first);
+//!    checked against their registered versions first); register the
+//!    workflows and resume the runs the journal says were going;
 //! 4. serve the gateway, the platform API and the admin API;
 //! 5. on a reload (file change, `SIGHUP`, `POST /v1/reload`): validate the new
 //!    manifest, start only the services that changed, wait until they are
@@ -31,6 +32,7 @@ use gantry_events::{EventBus, ServiceDirectory};
 use gantry_gateway::{ApiKeys, Gateway, GatewayMetrics, IdempotencyStore};
 use gantry_manifest::{LoadError, Manifest};
 use gantry_telemetry::Metrics;
+use gantry_workflows::Engine;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -82,12 +84,15 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
     let gateway_metrics = GatewayMetrics::register(&metrics);
     let directory: ServiceDirectory = Arc::default();
     let bus = EventBus::open(&platform.data_dir, directory.clone()).map_err(AppError::Start)?;
+    let workflows = Engine::open(&platform.data_dir, bus.clone(), directory.clone())
+        .map_err(AppError::Start)?;
     let (live, table) = Live::start(
         path,
         manifest,
         gateway_metrics.clone(),
         reload::Events {
             bus: bus.clone(),
+            workflows: workflows.clone(),
             directory,
             api_url,
         },
@@ -115,12 +120,14 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
         gateway.clone(),
         metrics.clone(),
         reload_tx,
-        gantry_events::api::admin_router(bus.clone()),
+        gantry_events::api::admin_router(bus.clone())
+            .merge(gantry_workflows::api::admin_router(workflows.clone())),
         servers.clone(),
     ));
     let api_task = tokio::spawn({
         let servers = servers.clone();
-        let router = gantry_events::api::platform_router(bus.clone());
+        let router = gantry_workflows::api::platform_router(workflows.clone())
+            .merge(gantry_events::api::platform_router(bus.clone()));
         async move {
             axum::serve(api_listener, router)
                 .with_graceful_shutdown(async move { servers.cancelled().await })
@@ -156,6 +163,7 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
     let _ = gateway_task.await;
     let _ = admin_task.await;
     let _ = api_task.await;
+    workflows.stop().await;
     bus.stop().await;
     live.stop_all(platform.drain_timeout).await;
     tracing::info!(target: "gantry::app", "stopped");

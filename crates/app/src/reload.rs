@@ -35,6 +35,7 @@ pub(crate) struct Live {
 #[derive(Debug)]
 pub(crate) struct Events {
     pub bus: EventBus,
+    pub workflows: gantry_workflows::Engine,
     /// The services deliveries go to; replaced with each reload's.
     pub directory: ServiceDirectory,
     /// The platform API's URL, given to every service as `GANTRY_API`.
@@ -73,6 +74,10 @@ impl Live {
             schemas_registered = ?applied.schemas_registered,
             "event bus ready"
         );
+        let registered = events.workflows.apply(&manifest).await?;
+        if !registered.is_empty() {
+            tracing::info!(target: "gantry::workflows", workflows = ?registered, "workflows ready");
+        }
         let live = Live {
             path: path.to_path_buf(),
             platform: manifest.platform,
@@ -186,6 +191,10 @@ impl Live {
             self.events.directory.store(previous_directory);
             stop_all(fresh, Duration::ZERO).await;
             return Err(self.refuse(trigger, error));
+        }
+        // New runs use the new definitions; runs in flight keep theirs.
+        if let Err(error) = self.events.workflows.apply(&manifest).await {
+            tracing::error!(target: "gantry::reload", %error, "cannot register the workflows; new runs keep the previous definitions");
         }
         report.routes = manifest.routes.len();
         if let Some(gateway) = &self.gateway {

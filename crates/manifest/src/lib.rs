@@ -22,7 +22,9 @@ mod events;
 mod model;
 mod pattern;
 mod policy;
+pub mod template;
 mod validate;
+mod workflows;
 
 pub use auth::{ApiKeySource, AuthMode, JwtConfig, JwtKey};
 pub use diagnostics::{Diagnostic, Diagnostics, ErrorCode};
@@ -36,6 +38,7 @@ pub use policy::{
     IdempotencyPolicy, LoadBalancer, OutlierEjection, RateLimitKey, RateLimitPolicy, RetryPolicy,
     ShadowPolicy,
 };
+pub use workflows::{Action, Step, StepSpans, Workflow};
 
 use std::path::{Path, PathBuf};
 

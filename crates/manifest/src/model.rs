@@ -17,6 +17,7 @@ use crate::policy::{
     self, CircuitBreakerPolicy, CorsPolicy, Deprecation, Fallback, HashKey, HeaderEdits,
     IdempotencyPolicy, LoadBalancer, OutlierEjection, RateLimitPolicy, RetryPolicy, ShadowPolicy,
 };
+use crate::workflows::Workflow;
 
 /// A whole Gantry system: the platform settings, the services it fronts and the
 /// routes that send traffic to them.
@@ -43,6 +44,9 @@ pub struct Manifest {
     /// Deliveries of a topic's events to a service endpoint.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subscriptions: Vec<Subscription>,
+    /// Sagas: steps across services, with compensations, run durably.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub workflows: BTreeMap<String, Workflow>,
     /// The directory relative paths resolve against: the manifest's own.
     #[serde(skip)]
     pub base_dir: PathBuf,

@@ -6,6 +6,7 @@ use crate::decode::suggest;
 use crate::diagnostics::{Diagnostics, ErrorCode};
 use crate::model::{Manifest, Route};
 use crate::policy::Fallback;
+use crate::workflows::Action;
 
 pub(crate) fn cross_check(manifest: &Manifest, source: &str, out: &mut Diagnostics) {
     let names: Vec<&str> = manifest.services.keys().map(String::as_str).collect();
@@ -81,6 +82,7 @@ pub(crate) fn cross_check(manifest: &Manifest, source: &str, out: &mut Diagnosti
         }
     }
     check_subscriptions(manifest, &names, source, out);
+    check_workflows(manifest, &names, source, out);
     for (later_index, later) in manifest.routes.iter().enumerate() {
         let hidden_by = manifest.routes[..later_index]
             .iter()
@@ -158,6 +160,102 @@ fn check_subscriptions(
                 format!("two subscriptions are named `{}`", subscription.name),
                 Some("give each subscription its own `name`; a subscription's position in its topic is kept under its name".into()),
             );
+        }
+    }
+}
+
+/// Workflow steps name declared services and topics, and their templates
+/// read only the input and steps that have run by then.
+fn check_workflows(manifest: &Manifest, services: &[&str], source: &str, out: &mut Diagnostics) {
+    let topics: Vec<&str> = manifest.topics.keys().map(String::as_str).collect();
+    for (name, workflow) in &manifest.workflows {
+        for (index, step) in workflow.steps.iter().enumerate() {
+            let actions = [
+                (Some(&step.action), &step.spans.action, false),
+                (step.compensate.as_ref(), &step.spans.compensate, true),
+            ];
+            for (action, span, compensation) in actions {
+                let Some(action) = action else { continue };
+                let mut problem = |message: String, hint: String| {
+                    out.push_at(
+                        source,
+                        ErrorCode::BadValue,
+                        span.clone(),
+                        message,
+                        Some(hint),
+                    );
+                };
+                match action {
+                    Action::Call { service, .. } if !manifest.services.contains_key(service) => problem(
+                        format!("step `{}` of workflow `{name}` calls `{service}`, which is not a declared service", step.name),
+                        match suggest(service, services) {
+                            Some(close) => format!("did you mean `{close}`?"),
+                            None => format!("declared services: {}", services.join(", ")),
+                        },
+                    ),
+                    Action::Publish { topic, .. } | Action::Wait { topic, .. }
+                        if !manifest.topics.contains_key(topic) =>
+                    {
+                        problem(
+                            format!("step `{}` of workflow `{name}` uses topic `{topic}`, which is not declared", step.name),
+                            match suggest(topic, &topics) {
+                                Some(close) => format!("did you mean `{close}`?"),
+                                None => format!("declare it with a `[topics.\"{topic}\"]` section"),
+                            },
+                        )
+                    }
+                    _ => {}
+                }
+                // A step reads steps before it; its compensation may also read its own output.
+                let visible = if compensation { index + 1 } else { index };
+                let known: Vec<&str> = workflow.steps[..visible]
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect();
+                for text in action.texts() {
+                    let pieces = match crate::template::parse(text) {
+                        Ok(pieces) => pieces,
+                        Err(why) => {
+                            problem(
+                                format!("step `{}` of workflow `{name}`: {why}", step.name),
+                                "templates are `{{ input.FIELD }}`, `{{ steps.STEP.output.FIELD }}` or `{{ workflow.id }}`".into(),
+                            );
+                            continue;
+                        }
+                    };
+                    for piece in pieces {
+                        let crate::template::Piece::Ref(reference) = piece else {
+                            continue;
+                        };
+                        let crate::template::Root::Step(read) = &reference.root else {
+                            continue;
+                        };
+                        if known.contains(&read.as_str()) {
+                            continue;
+                        }
+                        let later = workflow.steps.iter().any(|s| &s.name == read);
+                        let what = if compensation {
+                            "the compensation of step"
+                        } else {
+                            "step"
+                        };
+                        problem(
+                            if later {
+                                format!("{what} `{}` of workflow `{name}` reads `{read}`, which has not run by then", step.name)
+                            } else {
+                                format!("{what} `{}` of workflow `{name}` reads step `{read}`, which does not exist", step.name)
+                            },
+                            match suggest(read, &known) {
+                                Some(close) if !later => format!("did you mean `{close}`?"),
+                                _ if known.is_empty() => {
+                                    "only `input` and `workflow.id` are known at this point".into()
+                                }
+                                _ => format!("steps it can read: {}", known.join(", ")),
+                            },
+                        );
+                    }
+                }
+            }
         }
     }
 }

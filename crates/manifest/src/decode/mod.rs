@@ -16,6 +16,7 @@ mod policies;
 mod route;
 mod shaping;
 mod values;
+mod workflows;
 
 pub(crate) use values::suggest;
 
@@ -26,6 +27,7 @@ pub(crate) const TOP_KEYS: &[&str] = &[
     "jwt",
     "topics",
     "subscriptions",
+    "workflows",
 ];
 pub(crate) const PLATFORM_KEYS: &[&str] = &[
     "name",
@@ -202,6 +204,11 @@ impl<'a> Decoder<'a> {
             }
         }
 
+        let workflows = match root.table.get_key_value("workflows") {
+            Some((_, item)) => self.workflows(item),
+            None => BTreeMap::new(),
+        };
+
         Some(Manifest {
             platform,
             services,
@@ -209,6 +216,7 @@ impl<'a> Decoder<'a> {
             jwt,
             topics,
             subscriptions,
+            workflows,
             base_dir: base_dir.to_path_buf(),
         })
     }

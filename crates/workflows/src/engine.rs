@@ -1,0 +1,520 @@
+//! Running one workflow: steps in order, each attempt journaled before and
+//! after it runs; on a failure, the completed steps' compensations in
+//! reverse order; a compensation that keeps failing parks the run as
+//! `needs_attention`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use gantry_events::{CloudEvent, PublishError};
+use http::{HeaderValue, Request};
+use http_body_util::{BodyExt, Full};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::definition::{render, render_string, ActionDef, Context, Definition, StepDef};
+use crate::store::{now_ms, Instance, State, StepRecord};
+use crate::Inner;
+
+/// Why an attempt did not succeed.
+enum Failure {
+    /// Worth another attempt (a 5xx, a timeout, a refused connection).
+    Retryable(String),
+    /// Not worth retrying (a declined payment, a broken template).
+    Fatal(String),
+}
+
+/// The header that makes a step's call safe to repeat.
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+
+/// Drives one run until it ends, parks, or `stop` fires (shutdown or a
+/// cancel request; the journal lets a later run pick up where this one was).
+pub(crate) async fn drive(inner: &Inner, id: &str, stop: &CancellationToken) -> Result<(), String> {
+    let Some(mut instance) = inner.store.get(id).await? else {
+        return Err(format!("no workflow run `{id}`"));
+    };
+    let definition = inner
+        .store
+        .definition(&instance.workflow, instance.version)
+        .await?
+        .ok_or_else(|| {
+            format!(
+                "definition {} v{} is missing",
+                instance.workflow, instance.version
+            )
+        })?;
+    loop {
+        if instance.cancel_requested && matches!(instance.state, State::Running | State::Waiting) {
+            inner
+                .store
+                .set_state(
+                    id,
+                    State::Compensating,
+                    Some("cancelled by an operator".into()),
+                )
+                .await?;
+            instance.state = State::Compensating;
+        }
+        match instance.state {
+            State::Running | State::Waiting => {
+                let Some(step) = definition.steps.get(instance.position) else {
+                    inner.store.set_state(id, State::Completed, None).await?;
+                    tracing::info!(target: "gantry::workflows", workflow = %instance.workflow, id, "workflow completed");
+                    return Ok(());
+                };
+                let idx = instance.position;
+                let waiting = matches!(
+                    step.action,
+                    ActionDef::Wait { .. } | ActionDef::Sleep { .. }
+                );
+                let state = if waiting {
+                    State::Waiting
+                } else {
+                    State::Running
+                };
+                if state != instance.state {
+                    inner.store.set_state(id, state, None).await?;
+                    instance.state = state;
+                }
+                let outcome = tokio::select! {
+                    _ = stop.cancelled() => return Ok(()),
+                    outcome = run_step(inner, &instance, &definition, idx, "do", &step.action, step) => outcome?,
+                };
+                match outcome {
+                    Ok(output) => {
+                        inner.store.finish(id, idx, "do", Ok(output)).await?;
+                        instance.position += 1;
+                        inner.store.advance(id, instance.position).await?;
+                        if waiting {
+                            inner.store.set_state(id, State::Running, None).await?;
+                            instance.state = State::Running;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(target: "gantry::workflows", workflow = %instance.workflow, id, step = %step.name, %error, "step failed; compensating");
+                        inner
+                            .store
+                            .finish(id, idx, "do", Err(error.clone()))
+                            .await?;
+                        let message = format!("step `{}` failed: {error}", step.name);
+                        inner
+                            .store
+                            .set_state(id, State::Compensating, Some(message))
+                            .await?;
+                        instance.state = State::Compensating;
+                    }
+                }
+            }
+            State::Compensating => {
+                let records = inner.store.steps(id).await?;
+                let undone = |idx: usize| {
+                    records
+                        .iter()
+                        .any(|r| r.idx == idx && r.phase == "undo" && r.status == "done")
+                };
+                let completed = |idx: usize| {
+                    records
+                        .iter()
+                        .any(|r| r.idx == idx && r.phase == "do" && r.status == "done")
+                };
+                let mut compensated_any = records
+                    .iter()
+                    .any(|r| r.phase == "undo" && r.status == "done");
+                for idx in (0..definition.steps.len()).rev() {
+                    let step = &definition.steps[idx];
+                    let Some(compensation) = &step.compensate else {
+                        continue;
+                    };
+                    if !completed(idx) || undone(idx) {
+                        continue;
+                    }
+                    let outcome = tokio::select! {
+                        _ = stop.cancelled() => return Ok(()),
+                        outcome = run_step(inner, &instance, &definition, idx, "undo", compensation, step) => outcome?,
+                    };
+                    match outcome {
+                        Ok(output) => {
+                            inner.store.finish(id, idx, "undo", Ok(output)).await?;
+                            compensated_any = true;
+                        }
+                        Err(error) => {
+                            inner
+                                .store
+                                .finish(id, idx, "undo", Err(error.clone()))
+                                .await?;
+                            let message = format!(
+                                "the compensation of step `{}` keeps failing: {error}",
+                                step.name
+                            );
+                            tracing::error!(target: "gantry::workflows", workflow = %instance.workflow, id, step = %step.name, %error, "compensation failed; the workflow needs attention");
+                            inner
+                                .store
+                                .set_state(id, State::NeedsAttention, Some(message))
+                                .await?;
+                            return Ok(());
+                        }
+                    }
+                }
+                let end = if instance.cancel_requested {
+                    State::Cancelled
+                } else if compensated_any {
+                    State::Compensated
+                } else {
+                    State::Failed
+                };
+                inner.store.set_state(id, end, None).await?;
+                tracing::info!(target: "gantry::workflows", workflow = %instance.workflow, id, state = end.as_str(), "workflow ended");
+                return Ok(());
+            }
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// Runs one step (or compensation) with its retries. The outer `Err` is the
+/// journal failing; the inner one is the step failing for good.
+async fn run_step(
+    inner: &Inner,
+    instance: &Instance,
+    definition: &Definition,
+    idx: usize,
+    phase: &str,
+    action: &ActionDef,
+    step: &StepDef,
+) -> Result<Result<Value, String>, String> {
+    let id = &instance.id;
+    let records = inner.store.steps(id).await?;
+    let record = records.iter().find(|r| r.idx == idx && r.phase == phase);
+    let mut attempts = record.map_or(0, |r| r.attempts);
+    let mut not_before = record.map_or(0, |r| r.not_before_ms);
+    let outputs: BTreeMap<String, Value> = records
+        .iter()
+        .filter(|r| r.phase == "do" && r.status == "done")
+        .filter_map(|r| {
+            definition
+                .steps
+                .get(r.idx)
+                .map(|s| (s.name.clone(), r.output.clone().unwrap_or(Value::Null)))
+        })
+        .collect();
+    let ctx = Context {
+        id,
+        input: &instance.input,
+        outputs: &outputs,
+    };
+
+    // Timers and waits keep their deadline across restarts.
+    if let ActionDef::Sleep { ms } = action {
+        if attempts == 0 {
+            not_before = now_ms() + *ms as i64;
+            inner
+                .store
+                .attempt_started(id, idx, phase, &step.name, 1, not_before)
+                .await?;
+        }
+        sleep_until(not_before).await;
+        return Ok(Ok(json!({ "slept_ms": ms })));
+    }
+    if let ActionDef::Wait {
+        topic,
+        event_type,
+        matches,
+    } = action
+    {
+        if attempts == 0 {
+            not_before = now_ms() + step.timeout_ms as i64;
+            inner
+                .store
+                .attempt_started(id, idx, phase, &step.name, 1, not_before)
+                .await?;
+        }
+        let from = instance.wait_from.get(topic).copied().unwrap_or(1);
+        return Ok(wait_for(
+            inner,
+            &ctx,
+            topic,
+            event_type.as_deref(),
+            matches,
+            from,
+            not_before,
+        )
+        .await);
+    }
+
+    loop {
+        sleep_until(not_before).await;
+        attempts += 1;
+        inner
+            .store
+            .attempt_started(id, idx, phase, &step.name, attempts, 0)
+            .await?;
+        let outcome = match action {
+            ActionDef::Call { .. } => call(inner, instance, &ctx, idx, phase, action, step).await,
+            ActionDef::Publish { .. } => publish(inner, instance, &ctx, idx, phase, action).await,
+            ActionDef::Wait { .. } | ActionDef::Sleep { .. } => unreachable!("handled above"),
+        };
+        match outcome {
+            Ok(output) => return Ok(Ok(output)),
+            Err(Failure::Fatal(error)) => return Ok(Err(error)),
+            Err(Failure::Retryable(error)) if attempts >= step.max_attempts => {
+                return Ok(Err(format!("{error} (after {attempts} attempts)")))
+            }
+            Err(Failure::Retryable(error)) => {
+                let ceiling = step.backoff_ms(attempts);
+                let wait = ceiling / 2 + fastrand::u64(0..=ceiling / 2);
+                not_before = now_ms() + wait as i64;
+                tracing::debug!(target: "gantry::workflows", id, step = %step.name, phase, attempts, %error, retry_in_ms = wait, "attempt failed; retrying");
+                inner
+                    .store
+                    .attempt_failed(id, idx, phase, &error, not_before)
+                    .await?;
+            }
+        }
+    }
+}
+
+async fn sleep_until(ms: i64) {
+    let wait = ms - now_ms();
+    if wait > 0 {
+        tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+    }
+}
+
+/// The idempotency key of a step's call: the same for every attempt and
+/// every replay of it, new after an operator resumes from the step.
+fn idempotency_key(instance: &Instance, step: &str, phase: &str) -> String {
+    let suffix = if phase == "undo" { "/compensate" } else { "" };
+    if instance.generation == 0 {
+        format!("{}/{step}{suffix}", instance.id)
+    } else {
+        format!("{}/{step}{suffix}/{}", instance.id, instance.generation)
+    }
+}
+
+/// A `traceparent` in the run's trace, with a new span for this hop.
+fn traceparent(instance: &Instance) -> String {
+    format!("00-{}-{:016x}-01", instance.trace, fastrand::u64(1..))
+}
+
+async fn call(
+    inner: &Inner,
+    instance: &Instance,
+    ctx: &Context<'_>,
+    _idx: usize,
+    phase: &str,
+    action: &ActionDef,
+    step: &StepDef,
+) -> Result<Value, Failure> {
+    let ActionDef::Call {
+        service,
+        method,
+        path,
+        body,
+        headers,
+    } = action
+    else {
+        unreachable!("a call");
+    };
+    let path = render_string(path, ctx).map_err(Failure::Fatal)?;
+    let body = match body {
+        Some(body) => Some(render(body, ctx).map_err(Failure::Fatal)?),
+        None => None,
+    };
+    let handle = inner
+        .directory
+        .load()
+        .get(service)
+        .cloned()
+        .ok_or_else(|| Failure::Retryable(format!("service `{service}` is not running")))?;
+    let target = handle
+        .pick(None)
+        .cloned()
+        .ok_or_else(|| Failure::Retryable(format!("no healthy instance of service `{service}`")))?;
+    let _in_flight = handle.track_request();
+    let mut request = Request::builder()
+        .method(method.as_str())
+        .uri(format!("http://{}{}", target.authority, path))
+        .header(http::header::HOST, target.host_header.clone())
+        .header(
+            IDEMPOTENCY_HEADER,
+            idempotency_key(instance, &step.name, phase),
+        )
+        .header("traceparent", traceparent(instance))
+        .header("gantry-workflow", instance.workflow.as_str())
+        .header("gantry-workflow-id", instance.id.as_str());
+    if body.is_some() {
+        request = request.header(http::header::CONTENT_TYPE, "application/json");
+    }
+    for (name, value) in headers {
+        let value = render_string(value, ctx).map_err(Failure::Fatal)?;
+        let value = HeaderValue::from_str(&value)
+            .map_err(|_| Failure::Fatal(format!("header `{name}` has an invalid value")))?;
+        request = request.header(name.as_str(), value);
+    }
+    let request = request
+        .body(Full::new(
+            body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string())),
+        ))
+        .map_err(|e| Failure::Fatal(format!("cannot build the request: {e}")))?;
+
+    let exchange = async {
+        let response = inner.client.request(request).await.map_err(|e| {
+            Failure::Retryable(format!(
+                "cannot reach {service} at {}: {e}",
+                target.authority
+            ))
+        })?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .map_err(|e| Failure::Retryable(format!("{service} broke off its answer: {e}")))?;
+        let output = serde_json::from_slice::<Value>(&bytes).unwrap_or_else(|_| {
+            if bytes.is_empty() {
+                Value::Null
+            } else {
+                Value::String(String::from_utf8_lossy(&bytes).into_owned())
+            }
+        });
+        if status.is_success() || step.success.contains(&status.as_u16()) {
+            return Ok(output);
+        }
+        let excerpt = String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned();
+        let message = format!("{service} answered {status}: {}", excerpt.trim());
+        if step.retry_on.contains(&status.as_u16()) {
+            Err(Failure::Retryable(message))
+        } else {
+            Err(Failure::Fatal(message))
+        }
+    };
+    let outcome = match tokio::time::timeout(Duration::from_millis(step.timeout_ms), exchange).await
+    {
+        Ok(outcome) => outcome,
+        Err(_) => Err(Failure::Retryable(format!(
+            "{service} did not answer within {}ms (the step's `timeout`)",
+            step.timeout_ms
+        ))),
+    };
+    handle.record(&target, matches!(outcome, Ok(_) | Err(Failure::Fatal(_))));
+    outcome
+}
+
+async fn publish(
+    inner: &Inner,
+    instance: &Instance,
+    ctx: &Context<'_>,
+    idx: usize,
+    phase: &str,
+    action: &ActionDef,
+) -> Result<Value, Failure> {
+    let ActionDef::Publish {
+        topic,
+        event_type,
+        subject,
+        data,
+    } = action
+    else {
+        unreachable!("a publish");
+    };
+    let mut event = json!({
+        "specversion": "1.0",
+        // Stable across retries and replays: the bus stores it once.
+        "id": format!("{}/{idx}/{phase}/{}", instance.id, instance.generation),
+        "source": format!("/gantry/workflows/{}", instance.workflow),
+        "type": event_type,
+        "workflowid": instance.id,
+    });
+    if let Some(subject) = subject {
+        event["subject"] = json!(render_string(subject, ctx).map_err(Failure::Fatal)?);
+    }
+    if let Some(data) = data {
+        event["data"] = render(data, ctx).map_err(Failure::Fatal)?;
+    }
+    let event = CloudEvent::from_json(event).map_err(|e| Failure::Fatal(e.to_string()))?;
+    let parent = traceparent(instance);
+    match inner.bus.publish(topic, vec![event], Some(&parent)).await {
+        Ok(published) => Ok(json!({ "seq": published[0].seq })),
+        Err(PublishError::Storage(e)) => Err(Failure::Retryable(e.to_string())),
+        Err(other) => Err(Failure::Fatal(other.to_string())),
+    }
+}
+
+/// Waits for an event on `topic` matching the templates, looking from
+/// `from` (noted when the run started, so an early event is not missed)
+/// until `deadline_ms`.
+async fn wait_for(
+    inner: &Inner,
+    ctx: &Context<'_>,
+    topic: &str,
+    event_type: Option<&str>,
+    matches: &BTreeMap<String, String>,
+    from: u64,
+    deadline_ms: i64,
+) -> Result<Value, String> {
+    let mut wanted = Vec::new();
+    for (pointer, template) in matches {
+        wanted.push((pointer.as_str(), render_text_value(template, ctx)?));
+    }
+    let broker = inner.bus.broker().clone();
+    let mut watch = broker.watch(topic);
+    let mut next = from;
+    loop {
+        let batch = broker
+            .read(topic, next, 512)
+            .await
+            .map_err(|e| e.to_string())?;
+        for stored in &batch {
+            next = stored.seq + 1;
+            let Ok(event) = serde_json::from_slice::<Value>(&stored.json) else {
+                continue;
+            };
+            let type_ok = event_type.is_none_or(|t| event["type"] == t);
+            let all = wanted
+                .iter()
+                .all(|(pointer, value)| event.pointer(pointer).is_some_and(|v| same(v, value)));
+            if type_ok && all {
+                return Ok(event);
+            }
+        }
+        if !batch.is_empty() {
+            continue;
+        }
+        let left = deadline_ms - now_ms();
+        if left <= 0 {
+            let wanted: Vec<String> = wanted.iter().map(|(p, v)| format!("{p} = {v}")).collect();
+            return Err(format!(
+                "no `{topic}` event with {} arrived in time (the step's `timeout`)",
+                wanted.join(", ")
+            ));
+        }
+        let _ = tokio::time::timeout(
+            Duration::from_millis(left.min(1000) as u64),
+            watch.changed(),
+        )
+        .await;
+    }
+}
+
+fn render_text_value(template: &str, ctx: &Context<'_>) -> Result<Value, String> {
+    crate::definition::render_text(template, ctx)
+}
+
+/// Loose equality for correlation: `42` matches `"42"`.
+fn same(a: &Value, b: &Value) -> bool {
+    if a == b {
+        return true;
+    }
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    text(a) == text(b)
+}
+
+/// A step's attempts as shown to operators.
+pub(crate) fn describe(steps: &[StepRecord]) -> Value {
+    json!(steps)
+}

@@ -1,0 +1,387 @@
+//! Sagas: durable multi-step workflows across services, with compensation.
+//!
+//! - [`definition`]: a `[workflows.NAME]` as the engine stores it, versioned,
+//!   and template rendering (`{{ input.x }}`, `{{ steps.s.output.y }}`);
+//! - [`store`]: the journal (`workflows.db`): definitions, runs, and every
+//!   step's attempts, outputs, errors and timers;
+//! - `engine`: runs one workflow from its journal: steps in order with
+//!   retries and idempotency keys, compensation in reverse on failure,
+//!   parking as `needs_attention` when a compensation keeps failing;
+//! - [`api`]: `POST /v1/workflows/{name}` on the platform API, and the
+//!   operator endpoints on the admin API.
+
+pub mod api;
+pub mod definition;
+mod engine;
+pub mod store;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use gantry_events::{EventBus, ServiceDirectory};
+use gantry_manifest::Manifest;
+use http_body_util::Full;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+pub use definition::Definition;
+pub use engine::IDEMPOTENCY_HEADER;
+pub use store::{Instance, State, StepRecord, Store};
+
+use store::now_ms;
+
+/// The workflow engine of one Gantry process. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub store: Store,
+    pub bus: EventBus,
+    pub directory: ServiceDirectory,
+    pub client: Client<HttpConnector, Full<Bytes>>,
+    /// The latest version of each workflow: what new runs use.
+    current: ArcSwap<HashMap<String, Arc<Definition>>>,
+    /// Runs being driven now, with what stops them.
+    running: Mutex<HashMap<String, CancellationToken>>,
+    shutdown: CancellationToken,
+}
+
+/// Why a workflow operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkflowError {
+    #[error("unknown workflow `{name}`; {hint}")]
+    UnknownWorkflow { name: String, hint: String },
+    #[error("no workflow run `{0}`; `gantry workflows list` shows them")]
+    UnknownRun(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Storage(String),
+}
+
+/// A run as the APIs show it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunView {
+    #[serde(flatten)]
+    pub instance: Instance,
+    pub steps: Vec<StepRecord>,
+}
+
+impl Engine {
+    /// Opens the journal in `data_dir`.
+    pub fn open(
+        data_dir: &std::path::Path,
+        bus: EventBus,
+        directory: ServiceDirectory,
+    ) -> Result<Engine, String> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                store: Store::open(data_dir)?,
+                bus,
+                directory,
+                client: Client::builder(TokioExecutor::new()).build(connector),
+                current: ArcSwap::default(),
+                running: Mutex::default(),
+                shutdown: CancellationToken::new(),
+            }),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Registers the manifest's workflows (a changed one gets a new version;
+    /// runs in flight keep theirs) and resumes every run the journal says
+    /// was going.
+    pub async fn apply(&self, manifest: &Manifest) -> Result<Vec<String>, String> {
+        let mut current = HashMap::new();
+        let mut registered = Vec::new();
+        for (name, workflow) in &manifest.workflows {
+            let definition = self
+                .inner
+                .store
+                .register(Definition::from_manifest(name, workflow))
+                .await?;
+            registered.push(format!("{name} v{}", definition.version));
+            current.insert(name.clone(), Arc::new(definition));
+        }
+        self.inner.current.store(Arc::new(current));
+        for id in self.inner.store.active().await? {
+            self.spawn(&id);
+        }
+        Ok(registered)
+    }
+
+    /// Starts a run of `workflow`. With a caller-chosen `id`, starting is
+    /// idempotent: the same id and input give back the existing run.
+    pub async fn start(
+        &self,
+        workflow: &str,
+        id: Option<String>,
+        input: Value,
+        traceparent: Option<&str>,
+    ) -> Result<(Instance, bool), WorkflowError> {
+        let definition = self
+            .inner
+            .current
+            .load()
+            .get(workflow)
+            .cloned()
+            .ok_or_else(|| {
+                let current = self.inner.current.load();
+                let mut names: Vec<&str> = current.keys().map(String::as_str).collect();
+                names.sort();
+                WorkflowError::UnknownWorkflow {
+                    name: workflow.to_string(),
+                    hint: if names.is_empty() {
+                        "the manifest declares no workflows".into()
+                    } else {
+                        format!("declared workflows: {}", names.join(", "))
+                    },
+                }
+            })?;
+        let id = id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        if id.is_empty() || id.len() > 200 || id.contains('/') {
+            return Err(WorkflowError::Invalid(
+                "a workflow id is 1 to 200 characters without `/`".into(),
+            ));
+        }
+        // The run continues the caller's trace, or starts one.
+        let trace = traceparent
+            .and_then(|t| t.split('-').nth(1))
+            .filter(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("{:032x}", fastrand::u128(1..)));
+        // Where each waited topic stands now: a wait sees events from here on.
+        let stats = self
+            .inner
+            .bus
+            .broker()
+            .topic_stats()
+            .await
+            .map_err(|e| WorkflowError::Storage(e.to_string()))?;
+        let wait_from: BTreeMap<String, u64> = definition
+            .waited_topics()
+            .into_iter()
+            .map(|topic| {
+                let last = stats
+                    .iter()
+                    .find(|t| t.name == topic)
+                    .map_or(0, |t| t.last_seq);
+                (topic.to_string(), last + 1)
+            })
+            .collect();
+        let now = now_ms();
+        let instance = Instance {
+            id: id.clone(),
+            workflow: workflow.to_string(),
+            version: definition.version,
+            input: input.clone(),
+            state: State::Running,
+            position: 0,
+            generation: 0,
+            cancel_requested: false,
+            error: None,
+            trace,
+            wait_from,
+            created_ms: now,
+            updated_ms: now,
+        };
+        let (instance, created) = self
+            .inner
+            .store
+            .create(instance)
+            .await
+            .map_err(WorkflowError::Storage)?;
+        if !created && (instance.workflow != workflow || instance.input != input) {
+            return Err(WorkflowError::Conflict(format!(
+                "a run with id `{id}` already exists with another workflow or input; choose another id"
+            )));
+        }
+        if created {
+            tracing::info!(target: "gantry::workflows", workflow, id = %instance.id, version = instance.version, "workflow started");
+            self.spawn(&instance.id);
+        }
+        Ok((instance, created))
+    }
+
+    /// A run with its steps.
+    pub async fn get(&self, id: &str) -> Result<RunView, WorkflowError> {
+        let instance = self
+            .inner
+            .store
+            .get(id)
+            .await
+            .map_err(WorkflowError::Storage)?
+            .ok_or_else(|| WorkflowError::UnknownRun(id.to_string()))?;
+        let steps = self
+            .inner
+            .store
+            .steps(id)
+            .await
+            .map_err(WorkflowError::Storage)?;
+        Ok(RunView { instance, steps })
+    }
+
+    /// Retries a parked run's failing compensation.
+    pub async fn retry(&self, id: &str) -> Result<RunView, WorkflowError> {
+        let run = self.get(id).await?;
+        if run.instance.state != State::NeedsAttention {
+            return Err(WorkflowError::Conflict(format!(
+                "run `{id}` is {}; only a run that needs attention can be retried (use `resume --from STEP` to run steps again)",
+                run.instance.state.as_str()
+            )));
+        }
+        self.inner
+            .store
+            .retry(id)
+            .await
+            .map_err(WorkflowError::Storage)?;
+        self.spawn(id);
+        self.get(id).await
+    }
+
+    /// Runs a stopped run again from a step (needs attention, failed,
+    /// compensated or cancelled).
+    pub async fn resume(&self, id: &str, from: &str) -> Result<RunView, WorkflowError> {
+        let run = self.get(id).await?;
+        if run.instance.state.is_active() || run.instance.state == State::Completed {
+            return Err(WorkflowError::Conflict(format!(
+                "run `{id}` is {}; only a stopped run can be resumed",
+                run.instance.state.as_str()
+            )));
+        }
+        let definition = self
+            .inner
+            .store
+            .definition(&run.instance.workflow, run.instance.version)
+            .await
+            .map_err(WorkflowError::Storage)?
+            .ok_or_else(|| WorkflowError::Storage("the run's definition is missing".into()))?;
+        let index = definition.step_index(from).ok_or_else(|| {
+            let names: Vec<&str> = definition.steps.iter().map(|s| s.name.as_str()).collect();
+            WorkflowError::Invalid(format!(
+                "workflow `{}` has no step `{from}`; its steps: {}",
+                run.instance.workflow,
+                names.join(", ")
+            ))
+        })?;
+        self.inner
+            .store
+            .resume(id, index)
+            .await
+            .map_err(WorkflowError::Storage)?;
+        self.spawn(id);
+        self.get(id).await
+    }
+
+    /// Cancels a run: a running one compensates what it completed, then ends
+    /// `cancelled`; a parked one ends `cancelled` at once.
+    pub async fn cancel(&self, id: &str) -> Result<RunView, WorkflowError> {
+        let run = self.get(id).await?;
+        match run.instance.state {
+            State::Running | State::Waiting | State::Compensating => {
+                self.inner
+                    .store
+                    .request_cancel(id)
+                    .await
+                    .map_err(WorkflowError::Storage)?;
+                // Interrupt the step it is on (a wait or sleep can be long);
+                // the journal makes the restart safe.
+                let token = self
+                    .inner
+                    .running
+                    .lock()
+                    .expect("running lock")
+                    .get(id)
+                    .cloned();
+                if let Some(token) = token {
+                    token.cancel();
+                }
+                // Let the interrupted driver exit before starting another.
+                for _ in 0..100 {
+                    if !self
+                        .inner
+                        .running
+                        .lock()
+                        .expect("running lock")
+                        .contains_key(id)
+                    {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                self.spawn(id);
+            }
+            State::NeedsAttention => {
+                self.inner
+                    .store
+                    .set_state(
+                        id,
+                        State::Cancelled,
+                        Some("cancelled by an operator".into()),
+                    )
+                    .await
+                    .map_err(WorkflowError::Storage)?;
+            }
+            other => {
+                return Err(WorkflowError::Conflict(format!(
+                    "run `{id}` already ended ({})",
+                    other.as_str()
+                )))
+            }
+        }
+        self.get(id).await
+    }
+
+    /// Drives a run in the background unless it already is.
+    fn spawn(&self, id: &str) {
+        let token = {
+            let mut running = self.inner.running.lock().expect("running lock");
+            if running.contains_key(id) {
+                return;
+            }
+            let token = self.inner.shutdown.child_token();
+            running.insert(id.to_string(), token.clone());
+            token
+        };
+        let inner = self.inner.clone();
+        let id = id.to_string();
+        tokio::spawn(async move {
+            if let Err(error) = engine::drive(&inner, &id, &token).await {
+                tracing::error!(target: "gantry::workflows", id, %error, "cannot drive the workflow; it resumes at the next start");
+            }
+            inner.running.lock().expect("running lock").remove(&id);
+        });
+    }
+
+    /// Stops driving runs (shutdown); the journal resumes them next time.
+    pub async fn stop(&self) {
+        self.inner.shutdown.cancel();
+        for _ in 0..200 {
+            if self.inner.running.lock().expect("running lock").is_empty() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Steps as operators see them (for `gantry workflows show`).
+pub fn describe_steps(steps: &[StepRecord]) -> Value {
+    engine::describe(steps)
+}

@@ -1,0 +1,517 @@
+//! The journal: `workflows.db` in the data directory (SQLite, WAL,
+//! `synchronous = FULL`). Every step transition is written here before and
+//! after the step runs; a restart continues from what it says.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::definition::Definition;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS definitions (
+    workflow TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    json TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (workflow, version)
+);
+CREATE TABLE IF NOT EXISTS instances (
+    id TEXT PRIMARY KEY,
+    workflow TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    input TEXT NOT NULL,
+    state TEXT NOT NULL,
+    position INTEGER NOT NULL DEFAULT 0,
+    generation INTEGER NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    trace TEXT NOT NULL,
+    wait_from TEXT NOT NULL DEFAULT '{}',
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS instances_by_state ON instances (state);
+CREATE TABLE IF NOT EXISTS steps (
+    instance TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    phase TEXT NOT NULL,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    output TEXT,
+    error TEXT,
+    started_ms INTEGER,
+    finished_ms INTEGER,
+    not_before_ms INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (instance, idx, phase)
+);
+";
+
+/// A workflow run's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Running,
+    Waiting,
+    Compensating,
+    Completed,
+    Compensated,
+    Failed,
+    NeedsAttention,
+    Cancelled,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Running => "running",
+            State::Waiting => "waiting",
+            State::Compensating => "compensating",
+            State::Completed => "completed",
+            State::Compensated => "compensated",
+            State::Failed => "failed",
+            State::NeedsAttention => "needs_attention",
+            State::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<State> {
+        Some(match text {
+            "running" => State::Running,
+            "waiting" => State::Waiting,
+            "compensating" => State::Compensating,
+            "completed" => State::Completed,
+            "compensated" => State::Compensated,
+            "failed" => State::Failed,
+            "needs_attention" => State::NeedsAttention,
+            "cancelled" => State::Cancelled,
+            _ => return None,
+        })
+    }
+
+    /// The engine drives these; the others wait for an operator or are done.
+    pub fn is_active(self) -> bool {
+        matches!(self, State::Running | State::Waiting | State::Compensating)
+    }
+}
+
+/// One workflow run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Instance {
+    pub id: String,
+    pub workflow: String,
+    pub version: u32,
+    pub input: Value,
+    pub state: State,
+    /// The next forward step to run.
+    pub position: usize,
+    /// Bumped when an operator resumes from a step, so the steps run again
+    /// under new idempotency keys.
+    pub generation: u32,
+    pub cancel_requested: bool,
+    pub error: Option<String>,
+    /// The W3C trace id every step's calls and events belong to.
+    pub trace: String,
+    /// Per waited topic, the first sequence number a wait considers.
+    pub wait_from: BTreeMap<String, u64>,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+/// A step's (or a compensation's) journal entry.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepRecord {
+    pub idx: usize,
+    /// `do` or `undo` (the compensation).
+    pub phase: String,
+    pub name: String,
+    /// `running`, `retrying`, `done` or `failed`.
+    pub status: String,
+    pub attempts: u32,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+    pub started_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+    /// A retry, timer or wait deadline, in ms since the epoch (0: none).
+    pub not_before_ms: i64,
+}
+
+/// The journal.
+#[derive(Debug, Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+type Result<T> = std::result::Result<T, String>;
+
+impl Store {
+    pub fn open(data_dir: &Path) -> Result<Store> {
+        let path = data_dir.join("workflows.db");
+        let conn = Connection::open(&path)
+            .map_err(|e| format!("cannot open the workflow journal {}: {e}", path.display()))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
+        )
+        .and_then(|_| conn.execute_batch(SCHEMA))
+        .map_err(|e| {
+            format!(
+                "cannot prepare the workflow journal {}: {e}",
+                path.display()
+            )
+        })?;
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `work` on a blocking thread with the connection.
+    async fn with<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn
+                .lock()
+                .map_err(|_| "the journal lock is poisoned".to_string())?;
+            work(&mut conn).map_err(|e| format!("workflow journal: {e}"))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    /// Stores `definition` as a new version unless the latest one has the
+    /// same steps; returns it with its version.
+    pub async fn register(&self, definition: Definition) -> Result<Definition> {
+        self.with(move |conn| {
+            let tx = conn.transaction()?;
+            let latest: Option<(u32, String)> = tx
+                .query_row(
+                    "SELECT version, json FROM definitions WHERE workflow = ?1 ORDER BY version DESC LIMIT 1",
+                    [&definition.workflow],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            if let Some((version, json)) = &latest {
+                if let Ok(stored) = serde_json::from_str::<Definition>(json) {
+                    if stored.same_steps(&definition) {
+                        return Ok(Definition { version: *version, ..definition });
+                    }
+                }
+            }
+            let version = latest.map_or(1, |(v, _)| v + 1);
+            let definition = Definition { version, ..definition };
+            tx.execute(
+                "INSERT INTO definitions (workflow, version, json, created_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    definition.workflow,
+                    version,
+                    serde_json::to_string(&definition).expect("definitions serialize"),
+                    now_ms()
+                ],
+            )?;
+            tx.commit()?;
+            Ok(definition)
+        })
+        .await
+    }
+
+    pub async fn definition(&self, workflow: &str, version: u32) -> Result<Option<Definition>> {
+        let workflow = workflow.to_string();
+        self.with(move |conn| {
+            let json: Option<String> = conn
+                .query_row(
+                    "SELECT json FROM definitions WHERE workflow = ?1 AND version = ?2",
+                    params![workflow, version],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
+        })
+        .await
+    }
+
+    /// Creates a run unless one with this id exists; returns the run and
+    /// whether it was created.
+    pub async fn create(&self, instance: Instance) -> Result<(Instance, bool)> {
+        self.with(move |conn| {
+            let tx = conn.transaction()?;
+            if let Some(existing) = load(&tx, &instance.id)? {
+                return Ok((existing, false));
+            }
+            tx.execute(
+                "INSERT INTO instances (id, workflow, version, input, state, trace, wait_from, created_ms, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
+                params![
+                    instance.id,
+                    instance.workflow,
+                    instance.version,
+                    instance.input.to_string(),
+                    instance.state.as_str(),
+                    instance.trace,
+                    serde_json::to_string(&instance.wait_from).expect("a map serializes"),
+                    instance.created_ms,
+                ],
+            )?;
+            tx.commit()?;
+            Ok((instance, true))
+        })
+        .await
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Option<Instance>> {
+        let id = id.to_string();
+        self.with(move |conn| load(conn, &id)).await
+    }
+
+    /// Runs, newest first.
+    pub async fn list(
+        &self,
+        state: Option<State>,
+        workflow: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<Instance>> {
+        self.with(move |conn| {
+            let mut statement = conn.prepare(
+                "SELECT id FROM instances WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR workflow = ?2)
+                 ORDER BY created_ms DESC, id LIMIT ?3",
+            )?;
+            let ids: Vec<String> = statement
+                .query_map(
+                    params![state.map(State::as_str), workflow, limit as i64],
+                    |r| r.get(0),
+                )?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                out.extend(load(conn, &id)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Every run the engine must drive (after a restart).
+    pub async fn active(&self) -> Result<Vec<String>> {
+        self.with(|conn| {
+            conn.prepare(
+                "SELECT id FROM instances WHERE state IN ('running', 'waiting', 'compensating') ORDER BY created_ms",
+            )?
+            .query_map([], |r| r.get(0))?
+            .collect()
+        })
+        .await
+    }
+
+    pub async fn steps(&self, id: &str) -> Result<Vec<StepRecord>> {
+        let id = id.to_string();
+        self.with(move |conn| steps(conn, &id)).await
+    }
+
+    pub async fn set_state(&self, id: &str, state: State, error: Option<String>) -> Result<()> {
+        let id = id.to_string();
+        self.with(move |conn| {
+            conn.execute(
+                "UPDATE instances SET state = ?2, error = COALESCE(?3, error), updated_ms = ?4 WHERE id = ?1",
+                params![id, state.as_str(), error, now_ms()],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    pub async fn advance(&self, id: &str, position: usize) -> Result<()> {
+        let id = id.to_string();
+        self.with(move |conn| {
+            conn.execute(
+                "UPDATE instances SET position = ?2, updated_ms = ?3 WHERE id = ?1",
+                params![id, position as i64, now_ms()],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    /// Records that an attempt is about to run (before its side effect).
+    pub async fn attempt_started(
+        &self,
+        id: &str,
+        idx: usize,
+        phase: &str,
+        name: &str,
+        attempts: u32,
+        not_before_ms: i64,
+    ) -> Result<()> {
+        let (id, phase, name) = (id.to_string(), phase.to_string(), name.to_string());
+        self.with(move |conn| {
+            let now = now_ms();
+            conn.execute(
+                "INSERT INTO steps (instance, idx, phase, name, status, attempts, started_ms, not_before_ms)
+                 VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6, ?7)
+                 ON CONFLICT DO UPDATE SET status = 'running', attempts = excluded.attempts,
+                    started_ms = COALESCE(steps.started_ms, excluded.started_ms),
+                    not_before_ms = excluded.not_before_ms, finished_ms = NULL",
+                params![id, idx as i64, phase, name, attempts, now, not_before_ms],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    /// An attempt failed; the next may run at `not_before_ms`.
+    pub async fn attempt_failed(
+        &self,
+        id: &str,
+        idx: usize,
+        phase: &str,
+        error: &str,
+        not_before_ms: i64,
+    ) -> Result<()> {
+        let (id, phase, error) = (id.to_string(), phase.to_string(), error.to_string());
+        self.with(move |conn| {
+            conn.execute(
+                "UPDATE steps SET status = 'retrying', error = ?4, not_before_ms = ?5
+                 WHERE instance = ?1 AND idx = ?2 AND phase = ?3",
+                params![id, idx as i64, phase, error, not_before_ms],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    /// The step finished: `done` with its output, or `failed` for good.
+    pub async fn finish(
+        &self,
+        id: &str,
+        idx: usize,
+        phase: &str,
+        outcome: std::result::Result<Value, String>,
+    ) -> Result<()> {
+        let (id, phase) = (id.to_string(), phase.to_string());
+        self.with(move |conn| {
+            let (status, output, error) = match outcome {
+                Ok(output) => ("done", Some(output.to_string()), None),
+                Err(error) => ("failed", None, Some(error)),
+            };
+            conn.execute(
+                "UPDATE steps SET status = ?4, output = ?5, error = COALESCE(?6, error), finished_ms = ?7
+                 WHERE instance = ?1 AND idx = ?2 AND phase = ?3",
+                params![id, idx as i64, phase, status, output, error, now_ms()],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    /// An operator retries a parked run: its failed compensation starts over.
+    pub async fn retry(&self, id: &str) -> Result<()> {
+        let id = id.to_string();
+        self.with(move |conn| {
+            let tx = conn.transaction()?;
+            tx.execute(
+                "DELETE FROM steps WHERE instance = ?1 AND phase = 'undo' AND status != 'done'",
+                [&id],
+            )?;
+            tx.execute(
+                "UPDATE instances SET state = 'compensating', updated_ms = ?2 WHERE id = ?1",
+                params![id, now_ms()],
+            )?;
+            tx.commit()
+        })
+        .await
+    }
+
+    /// An operator resumes a run from a step: it and the steps after it run
+    /// again (under a new generation of idempotency keys).
+    pub async fn resume(&self, id: &str, from: usize) -> Result<()> {
+        let id = id.to_string();
+        self.with(move |conn| {
+            let tx = conn.transaction()?;
+            tx.execute(
+                "DELETE FROM steps WHERE instance = ?1 AND (phase = 'undo' OR idx >= ?2)",
+                params![id, from as i64],
+            )?;
+            tx.execute(
+                "UPDATE instances SET state = 'running', position = ?2, generation = generation + 1,
+                    cancel_requested = 0, error = NULL, updated_ms = ?3 WHERE id = ?1",
+                params![id, from as i64, now_ms()],
+            )?;
+            tx.commit()
+        })
+        .await
+    }
+
+    pub async fn request_cancel(&self, id: &str) -> Result<()> {
+        let id = id.to_string();
+        self.with(move |conn| {
+            conn.execute(
+                "UPDATE instances SET cancel_requested = 1, updated_ms = ?2 WHERE id = ?1",
+                params![id, now_ms()],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+}
+
+fn load(conn: &Connection, id: &str) -> rusqlite::Result<Option<Instance>> {
+    conn.query_row(
+        "SELECT id, workflow, version, input, state, position, generation, cancel_requested, error,
+                trace, wait_from, created_ms, updated_ms
+         FROM instances WHERE id = ?1",
+        [id],
+        |r| {
+            Ok(Instance {
+                id: r.get(0)?,
+                workflow: r.get(1)?,
+                version: r.get(2)?,
+                input: serde_json::from_str(&r.get::<_, String>(3)?).unwrap_or(Value::Null),
+                state: State::parse(&r.get::<_, String>(4)?).unwrap_or(State::Failed),
+                position: r.get::<_, i64>(5)? as usize,
+                generation: r.get(6)?,
+                cancel_requested: r.get(7)?,
+                error: r.get(8)?,
+                trace: r.get(9)?,
+                wait_from: serde_json::from_str(&r.get::<_, String>(10)?).unwrap_or_default(),
+                created_ms: r.get(11)?,
+                updated_ms: r.get(12)?,
+            })
+        },
+    )
+    .optional()
+}
+
+fn steps(conn: &Connection, id: &str) -> rusqlite::Result<Vec<StepRecord>> {
+    conn.prepare(
+        "SELECT idx, phase, name, status, attempts, output, error, started_ms, finished_ms, not_before_ms
+         FROM steps WHERE instance = ?1 ORDER BY COALESCE(started_ms, 0), idx, phase",
+    )?
+    .query_map([id], |r| {
+        Ok(StepRecord {
+            idx: r.get::<_, i64>(0)? as usize,
+            phase: r.get(1)?,
+            name: r.get(2)?,
+            status: r.get(3)?,
+            attempts: r.get(4)?,
+            output: r
+                .get::<_, Option<String>>(5)?
+                .and_then(|s| serde_json::from_str(&s).ok()),
+            error: r.get(6)?,
+            started_ms: r.get(7)?,
+            finished_ms: r.get(8)?,
+            not_before_ms: r.get(9)?,
+        })
+    })?
+    .collect()
+}
