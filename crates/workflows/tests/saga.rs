@@ -413,7 +413,7 @@ async fn a_compensation_that_keeps_failing_parks_the_run_until_an_operator_retri
     shop.fail("POST /shipments", 400);
     shop.fail("POST /refunds", 500);
     let text = CHECKOUT;
-    let rig = Rig::start(&text, &url).await;
+    let rig = Rig::start(text, &url).await;
     rig.engine
         .start(
             "checkout",
