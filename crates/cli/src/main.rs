@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod admin_client;
 mod events;
+mod workflows;
 use gantry_telemetry::LogFormat;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
@@ -100,6 +101,11 @@ enum Command {
         #[command(subcommand)]
         command: events::EventsCommand,
     },
+    /// Sagas: start, list, show, retry, resume and cancel workflow runs.
+    Workflows {
+        #[command(subcommand)]
+        command: workflows::WorkflowsCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -185,6 +191,7 @@ fn main() -> ExitCode {
         } => shadow_report(&route, json, &target),
         Command::Keys { command } => keys(command),
         Command::Events { command } => events::run(command),
+        Command::Workflows { command } => workflows::run(command),
         Command::Token {
             sub,
             scopes,
@@ -481,6 +488,9 @@ fn validate(file: &Path) -> ExitCode {
                         manifest.topics.len(),
                         manifest.subscriptions.len()
                     );
+                }
+                if !manifest.workflows.is_empty() {
+                    summary += &format!(", {} workflows", manifest.workflows.len());
                 }
                 println!("{} is valid: {summary}", file.display());
             }

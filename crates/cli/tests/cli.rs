@@ -56,7 +56,7 @@ fn validate_accepts_the_repository_and_example_manifests() {
         ("gantry.toml", "2 services, 2 routes"),
         (
             "examples/shop/gantry.toml",
-            "4 services, 4 routes, 2 topics, 1 subscriptions",
+            "7 services, 5 routes, 4 topics, 1 subscriptions, 1 workflows",
         ),
     ] {
         let out = gantry(&["validate", "-f", file], &root);

@@ -417,8 +417,9 @@ async fn sigterm_drains_and_stops_every_service_process() {
                 .map(|i| i["pid"].as_u64().unwrap())
         })
         .collect();
-    // monolith, two catalog instances, orders, notifications.
-    assert_eq!(pids.len(), 5);
+    // monolith, two catalog instances, orders, notifications, inventory,
+    // payments, shipping.
+    assert_eq!(pids.len(), 8);
     let status = gantry.stop();
     assert!(
         status.success(),
@@ -786,4 +787,83 @@ async fn shop_orders_flow_through_the_outbox_to_notifications_and_the_dead_lette
         },
     )
     .await;
+}
+
+/// The checkout saga of the shop: the happy path, a declined payment that
+/// releases the reservation, and a charge whose answer is lost, retried with
+/// the same Idempotency-Key: one charge.
+#[tokio::test]
+async fn the_shop_checkout_saga_takes_each_path() {
+    let gantry = Gantry::start(&shop_manifest()).await;
+    let c = client();
+    let start = |id: &str, order: i64| {
+        c.post(gantry.api_url("/v1/workflows/checkout"))
+            .json(&serde_json::json!({"id": id, "input": {"order_id": order, "sku": 2, "amount_cents": 3900}}))
+            .send()
+    };
+    let run_state = |id: String| {
+        let url = gantry.admin_url(&format!("/v1/workflows/{id}"));
+        async move {
+            get_json(&url).await["state"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        }
+    };
+    let set_mode = |mode: &'static str| {
+        c.put(gantry.url("/payments/mode"))
+            .json(&serde_json::json!({ "mode": mode }))
+            .send()
+    };
+
+    assert_eq!(start("order-1", 1).await.unwrap().status(), 201);
+    eventually("checkout completes", Duration::from_secs(20), || async {
+        run_state("order-1".into()).await == "completed"
+    })
+    .await;
+    let confirmed = c
+        .get(gantry.admin_url("/v1/topics/order.confirmed/events?from=earliest&limit=5"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(confirmed.contains("\"order_id\":1"), "{confirmed}");
+
+    assert_eq!(set_mode("decline").await.unwrap().status(), 200);
+    start("order-2", 2).await.unwrap();
+    eventually(
+        "a declined payment is compensated",
+        Duration::from_secs(20),
+        || async { run_state("order-2".into()).await == "compensated" },
+    )
+    .await;
+    let run = get_json(&gantry.admin_url("/v1/workflows/order-2")).await;
+    assert!(run["error"].as_str().unwrap().contains("402"), "{run}");
+    let undone: Vec<&str> = run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["phase"] == "undo")
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(undone, ["reserve"]);
+
+    assert_eq!(set_mode("fail_after_charge").await.unwrap().status(), 200);
+    start("order-3", 3).await.unwrap();
+    eventually(
+        "a lost answer is retried into one charge",
+        Duration::from_secs(20),
+        || async { run_state("order-3".into()).await == "completed" },
+    )
+    .await;
+    let ledger = get_json(&gantry.url("/payments")).await;
+    let charges_for_3 = ledger["charges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["order_id"] == 3)
+        .count();
+    assert_eq!(charges_for_3, 1, "{ledger}");
 }

@@ -32,6 +32,8 @@ pub fn shop_binaries() -> PathBuf {
                 "shop-orders",
                 "-p",
                 "shop-notifications",
+                "-p",
+                "shop-checkout",
             ])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
