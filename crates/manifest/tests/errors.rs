@@ -277,3 +277,50 @@ fn a_missing_schema_file_and_a_bad_outbox_table_are_reported() {
     );
     assert_reports(&d, "the path is relative to the manifest's directory");
 }
+
+const WORKFLOW_BASE: &str = r#"
+[services.payments]
+urls = ["http://127.0.0.1:9000"]
+
+[topics.shipped]
+"#;
+
+#[test]
+fn workflow_templates_may_only_read_steps_that_have_run() {
+    let d = errors(&format!(
+        "{WORKFLOW_BASE}\n[workflows.checkout]\n[[workflows.checkout.steps]]\nname = \"charge\"\ncall = \"payments:POST /charges\"\nbody = {{ reservation = \"{{{{ steps.reserve.output.id }}}}\" }}\n\n[[workflows.checkout.steps]]\nname = \"reserve\"\ncall = \"payment:POST /r\"\ncompensate = {{ call = \"payments:DELETE /r/{{{{ steps.reserv.output.id }}}}\" }}\n"
+    ));
+    assert_reports(
+        &d,
+        "gantry.toml:10:8: error[M006]: step `charge` of workflow `checkout` reads `reserve`, which has not run by then",
+    );
+    assert_reports(&d, "only `input` and `workflow.id` are known at this point");
+    assert_reports(
+        &d,
+        "gantry.toml:15:8: error[M006]: step `reserve` of workflow `checkout` calls `payment`, which is not a declared service",
+    );
+    assert_reports(&d, "did you mean `payments`?");
+    assert_reports(
+        &d,
+        "error[M006]: the compensation of step `reserve` of workflow `checkout` reads step `reserv`, which does not exist",
+    );
+}
+
+#[test]
+fn workflow_steps_are_checked_where_they_are_written() {
+    let d = errors(&format!(
+        "{WORKFLOW_BASE}\n[workflows.w]\n[[workflows.w.steps]]\nname = \"a\"\ncall = \"payments:FETCH /x\"\n\n[[workflows.w.steps]]\nname = \"a\"\nsleep = \"1s\"\nwait = {{ topic = \"shipped\", match = {{ \"/data/id\" = \"{{{{ input.id }}}}\" }} }}\n\n[[workflows.w.steps]]\nname = \"b\"\nwait = {{ topic = \"shiped\", match = {{ \"data.id\" = \"x\" }} }}\n\n[[workflows.w.steps]]\nname = \"c\"\npublish = {{ topic = \"shipped\", type = \"x\", data = {{ v = \"{{{{ steps.b.id }}}}\" }} }}\n"
+    ));
+    assert_reports(&d, "error[M006]: `payments:FETCH /x` is not a call");
+    assert_reports(&d, "hint: write `SERVICE:METHOD /path`");
+    assert_reports(
+        &d,
+        "error[M007]: [[workflows.w.steps]] #2 has both `wait` and `sleep`",
+    );
+    assert_reports(&d, "error[M006]: `data.id` is not a JSON pointer");
+    assert_reports(&d, "uses topic `shiped`, which is not declared");
+    assert_reports(
+        &d,
+        "a step is read through its output, e.g. `{{ steps.b.output.id }}`",
+    );
+}
