@@ -9,6 +9,9 @@
 //! - `events-load nats`: publishes to a fresh JetStream stream (file storage),
 //!   awaiting each PubAck, and consumes it with a durable pull consumer that
 //!   acknowledges every message explicitly. The stream is deleted at the end.
+//! - `events-load saga` and `events-load direct` (see `saga`): runs of a
+//!   three-step workflow started on Gantry's saga engine, whose steps call
+//!   the tool's own HTTP server, and the same three calls made directly.
 //!
 //! Every message carries the run's id, its sequence number and its send time
 //! (ns since the Unix epoch), so the receiver can tell end-to-end latency,
@@ -20,6 +23,7 @@
 
 mod gantry;
 mod nats;
+mod saga;
 mod workload;
 
 use std::process::ExitCode;
@@ -32,7 +36,8 @@ use crate::workload::{Plan, Report};
 #[derive(Debug, Parser)]
 #[command(
     name = "events-load",
-    about = "Durable publish -> delivery benchmark for Gantry's event bus and NATS JetStream"
+    about = "Durable publish -> delivery benchmark for Gantry's event bus and NATS JetStream, \
+             and saga runs on Gantry's workflow engine"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -64,12 +69,42 @@ enum Target {
         #[command(flatten)]
         load: LoadArgs,
     },
+    /// Start runs of a workflow on Gantry and serve its steps' calls; a run
+    /// is complete when its last step's call (`/ship`) arrives.
+    Saga {
+        /// Gantry's platform API (`[platform] api` in the manifest).
+        #[arg(long, default_value = "http://127.0.0.1:18282")]
+        api: String,
+        /// Gantry's admin API: when given, the tool also waits until the
+        /// journal marks every run completed and reports how long that took.
+        #[arg(long)]
+        admin: Option<String>,
+        /// The workflow to start: steps `POST /reserve`, `/charge`, `/ship`
+        /// on the service at `--listen`.
+        #[arg(long, default_value = "three")]
+        workflow: String,
+        /// Where to serve the steps' calls: the address of the service the
+        /// workflow calls.
+        #[arg(long, default_value = "127.0.0.1:18290")]
+        listen: String,
+        #[command(flatten)]
+        load: LoadArgs,
+    },
+    /// The floor for `saga`: each run's three calls made directly, one after
+    /// the other, to the tool's own server at `--listen`.
+    Direct {
+        #[arg(long, default_value = "127.0.0.1:18290")]
+        listen: String,
+        #[command(flatten)]
+        load: LoadArgs,
+    },
 }
 
-/// The shape of the load, the same for both targets.
+/// The shape of the load, the same for every target (for `saga` and
+/// `direct`, a message is a run and a publisher a starter).
 #[derive(Debug, Args)]
 struct LoadArgs {
-    /// How many messages to publish.
+    /// How many messages (runs) to publish (start).
     #[arg(long, default_value_t = 10_000)]
     count: u64,
     /// How many publishers run at once (each waits for its ack before the next publish).
@@ -109,6 +144,26 @@ impl LoadArgs {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.target {
+        Target::Saga {
+            api,
+            admin,
+            workflow,
+            listen,
+            load,
+        } => {
+            return match load.plan() {
+                Ok(plan) => finish_saga(
+                    saga::run_gantry(&api, admin.as_deref(), &workflow, &listen, plan).await,
+                ),
+                Err(e) => finish_saga(Err(e)),
+            }
+        }
+        Target::Direct { listen, load } => {
+            return match load.plan() {
+                Ok(plan) => finish_saga(saga::run_direct(&listen, plan).await),
+                Err(e) => finish_saga(Err(e)),
+            }
+        }
         Target::Gantry {
             api,
             topic,
@@ -144,5 +199,27 @@ fn finish(report: &Report) -> ExitCode {
             report.delivered, report.count
         );
         ExitCode::from(2)
+    }
+}
+
+/// Like `finish`, for saga runs: the JSON line, and whether every run completed.
+fn finish_saga(result: Result<saga::SagaReport, String>) -> ExitCode {
+    match result {
+        Ok(report) => {
+            println!("{}", report.to_json());
+            if report.base.complete {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!(
+                    "events-load: only {} of {} runs completed before the timeout",
+                    report.base.delivered, report.base.count
+                );
+                ExitCode::from(2)
+            }
+        }
+        Err(error) => {
+            eprintln!("events-load: {error}");
+            ExitCode::from(1)
+        }
     }
 }

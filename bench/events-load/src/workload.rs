@@ -333,6 +333,20 @@ impl Tracker {
         let received = Instant::now();
         let payload: Payload =
             serde_json::from_slice(body).map_err(|e| format!("not a benchmark payload ({e})"))?;
+        self.record_at(&payload, received_ns, received)
+    }
+
+    /// Records one message that arrived now, already decoded.
+    pub fn record_payload(&self, payload: &Payload) -> Result<Receipt, String> {
+        self.record_at(payload, now_ns(), Instant::now())
+    }
+
+    fn record_at(
+        &self,
+        payload: &Payload,
+        received_ns: u64,
+        received: Instant,
+    ) -> Result<Receipt, String> {
         let mut state = self
             .state
             .lock()

@@ -86,6 +86,7 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
     let bus = EventBus::open(&platform.data_dir, directory.clone()).map_err(AppError::Start)?;
     let workflows = Engine::open(&platform.data_dir, bus.clone(), directory.clone())
         .map_err(AppError::Start)?;
+    bus.set_workflow_starter(Arc::new(workflows.clone()));
     let (live, table) = Live::start(
         path,
         manifest,

@@ -867,3 +867,38 @@ async fn the_shop_checkout_saga_takes_each_path() {
         .count();
     assert_eq!(charges_for_3, 1, "{ledger}");
 }
+
+/// Placing an order starts its checkout saga through the `order.placed`
+/// subscription (`to = "workflow:checkout"`).
+#[tokio::test]
+async fn a_placed_order_starts_its_checkout_saga() {
+    let gantry = Gantry::start(&shop_manifest()).await;
+    let c = client();
+    let minted = std::process::Command::new(support::GANTRY)
+        .args(["token", "--sub", "carol", "--scope", "orders:write", "-f"])
+        .arg(gantry.manifest_path())
+        .output()
+        .unwrap();
+    let token = String::from_utf8(minted.stdout).unwrap().trim().to_string();
+    let placed: Value = c
+        .post(gantry.url("/api/orders"))
+        .bearer_auth(&token)
+        .header("idempotency-key", "carol-1")
+        .body(r#"{"sku": 3}"#)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = format!("order.placed-order-{}", placed["order_id"]);
+    let url = gantry.admin_url(&format!("/v1/workflows/{id}"));
+    eventually(
+        "the checkout run completes",
+        Duration::from_secs(30),
+        || async { get_json(&url).await["state"] == "completed" },
+    )
+    .await;
+    let run = get_json(&url).await;
+    assert_eq!(run["input"]["amount_cents"], 3900);
+}

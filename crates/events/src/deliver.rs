@@ -2,12 +2,12 @@
 //! to an instance of the target service.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use gantry_manifest::Subscription;
+use gantry_manifest::{Endpoint, Subscription};
 use gantry_services::ServiceHandle;
 use http::{HeaderValue, Request};
 use http_body_util::{BodyExt, Full};
@@ -28,11 +28,30 @@ pub const SUBSCRIPTION_HEADER: &str = "gantry-subscription";
 /// Header with the event's sequence number in its topic.
 pub const SEQUENCE_HEADER: &str = "gantry-sequence";
 
-/// Delivers events over pooled HTTP/1.1 connections.
+/// Starts a workflow run per event, for subscriptions with
+/// `to = "workflow:NAME"`. The workflow engine implements it; the bus only
+/// knows this seam (the engine depends on the bus, not the other way).
+#[async_trait::async_trait]
+pub trait WorkflowStarter: Send + Sync + std::fmt::Debug {
+    /// Starts `workflow` with run id `id` (the same id again must be a no-op).
+    async fn start_from_event(
+        &self,
+        workflow: &str,
+        id: &str,
+        input: serde_json::Value,
+        traceparent: Option<&str>,
+    ) -> Result<(), String>;
+}
+
+/// Where the workflow engine is, once the app has wired it.
+pub(crate) type StarterSlot = Arc<OnceLock<Arc<dyn WorkflowStarter>>>;
+
+/// Delivers events over pooled HTTP/1.1 connections (or starts workflows).
 #[derive(Debug, Clone)]
 pub(crate) struct Deliverer {
     client: Client<HttpConnector, Full<Bytes>>,
     services: ServiceDirectory,
+    pub starter: StarterSlot,
 }
 
 impl Deliverer {
@@ -43,7 +62,27 @@ impl Deliverer {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
-        Deliverer { client, services }
+        Deliverer {
+            client,
+            services,
+            starter: StarterSlot::default(),
+        }
+    }
+
+    /// A run of `workflow` per event: the event's id names the run (so a
+    /// redelivery starts nothing new) and its data is the input.
+    async fn start_workflow(&self, workflow: &str, pending: &Pending) -> Result<(), String> {
+        let starter = self
+            .starter
+            .get()
+            .ok_or("the workflow engine is not running")?;
+        let event = CloudEvent::from_stored(&pending.event.json).map_err(|e| e.to_string())?;
+        let id = format!("{}-{}", pending.event.topic, event.id()).replace('/', "_");
+        let input = event.data().cloned().unwrap_or(serde_json::Value::Null);
+        let traceparent = event.attribute("traceparent");
+        starter
+            .start_from_event(workflow, &id, input, traceparent.as_deref())
+            .await
     }
 
     /// One delivery attempt. `Err` carries the reason, for retries and the
@@ -54,7 +93,10 @@ impl Deliverer {
         pending: &Pending,
         attempt: u32,
     ) -> Result<(), String> {
-        let service = &subscription.to.service;
+        let (service, path) = match &subscription.to {
+            Endpoint::Service { service, path } => (service, path),
+            Endpoint::Workflow { name } => return self.start_workflow(name, pending).await,
+        };
         let handle = self
             .services
             .load()
@@ -70,7 +112,7 @@ impl Deliverer {
 
         let event = CloudEvent::from_stored(&pending.event.json).map_err(|e| e.to_string())?;
         let (headers, body) = event.to_binary();
-        let uri = format!("http://{}{}", instance.authority, subscription.to.path);
+        let uri = format!("http://{}{}", instance.authority, path);
         let mut request = Request::post(uri)
             .body(Full::new(body))
             .map_err(|e| format!("cannot build the request: {e}"))?;

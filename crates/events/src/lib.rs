@@ -33,7 +33,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use broker::{Broker, BrokerError, DeadLetter, DeadLetterFilter, Position, Published, Seq};
 pub use cloudevent::{CloudEvent, EventError};
-pub use deliver::{ServiceDirectory, ATTEMPT_HEADER, SEQUENCE_HEADER, SUBSCRIPTION_HEADER};
+pub use deliver::{
+    ServiceDirectory, WorkflowStarter, ATTEMPT_HEADER, SEQUENCE_HEADER, SUBSCRIPTION_HEADER,
+};
 pub use sqlite::SqliteBroker;
 
 use broker::NewEvent;
@@ -144,6 +146,11 @@ impl EventBus {
         };
         tokio::spawn(retention(bus.clone()));
         bus
+    }
+
+    /// Lets subscriptions with `to = "workflow:NAME"` start runs.
+    pub fn set_workflow_starter(&self, starter: Arc<dyn WorkflowStarter>) {
+        let _ = self.inner.deliverer.starter.set(starter);
     }
 
     pub fn broker(&self) -> &Arc<dyn Broker> {

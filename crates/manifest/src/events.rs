@@ -90,7 +90,9 @@ pub struct Subscription {
     pub name: String,
     /// The topic to read.
     pub topic: String,
-    /// Where events go: `SERVICE:/path`, e.g. `notifications:/events`.
+    /// Where events go: `SERVICE:/path` (an HTTP POST, e.g.
+    /// `notifications:/events`) or `workflow:NAME` (each event starts a run,
+    /// with the event's id as the run's id and its data as the input).
     #[schemars(with = "String")]
     pub to: Endpoint,
     /// Only events whose attributes equal these values (a trailing `*`
@@ -134,16 +136,37 @@ pub struct SubscriptionSpans {
     pub name: Option<Range<usize>>,
 }
 
-/// A service and a path on it.
+/// Where a subscription delivers.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
-    pub service: String,
-    pub path: String,
+pub enum Endpoint {
+    /// An HTTP POST to a path of a service.
+    Service { service: String, path: String },
+    /// A run of a workflow per event.
+    Workflow { name: String },
+}
+
+impl Endpoint {
+    /// The name a default subscription name starts with.
+    pub fn owner(&self) -> &str {
+        match self {
+            Endpoint::Service { service, .. } => service,
+            Endpoint::Workflow { name } => name,
+        }
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Service { service, path } => write!(f, "{service}:{path}"),
+            Endpoint::Workflow { name } => write!(f, "workflow:{name}"),
+        }
+    }
 }
 
 impl Serialize for Endpoint {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&format_args!("{}:{}", self.service, self.path))
+        s.collect_str(self)
     }
 }
 

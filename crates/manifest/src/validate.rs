@@ -4,6 +4,7 @@
 use crate::auth::AuthMode;
 use crate::decode::suggest;
 use crate::diagnostics::{Diagnostics, ErrorCode};
+use crate::events::Endpoint;
 use crate::model::{Manifest, Route};
 use crate::policy::Fallback;
 use crate::workflows::Action;
@@ -136,21 +137,39 @@ fn check_subscriptions(
                 Some(hint),
             );
         }
-        let service = &subscription.to.service;
-        if !manifest.services.contains_key(service) {
-            out.push_at(
-                source,
-                ErrorCode::UnknownService,
-                subscription.spans.to.clone(),
-                format!(
-                    "subscription `{}` delivers to `{service}`, which is not a declared service",
-                    subscription.name
-                ),
-                Some(match suggest(service, services) {
-                    Some(close) => format!("did you mean `{close}`?"),
-                    None => format!("declared services: {}", services.join(", ")),
-                }),
-            );
+        match &subscription.to {
+            Endpoint::Service { service, .. } if !manifest.services.contains_key(service) => {
+                out.push_at(
+                    source,
+                    ErrorCode::UnknownService,
+                    subscription.spans.to.clone(),
+                    format!(
+                        "subscription `{}` delivers to `{service}`, which is not a declared service",
+                        subscription.name
+                    ),
+                    Some(match suggest(service, services) {
+                        Some(close) => format!("did you mean `{close}`?"),
+                        None => format!("declared services: {}", services.join(", ")),
+                    }),
+                );
+            }
+            Endpoint::Workflow { name } if !manifest.workflows.contains_key(name) => {
+                let workflows: Vec<&str> = manifest.workflows.keys().map(String::as_str).collect();
+                out.push_at(
+                    source,
+                    ErrorCode::BadValue,
+                    subscription.spans.to.clone(),
+                    format!(
+                        "subscription `{}` starts workflow `{name}`, which is not declared",
+                        subscription.name
+                    ),
+                    Some(match suggest(name, &workflows) {
+                        Some(close) => format!("did you mean `{close}`?"),
+                        None => "declare it with a `[workflows.NAME]` section".into(),
+                    }),
+                );
+            }
+            _ => {}
         }
         if !seen.insert(subscription.name.as_str()) {
             out.push_at(

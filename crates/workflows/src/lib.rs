@@ -381,6 +381,25 @@ impl Engine {
     }
 }
 
+#[async_trait::async_trait]
+impl gantry_events::WorkflowStarter for Engine {
+    async fn start_from_event(
+        &self,
+        workflow: &str,
+        id: &str,
+        input: Value,
+        traceparent: Option<&str>,
+    ) -> Result<(), String> {
+        match self
+            .start(workflow, Some(id.to_string()), input, traceparent)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+}
+
 /// Steps as operators see them (for `gantry workflows show`).
 pub fn describe_steps(steps: &[StepRecord]) -> Value {
     engine::describe(steps)

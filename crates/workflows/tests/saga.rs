@@ -173,6 +173,7 @@ impl Rig {
         let bus = EventBus::open(dir.path(), directory.clone()).unwrap();
         bus.apply(&manifest).await.unwrap();
         let engine = Engine::open(dir.path(), bus.clone(), directory.clone()).unwrap();
+        bus.set_workflow_starter(Arc::new(engine.clone()));
         engine.apply(&manifest).await.unwrap();
         Rig {
             engine,
@@ -199,7 +200,11 @@ impl Rig {
     async fn wait_state(&self, id: &str, state: RunState) -> gantry_workflows::RunView {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let run = self.engine.get(id).await.unwrap();
+            let Ok(run) = self.engine.get(id).await else {
+                assert!(Instant::now() < deadline, "run {id} never started");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
             if run.instance.state == state {
                 return run;
             }
@@ -549,4 +554,39 @@ async fn operators_cancel_and_resume_runs() {
         unknown.to_string().contains("only a stopped run"),
         "{unknown}"
     );
+}
+
+#[tokio::test]
+async fn a_subscription_starts_one_run_per_event() {
+    let (shop, url) = Shop::start().await;
+    let text = format!(
+        "{}\n[topics.\"reminder.requested\"]\n\n[[subscriptions]]\ntopic = \"reminder.requested\"\nto = \"workflow:later\"\n",
+        TIMER.replace("1500ms", "10ms")
+    );
+    let rig = Rig::start(&text, &url).await;
+    let event = gantry_events::CloudEvent::from_json(json!({
+        "specversion": "1.0", "id": "r-1", "source": "/tests",
+        "type": "reminder.requested", "data": {"who": "alice"}
+    }))
+    .unwrap();
+    rig.bus
+        .publish("reminder.requested", vec![event.clone()], None)
+        .await
+        .unwrap();
+    let run = rig
+        .wait_state("reminder.requested-r-1", RunState::Completed)
+        .await;
+    assert_eq!(run.instance.input, json!({"who": "alice"}));
+    // The same event again (a replay) starts nothing new.
+    rig.bus
+        .seek(
+            "later.reminder.requested",
+            gantry_events::Position::Earliest,
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let runs = rig.engine.store().list(None, None, 10).await.unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(shop.effects(), ["POST /reminders"]);
 }

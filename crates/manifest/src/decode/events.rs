@@ -147,7 +147,7 @@ impl Decoder<'_> {
                     s,
                     "to",
                     format!("`{text}` is not a service endpoint"),
-                    "write `SERVICE:/path`, e.g. `notifications:/events`",
+                    "write `SERVICE:/path`, e.g. `notifications:/events`, or `workflow:NAME`",
                 );
                 None
             }
@@ -204,7 +204,7 @@ impl Decoder<'_> {
         }
         let (topic, to) = (topic?, to?);
         Some(Subscription {
-            name: name.unwrap_or_else(|| format!("{}.{}", to.service, topic)),
+            name: name.unwrap_or_else(|| format!("{}.{}", to.owner(), topic)),
             spans: SubscriptionSpans {
                 topic: self.value_span(s, "topic"),
                 to: self.value_span(s, "to"),
@@ -294,9 +294,14 @@ impl Decoder<'_> {
     }
 }
 
-/// `SERVICE:/path`.
+/// `SERVICE:/path` or `workflow:NAME`.
 fn parse_endpoint(text: &str) -> Option<Endpoint> {
     let (service, path) = text.split_once(':')?;
+    if service == "workflow" && !path.starts_with('/') {
+        return is_topic_name(path).then(|| Endpoint::Workflow {
+            name: path.to_string(),
+        });
+    }
     let valid_service = !service.is_empty()
         && service
             .chars()
@@ -304,7 +309,7 @@ fn parse_endpoint(text: &str) -> Option<Endpoint> {
     if !valid_service || !path.starts_with('/') || path.contains(char::is_whitespace) {
         return None;
     }
-    Some(Endpoint {
+    Some(Endpoint::Service {
         service: service.to_string(),
         path: path.to_string(),
     })

