@@ -105,6 +105,7 @@ echo "kernel: $(uname -sr)"
 echo "filesystem: $(df -T "$WORK" | awk 'NR == 2 {print $2}') ($WORK)"
 echo "gantry: $("$GANTRY" --version 2>/dev/null || echo unknown), $GANTRY_BUILT; git $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)"
 echo "rustc: $(rustc --version)"
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 
 # CPU seconds (user+system, all threads) a process used so far.
@@ -248,6 +249,8 @@ if [ "$FSYNC_PROBE" = 1 ]; then
   done
 fi
 
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo
 echo "## results"
 python3 - "$RESULTS" "$PROBES" "$RUNS" "$COUNT" "$CONCURRENCY" "$RATE" "$RATE_COUNT" <<'PY'
 import json, statistics, sys

@@ -294,3 +294,25 @@ async fn starting_is_idempotent_and_bad_starts_are_refused_clearly() {
         .unwrap();
     assert_eq!(missing.status(), 404);
 }
+
+#[tokio::test]
+async fn a_route_to_the_platform_api_starts_runs_with_gateway_policies() {
+    let (service, url) = Service::start().await;
+    let text = format!(
+        "{}\n[services.platform]\nurls = [\"http://127.0.0.1:{{API}}\"]\n\n[[routes]]\npath = \"/api/checkout\"\nmethods = [\"POST\"]\nto = \"platform\"\nrewrite = \"/v1/workflows/checkout\"\n",
+        manifest(&url)
+    );
+    let gantry = Gantry::start(&text).await;
+    let response = client()
+        .post(gantry.url("/api/checkout"))
+        .json(&json!({"id": "via-route", "input": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    eventually("the run completes", Duration::from_secs(10), || async {
+        state(&gantry, "via-route").await == "completed"
+    })
+    .await;
+    assert_eq!(service.count("POST /shipments"), 1);
+}
