@@ -83,13 +83,16 @@ pub(crate) async fn drive(inner: &Inner, id: &str, stop: &CancellationToken) -> 
                 };
                 match outcome {
                     Ok(output) => {
-                        inner.store.finish(id, idx, "do", Ok(output)).await?;
+                        // The next step's state, written with this step's outcome.
+                        let next = match definition.steps.get(idx + 1).map(|s| &s.action) {
+                            Some(ActionDef::Wait { .. } | ActionDef::Sleep { .. }) => {
+                                State::Waiting
+                            }
+                            _ => State::Running,
+                        };
+                        inner.store.complete_step(id, idx, output, next).await?;
                         instance.position += 1;
-                        inner.store.advance(id, instance.position).await?;
-                        if waiting {
-                            inner.store.set_state(id, State::Running, None).await?;
-                            instance.state = State::Running;
-                        }
+                        instance.state = next;
                     }
                     Err(error) => {
                         tracing::warn!(target: "gantry::workflows", workflow = %instance.workflow, id, step = %step.name, %error, "step failed; compensating");

@@ -331,18 +331,6 @@ impl Store {
         .await
     }
 
-    pub async fn advance(&self, id: &str, position: usize) -> Result<()> {
-        let id = id.to_string();
-        self.with(move |conn| {
-            conn.execute(
-                "UPDATE instances SET position = ?2, updated_ms = ?3 WHERE id = ?1",
-                params![id, position as i64, now_ms()],
-            )
-            .map(|_| ())
-        })
-        .await
-    }
-
     /// Records that an attempt is about to run (before its side effect).
     pub async fn attempt_started(
         &self,
@@ -410,6 +398,33 @@ impl Store {
                 params![id, idx as i64, phase, status, output, error, now_ms()],
             )
             .map(|_| ())
+        })
+        .await
+    }
+
+    /// A forward step succeeded: its output, the next position and the run's
+    /// state, in one transaction (one fsync per step transition).
+    pub async fn complete_step(
+        &self,
+        id: &str,
+        idx: usize,
+        output: Value,
+        state: State,
+    ) -> Result<()> {
+        let id = id.to_string();
+        self.with(move |conn| {
+            let tx = conn.transaction()?;
+            let now = now_ms();
+            tx.execute(
+                "UPDATE steps SET status = 'done', output = ?3, finished_ms = ?4
+                 WHERE instance = ?1 AND idx = ?2 AND phase = 'do'",
+                params![id, idx as i64, output.to_string(), now],
+            )?;
+            tx.execute(
+                "UPDATE instances SET position = ?2, state = ?3, updated_ms = ?4 WHERE id = ?1",
+                params![id, idx as i64 + 1, state.as_str(), now],
+            )?;
+            tx.commit()
         })
         .await
     }
