@@ -25,6 +25,10 @@
 # calls itself, one after the other, to the same kind of server (start to
 # finish = first request sent -> third answered; that is also its "start
 # ack": a direct caller is busy until the last call answers).
+# CPU: Gantry's from /proc/PID/stat, the load tool's from this shell's
+# children times, and "other": the machine's busy time minus both (kernel
+# threads such as the filesystem's journal, and anything else that ran; a
+# large value in a direct run means a disturbed run).
 # Everything is bounded: every load run has a timeout, and the script stops
 # whatever it started when it exits. Only 127.0.0.1 is used.
 set -euo pipefail
@@ -118,6 +122,15 @@ cpu_seconds() {
   fi
 }
 
+# CPU seconds all cores spent busy so far (user, nice, system, irq, softirq,
+# steal), and CPU seconds of this shell's finished children (the load tool).
+busy_seconds() {
+  awk -v hz="$HZ" '$1 == "cpu" { print ($2 + $3 + $4 + $7 + $8 + $9) / hz; exit }' /proc/stat
+}
+children_seconds() {
+  awk -v hz="$HZ" '{ sub(/^.*\) /, ""); print ($14 + $15) / hz }' "/proc/$$/stat"
+}
+
 # Starts gantry pinned to core 0 on a fresh data dir in $1; with $2 = perf,
 # under `perf stat` counting the journal's syscalls into $1/perf.txt.
 start_gantry() {
@@ -181,25 +194,35 @@ RESULTS="$WORK/results.jsonl"
 run_load() {
   local round=$1 scenario=$2 gantry_pid=$3 results=$4
   shift 4
-  local before after out status=0
+  local before after busy_before busy_after tool_before tool_after out status=0
   before=$(cpu_seconds "$gantry_pid")
+  busy_before=$(busy_seconds)
+  tool_before=$(children_seconds)
   taskset -c 1 timeout -s TERM -k 10 $((TIMEOUT + 90)) "$LOAD" "$@" --timeout "$TIMEOUT" > "$WORK/load.out" &
   LOAD_PID=$!
   wait "$LOAD_PID" || status=$?
   LOAD_PID=
   after=$(cpu_seconds "$gantry_pid")
+  busy_after=$(busy_seconds)
+  tool_after=$(children_seconds)
   out=$(cat "$WORK/load.out")
   if [ -z "$out" ]; then
     echo "bench: events-load $1 failed (exit $status) in round $round, $scenario" >&2
     exit 1
   fi
   [ "$status" = 0 ] || echo "bench: events-load $1 exited $status in round $round, $scenario (recorded as incomplete)" >&2
-  python3 - "$round" "$scenario" "$before" "$after" "$out" >> "$results" <<'PY'
+  python3 - "$round" "$scenario" "$before" "$after" "$busy_before" "$busy_after" "$tool_before" "$tool_after" "$out" >> "$results" <<'PY'
 import json, sys
-round_, scenario, before, after, out = sys.argv[1:]
+round_, scenario, before, after, busy_before, busy_after, tool_before, tool_after, out = sys.argv[1:]
 row = json.loads(out)
 row.update(round=int(round_), scenario=scenario)
 row["gantry_cpu_s"] = float(after) - float(before) if before and after else None
+row["tool_cpu_s"] = float(tool_after) - float(tool_before)
+# Busy CPU time of the machine that was neither gantry nor the load tool:
+# kernel threads (the filesystem's journal thread, block I/O) and whatever
+# else ran on the machine meanwhile.
+row["other_cpu_s"] = (float(busy_after) - float(busy_before) - row["tool_cpu_s"]
+                      - (row["gantry_cpu_s"] or 0.0))
 print(json.dumps(row))
 PY
   echo "  $(tail -1 "$results")" >&2
@@ -265,8 +288,8 @@ def values(scenario, system, key):
     return [r[key] for r in rows[(scenario, system)] if r.get(key) is not None]
 def med(xs): return statistics.median(xs) if xs else float("nan")
 def spread(xs, fmt=".0f"): return f"{min(xs):{fmt}}-{max(xs):{fmt}}" if xs else "-"
-def cpu_ms_per_run(scenario, system):
-    xs = [r["gantry_cpu_s"] / r["count"] * 1000 for r in rows[(scenario, system)] if r.get("gantry_cpu_s") is not None]
+def cpu_ms_per_run(scenario, system, key):
+    xs = [r[key] / r["count"] * 1000 for r in rows[(scenario, system)] if r.get(key) is not None]
     return f"{med(xs):.2f}" if xs else "-"
 
 print(f"runs={runs} concurrency={conc} (medians; spread is min-max over runs)\n")
@@ -280,8 +303,9 @@ for scenario in ("flat", "rate"):
         continue
     print(f"### {titles[scenario]}\n")
     print("| system | started runs/s | spread | completed runs/s | spread | start ack p50 ms | start ack p99 ms "
-          "| e2e p50 ms | spread | e2e p99 ms | spread | e2e max ms | Gantry CPU-ms per run | journal settle ms | incomplete runs |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| e2e p50 ms | spread | e2e p99 ms | spread | e2e max ms | Gantry CPU-ms per run | tool CPU-ms per run "
+          "| other CPU-s (max) | journal settle ms | incomplete runs |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for system in systems:
         v = lambda key: values(scenario, system, key)
         incomplete = sum(r["incomplete"] for r in rows[(scenario, system)])
@@ -292,7 +316,8 @@ for scenario in ("flat", "rate"):
               f"| {med(v('start_ack_p50_ms')):.2f} | {med(v('start_ack_p99_ms')):.2f} "
               f"| {med(v('e2e_p50_ms')):.2f} | {spread(v('e2e_p50_ms'), '.2f')} "
               f"| {med(v('e2e_p99_ms')):.2f} | {spread(v('e2e_p99_ms'), '.2f')} | {med(v('e2e_max_ms')):.2f} "
-              f"| {cpu_ms_per_run(scenario, system)} | {settle} | {incomplete}"
+              f"| {cpu_ms_per_run(scenario, system, 'gantry_cpu_s')} | {cpu_ms_per_run(scenario, system, 'tool_cpu_s')} "
+              f"| {max(v('other_cpu_s')):.2f} | {settle} | {incomplete}"
               f"{f' ({unfinished} not completed in the journal)' if unfinished else ''} |")
     if "gantry" in systems and "direct" in systems:
         ratio = lambda key: med(values(scenario, "gantry", key)) / med(values(scenario, "direct", key))

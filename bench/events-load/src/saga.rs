@@ -462,10 +462,8 @@ async fn answer(request: Request<Incoming>, sink: &Sink) -> Response<Full<Bytes>
             Err(_) => (StatusCode::BAD_REQUEST, String::new()),
         }
     };
-    if status.is_client_error() {
-        if sink.refused.fetch_add(1, Ordering::Relaxed) == 0 {
-            eprintln!("events-load: refused a call to {path}: {status} {body}");
-        }
+    if status.is_client_error() && sink.refused.fetch_add(1, Ordering::Relaxed) == 0 {
+        eprintln!("events-load: refused a call to {path}: {status} {body}");
     }
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
