@@ -1,16 +1,29 @@
 //! The journal: `workflows.db` in the data directory (SQLite, WAL,
 //! `synchronous = FULL`). Every step transition is written here before and
 //! after the step runs; a restart continues from what it says.
+//!
+//! One thread owns the connection. It takes every operation that is waiting
+//! and runs them in one transaction (each multi-statement operation in its
+//! own savepoint), then commits once: concurrent runs share an fsync, as in
+//! the event store.
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::definition::Definition;
+
+/// Operations that may share one commit.
+const MAX_BATCH: usize = 512;
+
+/// Runs after the transaction that held the job commits (or fails to).
+type Finish = Box<dyn FnOnce(std::result::Result<(), String>) + Send>;
+/// A unit of work for the writer thread.
+type Job = Box<dyn FnOnce(&mut Connection) -> Finish + Send>;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS definitions (
@@ -142,9 +155,39 @@ pub struct StepRecord {
 }
 
 /// The journal.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Store {
-    conn: Arc<Mutex<Connection>>,
+    jobs: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+/// The writer thread: group commits until every sender is gone.
+fn run_writer(mut conn: Connection, mut jobs: mpsc::Receiver<Job>) {
+    while let Some(first) = jobs.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let begun = conn.execute_batch("BEGIN IMMEDIATE");
+        let finishes: Vec<Finish> = batch.into_iter().map(|job| job(&mut conn)).collect();
+        let committed = begun
+            .and_then(|_| conn.execute_batch("COMMIT"))
+            .map_err(|e| format!("workflow journal: {e}"));
+        if committed.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for finish in finishes {
+            finish(committed.clone());
+        }
+    }
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -170,32 +213,36 @@ impl Store {
                 path.display()
             )
         })?;
-        Ok(Store {
-            conn: Arc::new(Mutex::new(conn)),
-        })
+        let (jobs, rx) = mpsc::channel(4 * MAX_BATCH);
+        std::thread::Builder::new()
+            .name("gantry-workflows-db".into())
+            .spawn(move || run_writer(conn, rx))
+            .map_err(|e| format!("cannot start the workflow journal thread: {e}"))?;
+        Ok(Store { jobs })
     }
 
-    /// Runs `work` on a blocking thread with the connection.
+    /// Runs `work` on the writer thread; resolves once it is committed.
     async fn with<T: Send + 'static>(
         &self,
         work: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T> {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = conn
-                .lock()
-                .map_err(|_| "the journal lock is poisoned".to_string())?;
-            work(&mut conn).map_err(|e| format!("workflow journal: {e}"))
-        })
-        .await
-        .map_err(|e| e.to_string())?
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |conn: &mut Connection| {
+            let outcome = work(conn).map_err(|e| format!("workflow journal: {e}"));
+            Box::new(move |committed: std::result::Result<(), String>| {
+                let _ = reply.send(committed.and(outcome));
+            })
+        });
+        let stopped = || "the workflow journal has stopped".to_string();
+        self.jobs.send(job).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 
     /// Stores `definition` as a new version unless the latest one has the
     /// same steps; returns it with its version.
     pub async fn register(&self, definition: Definition) -> Result<Definition> {
         self.with(move |conn| {
-            let tx = conn.transaction()?;
+            let tx = conn.savepoint()?;
             let latest: Option<(u32, String)> = tx
                 .query_row(
                     "SELECT version, json FROM definitions WHERE workflow = ?1 ORDER BY version DESC LIMIT 1",
@@ -246,7 +293,7 @@ impl Store {
     /// whether it was created.
     pub async fn create(&self, instance: Instance) -> Result<(Instance, bool)> {
         self.with(move |conn| {
-            let tx = conn.transaction()?;
+            let tx = conn.savepoint()?;
             if let Some(existing) = load(&tx, &instance.id)? {
                 return Ok((existing, false));
             }
@@ -413,7 +460,7 @@ impl Store {
     ) -> Result<()> {
         let id = id.to_string();
         self.with(move |conn| {
-            let tx = conn.transaction()?;
+            let tx = conn.savepoint()?;
             let now = now_ms();
             tx.execute(
                 "UPDATE steps SET status = 'done', output = ?3, finished_ms = ?4
@@ -433,7 +480,7 @@ impl Store {
     pub async fn retry(&self, id: &str) -> Result<()> {
         let id = id.to_string();
         self.with(move |conn| {
-            let tx = conn.transaction()?;
+            let tx = conn.savepoint()?;
             tx.execute(
                 "DELETE FROM steps WHERE instance = ?1 AND phase = 'undo' AND status != 'done'",
                 [&id],
@@ -452,7 +499,7 @@ impl Store {
     pub async fn resume(&self, id: &str, from: usize) -> Result<()> {
         let id = id.to_string();
         self.with(move |conn| {
-            let tx = conn.transaction()?;
+            let tx = conn.savepoint()?;
             tx.execute(
                 "DELETE FROM steps WHERE instance = ?1 AND (phase = 'undo' OR idx >= ?2)",
                 params![id, from as i64],
