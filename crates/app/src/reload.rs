@@ -66,6 +66,8 @@ impl Live {
             .with_jwt(manifest.jwt.as_ref())
             .await?;
         events.directory.store(Arc::new(services.clone()));
+        // Workflows first, so a subscription that starts them finds them.
+        let registered = events.workflows.register(&manifest).await?;
         let applied = events.bus.apply(&manifest).await?;
         tracing::info!(
             target: "gantry::events",
@@ -74,7 +76,7 @@ impl Live {
             schemas_registered = ?applied.schemas_registered,
             "event bus ready"
         );
-        let registered = events.workflows.apply(&manifest).await?;
+        events.workflows.resume_all().await?;
         if !registered.is_empty() {
             tracing::info!(target: "gantry::workflows", workflows = ?registered, "workflows ready");
         }
@@ -187,15 +189,16 @@ impl Live {
         // Deliveries go to the new services from here on; a refused event
         // bus change (a breaking schema, say) puts the old ones back.
         let previous_directory = self.events.directory.swap(Arc::new(next.clone()));
+        // New runs use the new definitions; runs in flight keep theirs.
+        if let Err(error) = self.events.workflows.register(&manifest).await {
+            tracing::error!(target: "gantry::reload", %error, "cannot register the workflows; new runs keep the previous definitions");
+        }
         if let Err(error) = self.events.bus.apply(&manifest).await {
             self.events.directory.store(previous_directory);
             stop_all(fresh, Duration::ZERO).await;
             return Err(self.refuse(trigger, error));
         }
-        // New runs use the new definitions; runs in flight keep theirs.
-        if let Err(error) = self.events.workflows.apply(&manifest).await {
-            tracing::error!(target: "gantry::reload", %error, "cannot register the workflows; new runs keep the previous definitions");
-        }
+
         report.routes = manifest.routes.len();
         if let Some(gateway) = &self.gateway {
             gateway.swap(table);

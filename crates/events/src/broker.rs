@@ -224,6 +224,9 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
         events: Vec<RelayedEvent>,
     ) -> Result<(), BrokerError>;
 
+    /// The newest sequence number of `topic` (0: nothing published yet).
+    async fn last_seq(&self, topic: &str) -> Result<Seq, BrokerError>;
+
     /// The last outbox row a relay published (0: none).
     async fn relay_position(&self, relay: &str) -> Result<i64, BrokerError>;
 

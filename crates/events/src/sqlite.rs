@@ -462,6 +462,11 @@ impl Broker for SqliteBroker {
         Ok(())
     }
 
+    async fn last_seq(&self, topic: &str) -> Result<Seq, BrokerError> {
+        let topic = topic.to_string();
+        self.call(move |conn| last_seq(conn, &topic)).await
+    }
+
     async fn relay_position(&self, relay: &str) -> Result<i64, BrokerError> {
         let relay = relay.to_string();
         self.call(move |conn| {

@@ -45,6 +45,10 @@ pub(crate) async fn drive(inner: &Inner, id: &str, stop: &CancellationToken) -> 
             )
         })?;
     loop {
+        // An operator may have asked to cancel since the last step.
+        if let Some(fresh) = inner.store.get(id).await? {
+            instance.cancel_requested = fresh.cancel_requested;
+        }
         if instance.cancel_requested && matches!(instance.state, State::Running | State::Waiting) {
             inner
                 .store
@@ -189,6 +193,14 @@ async fn run_step(
     let id = &instance.id;
     let records = inner.store.steps(id).await?;
     let record = records.iter().find(|r| r.idx == idx && r.phase == phase);
+    // An outcome already journaled is the outcome (a crash came after it).
+    if let Some(r) = record {
+        match r.status.as_str() {
+            "done" => return Ok(Ok(r.output.clone().unwrap_or(Value::Null))),
+            "failed" => return Ok(Err(r.error.clone().unwrap_or_default())),
+            _ => {}
+        }
+    }
     let mut attempts = record.map_or(0, |r| r.attempts);
     let mut not_before = record.map_or(0, |r| r.not_before_ms);
     let outputs: BTreeMap<String, Value> = records
@@ -465,10 +477,15 @@ async fn wait_for(
     let mut watch = broker.watch(topic);
     let mut next = from;
     loop {
-        let batch = broker
-            .read(topic, next, 512)
-            .await
-            .map_err(|e| e.to_string())?;
+        let batch = match broker.read(topic, next, 512).await {
+            Ok(batch) => batch,
+            Err(error) => {
+                // The store is briefly unavailable: keep waiting.
+                tracing::warn!(target: "gantry::workflows", topic, %error, "cannot read the topic; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
         for stored in &batch {
             next = stored.seq + 1;
             let Ok(event) = serde_json::from_slice::<Value>(&stored.json) else {

@@ -104,10 +104,17 @@ impl Engine {
         &self.inner.store
     }
 
-    /// Registers the manifest's workflows (a changed one gets a new version;
-    /// runs in flight keep theirs) and resumes every run the journal says
-    /// was going.
+    /// Registers the manifest's workflows and resumes every run the journal
+    /// says was going ([`Engine::register`] then [`Engine::resume_all`]).
     pub async fn apply(&self, manifest: &Manifest) -> Result<Vec<String>, String> {
+        let registered = self.register(manifest).await?;
+        self.resume_all().await?;
+        Ok(registered)
+    }
+
+    /// Registers the manifest's workflows: a changed one gets a new version;
+    /// runs in flight keep theirs.
+    pub async fn register(&self, manifest: &Manifest) -> Result<Vec<String>, String> {
         let mut current = HashMap::new();
         let mut registered = Vec::new();
         for (name, workflow) in &manifest.workflows {
@@ -120,10 +127,16 @@ impl Engine {
             current.insert(name.clone(), Arc::new(definition));
         }
         self.inner.current.store(Arc::new(current));
+        Ok(registered)
+    }
+
+    /// Drives every run the journal says was going (after a start, once the
+    /// event bus is ready for their publishes and waits).
+    pub async fn resume_all(&self) -> Result<(), String> {
         for id in self.inner.store.active().await? {
             self.spawn(&id);
         }
-        Ok(registered)
+        Ok(())
     }
 
     /// Starts a run of `workflow`. With a caller-chosen `id`, starting is
@@ -167,24 +180,17 @@ impl Engine {
             .map(str::to_string)
             .unwrap_or_else(|| format!("{:032x}", fastrand::u128(1..)));
         // Where each waited topic stands now: a wait sees events from here on.
-        let stats = self
-            .inner
-            .bus
-            .broker()
-            .topic_stats()
-            .await
-            .map_err(|e| WorkflowError::Storage(e.to_string()))?;
-        let wait_from: BTreeMap<String, u64> = definition
-            .waited_topics()
-            .into_iter()
-            .map(|topic| {
-                let last = stats
-                    .iter()
-                    .find(|t| t.name == topic)
-                    .map_or(0, |t| t.last_seq);
-                (topic.to_string(), last + 1)
-            })
-            .collect();
+        let mut wait_from = BTreeMap::new();
+        for topic in definition.waited_topics() {
+            let last = self
+                .inner
+                .bus
+                .broker()
+                .last_seq(topic)
+                .await
+                .map_err(|e| WorkflowError::Storage(e.to_string()))?;
+            wait_from.insert(topic.to_string(), last + 1);
+        }
         let now = now_ms();
         let instance = Instance {
             id: id.clone(),
@@ -280,6 +286,29 @@ impl Engine {
                 names.join(", ")
             ))
         })?;
+        // Steps before `from` are kept as they are, so they must have run and
+        // must not have been undone by a compensation.
+        let done = |idx: usize| {
+            run.steps
+                .iter()
+                .any(|s| s.idx == idx && s.phase == "do" && s.status == "done")
+        };
+        let first_not_done = (0..definition.steps.len())
+            .find(|&i| !done(i))
+            .unwrap_or(definition.steps.len());
+        let first_undone = run
+            .steps
+            .iter()
+            .filter(|s| s.phase == "undo" && s.status == "done")
+            .map(|s| s.idx)
+            .min();
+        let latest = first_undone.map_or(first_not_done, |u| u.min(first_not_done));
+        if index > latest {
+            let name = &definition.steps[latest.min(definition.steps.len() - 1)].name;
+            return Err(WorkflowError::Invalid(format!(
+                "run `{id}` can resume from `{name}` or an earlier step: the steps from there on did not complete or were compensated"
+            )));
+        }
         self.inner
             .store
             .resume(id, index)
@@ -290,7 +319,9 @@ impl Engine {
     }
 
     /// Cancels a run: a running one compensates what it completed, then ends
-    /// `cancelled`; a parked one ends `cancelled` at once.
+    /// `cancelled`; a parked one ends `cancelled` at once. A call in flight is
+    /// allowed to finish (so its effect is known and compensated); a `wait`
+    /// or `sleep` is interrupted.
     pub async fn cancel(&self, id: &str) -> Result<RunView, WorkflowError> {
         let run = self.get(id).await?;
         match run.instance.state {
@@ -300,30 +331,17 @@ impl Engine {
                     .request_cancel(id)
                     .await
                     .map_err(WorkflowError::Storage)?;
-                // Interrupt the step it is on (a wait or sleep can be long);
-                // the journal makes the restart safe.
-                let token = self
-                    .inner
-                    .running
-                    .lock()
-                    .expect("running lock")
-                    .get(id)
-                    .cloned();
-                if let Some(token) = token {
-                    token.cancel();
-                }
-                // Let the interrupted driver exit before starting another.
-                for _ in 0..100 {
-                    if !self
+                if run.instance.state == State::Waiting {
+                    let token = self
                         .inner
                         .running
                         .lock()
                         .expect("running lock")
-                        .contains_key(id)
-                    {
-                        break;
+                        .get(id)
+                        .cloned();
+                    if let Some(token) = token {
+                        token.cancel();
                     }
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                 }
                 self.spawn(id);
             }
@@ -348,22 +366,44 @@ impl Engine {
         self.get(id).await
     }
 
-    /// Drives a run in the background unless it already is.
+    /// Drives a run in the background unless it already is. The driver
+    /// starts over when it was interrupted (a cancel during a wait) or the
+    /// journal failed, until the run stops or Gantry shuts down.
     fn spawn(&self, id: &str) {
-        let token = {
+        {
             let mut running = self.inner.running.lock().expect("running lock");
             if running.contains_key(id) {
                 return;
             }
-            let token = self.inner.shutdown.child_token();
-            running.insert(id.to_string(), token.clone());
-            token
-        };
+            running.insert(id.to_string(), self.inner.shutdown.child_token());
+        }
         let inner = self.inner.clone();
         let id = id.to_string();
         tokio::spawn(async move {
-            if let Err(error) = engine::drive(&inner, &id, &token).await {
-                tracing::error!(target: "gantry::workflows", id, %error, "cannot drive the workflow; it resumes at the next start");
+            loop {
+                let token = {
+                    let mut running = inner.running.lock().expect("running lock");
+                    let token = running
+                        .entry(id.clone())
+                        .or_insert_with(|| inner.shutdown.child_token());
+                    if token.is_cancelled() {
+                        *token = inner.shutdown.child_token();
+                    }
+                    token.clone()
+                };
+                let result = engine::drive(&inner, &id, &token).await;
+                if inner.shutdown.is_cancelled() {
+                    break;
+                }
+                match result {
+                    Err(error) => {
+                        tracing::error!(target: "gantry::workflows", id, %error, "cannot drive the workflow; trying again");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                    // Interrupted (a cancel during a wait): go on from the journal.
+                    Ok(()) if token.is_cancelled() => {}
+                    Ok(()) => break,
+                }
             }
             inner.running.lock().expect("running lock").remove(&id);
         });

@@ -476,6 +476,36 @@ impl Store {
         .await
     }
 
+    /// A step (or compensation) failed for good, and the run moves to
+    /// `state` with `run_error`: one transaction, so a crash cannot leave a
+    /// failed step in a run that would try it again.
+    pub async fn fail_step(
+        &self,
+        id: &str,
+        idx: usize,
+        phase: &str,
+        error: String,
+        state: State,
+        run_error: String,
+    ) -> Result<()> {
+        let (id, phase) = (id.to_string(), phase.to_string());
+        self.with(move |conn| {
+            let tx = conn.savepoint()?;
+            let now = now_ms();
+            tx.execute(
+                "UPDATE steps SET status = 'failed', error = ?4, finished_ms = ?5
+                 WHERE instance = ?1 AND idx = ?2 AND phase = ?3",
+                params![id, idx as i64, phase, error, now],
+            )?;
+            tx.execute(
+                "UPDATE instances SET state = ?2, error = ?3, updated_ms = ?4 WHERE id = ?1",
+                params![id, state.as_str(), run_error, now],
+            )?;
+            tx.commit()
+        })
+        .await
+    }
+
     /// An operator retries a parked run: its failed compensation starts over.
     pub async fn retry(&self, id: &str) -> Result<()> {
         let id = id.to_string();

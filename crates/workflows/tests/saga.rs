@@ -544,8 +544,14 @@ async fn operators_cancel_and_resume_runs() {
         ]
     );
 
-    // Resumed from `ship`: it runs again under a new key, then waits.
-    rig.engine.resume("c", "ship").await.unwrap();
+    // Every step was undone, so it can only start over from the first one,
+    // under new keys.
+    let refused = rig.engine.resume("c", "ship").await.unwrap_err();
+    assert!(
+        refused.to_string().contains("can resume from `reserve`"),
+        "{refused}"
+    );
+    rig.engine.resume("c", "reserve").await.unwrap();
     rig.dispatch(9).await;
     rig.wait_state("c", RunState::Completed).await;
     assert!(shop.keys.lock().unwrap().contains(&"c/ship/1".to_string()));
@@ -589,4 +595,40 @@ async fn a_subscription_starts_one_run_per_event() {
     let runs = rig.engine.store().list(None, None, 10).await.unwrap();
     assert_eq!(runs.len(), 1);
     assert_eq!(shop.effects(), ["POST /reminders"]);
+}
+
+#[tokio::test]
+async fn a_cancel_during_a_call_lets_it_finish_and_compensates_it() {
+    let (shop, url) = Shop::start().await;
+    shop.delays
+        .lock()
+        .unwrap()
+        .insert("POST /charges".into(), Duration::from_millis(400));
+    let rig = Rig::start(CHECKOUT, &url).await;
+    rig.engine
+        .start(
+            "checkout",
+            Some("x".into()),
+            json!({"order_id": 5, "sku": 1}),
+            None,
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !shop.keys.lock().unwrap().iter().any(|k| k == "x/charge") {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    rig.engine.cancel("x").await.unwrap();
+    rig.wait_state("x", RunState::Cancelled).await;
+    // The charge completed, so it was refunded; nothing was shipped.
+    assert_eq!(
+        shop.effects(),
+        [
+            "POST /reservations",
+            "POST /charges",
+            "POST /refunds",
+            "DELETE /reservations/reservations-1"
+        ]
+    );
 }
