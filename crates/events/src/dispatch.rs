@@ -17,7 +17,7 @@
 //! queues, and a heap of the queue heads ordered by when they may go.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -72,6 +72,7 @@ impl RunnerHandle {
             ready: BinaryHeap::new(),
             in_flight: 0,
             epoch: 0,
+            redriven: HashSet::new(),
         };
         let task = tokio::spawn(runner.run(inbox, cancel.clone()));
         RunnerHandle {
@@ -154,6 +155,8 @@ struct Runner {
     in_flight: usize,
     /// Bumped by a seek, so deliveries started before it are ignored.
     epoch: u64,
+    /// Redriven while their last attempt was still being recorded.
+    redriven: HashSet<Seq>,
 }
 
 impl Runner {
@@ -235,7 +238,7 @@ impl Runner {
                     }
                 }
                 Some(control) = inbox.recv() => {
-                    self.control(control).await;
+                    self.control(control, &mut deliveries).await;
                     // A seek moved the position: read from there.
                     caught_up = false;
                 }
@@ -329,6 +332,12 @@ impl Runner {
                 let Some(entry) = self.entries.remove(&finished.seq) else {
                     return;
                 };
+                let again = self.redriven.remove(&finished.seq).then(|| Pending {
+                    attempts: 0,
+                    not_before_ms: 0,
+                    last_error: None,
+                    ..entry.pending.clone()
+                });
                 if let Some(key) = entry.key {
                     if let Some(queue) = self.queues.get_mut(&key) {
                         queue.retain(|s| *s != finished.seq);
@@ -346,13 +355,25 @@ impl Runner {
                         }
                     }
                 }
+                if let Some(pending) = again {
+                    self.add(pending);
+                }
             }
         }
     }
 
-    async fn control(&mut self, control: Control) {
+    async fn control(&mut self, control: Control, deliveries: &mut JoinSet<Finished>) {
         match control {
             Control::Seek(position, reply) => {
+                // Deliveries in flight finish and are recorded first, so none
+                // of them writes over the rows the seek creates, and no key
+                // has two events out at once.
+                while let Some(joined) = deliveries.join_next().await {
+                    self.in_flight -= 1;
+                    if let Ok(finished) = joined {
+                        self.finish(finished);
+                    }
+                }
                 let result = self.broker.seek(&self.config.name, position).await;
                 if result.is_ok() {
                     self.entries.clear();
@@ -367,7 +388,13 @@ impl Runner {
                 let result = result.map(|pending| {
                     let count = pending.len();
                     for p in pending {
-                        self.add(p);
+                        if self.entries.contains_key(&p.event.seq) {
+                            // Its last attempt is still being recorded: once it
+                            // is, deliver it again with fresh attempts.
+                            self.redriven.insert(p.event.seq);
+                        } else {
+                            self.add(p);
+                        }
                     }
                     count
                 });

@@ -464,9 +464,8 @@ impl EventBus {
             .drain()
             .map(|(_, r)| r)
             .collect();
-        for runner in runners {
-            runner.stop().await;
-        }
+        // All at once: each may wait a while for its deliveries in flight.
+        futures_util::future::join_all(runners.into_iter().map(RunnerHandle::stop)).await;
         let relays: Vec<RelayHandle> = self
             .inner
             .relays
@@ -475,9 +474,7 @@ impl EventBus {
             .drain()
             .map(|(_, r)| r)
             .collect();
-        for relay in relays {
-            relay.stop().await;
-        }
+        futures_util::future::join_all(relays.into_iter().map(RelayHandle::stop)).await;
     }
 }
 

@@ -209,16 +209,24 @@ fn run_writer(conn: Connection, mut jobs: mpsc::Receiver<Job>) {
             }
         }
         let begun = conn.execute_batch("BEGIN IMMEDIATE");
-        let finishes: Vec<Finish> = batch.into_iter().map(|job| job(&conn)).collect();
+        // A job that runs with no batch transaction around it (BEGIN failed,
+        // or an error made SQLite roll the batch back) commits on its own
+        // when its savepoint is released: its own result is its outcome.
+        let finishes: Vec<(bool, Finish)> = batch
+            .into_iter()
+            .map(|job| (conn.is_autocommit(), job(&conn)))
+            .collect();
         let committed = begun
             .and_then(|_| conn.execute_batch("COMMIT"))
             .map_err(|e| e.to_string());
         if let Err(error) = &committed {
             tracing::error!(target: "gantry::events", %error, "event store commit failed; the operations are refused");
-            let _ = conn.execute_batch("ROLLBACK");
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
         }
-        for finish in finishes {
-            finish(committed.clone());
+        for (alone, finish) in finishes {
+            finish(if alone { Ok(()) } else { committed.clone() });
         }
     }
 }
@@ -382,16 +390,6 @@ fn dead_letter_rows(conn: &Connection, subscription: &str) -> rusqlite::Result<V
         })
     })?;
     rows.collect()
-}
-
-/// Runs a query that needs to report an unknown subscription by name.
-fn with_subscription<T>(
-    conn: &Connection,
-    name: &str,
-    work: impl FnOnce(&Connection, String, Seq) -> rusqlite::Result<T>,
-) -> Result<T, BrokerError> {
-    let (topic, next) = subscription_topic(conn, name)?;
-    work(conn, topic, next).map_err(|e| BrokerError::Storage(e.to_string()))
 }
 
 #[async_trait]
@@ -700,14 +698,16 @@ impl Broker for SqliteBroker {
         let name = subscription.to_string();
         let (reply, result) = oneshot::channel();
         let job: Job = Box::new(move |conn: &Connection| {
-            let outcome = with_subscription(conn, &name, |conn, topic, _| {
-                let next = resolve_position(conn, &topic, position)?;
-                conn.execute("DELETE FROM pending WHERE subscription = ?1", [&name])?;
-                conn.execute(
-                    "UPDATE subscriptions SET next_seq = ?2 WHERE name = ?1",
-                    params![name, next],
-                )?;
-                Ok(next)
+            let outcome = subscription_topic(conn, &name).and_then(|(topic, _)| {
+                in_savepoint(conn, |conn| {
+                    let next = resolve_position(conn, &topic, position)?;
+                    conn.execute("DELETE FROM pending WHERE subscription = ?1", [&name])?;
+                    conn.execute(
+                        "UPDATE subscriptions SET next_seq = ?2 WHERE name = ?1",
+                        params![name, next],
+                    )?;
+                    Ok(next)
+                })
             });
             Box::new(move |committed: Result<(), String>| {
                 let _ = reply.send(committed.map_err(BrokerError::Storage).and(outcome));
@@ -880,6 +880,11 @@ impl Broker for SqliteBroker {
                 "DELETE FROM events WHERE topic = ?1 AND seq < ?2 AND published_ms < ?3",
                 params![topic, keep_from, cutoff],
             )? as u64;
+            // Inactive subscriptions do not hold events back; their pending
+            // rows for events that are gone would hold retention forever.
+            let orphans = "DELETE FROM pending WHERE subscription IN
+                    (SELECT name FROM subscriptions WHERE topic = ?1 AND active = 0)
+                 AND seq NOT IN (SELECT seq FROM events WHERE topic = ?1)";
             if let Some(max) = max_bytes {
                 let total: i64 = conn.query_row(
                     "SELECT COALESCE(SUM(size), 0) FROM events WHERE topic = ?1",
@@ -907,6 +912,9 @@ impl Broker for SqliteBroker {
                         )? as u64;
                     }
                 }
+            }
+            if removed > 0 {
+                conn.execute(orphans, [&topic])?;
             }
             Ok(removed)
         })

@@ -177,15 +177,20 @@ fn run_writer(mut conn: Connection, mut jobs: mpsc::Receiver<Job>) {
             }
         }
         let begun = conn.execute_batch("BEGIN IMMEDIATE");
-        let finishes: Vec<Finish> = batch.into_iter().map(|job| job(&mut conn)).collect();
+        // A job that runs with no batch transaction around it (BEGIN failed,
+        // or an error made SQLite roll the batch back) committed on its own.
+        let finishes: Vec<(bool, Finish)> = batch
+            .into_iter()
+            .map(|job| (conn.is_autocommit(), job(&mut conn)))
+            .collect();
         let committed = begun
             .and_then(|_| conn.execute_batch("COMMIT"))
             .map_err(|e| format!("workflow journal: {e}"));
-        if committed.is_err() {
+        if committed.is_err() && !conn.is_autocommit() {
             let _ = conn.execute_batch("ROLLBACK");
         }
-        for finish in finishes {
-            finish(committed.clone());
+        for (alone, finish) in finishes {
+            finish(if alone { Ok(()) } else { committed.clone() });
         }
     }
 }
