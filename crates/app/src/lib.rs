@@ -87,6 +87,8 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
     let workflows = Engine::open(&platform.data_dir, bus.clone(), directory.clone())
         .map_err(AppError::Start)?;
     bus.set_workflow_starter(Arc::new(workflows.clone()));
+    bus.metrics().register(&metrics);
+    workflows.metrics().register(&metrics);
     let (live, table) = Live::start(
         path,
         manifest,

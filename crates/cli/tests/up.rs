@@ -787,6 +787,21 @@ async fn shop_orders_flow_through_the_outbox_to_notifications_and_the_dead_lette
         },
     )
     .await;
+    let metrics = c
+        .get(gantry.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for expected in [
+        "gantry_event_deliveries_total{subscription=\"notifications.order.placed\",outcome=\"dead_lettered\"} 1",
+        "gantry_event_deliveries_total{subscription=\"notifications.order.placed\",outcome=\"failed\"} 3",
+        "gantry_events_published_total{topic=\"order.placed\"} 2",
+    ] {
+        assert!(metrics.contains(expected), "{expected} not in:\n{metrics}");
+    }
 }
 
 /// The checkout saga of the shop: the happy path, a declined payment that
@@ -866,6 +881,24 @@ async fn the_shop_checkout_saga_takes_each_path() {
         .filter(|c| c["order_id"] == 3)
         .count();
     assert_eq!(charges_for_3, 1, "{ledger}");
+
+    // The runs and their events are counted in /metrics.
+    let metrics = c
+        .get(gantry.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for expected in [
+        "gantry_workflow_runs_started_total{workflow=\"checkout\"}",
+        "gantry_workflow_runs_ended_total{workflow=\"checkout\",state=\"compensated\"} 1",
+        "gantry_workflow_step_attempts_total{workflow=\"checkout\",step=\"charge\",phase=\"do\",outcome=\"retry\"} 1",
+        "gantry_events_published_total{topic=\"order.confirmed\"}",
+    ] {
+        assert!(metrics.contains(expected), "{expected} not in:\n{metrics}");
+    }
 }
 
 /// Placing an order starts its checkout saga through the `order.placed`

@@ -216,13 +216,14 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<Vec<Published>, BrokerError>;
 
     /// Appends events read from an outbox and records `last_row` as relayed,
-    /// atomically: each row is published exactly once.
+    /// atomically: each row is published exactly once. Returns, per event,
+    /// its topic and what the publish did.
     async fn publish_relayed(
         &self,
         relay: &str,
         last_row: i64,
         events: Vec<RelayedEvent>,
-    ) -> Result<(), BrokerError>;
+    ) -> Result<Vec<(String, Published)>, BrokerError>;
 
     /// The newest sequence number of `topic` (0: nothing published yet).
     async fn last_seq(&self, topic: &str) -> Result<Seq, BrokerError>;

@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, BrokerError, DeadLetterFilter, EventFilter, Pending, Position, Seq};
 use crate::deliver::Deliverer;
+use crate::metrics::EventMetrics;
 use crate::sqlite::now_ms;
 
 /// How long a stopping subscription waits for its deliveries in flight.
@@ -58,6 +59,7 @@ impl RunnerHandle {
         config: Arc<Subscription>,
         broker: Arc<dyn Broker>,
         deliverer: Deliverer,
+        metrics: EventMetrics,
     ) -> RunnerHandle {
         let (control, inbox) = mpsc::channel(16);
         let cancel = CancellationToken::new();
@@ -67,6 +69,7 @@ impl RunnerHandle {
             config: config.clone(),
             broker,
             deliverer,
+            metrics,
             entries: HashMap::new(),
             queues: HashMap::new(),
             ready: BinaryHeap::new(),
@@ -144,6 +147,7 @@ struct Runner {
     filter: Arc<Filter>,
     broker: Arc<dyn Broker>,
     deliverer: Deliverer,
+    metrics: EventMetrics,
     /// How many pending events to hold in memory at most.
     window: usize,
     entries: HashMap<Seq, Entry>,
@@ -300,9 +304,10 @@ impl Runner {
         let config = self.config.clone();
         let broker = self.broker.clone();
         let deliverer = self.deliverer.clone();
+        let metrics = self.metrics.clone();
         let epoch = self.epoch;
         deliveries.spawn(async move {
-            let outcome = attempt(&config, &*broker, &deliverer, &pending).await;
+            let outcome = attempt(&config, &*broker, &deliverer, &metrics, &pending).await;
             Finished {
                 seq,
                 epoch,
@@ -409,12 +414,23 @@ async fn attempt(
     config: &Subscription,
     broker: &dyn Broker,
     deliverer: &Deliverer,
+    metrics: &EventMetrics,
     pending: &Pending,
 ) -> Outcome {
     let name = &config.name;
     let seq = pending.event.seq;
     let attempts = pending.attempts + 1;
-    let error = match deliverer.send(config, pending, attempts).await {
+    let started = std::time::Instant::now();
+    let sent = deliverer.send(config, pending, attempts).await;
+    let took = started.elapsed().as_secs_f64();
+    let outcome = match (&sent, attempts >= config.retry.max_attempts) {
+        (Ok(()), _) => "delivered",
+        (Err(_), false) => "failed",
+        (Err(_), true) if config.dead_letter => "dead_lettered",
+        (Err(_), true) => "dropped",
+    };
+    metrics.delivery(name, outcome, took);
+    let error = match sent {
         Ok(()) => {
             return match broker.ack(name, seq).await {
                 Ok(()) => Outcome::Done,

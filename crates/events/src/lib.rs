@@ -17,6 +17,7 @@ pub mod broker;
 pub mod cloudevent;
 mod deliver;
 mod dispatch;
+mod metrics;
 mod outbox;
 pub mod schema;
 mod sqlite;
@@ -36,6 +37,7 @@ pub use cloudevent::{CloudEvent, EventError};
 pub use deliver::{
     ServiceDirectory, WorkflowStarter, ATTEMPT_HEADER, SEQUENCE_HEADER, SUBSCRIPTION_HEADER,
 };
+pub use metrics::EventMetrics;
 pub use sqlite::SqliteBroker;
 
 use broker::NewEvent;
@@ -70,6 +72,7 @@ struct Inner {
     runners: Mutex<HashMap<String, RunnerHandle>>,
     relays: Mutex<HashMap<String, RelayHandle>>,
     background: CancellationToken,
+    metrics: EventMetrics,
 }
 
 /// Why a publish was refused. Each says what to change.
@@ -142,10 +145,16 @@ impl EventBus {
                 runners: Mutex::default(),
                 relays: Mutex::default(),
                 background: CancellationToken::new(),
+                metrics: EventMetrics::default(),
             }),
         };
         tokio::spawn(retention(bus.clone()));
         bus
+    }
+
+    /// The bus's metric families, to register in the process's registry.
+    pub fn metrics(&self) -> &EventMetrics {
+        &self.inner.metrics
     }
 
     /// Lets subscriptions with `to = "workflow:NAME"` start runs.
@@ -285,6 +294,7 @@ impl EventBus {
                 Arc::new(subscription.clone()),
                 broker.clone(),
                 self.inner.deliverer.clone(),
+                self.inner.metrics.clone(),
             );
             runners.insert(name.to_string(), handle);
             report.subscriptions_started.push(name.to_string());
@@ -342,11 +352,16 @@ impl EventBus {
             }
             batch.push(prepare(&runtime, &event, index + 1)?);
         }
-        Ok(self
+        let published = self
             .inner
             .broker
             .publish(topic, batch, runtime.config.dedup_window)
-            .await?)
+            .await?;
+        let duplicates = published.iter().filter(|p| p.duplicate).count() as u64;
+        self.inner
+            .metrics
+            .published(topic, published.len() as u64 - duplicates, duplicates);
+        Ok(published)
     }
 
     fn topic_hint(&self) -> String {

@@ -117,10 +117,15 @@ async fn relay_once(bus: &EventBus, relay: &str, config: &Outbox) -> Result<usiz
             }
         }
     }
-    bus.broker()
+    let outcomes = bus
+        .broker()
         .publish_relayed(relay, last, events)
         .await
         .map_err(|e| e.to_string())?;
+    for (topic, published) in &outcomes {
+        let stored = u64::from(!published.duplicate);
+        bus.metrics().published(topic, stored, 1 - stored);
+    }
     // The rows are published; removing them is housekeeping, and a failure
     // here only means they are skipped by position next time.
     let config = config.clone();

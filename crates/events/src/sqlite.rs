@@ -431,12 +431,12 @@ impl Broker for SqliteBroker {
         relay: &str,
         last_row: i64,
         events: Vec<RelayedEvent>,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<Vec<(String, Published)>, BrokerError> {
         let relay = relay.to_string();
         let watchers = self.watchers.clone();
-        let touched = self
+        let outcomes = self
             .call(move |conn| {
-                let mut touched: HashMap<String, Seq> = HashMap::new();
+                let mut outcomes = Vec::with_capacity(events.len());
                 for relayed in events {
                     let published = append(
                         conn,
@@ -444,20 +444,25 @@ impl Broker for SqliteBroker {
                         vec![relayed.event],
                         relayed.dedup_window,
                     )?;
-                    touched.insert(relayed.topic, published[0].seq);
+                    outcomes.push((relayed.topic, published[0]));
                 }
                 conn.prepare_cached(
                     "INSERT INTO relays (name, last_row) VALUES (?1, ?2)
                      ON CONFLICT DO UPDATE SET last_row = excluded.last_row",
                 )?
                 .execute(params![relay, last_row])?;
-                Ok(touched)
+                Ok(outcomes)
             })
             .await?;
-        for (topic, seq) in touched {
-            SqliteBroker::notify(&watchers, &topic, seq);
+        let mut newest: HashMap<&str, Seq> = HashMap::new();
+        for (topic, published) in &outcomes {
+            let seq = newest.entry(topic.as_str()).or_default();
+            *seq = (*seq).max(published.seq);
         }
-        Ok(())
+        for (topic, seq) in newest {
+            SqliteBroker::notify(&watchers, topic, seq);
+        }
+        Ok(outcomes)
     }
 
     async fn last_seq(&self, topic: &str) -> Result<Seq, BrokerError> {

@@ -64,6 +64,9 @@ pub(crate) async fn drive(inner: &Inner, id: &str, stop: &CancellationToken) -> 
             State::Running | State::Waiting => {
                 let Some(step) = definition.steps.get(instance.position) else {
                     inner.store.set_state(id, State::Completed, None).await?;
+                    inner
+                        .metrics
+                        .ended(&instance.workflow, State::Completed.as_str());
                     tracing::info!(target: "gantry::workflows", workflow = %instance.workflow, id, "workflow completed");
                     return Ok(());
                 };
@@ -171,6 +174,7 @@ pub(crate) async fn drive(inner: &Inner, id: &str, stop: &CancellationToken) -> 
                     State::Failed
                 };
                 inner.store.set_state(id, end, None).await?;
+                inner.metrics.ended(&instance.workflow, end.as_str());
                 tracing::info!(target: "gantry::workflows", workflow = %instance.workflow, id, state = end.as_str(), "workflow ended");
                 return Ok(());
             }
@@ -269,6 +273,14 @@ async fn run_step(
             ActionDef::Publish { .. } => publish(inner, instance, &ctx, idx, phase, action).await,
             ActionDef::Wait { .. } | ActionDef::Sleep { .. } => unreachable!("handled above"),
         };
+        let counted = match &outcome {
+            Ok(_) => "ok",
+            Err(Failure::Retryable(_)) if attempts < step.max_attempts => "retry",
+            Err(_) => "failed",
+        };
+        inner
+            .metrics
+            .attempt(&instance.workflow, &step.name, phase, counted);
         match outcome {
             Ok(output) => return Ok(Ok(output)),
             Err(Failure::Fatal(error)) => return Ok(Err(error)),

@@ -13,6 +13,7 @@
 pub mod api;
 pub mod definition;
 mod engine;
+mod metrics;
 pub mod store;
 
 use std::collections::{BTreeMap, HashMap};
@@ -31,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use definition::Definition;
 pub use engine::IDEMPOTENCY_HEADER;
+pub use metrics::WorkflowMetrics;
 pub use store::{Instance, State, StepRecord, Store};
 
 use store::now_ms;
@@ -52,6 +54,7 @@ pub(crate) struct Inner {
     /// Runs being driven now, with what stops them.
     running: Mutex<HashMap<String, CancellationToken>>,
     shutdown: CancellationToken,
+    pub metrics: WorkflowMetrics,
 }
 
 /// Why a workflow operation was refused.
@@ -96,8 +99,14 @@ impl Engine {
                 current: ArcSwap::default(),
                 running: Mutex::default(),
                 shutdown: CancellationToken::new(),
+                metrics: WorkflowMetrics::default(),
             }),
         })
+    }
+
+    /// The engine's metric families, to register in the process's registry.
+    pub fn metrics(&self) -> &WorkflowMetrics {
+        &self.inner.metrics
     }
 
     pub fn store(&self) -> &Store {
@@ -219,6 +228,7 @@ impl Engine {
             )));
         }
         if created {
+            self.inner.metrics.started(workflow);
             tracing::info!(target: "gantry::workflows", workflow, id = %instance.id, version = instance.version, "workflow started");
             self.spawn(&instance.id);
         }
