@@ -31,6 +31,9 @@ use crate::deliver::Deliverer;
 use crate::metrics::EventMetrics;
 use crate::sqlite::now_ms;
 
+/// Events of one ordering key held in memory at most.
+const PER_KEY_LIMIT: usize = 64;
+
 /// How long a stopping subscription waits for its deliveries in flight.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -76,6 +79,8 @@ impl RunnerHandle {
             in_flight: 0,
             epoch: 0,
             redriven: HashSet::new(),
+            overflowed: HashSet::new(),
+            drained: HashSet::new(),
         };
         let task = tokio::spawn(runner.run(inbox, cancel.clone()));
         RunnerHandle {
@@ -161,6 +166,10 @@ struct Runner {
     epoch: u64,
     /// Redriven while their last attempt was still being recorded.
     redriven: HashSet<Seq>,
+    /// Keys with pending events left in the broker (see [`Runner::add`]).
+    overflowed: HashSet<Arc<str>>,
+    /// Overflowed keys whose queue has drained: read them back.
+    drained: HashSet<Arc<str>>,
 }
 
 impl Runner {
@@ -187,6 +196,7 @@ impl Runner {
             }
         }
         loop {
+            self.reload_drained().await;
             // Top the window up once a quarter of it is free.
             if !caught_up && self.entries.len() <= self.window - self.window / 4 {
                 let room = self.window - self.entries.len();
@@ -275,12 +285,24 @@ impl Runner {
         }
     }
 
+    /// Holds a pending event in memory, behind the earlier events of its
+    /// key. A key that already has [`PER_KEY_LIMIT`] events waiting (one that
+    /// keeps failing, say) gets no more: the rest stay pending in the broker
+    /// and are read back once its queue drains, so one key cannot fill the
+    /// window and stall the others.
     fn add(&mut self, pending: Pending) {
         let seq = pending.event.seq;
         if self.entries.contains_key(&seq) {
             return;
         }
         let key = self.ordering_key(&pending);
+        if let Some(key) = &key {
+            let held = self.queues.get(key).map_or(0, VecDeque::len);
+            if self.overflowed.contains(key) || held >= PER_KEY_LIMIT {
+                self.overflowed.insert(key.clone());
+                return;
+            }
+        }
         let not_before = pending.not_before_ms;
         match &key {
             Some(key) => {
@@ -293,6 +315,27 @@ impl Runner {
             None => self.ready.push(Reverse((not_before, seq))),
         }
         self.entries.insert(seq, Entry { pending, key });
+    }
+
+    /// Reads back the pending events of keys that overflowed and have
+    /// drained since.
+    async fn reload_drained(&mut self) {
+        if self.drained.is_empty() {
+            return;
+        }
+        match self.broker.pending(&self.config.name).await {
+            Ok(pending) => {
+                for key in self.drained.drain() {
+                    self.overflowed.remove(&key);
+                }
+                for p in pending {
+                    self.add(p);
+                }
+            }
+            Err(error) => {
+                tracing::error!(target: "gantry::events", subscription = %self.config.name, %error, "cannot read pending deliveries back; retrying");
+            }
+        }
     }
 
     fn start(&mut self, seq: Seq, deliveries: &mut JoinSet<Finished>) {
@@ -356,6 +399,9 @@ impl Runner {
                             }
                             None => {
                                 self.queues.remove(&key);
+                                if self.overflowed.contains(&key) {
+                                    self.drained.insert(key.clone());
+                                }
                             }
                         }
                     }
