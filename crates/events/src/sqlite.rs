@@ -372,23 +372,46 @@ fn pending_rows(
     Ok(out)
 }
 
-fn dead_letter_rows(conn: &Connection, subscription: &str) -> rusqlite::Result<Vec<DeadLetter>> {
+/// Dead letters of a subscription that match `filter`, oldest first; the
+/// filter runs in SQL so a long queue is not read whole.
+fn dead_letter_rows(
+    conn: &Connection,
+    subscription: &str,
+    filter: &DeadLetterFilter,
+    limit: Option<usize>,
+) -> rusqlite::Result<Vec<DeadLetter>> {
+    let seqs = (!filter.seqs.is_empty())
+        .then(|| serde_json::to_string(&filter.seqs).expect("numbers serialize"));
     let mut statement = conn.prepare_cached(
         "SELECT seq, topic, attempts, last_error, published_ms, dead_at_ms, json
-         FROM dead_letters WHERE subscription = ?1 ORDER BY seq",
+         FROM dead_letters WHERE subscription = ?1
+           AND (?2 IS NULL OR seq IN (SELECT value FROM json_each(?2)))
+           AND (?3 IS NULL OR instr(last_error, ?3) > 0)
+           AND (?4 IS NULL OR json_extract(CAST(json AS TEXT), '$.type') = ?4)
+         ORDER BY seq LIMIT ?5",
     )?;
-    let rows = statement.query_map([subscription], |r| {
-        Ok(DeadLetter {
-            subscription: subscription.to_string(),
-            seq: r.get(0)?,
-            topic: r.get(1)?,
-            attempts: r.get(2)?,
-            last_error: r.get(3)?,
-            published_ms: r.get(4)?,
-            dead_at_ms: r.get(5)?,
-            event: Bytes::from(r.get::<_, Vec<u8>>(6)?),
-        })
-    })?;
+    let limit = limit.map_or(-1, |l| l.min(i64::MAX as usize) as i64);
+    let rows = statement.query_map(
+        params![
+            subscription,
+            seqs,
+            filter.error_contains,
+            filter.event_type,
+            limit
+        ],
+        |r| {
+            Ok(DeadLetter {
+                subscription: subscription.to_string(),
+                seq: r.get(0)?,
+                topic: r.get(1)?,
+                attempts: r.get(2)?,
+                last_error: r.get(3)?,
+                published_ms: r.get(4)?,
+                dead_at_ms: r.get(5)?,
+                event: Bytes::from(r.get::<_, Vec<u8>>(6)?),
+            })
+        },
+    )?;
     rows.collect()
 }
 
@@ -734,13 +757,8 @@ impl Broker for SqliteBroker {
         limit: usize,
     ) -> Result<Vec<DeadLetter>, BrokerError> {
         let name = subscription.to_string();
-        self.call(move |conn| {
-            let mut rows = dead_letter_rows(conn, &name)?;
-            rows.retain(|letter| filter.matches(letter));
-            rows.truncate(limit);
-            Ok(rows)
-        })
-        .await
+        self.call(move |conn| dead_letter_rows(conn, &name, &filter, Some(limit)))
+            .await
     }
 
     async fn redrive(
@@ -750,10 +768,7 @@ impl Broker for SqliteBroker {
     ) -> Result<Vec<Pending>, BrokerError> {
         let name = subscription.to_string();
         self.call(move |conn| {
-            let letters: Vec<DeadLetter> = dead_letter_rows(conn, &name)?
-                .into_iter()
-                .filter(|letter| filter.matches(letter))
-                .collect();
+            let letters = dead_letter_rows(conn, &name, &filter, None)?;
             let mut out = Vec::with_capacity(letters.len());
             for letter in letters {
                 // The topic may have dropped the event by now (retention): put
@@ -797,13 +812,11 @@ impl Broker for SqliteBroker {
         let name = subscription.to_string();
         self.call(move |conn| {
             let mut purged = 0;
-            for letter in dead_letter_rows(conn, &name)? {
-                if filter.matches(&letter) {
-                    purged += conn.execute(
-                        "DELETE FROM dead_letters WHERE subscription = ?1 AND seq = ?2",
-                        params![name, letter.seq],
-                    )? as u64;
-                }
+            for letter in dead_letter_rows(conn, &name, &filter, None)? {
+                purged += conn.execute(
+                    "DELETE FROM dead_letters WHERE subscription = ?1 AND seq = ?2",
+                    params![name, letter.seq],
+                )? as u64;
             }
             Ok(purged)
         })

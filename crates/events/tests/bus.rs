@@ -252,6 +252,32 @@ async fn purge_removes_only_the_selected_dead_letters() {
         .map(|l| l.seq)
         .collect();
     assert_eq!(left, [1, 3]);
+
+    // Selections by type and by error text.
+    let by = |event_type: Option<&str>, error: Option<&str>| DeadLetterFilter {
+        seqs: Vec::new(),
+        event_type: event_type.map(str::to_string),
+        error_contains: error.map(str::to_string),
+    };
+    let list = |filter| async {
+        bus.bus
+            .dead_letters("sub.order.placed", filter, 10)
+            .await
+            .unwrap()
+            .len()
+    };
+    assert_eq!(list(by(Some("order.placed"), None)).await, 2);
+    assert_eq!(list(by(Some("order.paid"), None)).await, 0);
+    assert_eq!(list(by(None, Some("400"))).await, 2);
+    assert_eq!(list(by(None, Some("no such text"))).await, 0);
+    assert_eq!(
+        bus.bus
+            .dead_letters("sub.order.placed", DeadLetterFilter::default(), 1)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[tokio::test]
