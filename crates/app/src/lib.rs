@@ -112,6 +112,9 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
 
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(8);
     let servers = CancellationToken::new();
+    // Watch the manifest before anything reports ready, so an edit made
+    // right after `/readyz` answers 200 is not missed.
+    let mut triggers = watch::Triggers::new(path, platform.watch);
     let gateway_task = tokio::spawn(gantry_gateway::serve(
         gateway.clone(),
         gateway_listener,
@@ -147,7 +150,6 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
         "gantry is up"
     );
 
-    let mut triggers = watch::Triggers::new(path, platform.watch);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
