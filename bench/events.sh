@@ -55,14 +55,7 @@ NATS_PID=$(pgrep -x nats-server | head -1 || true)
 WORK=$(mktemp -d /tmp/gantry-events-bench.XXXXXX)
 GANTRY_PID=
 LOAD_PID=
-stop_gantry() {
-  [ -n "$GANTRY_PID" ] || return 0
-  kill -TERM "$GANTRY_PID" 2>/dev/null || true
-  for _ in $(seq 150); do kill -0 "$GANTRY_PID" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$GANTRY_PID" 2>/dev/null || true
-  wait "$GANTRY_PID" 2>/dev/null || true
-  GANTRY_PID=
-}
+source "$ROOT/bench/lib.sh"   # stop_gantry, cpu_seconds
 cleanup() {
   # The load tool deletes its NATS stream when it gets SIGTERM.
   if [ -n "$LOAD_PID" ]; then
@@ -94,15 +87,6 @@ echo "async-nats: $(sed -n '/^name = "async-nats"$/{n;s/^version = "\(.*\)"$/\1/
 echo "rustc: $(rustc --version)"
 echo
 
-# CPU seconds (user+system, all threads) a process used so far.
-HZ=$(getconf CLK_TCK)
-cpu_seconds() {
-  if [ -n "${1:-}" ] && [ -r "/proc/$1/stat" ]; then
-    awk -v hz="$HZ" '{ sub(/^.*\) /, ""); print ($12 + $13) / hz }' "/proc/$1/stat"
-  else
-    echo ""
-  fi
-}
 
 start_gantry() {
   local dir=$1

@@ -60,14 +60,7 @@ WORK=$(mktemp -d /tmp/gantry-sagas-bench.XXXXXX)
 GANTRY_PID=
 LOAD_PID=
 PERF_PID=
-stop_gantry() {
-  [ -n "$GANTRY_PID" ] || return 0
-  kill -TERM "$GANTRY_PID" 2>/dev/null || true
-  for _ in $(seq 150); do kill -0 "$GANTRY_PID" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$GANTRY_PID" 2>/dev/null || true
-  wait "$GANTRY_PID" 2>/dev/null || true
-  GANTRY_PID=
-}
+source "$ROOT/bench/lib.sh"   # stop_gantry, cpu_seconds
 stop_perf() {
   [ -n "$PERF_PID" ] || return 0
   kill -INT "$PERF_PID" 2>/dev/null || true
@@ -112,15 +105,6 @@ echo "rustc: $(rustc --version)"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 
-# CPU seconds (user+system, all threads) a process used so far.
-HZ=$(getconf CLK_TCK)
-cpu_seconds() {
-  if [ -n "${1:-}" ] && [ -r "/proc/$1/stat" ]; then
-    awk -v hz="$HZ" '{ sub(/^.*\) /, ""); print ($12 + $13) / hz }' "/proc/$1/stat"
-  else
-    echo ""
-  fi
-}
 
 # CPU seconds all cores spent busy so far (user, nice, system, irq, softirq,
 # steal), and CPU seconds of this shell's finished children (the load tool).

@@ -6,7 +6,6 @@
 //! 200 answer means the event is durable. Deliveries arrive in CloudEvents
 //! binary mode: the body is the event's `data`, our `Payload`.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +18,6 @@ use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
 
 use crate::workload::{self, Payload, Plan, PublishError, Publisher, Receipt, Report, Tracker};
 
@@ -35,7 +33,11 @@ pub async fn run(api: &str, topic: &str, listen: &str, plan: Plan) -> Result<Rep
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen} for deliveries: {e}"))?;
-    let server = tokio::spawn(serve(listener, tracker.clone()));
+    let server = tokio::spawn(crate::server::serve(
+        listener,
+        tracker.clone(),
+        |request, tracker| async move { deliver(request, &tracker).await },
+    ));
 
     let path = format!("/v1/publish/{topic}");
     let publishers = (0..plan.concurrency)
@@ -169,32 +171,6 @@ impl Publisher for GantryPublisher {
 // ---------------------------------------------------------------------------
 // Receiving
 // ---------------------------------------------------------------------------
-
-/// Accepts the connections Gantry delivers events on, until aborted.
-async fn serve(listener: TcpListener, tracker: Arc<Tracker>) {
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(error) => {
-                eprintln!("events-load: accepting a delivery connection failed: {error}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let tracker = tracker.clone();
-        let _connection: JoinHandle<()> = tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let tracker = tracker.clone();
-                async move { Ok::<_, Infallible>(deliver(request, &tracker).await) }
-            });
-            // A connection closed by Gantry ends here; nothing to report.
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
-}
 
 /// One delivery: 204 acknowledges it, 400 refuses a body that is not ours.
 async fn deliver(request: Request<Incoming>, tracker: &Tracker) -> Response<Full<Bytes>> {

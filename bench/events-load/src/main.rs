@@ -24,6 +24,7 @@
 mod gantry;
 mod nats;
 mod saga;
+mod server;
 mod workload;
 
 use std::process::ExitCode;

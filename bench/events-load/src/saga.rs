@@ -21,7 +21,6 @@
 //! the run id is `{bench run}-{seq}`, so the sink can tell which run a call
 //! belongs to. The result is one line of JSON on stdout.
 
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,7 +35,6 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
 
 use crate::workload::{self, Payload, Plan, PublishError, Publisher, Receipt, Report, Tracker};
 
@@ -68,7 +66,11 @@ pub async fn run_gantry(
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen} for the steps' calls: {e}"))?;
-    let server = tokio::spawn(serve(listener, sink.clone()));
+    let server = tokio::spawn(crate::server::serve(
+        listener,
+        sink.clone(),
+        |request, sink| async move { answer(request, &sink).await },
+    ));
 
     let path = format!("/v1/workflows/{workflow}");
     let starters = (0..plan.concurrency)
@@ -108,7 +110,11 @@ pub async fn run_direct(listen: &str, plan: Plan) -> Result<SagaReport, String> 
         .local_addr()
         .map_err(|e| format!("no local address: {e}"))?
         .to_string();
-    let server = tokio::spawn(serve(listener, sink.clone()));
+    let server = tokio::spawn(crate::server::serve(
+        listener,
+        sink.clone(),
+        |request, sink| async move { answer(request, &sink).await },
+    ));
 
     let starters = (0..plan.concurrency)
         .map(|_| DirectCaller {
@@ -423,32 +429,6 @@ impl Sink {
             StatusCode::OK,
             json!({ "id": format!("{}-{}", STEPS[step], parsed.run) }).to_string(),
         )
-    }
-}
-
-/// Accepts connections until aborted.
-async fn serve(listener: TcpListener, sink: Arc<Sink>) {
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(error) => {
-                eprintln!("events-load: accepting a connection failed: {error}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let sink = sink.clone();
-        let _connection: JoinHandle<()> = tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let sink = sink.clone();
-                async move { Ok::<_, Infallible>(answer(request, &sink).await) }
-            });
-            // A connection closed by the client ends here; nothing to report.
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
     }
 }
 
