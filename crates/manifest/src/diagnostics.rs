@@ -30,6 +30,8 @@ pub enum ErrorCode {
     UnreachableRoute,
     /// A subscription reads a topic that is not declared.
     UnknownTopic,
+    /// A route, subscription or schedule names a function that is not declared.
+    UnknownFunction,
 }
 
 impl ErrorCode {
@@ -47,6 +49,7 @@ impl ErrorCode {
             ErrorCode::UnknownService => "M009",
             ErrorCode::UnreachableRoute => "M010",
             ErrorCode::UnknownTopic => "M011",
+            ErrorCode::UnknownFunction => "M012",
         }
     }
 }

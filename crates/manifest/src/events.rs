@@ -149,7 +149,9 @@ impl Endpoint {
     /// The name a default subscription name starts with.
     pub fn owner(&self) -> &str {
         match self {
-            Endpoint::Service { service, .. } => service,
+            Endpoint::Service { service, .. } => {
+                crate::functions::function_of(service).unwrap_or(service)
+            }
             Endpoint::Workflow { name } => name,
         }
     }
@@ -158,6 +160,11 @@ impl Endpoint {
 impl std::fmt::Display for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Endpoint::Service { service, path }
+                if path == "/" && crate::functions::function_of(service).is_some() =>
+            {
+                f.write_str(service)
+            }
             Endpoint::Service { service, path } => write!(f, "{service}:{path}"),
             Endpoint::Workflow { name } => write!(f, "workflow:{name}"),
         }

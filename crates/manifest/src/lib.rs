@@ -19,6 +19,7 @@ mod auth;
 mod decode;
 mod diagnostics;
 mod events;
+mod functions;
 mod model;
 mod pattern;
 mod policy;
@@ -30,6 +31,10 @@ pub use auth::{ApiKeySource, AuthMode, JwtConfig, JwtKey};
 pub use diagnostics::{Diagnostic, Diagnostics, ErrorCode};
 pub use events::{
     Compatibility, DeliveryRetry, Endpoint, Outbox, StartAt, Subscription, SubscriptionSpans, Topic,
+};
+pub use functions::{
+    bucket_of, function_of, function_target, Bucket, Executor, Function, FunctionKind, Missed,
+    Schedule, WebhookPolicy, WebhookStyle,
 };
 pub use model::{Manifest, Platform, Route, Service, ServiceKind, Target, WeightedService};
 pub use pattern::{PathMatch, PathPattern};

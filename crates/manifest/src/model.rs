@@ -47,6 +47,15 @@ pub struct Manifest {
     /// Sagas: steps across services, with compensations, run durably.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub workflows: BTreeMap<String, Workflow>,
+    /// Serverless functions, by name; routes and subscriptions reach them as `function:NAME`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub functions: BTreeMap<String, crate::functions::Function>,
+    /// Cron schedules that invoke functions.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub schedules: BTreeMap<String, crate::functions::Schedule>,
+    /// Object buckets that `to = "bucket:NAME"` routes upload into.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub buckets: BTreeMap<String, crate::functions::Bucket>,
     /// The directory relative paths resolve against: the manifest's own.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -190,6 +199,32 @@ pub enum ServiceKind<'a> {
 }
 
 impl Service {
+    /// A service at `urls` that Gantry only sends traffic to, with every
+    /// policy at its default.
+    pub fn external(urls: Vec<String>) -> Service {
+        Service {
+            owner: None,
+            urls,
+            command: Vec::new(),
+            instances: 1,
+            workdir: None,
+            env: BTreeMap::new(),
+            health: None,
+            health_interval: defaults::health_interval(),
+            health_timeout: defaults::health_timeout(),
+            stop_grace: defaults::stop_grace(),
+            max_concurrent: crate::policy::defaults::max_concurrent(),
+            retry_budget: crate::policy::defaults::retry_budget(),
+            circuit_breaker: Default::default(),
+            load_balancer: Default::default(),
+            hash_on: None,
+            healthy_threshold: crate::policy::defaults::healthy_threshold(),
+            unhealthy_threshold: crate::policy::defaults::unhealthy_threshold(),
+            outlier_ejection: Default::default(),
+            outbox: None,
+        }
+    }
+
     pub fn kind(&self) -> ServiceKind<'_> {
         if self.command.is_empty() {
             ServiceKind::External { urls: &self.urls }
@@ -299,6 +334,9 @@ pub struct Route {
     /// Client-sent copies of these headers are always removed first.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub forward_claims: BTreeMap<String, String>,
+    /// Requests must carry a valid HMAC signature (a webhook), or get 401.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<crate::functions::WebhookPolicy>,
     /// The parsed `path`.
     #[serde(skip)]
     pub pattern: PathPattern,

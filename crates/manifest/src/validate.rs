@@ -16,6 +16,26 @@ pub(crate) fn cross_check(manifest: &Manifest, source: &str, out: &mut Diagnosti
             if manifest.services.contains_key(to) {
                 continue;
             }
+            if let Some(function) = crate::functions::function_of(to) {
+                check_function_name(manifest, function, route.spans.to.clone(), &format!("route `{}`", route.path), source, out);
+                continue;
+            }
+            if let Some(bucket) = crate::functions::bucket_of(to) {
+                if !manifest.buckets.contains_key(bucket) {
+                    let buckets: Vec<&str> = manifest.buckets.keys().map(String::as_str).collect();
+                    out.push_at(
+                        source,
+                        ErrorCode::BadValue,
+                        route.spans.to.clone(),
+                        format!("route `{}` uploads into bucket `{bucket}`, which is not declared", route.path),
+                        Some(match suggest(bucket, &buckets) {
+                            Some(close) => format!("did you mean `{close}`?"),
+                            None => format!("declare it with a `[buckets.{bucket}]` section"),
+                        }),
+                    );
+                }
+                continue;
+            }
             let hint = match suggest(to, &names) {
                 Some(close) => format!("did you mean `{close}`?"),
                 None if names.is_empty() => "declare it under [services]".to_string(),
@@ -83,6 +103,7 @@ pub(crate) fn cross_check(manifest: &Manifest, source: &str, out: &mut Diagnosti
         }
     }
     check_subscriptions(manifest, &names, source, out);
+    check_functions(manifest, &names, source, out);
     check_workflows(manifest, &names, source, out);
     for (later_index, later) in manifest.routes.iter().enumerate() {
         let hidden_by = manifest.routes[..later_index]
@@ -138,6 +159,19 @@ fn check_subscriptions(
             );
         }
         match &subscription.to {
+            Endpoint::Service { service, .. }
+                if crate::functions::function_of(service).is_some() =>
+            {
+                let function = crate::functions::function_of(service).unwrap_or_default();
+                check_function_name(
+                    manifest,
+                    function,
+                    subscription.spans.to.clone(),
+                    &format!("subscription `{}`", subscription.name),
+                    source,
+                    out,
+                );
+            }
             Endpoint::Service { service, .. } if !manifest.services.contains_key(service) => {
                 out.push_at(
                     source,
@@ -303,4 +337,102 @@ fn takes_all_traffic_of(earlier: &Route, later: &Route) -> bool {
         .iter()
         .all(|(name, value)| later.cookies.get(name) == Some(value));
     methods && host && headers && cookies && earlier.pattern.covers(&later.pattern)
+}
+
+/// A `function:NAME` target names a declared function.
+fn check_function_name(
+    manifest: &Manifest,
+    function: &str,
+    span: Option<std::ops::Range<usize>>,
+    who: &str,
+    source: &str,
+    out: &mut Diagnostics,
+) {
+    if manifest.functions.contains_key(function) {
+        return;
+    }
+    let functions: Vec<&str> = manifest.functions.keys().map(String::as_str).collect();
+    out.push_at(
+        source,
+        ErrorCode::UnknownFunction,
+        span,
+        format!("{who} invokes function `{function}`, which is not declared"),
+        Some(match suggest(function, &functions) {
+            Some(close) => format!("did you mean `function:{close}`?"),
+            None if functions.is_empty() => {
+                format!("declare it with a `[functions.{function}]` section")
+            }
+            None => format!("declared functions: {}", functions.join(", ")),
+        }),
+    );
+}
+
+/// Schedules invoke declared functions; grants name declared services and
+/// topics; buckets announce to declared topics.
+fn check_functions(manifest: &Manifest, services: &[&str], source: &str, out: &mut Diagnostics) {
+    let topics: Vec<&str> = manifest.topics.keys().map(String::as_str).collect();
+    for (name, schedule) in &manifest.schedules {
+        if let Some(function) = crate::functions::function_of(&schedule.to) {
+            check_function_name(
+                manifest,
+                function,
+                find_key(source, "schedules", name),
+                &format!("schedule `{name}`"),
+                source,
+                out,
+            );
+        }
+    }
+    for (name, function) in &manifest.functions {
+        for service in &function.services {
+            if !manifest.services.contains_key(service) {
+                out.push_at(
+                    source,
+                    ErrorCode::UnknownService,
+                    find_key(source, "functions", name),
+                    format!("function `{name}` is granted service `{service}`, which is not declared"),
+                    Some(match suggest(service, services) {
+                        Some(close) => format!("did you mean `{close}`?"),
+                        None => format!("declared services: {}", services.join(", ")),
+                    }),
+                );
+            }
+        }
+        for topic in &function.publish {
+            if !manifest.topics.contains_key(topic) {
+                out.push_at(
+                    source,
+                    ErrorCode::UnknownTopic,
+                    find_key(source, "functions", name),
+                    format!("function `{name}` may publish to `{topic}`, which is not a declared topic"),
+                    Some(match suggest(topic, &topics) {
+                        Some(close) => format!("did you mean `{close}`?"),
+                        None => format!("declare it with a `[topics.\"{topic}\"]` section"),
+                    }),
+                );
+            }
+        }
+    }
+    for (name, bucket) in &manifest.buckets {
+        if let Some(topic) = &bucket.topic {
+            if !manifest.topics.contains_key(topic) {
+                out.push_at(
+                    source,
+                    ErrorCode::UnknownTopic,
+                    find_key(source, "buckets", name),
+                    format!("bucket `{name}` announces objects on `{topic}`, which is not a declared topic"),
+                    Some(format!("declare it with a `[topics.\"{topic}\"]` section")),
+                );
+            }
+        }
+    }
+}
+
+/// Where the `[FAMILY.NAME]` header is in the file, for sections whose
+/// decoded form keeps no span.
+fn find_key(source: &str, family: &str, name: &str) -> Option<std::ops::Range<usize>> {
+    let header = format!("[{family}.{name}]");
+    source
+        .find(&header)
+        .map(|start| start..start + header.len())
 }

@@ -147,7 +147,7 @@ impl Decoder<'_> {
                     s,
                     "to",
                     format!("`{text}` is not a service endpoint"),
-                    "write `SERVICE:/path`, e.g. `notifications:/events`, or `workflow:NAME`",
+                    "write `SERVICE:/path`, e.g. `notifications:/events`, `function:NAME` or `workflow:NAME`",
                 );
                 None
             }
@@ -297,6 +297,12 @@ impl Decoder<'_> {
 /// `SERVICE:/path` or `workflow:NAME`.
 fn parse_endpoint(text: &str) -> Option<Endpoint> {
     let (service, path) = text.split_once(':')?;
+    if service == "function" && !path.starts_with('/') {
+        return is_topic_name(path).then(|| Endpoint::Service {
+            service: crate::functions::function_target(path),
+            path: "/".to_string(),
+        });
+    }
     if service == "workflow" && !path.starts_with('/') {
         return is_topic_name(path).then(|| Endpoint::Workflow {
             name: path.to_string(),

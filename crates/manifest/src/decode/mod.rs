@@ -12,6 +12,7 @@ use crate::model::{defaults, Manifest, Platform, Service};
 
 mod auth;
 mod events;
+mod functions;
 mod policies;
 mod route;
 mod shaping;
@@ -28,6 +29,9 @@ pub(crate) const TOP_KEYS: &[&str] = &[
     "topics",
     "subscriptions",
     "workflows",
+    "functions",
+    "schedules",
+    "buckets",
 ];
 pub(crate) const PLATFORM_KEYS: &[&str] = &[
     "name",
@@ -87,6 +91,7 @@ pub(crate) const ROUTE_KEYS: &[&str] = &[
     "forward_claims",
     "idempotency",
     "api_key_from",
+    "webhook",
 ];
 pub(super) const METHODS: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT",
@@ -209,6 +214,19 @@ impl<'a> Decoder<'a> {
             None => BTreeMap::new(),
         };
 
+        let functions = match root.table.get_key_value("functions") {
+            Some((_, item)) => self.functions(item, base_dir),
+            None => BTreeMap::new(),
+        };
+        let schedules = match root.table.get_key_value("schedules") {
+            Some((_, item)) => self.schedules(item),
+            None => BTreeMap::new(),
+        };
+        let buckets = match root.table.get_key_value("buckets") {
+            Some((_, item)) => self.buckets(item),
+            None => BTreeMap::new(),
+        };
+
         Some(Manifest {
             platform,
             services,
@@ -217,6 +235,9 @@ impl<'a> Decoder<'a> {
             topics,
             subscriptions,
             workflows,
+            functions,
+            schedules,
+            buckets,
             base_dir: base_dir.to_path_buf(),
         })
     }

@@ -218,6 +218,7 @@ impl Decoder<'_> {
                 "add `auth = \"jwt\"`, or remove them",
             );
         }
+        let webhook = self.webhook(s);
         let spans = RouteSpans {
             table: s.table_span(),
             path: self.value_span(s, "path"),
@@ -253,6 +254,7 @@ impl Decoder<'_> {
             forward_claims,
             idempotency,
             api_key_from,
+            webhook,
             pattern: pattern?,
             spans,
         })

@@ -291,7 +291,7 @@ impl Decoder<'_> {
 }
 
 /// A TOML value as JSON (bodies and event data are written in TOML).
-fn item_to_json(item: &Item) -> serde_json::Value {
+pub(super) fn item_to_json(item: &Item) -> serde_json::Value {
     match item {
         Item::Value(value) => value_to_json(value),
         Item::Table(table) => serde_json::Value::Object(

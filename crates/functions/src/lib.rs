@@ -1,0 +1,608 @@
+//! Serverless functions: WebAssembly components (wasi:http) and WAGI modules
+//! on wasmtime, and processes speaking the AWS Lambda Runtime API.
+//!
+//! Every function is served on its own loopback HTTP listener. To the rest of
+//! Gantry a function is then simply a service named `function:NAME` whose one
+//! instance is that listener: routes (`to = "function:NAME"`) keep every
+//! gateway policy (auth, rate limits, retries, breakers, idempotency...),
+//! subscriptions deliver events to it with their retries and dead letters,
+//! and workflows can call it, without any of those subsystems knowing what a
+//! function is. The listener runs each request through the function's
+//! concurrency gate and its executor ([`wasm`] or [`lambda`]).
+//!
+//! A function's artifact (or, for Lambda, its program) is watched: when the
+//! file changes, the new version is compiled beside the old one and swapped in
+//! atomically. Requests already running finish on the version they started
+//! on, new ones get the new version: a deploy without failed requests.
+
+mod gate;
+mod lambda;
+mod metrics;
+mod outbound;
+pub mod wasm;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use gantry_manifest::{Function, FunctionKind, Manifest, Service};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+pub use gate::Refused;
+pub use metrics::FunctionMetrics;
+pub use wasm::WasmHost;
+
+/// An error a response body may end with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body of a function's response.
+pub type FnBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// How often artifact files are checked for a new version.
+const WATCH_EVERY: Duration = Duration::from_millis(300);
+/// The largest request body a Lambda function is given (Lambda's own limit is 6 MB).
+const LAMBDA_MAX_BODY: usize = 6 * 1024 * 1024;
+
+/// Why an invocation produced no response of the function's own.
+#[derive(Debug, Clone)]
+pub enum Failure {
+    /// It ran past its `timeout`.
+    Timeout(Duration),
+    /// It tried to grow its memory past `memory`.
+    Memory(u64),
+    /// It trapped, crashed, exited, or answered with something that is not a response.
+    Crashed(String),
+    /// The request could not be given to it.
+    BadRequest(String),
+}
+
+impl Failure {
+    fn outcome(&self) -> &'static str {
+        match self {
+            Failure::Timeout(_) => "timeout",
+            Failure::Memory(_) => "memory",
+            Failure::Crashed(_) | Failure::BadRequest(_) => "error",
+        }
+    }
+
+    fn problem(&self, function: &str, request_id: &str) -> Response<FnBody> {
+        let (status, kind, title, detail) = match self {
+            Failure::Timeout(limit) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "function-timeout",
+                "Function timed out",
+                format!("function `{function}` ran longer than its timeout of {limit:?}; raise `timeout` in [functions.{function}] or make it faster"),
+            ),
+            Failure::Memory(limit) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "function-memory",
+                "Function exceeded its memory limit",
+                format!("function `{function}` tried to use more than {limit} bytes of memory; raise `memory` in [functions.{function}]"),
+            ),
+            Failure::Crashed(why) => (
+                StatusCode::BAD_GATEWAY,
+                "function-error",
+                "Function failed",
+                format!("function `{function}` failed: {why}"),
+            ),
+            Failure::BadRequest(why) => (
+                StatusCode::BAD_REQUEST,
+                "function-bad-request",
+                "Request not accepted",
+                why.clone(),
+            ),
+        };
+        problem(status, kind, title, &detail, request_id)
+    }
+}
+
+fn problem(status: StatusCode, kind: &str, title: &str, detail: &str, request_id: &str) -> Response<FnBody> {
+    let body = serde_json::json!({
+        "type": format!("https://gantry.dev/problems/{kind}"),
+        "title": title,
+        "status": status.as_u16(),
+        "detail": detail,
+        "request_id": request_id,
+    });
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/problem+json")
+        .body(full(Bytes::from(body.to_string())))
+        .unwrap_or_else(|_| Response::new(full(Bytes::new())))
+}
+
+fn full(bytes: Bytes) -> FnBody {
+    Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
+}
+
+/// How a loaded function runs a request.
+enum Exec {
+    Component(wasm::ComponentExec),
+    Wagi(wasm::WagiExec),
+    Lambda(Arc<lambda::Pool>),
+}
+
+/// One version of a function, ready to serve.
+struct Loaded {
+    config: Function,
+    exec: Exec,
+    gate: gate::Gate,
+    /// The artifact's (mtime, size) when it was loaded.
+    fingerprint: Option<(SystemTime, u64)>,
+    loaded_at: SystemTime,
+}
+
+/// A function's listener and the version it serves now.
+struct Slot {
+    name: Arc<str>,
+    addr: SocketAddr,
+    current: ArcSwap<Loaded>,
+    /// Serializes reloads of this function (watcher and manifest).
+    reloading: tokio::sync::Mutex<()>,
+    stop: CancellationToken,
+    deployments: std::sync::atomic::AtomicU64,
+}
+
+/// A function as listed by the admin API and `gantry functions list`.
+#[derive(Debug, Clone, Serialize)]
+pub struct FunctionInfo {
+    pub name: String,
+    /// `wasi-http`, `wagi` or `lambda`.
+    pub kind: &'static str,
+    /// The wasm file or the Lambda command.
+    pub artifact: String,
+    /// Where the function's listener is (loopback).
+    pub url: String,
+    pub timeout_ms: u64,
+    pub memory: u64,
+    pub max_concurrency: u32,
+    /// Invocations running now.
+    pub in_flight: usize,
+    /// Invocations waiting for a slot now.
+    pub queued: usize,
+    /// Lambda processes alive now.
+    pub instances: usize,
+    /// How many versions were deployed since Gantry started (1 = the first).
+    pub deployments: u64,
+    /// When the version serving now was loaded (RFC 3339).
+    pub loaded_at: String,
+}
+
+/// Every function of the system.
+#[derive(Clone)]
+pub struct Functions {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    data_dir: PathBuf,
+    wasm: Mutex<Option<WasmHost>>,
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    metrics: FunctionMetrics,
+}
+
+impl std::fmt::Debug for Functions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Functions").finish_non_exhaustive()
+    }
+}
+
+impl Functions {
+    /// No functions yet; compiled wasm is cached under `data_dir/functions/cache`.
+    pub fn new(data_dir: &Path) -> Functions {
+        Functions {
+            inner: Arc::new(Inner {
+                data_dir: data_dir.to_path_buf(),
+                wasm: Mutex::new(None),
+                slots: Mutex::new(HashMap::new()),
+                metrics: FunctionMetrics::default(),
+            }),
+        }
+    }
+
+    pub fn metrics(&self) -> &FunctionMetrics {
+        &self.inner.metrics
+    }
+
+    /// The wasmtime engine, created on first use.
+    fn wasm(&self) -> Result<WasmHost, String> {
+        let mut wasm = self.inner.wasm.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(host) = wasm.as_ref() {
+            return Ok(host.clone());
+        }
+        let host = WasmHost::new(&self.inner.data_dir.join("functions").join("cache"))
+            .map_err(|e| format!("cannot start the WebAssembly engine: {e:#}"))?;
+        *wasm = Some(host.clone());
+        Ok(host)
+    }
+
+    /// Makes the running functions those of `manifest`: new ones are loaded
+    /// and get a listener, changed ones are swapped in place (same listener),
+    /// removed ones stop. A function that fails to load fails the whole
+    /// apply and changes nothing of the others loaded before it... except
+    /// that the ones already swapped stay swapped (they are valid).
+    pub async fn apply(&self, manifest: &Manifest) -> Result<(), String> {
+        let mut next = HashMap::new();
+        for (name, config) in &manifest.functions {
+            let existing = self
+                .inner
+                .slots
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(name)
+                .cloned();
+            let slot = match existing {
+                Some(slot) => {
+                    if slot.current.load().config != *config {
+                        self.redeploy(&slot, config.clone(), "manifest changed").await?;
+                    }
+                    slot
+                }
+                None => self.start(name, config.clone()).await?,
+            };
+            next.insert(name.clone(), slot);
+        }
+        let removed: Vec<Arc<Slot>> = {
+            let mut slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
+            let removed = slots
+                .iter()
+                .filter(|(name, _)| !next.contains_key(*name))
+                .map(|(_, slot)| slot.clone())
+                .collect();
+            *slots = next;
+            removed
+        };
+        for slot in removed {
+            tracing::info!(target: "gantry::functions", function = %slot.name, "function removed");
+            slot.stop.cancel();
+        }
+        Ok(())
+    }
+
+    /// The service each function is to the gateway and the event bus:
+    /// `function:NAME` at its listener.
+    pub fn services(&self) -> BTreeMap<String, Service> {
+        let slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots
+            .iter()
+            .map(|(name, slot)| {
+                let mut service = Service::external(vec![format!("http://{}", slot.addr)]);
+                // The function's own gate bounds concurrency; the service
+                // layer must not refuse before it.
+                service.max_concurrent = 1_000_000;
+                (gantry_manifest::function_target(name), service)
+            })
+            .collect()
+    }
+
+    /// The base URL of a function's listener.
+    pub fn url(&self, name: &str) -> Option<String> {
+        let slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.get(name).map(|slot| format!("http://{}", slot.addr))
+    }
+
+    pub fn list(&self) -> Vec<FunctionInfo> {
+        let slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut list: Vec<FunctionInfo> = slots
+            .values()
+            .map(|slot| {
+                let loaded = slot.current.load();
+                let config = &loaded.config;
+                let (kind, artifact) = match config.kind() {
+                    FunctionKind::Component { path } => ("wasi-http", path.display().to_string()),
+                    FunctionKind::Wagi { path } => ("wagi", path.display().to_string()),
+                    FunctionKind::Lambda { command } => ("lambda", command.join(" ")),
+                };
+                FunctionInfo {
+                    name: slot.name.to_string(),
+                    kind,
+                    artifact,
+                    url: format!("http://{}", slot.addr),
+                    timeout_ms: config.timeout.as_millis() as u64,
+                    memory: config.memory,
+                    max_concurrency: config.max_concurrency,
+                    in_flight: loaded.gate.in_use(),
+                    queued: loaded.gate.waiting(),
+                    instances: match &loaded.exec {
+                        Exec::Lambda(pool) => pool.instances(),
+                        _ => loaded.gate.in_use(),
+                    },
+                    deployments: slot.deployments.load(std::sync::atomic::Ordering::Relaxed),
+                    loaded_at: rfc3339(loaded.loaded_at),
+                }
+            })
+            .collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        list
+    }
+
+    /// Stops every function (shutdown).
+    pub fn stop(&self) {
+        let slots: Vec<Arc<Slot>> = self
+            .inner
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(_, slot)| slot)
+            .collect();
+        for slot in slots {
+            slot.stop.cancel();
+        }
+    }
+
+    /// Loads a function and starts its listener and artifact watcher.
+    async fn start(&self, name: &str, config: Function) -> Result<Arc<Slot>, String> {
+        let loaded = self.load(name, config).await?;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .map_err(|e| format!("function `{name}`: cannot listen on loopback: {e}"))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| format!("function `{name}`: {e}"))?;
+        let slot = Arc::new(Slot {
+            name: Arc::from(name),
+            addr,
+            current: ArcSwap::from_pointee(loaded),
+            reloading: tokio::sync::Mutex::new(()),
+            stop: CancellationToken::new(),
+            deployments: std::sync::atomic::AtomicU64::new(1),
+        });
+        tokio::spawn(serve(listener, slot.clone(), self.inner.metrics.clone()));
+        tokio::spawn(watch(self.clone(), slot.clone()));
+        tracing::info!(target: "gantry::functions", function = name, listen = %addr, "function ready");
+        Ok(slot)
+    }
+
+    /// Loads `config` and swaps it in for the slot's current version.
+    async fn redeploy(&self, slot: &Slot, config: Function, why: &str) -> Result<(), String> {
+        let _one_at_a_time = slot.reloading.lock().await;
+        let loaded = self.load(&slot.name, config).await?;
+        slot.current.store(Arc::new(loaded));
+        let n = slot.deployments.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        tracing::info!(target: "gantry::functions", function = %slot.name, deployment = n, why, "new version deployed");
+        Ok(())
+    }
+
+    /// Compiles (wasm) or prepares (Lambda) one version of a function.
+    async fn load(&self, name: &str, config: Function) -> Result<Loaded, String> {
+        let fingerprint = artifact(&config).and_then(|p| fingerprint(&p));
+        let settings = wasm::Settings {
+            function: Arc::from(name),
+            env: config.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            memory: config.memory as usize,
+            timeout: config.timeout,
+            outbound: outbound::Outbound {
+                function: Arc::from(name),
+                rules: Arc::new(
+                    config
+                        .allowed_outbound_hosts
+                        .iter()
+                        .filter_map(|r| outbound::Rule::parse(r))
+                        .collect(),
+                ),
+            },
+        };
+        let started = Instant::now();
+        let exec = match config.kind() {
+            FunctionKind::Component { path } | FunctionKind::Wagi { path } => {
+                let host = self.wasm()?;
+                let path = path.clone();
+                let wagi = matches!(config.kind(), FunctionKind::Wagi { .. });
+                let exec = tokio::task::spawn_blocking(move || {
+                    if wagi {
+                        host.wagi(&path, settings).map(Exec::Wagi)
+                    } else {
+                        host.component(&path, settings).map(Exec::Component)
+                    }
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+                exec.map_err(|e| {
+                    let path = artifact(&config).unwrap_or_default();
+                    format!("function `{name}`: cannot load {}: {e:#}", path.display())
+                })?
+            }
+            FunctionKind::Lambda { command } => {
+                if let Some(program) = command.first() {
+                    if program.contains('/') && !Path::new(program).exists() {
+                        return Err(format!("function `{name}`: program {program} does not exist; build it first"));
+                    }
+                }
+                Exec::Lambda(lambda::Pool::start(
+                    lambda::LambdaConfig {
+                        function: Arc::from(name),
+                        command: command.to_vec(),
+                        env: config.env.clone(),
+                        workdir: config.workdir.clone(),
+                        memory_mb: config.memory / (1024 * 1024),
+                        timeout: config.timeout,
+                        min_instances: config.min_instances,
+                        idle_timeout: config.idle_timeout,
+                    },
+                    self.inner.metrics.clone(),
+                ))
+            }
+        };
+        tracing::debug!(target: "gantry::functions", function = name, took = ?started.elapsed(), "function loaded");
+        Ok(Loaded {
+            gate: gate::Gate::new(config.max_concurrency, config.queue, config.queue_timeout),
+            config,
+            exec,
+            fingerprint,
+            loaded_at: SystemTime::now(),
+        })
+    }
+}
+
+/// The file whose change means a new version.
+fn artifact(config: &Function) -> Option<PathBuf> {
+    match config.kind() {
+        FunctionKind::Component { path } | FunctionKind::Wagi { path } => Some(path.clone()),
+        FunctionKind::Lambda { command } => command
+            .first()
+            .filter(|p| p.contains('/'))
+            .map(PathBuf::from),
+    }
+}
+
+fn fingerprint(path: &Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+/// Redeploys a function when its artifact changes. A file that is being
+/// written is only picked up once it stays the same for one more check; a
+/// version that does not load is not tried again until the file changes.
+async fn watch(functions: Functions, slot: Arc<Slot>) {
+    let mut seen = slot.current.load().fingerprint;
+    let mut failed = None;
+    loop {
+        tokio::select! {
+            _ = slot.stop.cancelled() => return,
+            _ = tokio::time::sleep(WATCH_EVERY) => {}
+        }
+        let loaded = slot.current.load_full();
+        let Some(path) = artifact(&loaded.config) else { continue };
+        let now = fingerprint(&path);
+        if now.is_none() || now == loaded.fingerprint || now == failed || now != seen {
+            seen = now;
+            continue;
+        }
+        match functions
+            .redeploy(&slot, loaded.config.clone(), "artifact changed")
+            .await
+        {
+            Ok(()) => failed = None,
+            Err(error) => {
+                tracing::error!(target: "gantry::functions", function = %slot.name, %error, "the new version does not load; the previous one keeps serving");
+                failed = now;
+            }
+        }
+    }
+}
+
+/// A function's loopback listener: HTTP/1.1 with keep-alive.
+async fn serve(listener: tokio::net::TcpListener, slot: Arc<Slot>, metrics: FunctionMetrics) {
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = slot.stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(target: "gantry::functions", function = %slot.name, %error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let slot = slot.clone();
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let slot = slot.clone();
+                let metrics = metrics.clone();
+                async move { Ok::<_, std::convert::Infallible>(invoke(&slot, &metrics, request).await) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .http1_only()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// Runs one request through the current version of the function.
+async fn invoke(slot: &Slot, metrics: &FunctionMetrics, request: Request<Incoming>) -> Response<FnBody> {
+    let loaded = slot.current.load_full();
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let started = Instant::now();
+    let _permit = match loaded.gate.enter().await {
+        Ok(permit) => permit,
+        Err(refused) => {
+            metrics.invoked(&slot.name, "throttled", 0.0);
+            let (status, detail) = match refused {
+                Refused::QueueFull => (StatusCode::TOO_MANY_REQUESTS, format!("function `{}` is at max_concurrency ({}) with a full queue; retry later", slot.name, loaded.config.max_concurrency)),
+                Refused::Timeout => (StatusCode::SERVICE_UNAVAILABLE, format!("function `{}` had no free slot within queue_timeout ({:?}); retry later", slot.name, loaded.config.queue_timeout)),
+            };
+            let mut response = problem(status, "function-busy", "Function busy", &detail, &request_id);
+            response.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+            return response;
+        }
+    };
+    let wasm_instance = !matches!(loaded.exec, Exec::Lambda(_));
+    if wasm_instance {
+        metrics.instances(&slot.name, 1);
+    }
+    let outcome = match &loaded.exec {
+        Exec::Component(exec) => exec.handle(request, &request_id).await,
+        Exec::Wagi(exec) => exec.handle(request, &request_id).await,
+        Exec::Lambda(pool) => invoke_lambda(pool, request, &request_id).await,
+    };
+    if wasm_instance {
+        metrics.instances(&slot.name, -1);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    match outcome {
+        Ok(mut response) => {
+            metrics.invoked(&slot.name, "ok", seconds);
+            if let Ok(value) = request_id.parse() {
+                response.headers_mut().insert("x-request-id", value);
+            }
+            response
+        }
+        Err(failure) => {
+            metrics.invoked(&slot.name, failure.outcome(), seconds);
+            tracing::warn!(target: "gantry::functions", function = %slot.name, request_id, outcome = failure.outcome(), error = ?failure, "invocation failed");
+            failure.problem(&slot.name, &request_id)
+        }
+    }
+}
+
+async fn invoke_lambda(pool: &lambda::Pool, request: Request<Incoming>, request_id: &str) -> Result<Response<FnBody>, Failure> {
+    let (parts, body) = request.into_parts();
+    let body = Limited::new(body, LAMBDA_MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| Failure::BadRequest(format!("cannot read the request body (Lambda functions take at most 6 MiB): {e}")))?
+        .to_bytes();
+    let event = lambda::event_for(&parts, &body, request_id);
+    let trace = parts
+        .headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    match pool.invoke(event, request_id, trace).await? {
+        Ok(result) => Ok(lambda::response_for(&result)?.map(full)),
+        Err(error) => {
+            let mut response = problem(
+                StatusCode::BAD_GATEWAY,
+                "function-error",
+                "Function failed",
+                &String::from_utf8_lossy(&error),
+                request_id,
+            );
+            response.headers_mut().insert("x-gantry-function-error", http::HeaderValue::from_static("Unhandled"));
+            Ok(response)
+        }
+    }
+}
+
+/// RFC 3339 in UTC, for listings.
+fn rfc3339(time: SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(time).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
