@@ -88,6 +88,9 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
         .map_err(AppError::Start)?;
     bus.set_workflow_starter(Arc::new(workflows.clone()));
     bus.metrics().register(&metrics);
+    let functions = gantry_functions::Functions::new(&platform.data_dir);
+    functions.metrics().register(&metrics);
+    let scheduler = gantry_functions::Scheduler::new(&platform.data_dir, functions.clone());
     workflows.metrics().register(&metrics);
     let (live, table) = Live::start(
         path,
@@ -98,6 +101,8 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
             workflows: workflows.clone(),
             directory,
             api_url,
+            functions: functions.clone(),
+            scheduler: scheduler.clone(),
         },
     )
     .await
@@ -127,7 +132,11 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
         metrics.clone(),
         reload_tx,
         gantry_events::api::admin_router(bus.clone())
-            .merge(gantry_workflows::api::admin_router(workflows.clone())),
+            .merge(gantry_workflows::api::admin_router(workflows.clone()))
+            .merge(gantry_functions::api::admin_router(
+                functions.clone(),
+                scheduler.clone(),
+            )),
         servers.clone(),
     ));
     let api_task = tokio::spawn({
@@ -171,6 +180,8 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
     workflows.stop().await;
     bus.stop().await;
     live.stop_all(platform.drain_timeout).await;
+    scheduler.stop();
+    functions.stop();
     tracing::info!(target: "gantry::app", "stopped");
     Ok(())
 }

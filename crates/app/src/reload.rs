@@ -40,6 +40,20 @@ pub(crate) struct Events {
     pub directory: ServiceDirectory,
     /// The platform API's URL, given to every service as `GANTRY_API`.
     pub api_url: String,
+    /// The functions, which the gateway and the bus see as services named `function:NAME`.
+    pub functions: gantry_functions::Functions,
+    /// Cron schedules that invoke functions.
+    pub scheduler: gantry_functions::Scheduler,
+}
+
+/// The services to run: the manifest's, and one per function.
+fn service_configs(
+    manifest: &Manifest,
+    functions: &gantry_functions::Functions,
+) -> std::collections::BTreeMap<String, gantry_manifest::Service> {
+    let mut configs = manifest.services.clone();
+    configs.extend(functions.services());
+    configs
 }
 
 impl Live {
@@ -50,8 +64,9 @@ impl Live {
         metrics: GatewayMetrics,
         events: Events,
     ) -> Result<(Live, RouteTable), String> {
+        events.functions.apply(&manifest).await?;
         let mut services = HashMap::new();
-        for (name, config) in &manifest.services {
+        for (name, config) in &service_configs(&manifest, &events.functions) {
             let handle = ServiceHandle::start(name, config).map_err(|e| e.to_string())?;
             services.insert(name.clone(), handle);
         }
@@ -77,6 +92,7 @@ impl Live {
             "event bus ready"
         );
         events.workflows.resume_all().await?;
+        events.scheduler.apply(&manifest.schedules);
         if !registered.is_empty() {
             tracing::info!(target: "gantry::workflows", workflows = ?registered, "workflows ready");
         }
@@ -129,10 +145,15 @@ impl Live {
             }
         }
 
+        // Functions first: a changed one is swapped in place behind its
+        // listener, so its service entry stays the same.
+        if let Err(error) = self.events.functions.apply(&manifest).await {
+            return Err(self.refuse(trigger, error));
+        }
         // Start what is new or changed; keep what is the same.
         let mut next = HashMap::new();
         let mut fresh = Vec::new();
-        for (name, config) in &manifest.services {
+        for (name, config) in &service_configs(&manifest, &self.events.functions) {
             match self.services.get(name) {
                 Some(running) if running.config() == config => {
                     report.unchanged.push(name.clone());
@@ -199,6 +220,7 @@ impl Live {
             return Err(self.refuse(trigger, error));
         }
 
+        self.events.scheduler.apply(&manifest.schedules);
         report.routes = manifest.routes.len();
         if let Some(gateway) = &self.gateway {
             gateway.swap(table);

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use serde_json::{json, Value};
 
-use crate::{admin_client, call_admin, percent_encode_segment, AdminTarget};
+use crate::{json_text as text, print_answer as show, admin_client, call_admin, percent_encode_segment, AdminTarget};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum EventsCommand {
@@ -435,24 +435,4 @@ fn list(value: &Value) -> Vec<&Value> {
     value.as_array().into_iter().flatten().collect()
 }
 
-fn text(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    }
-}
 
-/// Prints a successful answer through `render`, or passes on the exit code.
-fn show(answer: Result<Value, ExitCode>, render: impl FnOnce(&Value) -> String) -> ExitCode {
-    match answer {
-        Ok(value) => {
-            #[allow(clippy::print_stdout)]
-            {
-                print!("{}", render(&value));
-            }
-            ExitCode::SUCCESS
-        }
-        Err(code) => code,
-    }
-}

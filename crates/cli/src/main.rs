@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod admin_client;
 mod events;
+mod functions;
 mod workflows;
 use gantry_telemetry::LogFormat;
 use tokio::signal::unix::{signal, SignalKind};
@@ -106,6 +107,11 @@ enum Command {
         #[command(subcommand)]
         command: workflows::WorkflowsCommand,
     },
+    /// Serverless functions: list, invoke, logs.
+    Functions {
+        #[command(subcommand)]
+        command: functions::FunctionsCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -192,6 +198,7 @@ fn main() -> ExitCode {
         Command::Keys { command } => keys(command),
         Command::Events { command } => events::run(command),
         Command::Workflows { command } => workflows::run(command),
+        Command::Functions { command } => functions::run(command),
         Command::Token {
             sub,
             scopes,
@@ -209,6 +216,32 @@ fn main() -> ExitCode {
 
 /// Calls the admin API of the Gantry `target` points at and returns the JSON
 /// answer; on any failure prints why and gives the exit code.
+/// A JSON value as a table cell: strings bare, null as `-`.
+pub(crate) fn json_text(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Prints a successful answer through `render`, or passes on the exit code.
+pub(crate) fn print_answer(
+    answer: Result<serde_json::Value, ExitCode>,
+    render: impl FnOnce(&serde_json::Value) -> String,
+) -> ExitCode {
+    match answer {
+        Ok(value) => {
+            #[allow(clippy::print_stdout)]
+            {
+                print!("{}", render(&value));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
 pub(crate) fn call_admin(
     target: &AdminTarget,
     method: &str,
@@ -491,6 +524,13 @@ fn validate(file: &Path) -> ExitCode {
                 }
                 if !manifest.workflows.is_empty() {
                     summary += &format!(", {} workflows", manifest.workflows.len());
+                }
+                if !manifest.functions.is_empty() {
+                    summary += &format!(
+                        ", {} functions, {} schedules",
+                        manifest.functions.len(),
+                        manifest.schedules.len()
+                    );
                 }
                 println!("{} is valid: {summary}", file.display());
             }

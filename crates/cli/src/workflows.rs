@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use serde_json::{json, Value};
 
-use crate::{admin_client, call_admin, percent_encode_segment, AdminTarget};
+use crate::{admin_client, call_admin, json_text as text, print_answer as print_with, percent_encode_segment, AdminTarget};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum WorkflowsCommand {
@@ -247,23 +247,4 @@ fn describe(v: &Value) -> String {
     out
 }
 
-fn text(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    }
-}
 
-fn print_with(answer: Result<Value, ExitCode>, render: impl FnOnce(&Value) -> String) -> ExitCode {
-    match answer {
-        Ok(value) => {
-            #[allow(clippy::print_stdout)]
-            {
-                print!("{}", render(&value));
-            }
-            ExitCode::SUCCESS
-        }
-        Err(code) => code,
-    }
-}

@@ -42,6 +42,7 @@ pub(crate) struct LambdaConfig {
     pub(crate) timeout: Duration,
     pub(crate) min_instances: u32,
     pub(crate) idle_timeout: Duration,
+    pub(crate) logs: crate::logs::LogBook,
 }
 
 /// One invocation handed to a process.
@@ -285,6 +286,7 @@ impl Pool {
         ] {
             let Some(pipe) = pipe else { continue };
             let endpoint = endpoint.clone();
+            let logs = self.config.logs.clone();
             tokio::spawn(async move {
                 let mut lines = BufReader::new(pipe).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
@@ -294,7 +296,7 @@ impl Pool {
                         .ok()
                         .and_then(|c| c.as_ref().map(|(id, _)| id.clone()))
                         .unwrap_or_default();
-                    tracing::info!(target: "gantry::functions::guest", function = %endpoint.function, request_id, stream, "{line}");
+                    logs.write(&endpoint.function, &request_id, stream, &line);
                 }
             });
         }

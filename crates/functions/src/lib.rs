@@ -15,11 +15,15 @@
 //! atomically. Requests already running finish on the version they started
 //! on, new ones get the new version: a deploy without failed requests.
 
+mod client;
 mod gate;
 mod lambda;
+mod logs;
 mod metrics;
 mod outbound;
+mod schedule;
 pub mod wasm;
+pub mod api;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -38,7 +42,9 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 pub use gate::Refused;
+pub use logs::{LogBook, LogLine};
 pub use metrics::FunctionMetrics;
+pub use schedule::{ScheduleInfo, Scheduler};
 pub use wasm::WasmHost;
 
 /// An error a response body may end with.
@@ -187,6 +193,7 @@ struct Inner {
     wasm: Mutex<Option<WasmHost>>,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     metrics: FunctionMetrics,
+    logs: LogBook,
 }
 
 impl std::fmt::Debug for Functions {
@@ -204,12 +211,18 @@ impl Functions {
                 wasm: Mutex::new(None),
                 slots: Mutex::new(HashMap::new()),
                 metrics: FunctionMetrics::default(),
+                logs: LogBook::default(),
             }),
         }
     }
 
     pub fn metrics(&self) -> &FunctionMetrics {
         &self.inner.metrics
+    }
+
+    /// Recent guest output, by function.
+    pub fn logs(&self) -> &LogBook {
+        &self.inner.logs
     }
 
     /// The wasmtime engine, created on first use.
@@ -390,6 +403,7 @@ impl Functions {
                         .collect(),
                 ),
             },
+            logs: self.inner.logs.clone(),
         };
         let started = Instant::now();
         let exec = match config.kind() {
@@ -427,6 +441,7 @@ impl Functions {
                         timeout: config.timeout,
                         min_instances: config.min_instances,
                         idle_timeout: config.idle_timeout,
+                        logs: self.inner.logs.clone(),
                     },
                     self.inner.metrics.clone(),
                 ))

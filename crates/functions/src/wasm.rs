@@ -124,6 +124,7 @@ pub(crate) struct Settings {
     pub(crate) memory: usize,
     pub(crate) timeout: Duration,
     pub(crate) outbound: Outbound,
+    pub(crate) logs: crate::logs::LogBook,
 }
 
 impl Settings {
@@ -179,7 +180,7 @@ impl Settings {
         for (stream, pipe) in [("stdout", stdout), ("stderr", stderr)] {
             let contents = pipe.contents();
             for line in String::from_utf8_lossy(&contents).lines() {
-                tracing::info!(target: "gantry::functions::guest", function = %self.function, request_id, stream, "{line}");
+                self.logs.write(&self.function, request_id, stream, line);
             }
         }
     }

@@ -312,6 +312,22 @@ pub(crate) async fn limit_body(
     }
 }
 
+/// Reads a whole body of at most `limit` bytes into memory.
+pub(crate) async fn read_body(body: RequestBody, limit: u64) -> Result<bytes::Bytes, String> {
+    match body {
+        RequestBody::Buffered(bytes) => Ok(bytes.unwrap_or_default()),
+        RequestBody::Streaming(body) => {
+            match http_body_util::Limited::new(body, limit as usize).collect().await {
+                Ok(collected) => Ok(collected.to_bytes()),
+                Err(error) => Err(match error.downcast::<hyper::Error>() {
+                    Ok(error) => format!("reading the request body failed: {error}"),
+                    Err(_) => format!("the body is larger than {limit} bytes"),
+                }),
+            }
+        }
+    }
+}
+
 /// Reads a body of known length up to `limit` bytes ahead, so the request can
 /// be sent more than once; anything else streams.
 pub(crate) async fn buffer_small_body(

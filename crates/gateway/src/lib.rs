@@ -40,6 +40,7 @@ mod shadow;
 mod shaping;
 mod split;
 mod upstream;
+mod webhook;
 
 pub use api_keys::{ApiKeyInfo, ApiKeys, NewApiKey};
 pub use body::GatewayBody;

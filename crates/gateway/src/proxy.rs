@@ -322,6 +322,35 @@ impl Gateway {
             None => body,
         };
 
+        // Webhooks: the body must be signed with the route's secret.
+        let body = match &route.webhook {
+            None => body,
+            Some(verifier) => {
+                let limit = route
+                    .shaping
+                    .max_body
+                    .unwrap_or(crate::webhook::DEFAULT_MAX_BODY);
+                let bytes = match crate::forward::read_body(body, limit).await {
+                    Ok(bytes) => bytes,
+                    Err(why) => {
+                        return outcome.finish(
+                            Problem::BadRequestBody.respond(why, &path, &request_id),
+                            &backend.metrics,
+                        )
+                    }
+                };
+                if let Err(why) = verifier.verify(&parts.headers, &bytes, std::time::SystemTime::now()) {
+                    tracing::warn!(target: "gantry::gateway", route = %route.label, request_id = ?request_id, "webhook refused: {why}");
+                    let detail = format!("webhook signature check failed: {why}");
+                    return outcome.finish(
+                        Problem::Unauthenticated.respond(detail, &path, &request_id),
+                        &backend.metrics,
+                    );
+                }
+                crate::upstream::RequestBody::Buffered(Some(bytes))
+            }
+        };
+
         // Idempotency keys: a repeated request is answered from the store.
         let mut claim_guard = None;
         let (body, replayed) = self

@@ -25,6 +25,8 @@ use crate::split::{Backend, Backends, Weight};
 pub enum BuildError {
     #[error("route `{route}` sends traffic to `{service}`, which is not running")]
     MissingService { route: String, service: String },
+    #[error("route `{route}`: {why}; export it before starting Gantry")]
+    WebhookSecret { route: String, why: String },
     #[error("route `{route}`: header `{header}` cannot be matched: {why}")]
     BadHeader {
         route: String,
@@ -65,6 +67,7 @@ pub(crate) struct CompiledRoute {
     /// Claims to forward, with the header each goes in.
     pub(crate) forward_claims: Vec<(String, HeaderName)>,
     pub(crate) idempotency: Option<gantry_manifest::IdempotencyPolicy>,
+    pub(crate) webhook: Option<Arc<crate::webhook::WebhookVerifier>>,
     config: Route,
 }
 
@@ -230,6 +233,25 @@ impl RouteTable {
                     .filter(|limiter| limiter.policy == *policy)
                     .unwrap_or_else(|| Arc::new(RateLimiter::new(policy.clone())))
             });
+            // A verifier keeps its replay memory across a reload that does not change it.
+            let webhook = match &route.webhook {
+                None => None,
+                Some(policy) => Some(
+                    match previous
+                        .and_then(|p| p.routes.iter().find(|r| *r.label == *route.label()))
+                        .and_then(|r| r.webhook.clone())
+                        .filter(|v| v.policy == *policy)
+                    {
+                        Some(kept) => kept,
+                        None => Arc::new(crate::webhook::WebhookVerifier::new(policy).map_err(
+                            |why| BuildError::WebhookSecret {
+                                route: route.path.clone(),
+                                why,
+                            },
+                        )?),
+                    },
+                ),
+            };
             compiled.push(CompiledRoute {
                 label: Arc::from(route.label()),
                 pattern: route.pattern.clone(),
@@ -268,6 +290,7 @@ impl RouteTable {
                     })
                     .collect(),
                 idempotency: route.idempotency.clone(),
+                webhook,
                 config: route.clone(),
             });
         }
