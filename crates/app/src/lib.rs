@@ -91,6 +91,7 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
     let functions = gantry_functions::Functions::new(&platform.data_dir);
     functions.metrics().register(&metrics);
     let scheduler = gantry_functions::Scheduler::new(&platform.data_dir, functions.clone());
+    let buckets = gantry_events::objects::Buckets::new(&platform.data_dir, bus.clone());
     workflows.metrics().register(&metrics);
     let (live, table) = Live::start(
         path,
@@ -103,6 +104,7 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
             api_url,
             functions: functions.clone(),
             scheduler: scheduler.clone(),
+            buckets: buckets.clone(),
         },
     )
     .await
@@ -142,6 +144,7 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
     let api_task = tokio::spawn({
         let servers = servers.clone();
         let router = gantry_workflows::api::platform_router(workflows.clone())
+            .merge(gantry_events::objects::platform_router(buckets.clone()))
             .merge(gantry_events::api::platform_router(bus.clone()));
         async move {
             axum::serve(api_listener, router)
@@ -181,6 +184,7 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
     bus.stop().await;
     live.stop_all(platform.drain_timeout).await;
     scheduler.stop();
+    buckets.stop();
     functions.stop();
     tracing::info!(target: "gantry::app", "stopped");
     Ok(())

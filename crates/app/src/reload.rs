@@ -44,15 +44,18 @@ pub(crate) struct Events {
     pub functions: gantry_functions::Functions,
     /// Cron schedules that invoke functions.
     pub scheduler: gantry_functions::Scheduler,
+    /// Upload buckets, which the gateway sees as services named `bucket:NAME`.
+    pub buckets: gantry_events::objects::Buckets,
 }
 
 /// The services to run: the manifest's, and one per function.
 fn service_configs(
     manifest: &Manifest,
-    functions: &gantry_functions::Functions,
+    events: &Events,
 ) -> std::collections::BTreeMap<String, gantry_manifest::Service> {
     let mut configs = manifest.services.clone();
-    configs.extend(functions.services());
+    configs.extend(events.functions.services());
+    configs.extend(events.buckets.services());
     configs
 }
 
@@ -65,8 +68,9 @@ impl Live {
         events: Events,
     ) -> Result<(Live, RouteTable), String> {
         events.functions.apply(&manifest).await?;
+        events.buckets.apply(&manifest.buckets).await?;
         let mut services = HashMap::new();
-        for (name, config) in &service_configs(&manifest, &events.functions) {
+        for (name, config) in &service_configs(&manifest, &events) {
             let handle = ServiceHandle::start(name, config).map_err(|e| e.to_string())?;
             services.insert(name.clone(), handle);
         }
@@ -150,10 +154,13 @@ impl Live {
         if let Err(error) = self.events.functions.apply(&manifest).await {
             return Err(self.refuse(trigger, error));
         }
+        if let Err(error) = self.events.buckets.apply(&manifest.buckets).await {
+            return Err(self.refuse(trigger, error));
+        }
         // Start what is new or changed; keep what is the same.
         let mut next = HashMap::new();
         let mut fresh = Vec::new();
-        for (name, config) in &service_configs(&manifest, &self.events.functions) {
+        for (name, config) in &service_configs(&manifest, &self.events) {
             match self.services.get(name) {
                 Some(running) if running.config() == config => {
                     report.unchanged.push(name.clone());

@@ -13,6 +13,7 @@
 //! - [`broker::Broker`]: durable storage, embedded as [`SqliteBroker`].
 
 pub mod api;
+pub mod objects;
 pub mod broker;
 pub mod cloudevent;
 mod deliver;

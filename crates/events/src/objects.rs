@@ -1,0 +1,379 @@
+//! Object buckets: the target of upload routes (`to = "bucket:NAME"`).
+//!
+//! Each bucket is served on its own loopback listener, so an upload route
+//! keeps every gateway policy. A `PUT`/`POST` streams the body to a file in
+//! `DATA_DIR/objects/BUCKET/` (refusing it with 413 past `max_size`), keeps
+//! its content type, fsyncs it, moves it into place, and publishes an
+//! `object.created` CloudEvent to the bucket's `topic` before answering 201.
+//! Subscriptions on that topic trigger functions as for any event. A `GET`
+//! reads an object back; the platform API serves
+//! `GET /v1/objects/{bucket}/{key}` as well.
+//!
+//! The object key is the request path (what is left after the route's
+//! `strip_prefix`); a `POST` to `/` gets a generated key.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use gantry_manifest::{Bucket, Service};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::cloudevent::CloudEvent;
+use crate::EventBus;
+
+type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// What is kept beside each object.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ObjectInfo {
+    pub bucket: String,
+    pub key: String,
+    pub size: u64,
+    pub content_type: String,
+    pub sha256: String,
+    /// RFC 3339.
+    pub created: String,
+}
+
+/// Every bucket, with its listener.
+#[derive(Clone)]
+pub struct Buckets {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    root: PathBuf,
+    bus: EventBus,
+    listeners: Mutex<HashMap<String, (SocketAddr, Arc<Mutex<Bucket>>, CancellationToken)>>,
+}
+
+impl std::fmt::Debug for Buckets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Buckets").finish_non_exhaustive()
+    }
+}
+
+impl Buckets {
+    pub fn new(data_dir: &Path, bus: EventBus) -> Buckets {
+        Buckets {
+            inner: Arc::new(Inner {
+                root: data_dir.join("objects"),
+                bus,
+                listeners: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Serves exactly the buckets of `buckets` (settings change in place).
+    pub async fn apply(&self, buckets: &BTreeMap<String, Bucket>) -> Result<(), String> {
+        let mut listeners = self.inner.listeners.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        listeners.retain(|name, (_, _, stop)| {
+            let keep = buckets.contains_key(name);
+            if !keep {
+                stop.cancel();
+            }
+            keep
+        });
+        for (name, config) in buckets {
+            if let Some((_, current, _)) = listeners.get(name) {
+                *current.lock().unwrap_or_else(|e| e.into_inner()) = config.clone();
+                continue;
+            }
+            std::fs::create_dir_all(self.inner.root.join(name))
+                .map_err(|e| format!("bucket `{name}`: cannot create its directory: {e}"))?;
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+                .await
+                .map_err(|e| format!("bucket `{name}`: cannot listen on loopback: {e}"))?;
+            let addr = listener.local_addr().map_err(|e| e.to_string())?;
+            let config = Arc::new(Mutex::new(config.clone()));
+            let stop = CancellationToken::new();
+            tokio::spawn(serve(listener, self.clone(), name.clone(), config.clone(), stop.clone()));
+            listeners.insert(name.clone(), (addr, config, stop));
+        }
+        *self.inner.listeners.lock().unwrap_or_else(|e| e.into_inner()) = listeners;
+        Ok(())
+    }
+
+    /// The service each bucket is to the gateway: `bucket:NAME`.
+    pub fn services(&self) -> BTreeMap<String, Service> {
+        let listeners = self.inner.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        listeners
+            .iter()
+            .map(|(name, (addr, _, _))| {
+                let mut service = Service::external(vec![format!("http://{addr}")]);
+                service.max_concurrent = 1_000_000;
+                (format!("bucket:{name}"), service)
+            })
+            .collect()
+    }
+
+    pub fn stop(&self) {
+        let mut listeners = self.inner.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, (_, _, stop)) in listeners.drain() {
+            stop.cancel();
+        }
+    }
+
+    fn paths(&self, bucket: &str, key: &str) -> Option<(PathBuf, PathBuf)> {
+        if !valid_key(key) {
+            return None;
+        }
+        // Keys may contain `/`; the file name encodes them so a bucket stays flat.
+        let file = percent_encoding::utf8_percent_encode(key, percent_encoding::NON_ALPHANUMERIC).to_string();
+        let dir = self.inner.root.join(bucket);
+        Some((dir.join(format!("{file}.data")), dir.join(format!("{file}.json"))))
+    }
+
+    /// An object's metadata and bytes.
+    pub async fn read(&self, bucket: &str, key: &str) -> Option<(ObjectInfo, Bytes)> {
+        let (data, meta) = self.paths(bucket, key)?;
+        let info: ObjectInfo = serde_json::from_slice(&tokio::fs::read(meta).await.ok()?).ok()?;
+        let bytes = tokio::fs::read(data).await.ok()?;
+        Some((info, Bytes::from(bytes)))
+    }
+}
+
+/// Keys are non-empty, at most 512 bytes, printable, without `..` segments.
+fn valid_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 512
+        && !key.starts_with('/')
+        && key.chars().all(|c| !c.is_control())
+        && key.split('/').all(|segment| !segment.is_empty() && segment != "." && segment != "..")
+}
+
+async fn serve(listener: tokio::net::TcpListener, buckets: Buckets, name: String, config: Arc<Mutex<Bucket>>, stop: CancellationToken) {
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(_) => continue,
+            },
+        };
+        let (buckets, name, config) = (buckets.clone(), name.clone(), config.clone());
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let (buckets, name, config) = (buckets.clone(), name.clone(), config.clone());
+                async move {
+                    let config = config.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    Ok::<_, std::convert::Infallible>(handle(&buckets, &name, &config, request).await)
+                }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .http1_only()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn answer(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(body.into()).map_err(|never| match never {}).boxed_unsync())
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).map_err(|never| match never {}).boxed_unsync()))
+}
+
+fn problem(status: StatusCode, kind: &str, title: &str, detail: String) -> Response<Body> {
+    let body = serde_json::json!({
+        "type": format!("https://gantry.dev/problems/{kind}"),
+        "title": title,
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    answer(status, "application/problem+json", body.to_string())
+}
+
+async fn handle(buckets: &Buckets, name: &str, config: &Bucket, request: Request<Incoming>) -> Response<Body> {
+    let path = request.uri().path().trim_start_matches('/').to_string();
+    let key = percent_encoding::percent_decode_str(&path).decode_utf8_lossy().into_owned();
+    match *request.method() {
+        Method::GET | Method::HEAD => match buckets.read(name, &key).await {
+            Some((info, bytes)) => answer(StatusCode::OK, &info.content_type, bytes),
+            None => problem(StatusCode::NOT_FOUND, "object-not-found", "No such object", format!("bucket `{name}` has no object `{key}`")),
+        },
+        Method::PUT | Method::POST => {
+            let key = if key.is_empty() && request.method() == Method::POST {
+                uuid::Uuid::new_v4().to_string()
+            } else {
+                key
+            };
+            match store(buckets, name, config, &key, request).await {
+                Ok(info) => answer(StatusCode::CREATED, "application/json", serde_json::to_vec(&info).unwrap_or_default()),
+                Err(response) => response,
+            }
+        }
+        _ => problem(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed", "a bucket takes PUT or POST (upload) and GET (read)".into()),
+    }
+}
+
+/// Streams the body to disk, then publishes `object.created`.
+async fn store(buckets: &Buckets, name: &str, config: &Bucket, key: &str, request: Request<Incoming>) -> Result<ObjectInfo, Response<Body>> {
+    let Some((data_path, meta_path)) = buckets.paths(name, key) else {
+        return Err(problem(StatusCode::BAD_REQUEST, "bad-object-key", "Bad object key", format!("`{key}` is not a valid object key: use printable characters and `/`-separated segments without `.` or `..`")));
+    };
+    let content_type = request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream")
+        .to_string();
+    if let Some(length) = request.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
+        if length > config.max_size {
+            return Err(too_large(name, config.max_size));
+        }
+    }
+    let temp = data_path.with_extension(format!("upload-{}", uuid::Uuid::new_v4()));
+    let failed = |error: String| problem(StatusCode::INTERNAL_SERVER_ERROR, "object-store-failed", "Could not store the object", error);
+    let mut file = tokio::fs::File::create(&temp).await.map_err(|e| failed(e.to_string()))?;
+    let mut body = request.into_body();
+    let mut size = 0u64;
+    let mut hash = Sha256::new();
+    let written: Result<(), Response<Body>> = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| problem(StatusCode::BAD_REQUEST, "bad-request-body", "The upload could not be read", e.to_string()))?;
+            if let Ok(chunk) = frame.into_data() {
+                size += chunk.len() as u64;
+                if size > config.max_size {
+                    return Err(too_large(name, config.max_size));
+                }
+                hash.update(&chunk);
+                file.write_all(&chunk).await.map_err(|e| failed(e.to_string()))?;
+            }
+        }
+        file.sync_all().await.map_err(|e| failed(e.to_string()))?;
+        Ok(())
+    }
+    .await;
+    drop(file);
+    if let Err(response) = written {
+        let _ = tokio::fs::remove_file(&temp).await;
+        return Err(response);
+    }
+    let info = ObjectInfo {
+        bucket: name.to_string(),
+        key: key.to_string(),
+        size,
+        content_type,
+        sha256: hex_string(&hash.finalize()),
+        created: chrono_now(),
+    };
+    let meta = serde_json::to_vec(&info).unwrap_or_default();
+    let placed: std::io::Result<()> = async {
+        tokio::fs::rename(&temp, &data_path).await?;
+        let mut meta_file = tokio::fs::File::create(&meta_path).await?;
+        meta_file.write_all(&meta).await?;
+        meta_file.sync_all().await?;
+        // The directory entries themselves must survive a crash too.
+        if let Some(dir) = data_path.parent() {
+            tokio::fs::File::open(dir).await?.sync_all().await?;
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(error) = placed {
+        let _ = tokio::fs::remove_file(&temp).await;
+        return Err(failed(error.to_string()));
+    }
+    if let Some(topic) = &config.topic {
+        let event = serde_json::json!({
+            "specversion": "1.0",
+            "id": format!("{name}/{key}/{}", info.sha256),
+            "source": format!("/gantry/buckets/{name}"),
+            "type": "object.created",
+            "subject": key,
+            "datacontenttype": "application/json",
+            "data": {
+                "bucket": name,
+                "key": key,
+                "size": info.size,
+                "content_type": info.content_type,
+                "sha256": info.sha256,
+                "url": format!("/v1/objects/{name}/{}", percent_encoding::utf8_percent_encode(key, percent_encoding::NON_ALPHANUMERIC)),
+            },
+        });
+        let published = match CloudEvent::from_json(event) {
+            Ok(event) => buckets.inner.bus.publish(topic, vec![event], None).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(error) = published {
+            tracing::error!(target: "gantry::objects", bucket = name, key, %error, "stored the object but could not announce it");
+            return Err(problem(StatusCode::SERVICE_UNAVAILABLE, "object-event-failed", "The object was stored but not announced", format!("publishing object.created to `{topic}` failed: {error}; upload it again")));
+        }
+    }
+    tracing::info!(target: "gantry::objects", bucket = name, key, size = info.size, "object stored");
+    Ok(info)
+}
+
+fn too_large(bucket: &str, max: u64) -> Response<Body> {
+    problem(StatusCode::PAYLOAD_TOO_LARGE, "object-too-large", "Object too large", format!("bucket `{bucket}` takes objects of at most {max} bytes (its `max_size`)"))
+}
+
+fn hex_string(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn chrono_now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// `GET /v1/objects/{bucket}/{*key}` on the platform API: an object's bytes,
+/// with its content type and `ETag` (its SHA-256).
+pub fn platform_router(buckets: Buckets) -> axum::Router {
+    axum::Router::new()
+        .route("/v1/objects/{bucket}/{*key}", axum::routing::get(read_object))
+        .with_state(buckets)
+}
+
+async fn read_object(
+    axum::extract::State(buckets): axum::extract::State<Buckets>,
+    axum::extract::Path((bucket, key)): axum::extract::Path<(String, String)>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match buckets.read(&bucket, &key).await {
+        Some((info, bytes)) => (
+            [
+                (http::header::CONTENT_TYPE, info.content_type),
+                (http::header::ETAG, format!("\"{}\"", info.sha256)),
+            ],
+            bytes,
+        )
+            .into_response(),
+        None => {
+            let (parts, body) = problem(
+                StatusCode::NOT_FOUND,
+                "object-not-found",
+                "No such object",
+                format!("bucket `{bucket}` has no object `{key}`"),
+            )
+            .into_parts();
+            axum::response::Response::from_parts(parts, axum::body::Body::new(body))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_key;
+
+    #[test]
+    fn keys_cannot_escape_the_bucket() {
+        assert!(valid_key("cat.jpg"));
+        assert!(valid_key("2026/11/cat.jpg"));
+        for bad in ["", "/abs", "a/../b", "..", "a//b", "./x", "a\nb"] {
+            assert!(!valid_key(bad), "{bad:?}");
+        }
+    }
+}
