@@ -34,6 +34,8 @@ pub fn shop_binaries() -> PathBuf {
                 "shop-notifications",
                 "-p",
                 "shop-checkout",
+                "-p",
+                "shop-functions",
             ])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()

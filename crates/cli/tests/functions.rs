@@ -1,0 +1,359 @@
+//! Functions through the real `gantry` binary: every trigger (HTTP routes,
+//! events, schedules, webhooks, uploads), Lambda processes built on the
+//! official `lambda_runtime` crate, wasm hot deploys under load.
+
+mod support;
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use support::{client, eventually, Gantry, GANTRY};
+
+/// A WAGI module answering `hello from VERSION` (VERSION is 2 characters).
+fn wagi(version: &str) -> Vec<u8> {
+    assert_eq!(version.len(), 2);
+    let text = format!(
+        r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 100) "Content-Type: text/plain\n\nhello from {version}")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 100))
+    (i32.store (i32.const 4) (i32.const 39))
+    (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#
+    );
+    // WAT text is accepted as is: wasmtime parses it.
+    text.into_bytes()
+}
+
+async fn functions(gantry: &Gantry) -> Vec<Value> {
+    let v: Value = client()
+        .get(gantry.admin_url("/v1/functions"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["functions"].as_array().unwrap().clone()
+}
+
+async fn logs(gantry: &Gantry, function: &str) -> String {
+    let v: Value = client()
+        .get(gantry.admin_url(&format!("/v1/functions/{function}/logs?limit=500")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["line"].as_str().unwrap_or("").to_string() + "\n")
+        .collect()
+}
+
+fn cli(gantry: &Gantry, args: &[&str]) -> (bool, String, String) {
+    let output = std::process::Command::new(GANTRY)
+        .args(args)
+        .arg("-f")
+        .arg(gantry.manifest_path())
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn routes_reach_lambda_and_wasm_functions_and_a_deploy_under_load_fails_nothing() {
+    let manifest = r#"
+[platform]
+listen = "127.0.0.1:{GATEWAY}"
+admin = "127.0.0.1:{ADMIN}"
+
+[functions.probe]
+command = ["{BIN}/shop-probe"]
+runtime = "lambda"
+timeout = "1s"
+idle_timeout = "1s"
+
+[functions.hello]
+component = "hello.wat"
+executor = "wagi"
+
+[[routes]]
+path = "/lambda/*"
+strip_prefix = "/lambda"
+to = "function:probe"
+
+[[routes]]
+path = "/hello"
+to = "function:hello"
+rate_limit = { requests = 100000, per = "1s" }
+"#;
+    let gantry = Gantry::start_with(manifest, |dir| {
+        std::fs::write(dir.join("hello.wat"), wagi("v1")).unwrap();
+    })
+    .await;
+    let client = client();
+
+    // A Lambda function behind a route: API Gateway payload 2.0 both ways.
+    let response = client
+        .post(gantry.url("/lambda/orders?tag=a&tag=b"))
+        .header("cookie", "session=s1")
+        .body("{\"n\":1}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", gantry.log());
+    assert_eq!(response.headers()["x-probe"], "1");
+    assert_eq!(response.headers()["set-cookie"], "probe=1");
+    let request_id = response.headers()["x-request-id"].to_str().unwrap().to_string();
+    let echoed: Value = response.json().await.unwrap();
+    assert_eq!(echoed["path"], "/orders");
+    assert_eq!(echoed["method"], "POST");
+    assert_eq!(echoed["query"]["tag"], "a,b");
+    assert_eq!(echoed["body"], "{\"n\":1}");
+    assert_eq!(echoed["request_id"], request_id);
+    assert_eq!(echoed["function"], "probe");
+    assert_eq!(echoed["home_visible"], false, "the host environment leaked");
+
+    // A function error, a timeout and a crash are clear 5xx answers...
+    let response = client.get(gantry.url("/lambda/error")).send().await.unwrap();
+    assert_eq!(response.status(), 502);
+    assert!(response.text().await.unwrap().contains("the probe was asked to fail"));
+    let started = Instant::now();
+    let response = client.get(gantry.url("/lambda/sleep")).send().await.unwrap();
+    assert_eq!(response.status(), 504);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let response = client.get(gantry.url("/lambda/crash")).send().await.unwrap();
+    assert_eq!(response.status(), 502);
+    // ...and the next request gets a fresh process.
+    let response = client.get(gantry.url("/lambda/pid")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+
+    // Idle processes stop after idle_timeout: scale to zero, then back.
+    eventually("the probe scales to zero", Duration::from_secs(15), || async {
+        functions(&gantry).await.iter().any(|f| f["name"] == "probe" && f["instances"] == 0)
+    })
+    .await;
+    let response = client.get(gantry.url("/lambda/pid")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let metrics = client
+        .get(gantry.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("function_cold_starts_total{function=\"probe\"}"), "{metrics}");
+    assert!(metrics.contains("function_invocations_total{function=\"probe\",outcome=\"timeout\"} 1"), "{metrics}");
+
+    // The CLI: list, invoke, logs.
+    let (ok, out, err) = cli(&gantry, &["functions", "list"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("probe") && out.contains("lambda") && out.contains("wagi"), "{out}");
+    let (ok, out, err) = cli(&gantry, &["functions", "invoke", "probe", "--path", "/cli", "--data", "{\"x\":1}"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"path\":\"/cli\""), "{out}");
+    let (ok, _, err) = cli(&gantry, &["functions", "invoke", "probe", "--path", "/error"]);
+    assert!(!ok);
+    assert!(err.contains("502"), "{err}");
+    let (ok, _, err) = cli(&gantry, &["functions", "invoke", "nope"]);
+    assert!(!ok);
+    assert!(err.contains("no function `nope`"), "{err}");
+
+    // A wasm function redeployed under load: no request fails.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (client, url, stop) = (client.clone(), gantry.url("/hello"), stop.clone());
+        load.push(tokio::spawn(async move {
+            let mut seen = std::collections::BTreeMap::<String, usize>::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let response = client.get(&url).send().await.unwrap();
+                assert_eq!(response.status(), 200);
+                *seen.entry(response.text().await.unwrap()).or_default() += 1;
+            }
+            seen
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::write(gantry.dir.path().join("hello.wat"), wagi("v2")).unwrap();
+    eventually("v2 is deployed", Duration::from_secs(20), || async {
+        functions(&gantry).await.iter().any(|f| f["name"] == "hello" && f["deployments"] == 2)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    for task in load {
+        for (body, n) in task.await.unwrap() {
+            *seen.entry(body).or_default() += n;
+        }
+    }
+    assert!(seen.contains_key("hello from v1") && seen.contains_key("hello from v2"), "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_schedules_webhooks_and_uploads_trigger_functions() {
+    let manifest = r#"
+[platform]
+listen = "127.0.0.1:{GATEWAY}"
+admin = "127.0.0.1:{ADMIN}"
+
+[functions.probe]
+command = ["{BIN}/shop-probe"]
+runtime = "lambda"
+min_instances = 1
+
+[topics."order.placed"]
+[topics.uploads]
+
+[[subscriptions]]
+topic = "order.placed"
+to = "function:probe"
+
+[[subscriptions]]
+topic = "uploads"
+to = "function:probe"
+
+[schedules.tick]
+cron = "* * * * * *"
+to = "function:probe"
+
+[buckets.photos]
+max_size = "1KiB"
+topic = "uploads"
+
+[[routes]]
+path = "/photos/*"
+strip_prefix = "/photos"
+methods = ["PUT", "GET"]
+to = "bucket:photos"
+
+[[routes]]
+path = "/webhooks/payments"
+to = "function:probe"
+webhook = { style = "stripe", secret_env = "GANTRY_TEST_WEBHOOK_SECRET", tolerance = "5m" }
+"#;
+    // nextest runs each test in its own process: this reaches only the
+    // Gantry this test starts.
+    std::env::set_var("GANTRY_TEST_WEBHOOK_SECRET", "whsec_shop");
+    let gantry = Gantry::start(manifest).await;
+    let client = client();
+
+    // An event on the bus reaches the function as its CloudEvent JSON.
+    let response = client
+        .post(gantry.api_url("/v1/publish/order.placed"))
+        .header("content-type", "application/cloudevents+json")
+        .body(
+            serde_json::json!({
+                "specversion": "1.0", "id": "order-7", "source": "/orders",
+                "type": "order.placed", "data": { "order_id": 7 }
+            })
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    eventually("the event reaches the function", Duration::from_secs(20), || async {
+        logs(&gantry, "probe").await.contains("event \"order.placed\" \"order-7\"")
+    })
+    .await;
+
+    // The schedule fires every second.
+    eventually("the schedule fires", Duration::from_secs(20), || async {
+        logs(&gantry, "probe").await.contains("event \"dev.gantry.schedule\" \"tick/")
+    })
+    .await;
+    let schedules: Value = client
+        .get(gantry.admin_url("/v1/schedules"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(schedules["schedules"][0]["name"], "tick");
+    assert!(schedules["schedules"][0]["last_fired"].is_string());
+
+    // Webhooks: a valid Stripe signature passes; a bad one, a missing one
+    // and a replayed (old) timestamp get 401 and never reach the function.
+    let body = r#"{"type":"payment_intent.succeeded"}"#;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let signed = |t: u64, body: &str| {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"whsec_shop").unwrap();
+        mac.update(format!("{t}.{body}").as_bytes());
+        format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+    };
+    let send = |signature: Option<String>, body: &'static str| {
+        let mut request = client.post(gantry.url("/webhooks/payments")).body(body);
+        if let Some(signature) = signature {
+            request = request.header("stripe-signature", signature);
+        }
+        request.send()
+    };
+    let response = send(Some(signed(now, body)), body).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let echoed: Value = response.json().await.unwrap();
+    assert_eq!(echoed["body"], body);
+    for (signature, why) in [
+        (Some(signed(now, "{}")), "signature"),
+        (None, "no Stripe-Signature"),
+        (Some(signed(now - 3600, body)), "tolerance"),
+    ] {
+        let response = send(signature, body).await.unwrap();
+        assert_eq!(response.status(), 401);
+        let problem: Value = response.json().await.unwrap();
+        assert!(problem["detail"].as_str().unwrap().contains(why), "{problem}");
+    }
+
+    // Uploads: stored with their type, announced, readable back; too big is 413.
+    let response = client
+        .put(gantry.url("/photos/cats/tom.txt"))
+        .header("content-type", "text/plain")
+        .body("a photo of tom")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201, "{}", gantry.log());
+    let stored: Value = response.json().await.unwrap();
+    assert_eq!(stored["key"], "cats/tom.txt");
+    assert_eq!(stored["size"], 14);
+    eventually("the upload reaches the function", Duration::from_secs(20), || async {
+        logs(&gantry, "probe").await.contains("event \"object.created\" \"photos/cats/tom.txt/")
+    })
+    .await;
+    let response = client
+        .get(gantry.api_url("/v1/objects/photos/cats/tom.txt"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/plain");
+    assert_eq!(response.text().await.unwrap(), "a photo of tom");
+    let response = client.get(gantry.url("/photos/cats/tom.txt")).send().await.unwrap();
+    assert_eq!(response.text().await.unwrap(), "a photo of tom");
+    let response = client
+        .put(gantry.url("/photos/big.bin"))
+        .body(vec![0u8; 4096])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    let response = client
+        .get(gantry.api_url("/v1/objects/photos/big.bin"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+}
