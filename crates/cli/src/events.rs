@@ -7,7 +7,10 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use serde_json::{json, Value};
 
-use crate::{json_text as text, print_answer as show, admin_client, call_admin, percent_encode_segment, AdminTarget};
+use crate::{
+    admin_client, call_admin, json_text as text, percent_encode_segment, print_answer as show,
+    AdminTarget,
+};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum EventsCommand {
@@ -434,5 +437,3 @@ fn tail(topic: &str, from: &str, follow: bool, target: &AdminTarget) -> ExitCode
 fn list(value: &Value) -> Vec<&Value> {
     value.as_array().into_iter().flatten().collect()
 }
-
-

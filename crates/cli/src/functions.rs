@@ -48,9 +48,8 @@ pub(crate) enum FunctionsCommand {
 
 pub(crate) fn run(command: FunctionsCommand) -> ExitCode {
     match command {
-        FunctionsCommand::List { target } => print_answer(
-            call_admin(&target, "GET", "/v1/functions", None),
-            |v| {
+        FunctionsCommand::List { target } => {
+            print_answer(call_admin(&target, "GET", "/v1/functions", None), |v| {
                 let functions = v["functions"].as_array().cloned().unwrap_or_default();
                 if functions.is_empty() {
                     return "no functions\n".into();
@@ -74,8 +73,8 @@ pub(crate) fn run(command: FunctionsCommand) -> ExitCode {
                     );
                 }
                 out
-            },
-        ),
+            })
+        }
         FunctionsCommand::Invoke {
             name,
             data,
@@ -92,7 +91,10 @@ pub(crate) fn run(command: FunctionsCommand) -> ExitCode {
             call_admin(
                 &target,
                 "GET",
-                &format!("/v1/functions/{}/logs?limit={limit}", percent_encode_segment(&name)),
+                &format!(
+                    "/v1/functions/{}/logs?limit={limit}",
+                    percent_encode_segment(&name)
+                ),
                 None,
             ),
             |v| {
@@ -112,7 +114,14 @@ pub(crate) fn run(command: FunctionsCommand) -> ExitCode {
     }
 }
 
-fn invoke(name: &str, data: &str, path: &str, method: &str, content_type: &str, target: &AdminTarget) -> ExitCode {
+fn invoke(
+    name: &str,
+    data: &str,
+    path: &str,
+    method: &str,
+    content_type: &str,
+    target: &AdminTarget,
+) -> ExitCode {
     let body = match data.strip_prefix('@') {
         Some(file) => match std::fs::read_to_string(file) {
             Ok(body) => body,

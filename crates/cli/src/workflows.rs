@@ -6,7 +6,10 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use serde_json::{json, Value};
 
-use crate::{admin_client, call_admin, json_text as text, print_answer as print_with, percent_encode_segment, AdminTarget};
+use crate::{
+    admin_client, call_admin, json_text as text, percent_encode_segment,
+    print_answer as print_with, AdminTarget,
+};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum WorkflowsCommand {
@@ -246,5 +249,3 @@ fn describe(v: &Value) -> String {
     }
     out
 }
-
-

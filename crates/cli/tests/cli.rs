@@ -56,7 +56,7 @@ fn validate_accepts_the_repository_and_example_manifests() {
         ("gantry.toml", "2 services, 2 routes"),
         (
             "examples/shop/gantry.toml",
-            "7 services, 5 routes, 4 topics, 2 subscriptions, 1 workflows",
+            "7 services, 8 routes, 5 topics, 4 subscriptions, 1 workflows, 4 functions, 1 schedules",
         ),
     ] {
         let out = gantry(&["validate", "-f", file], &root);

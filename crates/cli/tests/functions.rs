@@ -113,7 +113,10 @@ rate_limit = { requests = 100000, per = "1s" }
     assert_eq!(response.status(), 200, "{}", gantry.log());
     assert_eq!(response.headers()["x-probe"], "1");
     assert_eq!(response.headers()["set-cookie"], "probe=1");
-    let request_id = response.headers()["x-request-id"].to_str().unwrap().to_string();
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
     let echoed: Value = response.json().await.unwrap();
     assert_eq!(echoed["path"], "/orders");
     assert_eq!(echoed["method"], "POST");
@@ -124,23 +127,46 @@ rate_limit = { requests = 100000, per = "1s" }
     assert_eq!(echoed["home_visible"], false, "the host environment leaked");
 
     // A function error, a timeout and a crash are clear 5xx answers...
-    let response = client.get(gantry.url("/lambda/error")).send().await.unwrap();
+    let response = client
+        .get(gantry.url("/lambda/error"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 502);
-    assert!(response.text().await.unwrap().contains("the probe was asked to fail"));
+    assert!(response
+        .text()
+        .await
+        .unwrap()
+        .contains("the probe was asked to fail"));
     let started = Instant::now();
-    let response = client.get(gantry.url("/lambda/sleep")).send().await.unwrap();
+    let response = client
+        .get(gantry.url("/lambda/sleep"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 504);
     assert!(started.elapsed() < Duration::from_secs(10));
-    let response = client.get(gantry.url("/lambda/crash")).send().await.unwrap();
+    let response = client
+        .get(gantry.url("/lambda/crash"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 502);
     // ...and the next request gets a fresh process.
     let response = client.get(gantry.url("/lambda/pid")).send().await.unwrap();
     assert_eq!(response.status(), 200);
 
     // Idle processes stop after idle_timeout: scale to zero, then back.
-    eventually("the probe scales to zero", Duration::from_secs(15), || async {
-        functions(&gantry).await.iter().any(|f| f["name"] == "probe" && f["instances"] == 0)
-    })
+    eventually(
+        "the probe scales to zero",
+        Duration::from_secs(15),
+        || async {
+            functions(&gantry)
+                .await
+                .iter()
+                .any(|f| f["name"] == "probe" && f["instances"] == 0)
+        },
+    )
     .await;
     let response = client.get(gantry.url("/lambda/pid")).send().await.unwrap();
     assert_eq!(response.status(), 200);
@@ -152,17 +178,40 @@ rate_limit = { requests = 100000, per = "1s" }
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("function_cold_starts_total{function=\"probe\"}"), "{metrics}");
-    assert!(metrics.contains("function_invocations_total{function=\"probe\",outcome=\"timeout\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("function_cold_starts_total{function=\"probe\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("function_invocations_total{function=\"probe\",outcome=\"timeout\"} 1"),
+        "{metrics}"
+    );
 
     // The CLI: list, invoke, logs.
     let (ok, out, err) = cli(&gantry, &["functions", "list"]);
     assert!(ok, "{err}");
-    assert!(out.contains("probe") && out.contains("lambda") && out.contains("wagi"), "{out}");
-    let (ok, out, err) = cli(&gantry, &["functions", "invoke", "probe", "--path", "/cli", "--data", "{\"x\":1}"]);
+    assert!(
+        out.contains("probe") && out.contains("lambda") && out.contains("wagi"),
+        "{out}"
+    );
+    let (ok, out, err) = cli(
+        &gantry,
+        &[
+            "functions",
+            "invoke",
+            "probe",
+            "--path",
+            "/cli",
+            "--data",
+            "{\"x\":1}",
+        ],
+    );
     assert!(ok, "{err}");
     assert!(out.contains("\"path\":\"/cli\""), "{out}");
-    let (ok, _, err) = cli(&gantry, &["functions", "invoke", "probe", "--path", "/error"]);
+    let (ok, _, err) = cli(
+        &gantry,
+        &["functions", "invoke", "probe", "--path", "/error"],
+    );
     assert!(!ok);
     assert!(err.contains("502"), "{err}");
     let (ok, _, err) = cli(&gantry, &["functions", "invoke", "nope"]);
@@ -187,7 +236,10 @@ rate_limit = { requests = 100000, per = "1s" }
     tokio::time::sleep(Duration::from_millis(300)).await;
     std::fs::write(gantry.dir.path().join("hello.wat"), wagi("v2")).unwrap();
     eventually("v2 is deployed", Duration::from_secs(20), || async {
-        functions(&gantry).await.iter().any(|f| f["name"] == "hello" && f["deployments"] == 2)
+        functions(&gantry)
+            .await
+            .iter()
+            .any(|f| f["name"] == "hello" && f["deployments"] == 2)
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -198,7 +250,10 @@ rate_limit = { requests = 100000, per = "1s" }
             *seen.entry(body).or_default() += n;
         }
     }
-    assert!(seen.contains_key("hello from v1") && seen.contains_key("hello from v2"), "{seen:?}");
+    assert!(
+        seen.contains_key("hello from v1") && seen.contains_key("hello from v2"),
+        "{seen:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -264,14 +319,22 @@ webhook = { style = "stripe", secret_env = "GANTRY_TEST_WEBHOOK_SECRET", toleran
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    eventually("the event reaches the function", Duration::from_secs(20), || async {
-        logs(&gantry, "probe").await.contains("event \"order.placed\" \"order-7\"")
-    })
+    eventually(
+        "the event reaches the function",
+        Duration::from_secs(20),
+        || async {
+            logs(&gantry, "probe")
+                .await
+                .contains("event \"order.placed\" \"order-7\"")
+        },
+    )
     .await;
 
     // The schedule fires every second.
     eventually("the schedule fires", Duration::from_secs(20), || async {
-        logs(&gantry, "probe").await.contains("event \"dev.gantry.schedule\" \"tick/")
+        logs(&gantry, "probe")
+            .await
+            .contains("event \"dev.gantry.schedule\" \"tick/")
     })
     .await;
     let schedules: Value = client
@@ -288,7 +351,10 @@ webhook = { style = "stripe", secret_env = "GANTRY_TEST_WEBHOOK_SECRET", toleran
     // Webhooks: a valid Stripe signature passes; a bad one, a missing one
     // and a replayed (old) timestamp get 401 and never reach the function.
     let body = r#"{"type":"payment_intent.succeeded"}"#;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let signed = |t: u64, body: &str| {
         use hmac::Mac;
         let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"whsec_shop").unwrap();
@@ -314,7 +380,10 @@ webhook = { style = "stripe", secret_env = "GANTRY_TEST_WEBHOOK_SECRET", toleran
         let response = send(signature, body).await.unwrap();
         assert_eq!(response.status(), 401);
         let problem: Value = response.json().await.unwrap();
-        assert!(problem["detail"].as_str().unwrap().contains(why), "{problem}");
+        assert!(
+            problem["detail"].as_str().unwrap().contains(why),
+            "{problem}"
+        );
     }
 
     // Uploads: stored with their type, announced, readable back; too big is 413.
@@ -329,9 +398,15 @@ webhook = { style = "stripe", secret_env = "GANTRY_TEST_WEBHOOK_SECRET", toleran
     let stored: Value = response.json().await.unwrap();
     assert_eq!(stored["key"], "cats/tom.txt");
     assert_eq!(stored["size"], 14);
-    eventually("the upload reaches the function", Duration::from_secs(20), || async {
-        logs(&gantry, "probe").await.contains("event \"object.created\" \"photos/cats/tom.txt/")
-    })
+    eventually(
+        "the upload reaches the function",
+        Duration::from_secs(20),
+        || async {
+            logs(&gantry, "probe")
+                .await
+                .contains("event \"object.created\" \"photos/cats/tom.txt/")
+        },
+    )
     .await;
     let response = client
         .get(gantry.api_url("/v1/objects/photos/cats/tom.txt"))
@@ -341,7 +416,11 @@ webhook = { style = "stripe", secret_env = "GANTRY_TEST_WEBHOOK_SECRET", toleran
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "text/plain");
     assert_eq!(response.text().await.unwrap(), "a photo of tom");
-    let response = client.get(gantry.url("/photos/cats/tom.txt")).send().await.unwrap();
+    let response = client
+        .get(gantry.url("/photos/cats/tom.txt"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.text().await.unwrap(), "a photo of tom");
     let response = client
         .put(gantry.url("/photos/big.bin"))

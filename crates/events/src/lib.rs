@@ -13,12 +13,12 @@
 //! - [`broker::Broker`]: durable storage, embedded as [`SqliteBroker`].
 
 pub mod api;
-pub mod objects;
 pub mod broker;
 pub mod cloudevent;
 mod deliver;
 mod dispatch;
 mod metrics;
+pub mod objects;
 mod outbox;
 pub mod schema;
 mod sqlite;

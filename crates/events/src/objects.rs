@@ -54,8 +54,12 @@ pub struct Buckets {
 struct Inner {
     root: PathBuf,
     bus: EventBus,
-    listeners: Mutex<HashMap<String, (SocketAddr, Arc<Mutex<Bucket>>, CancellationToken)>>,
+    listeners: Mutex<HashMap<String, Listener>>,
 }
+
+/// A bucket's listener address, its settings (changed in place by a reload)
+/// and what stops it.
+type Listener = (SocketAddr, Arc<Mutex<Bucket>>, CancellationToken);
 
 impl std::fmt::Debug for Buckets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -76,7 +80,12 @@ impl Buckets {
 
     /// Serves exactly the buckets of `buckets` (settings change in place).
     pub async fn apply(&self, buckets: &BTreeMap<String, Bucket>) -> Result<(), String> {
-        let mut listeners = self.inner.listeners.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut listeners = self
+            .inner
+            .listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         listeners.retain(|name, (_, _, stop)| {
             let keep = buckets.contains_key(name);
             if !keep {
@@ -97,16 +106,30 @@ impl Buckets {
             let addr = listener.local_addr().map_err(|e| e.to_string())?;
             let config = Arc::new(Mutex::new(config.clone()));
             let stop = CancellationToken::new();
-            tokio::spawn(serve(listener, self.clone(), name.clone(), config.clone(), stop.clone()));
+            tokio::spawn(serve(
+                listener,
+                self.clone(),
+                name.clone(),
+                config.clone(),
+                stop.clone(),
+            ));
             listeners.insert(name.clone(), (addr, config, stop));
         }
-        *self.inner.listeners.lock().unwrap_or_else(|e| e.into_inner()) = listeners;
+        *self
+            .inner
+            .listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = listeners;
         Ok(())
     }
 
     /// The service each bucket is to the gateway: `bucket:NAME`.
     pub fn services(&self) -> BTreeMap<String, Service> {
-        let listeners = self.inner.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        let listeners = self
+            .inner
+            .listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         listeners
             .iter()
             .map(|(name, (addr, _, _))| {
@@ -118,7 +141,11 @@ impl Buckets {
     }
 
     pub fn stop(&self) {
-        let mut listeners = self.inner.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        let mut listeners = self
+            .inner
+            .listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         for (_, (_, _, stop)) in listeners.drain() {
             stop.cancel();
         }
@@ -129,9 +156,13 @@ impl Buckets {
             return None;
         }
         // Keys may contain `/`; the file name encodes them so a bucket stays flat.
-        let file = percent_encoding::utf8_percent_encode(key, percent_encoding::NON_ALPHANUMERIC).to_string();
+        let file = percent_encoding::utf8_percent_encode(key, percent_encoding::NON_ALPHANUMERIC)
+            .to_string();
         let dir = self.inner.root.join(bucket);
-        Some((dir.join(format!("{file}.data")), dir.join(format!("{file}.json"))))
+        Some((
+            dir.join(format!("{file}.data")),
+            dir.join(format!("{file}.json")),
+        ))
     }
 
     /// An object's metadata and bytes.
@@ -149,10 +180,18 @@ fn valid_key(key: &str) -> bool {
         && key.len() <= 512
         && !key.starts_with('/')
         && key.chars().all(|c| !c.is_control())
-        && key.split('/').all(|segment| !segment.is_empty() && segment != "." && segment != "..")
+        && key
+            .split('/')
+            .all(|segment| !segment.is_empty() && segment != "." && segment != "..")
 }
 
-async fn serve(listener: tokio::net::TcpListener, buckets: Buckets, name: String, config: Arc<Mutex<Bucket>>, stop: CancellationToken) {
+async fn serve(
+    listener: tokio::net::TcpListener,
+    buckets: Buckets,
+    name: String,
+    config: Arc<Mutex<Bucket>>,
+    stop: CancellationToken,
+) {
     loop {
         let (stream, _) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -167,7 +206,9 @@ async fn serve(listener: tokio::net::TcpListener, buckets: Buckets, name: String
                 let (buckets, name, config) = (buckets.clone(), name.clone(), config.clone());
                 async move {
                     let config = config.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                    Ok::<_, std::convert::Infallible>(handle(&buckets, &name, &config, request).await)
+                    Ok::<_, std::convert::Infallible>(
+                        handle(&buckets, &name, &config, request).await,
+                    )
                 }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -182,8 +223,18 @@ fn answer(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Res
     Response::builder()
         .status(status)
         .header("content-type", content_type)
-        .body(Full::new(body.into()).map_err(|never| match never {}).boxed_unsync())
-        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).map_err(|never| match never {}).boxed_unsync()))
+        .body(
+            Full::new(body.into())
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        )
+        .unwrap_or_else(|_| {
+            Response::new(
+                Full::new(Bytes::new())
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            )
+        })
 }
 
 fn problem(status: StatusCode, kind: &str, title: &str, detail: String) -> Response<Body> {
@@ -196,13 +247,25 @@ fn problem(status: StatusCode, kind: &str, title: &str, detail: String) -> Respo
     answer(status, "application/problem+json", body.to_string())
 }
 
-async fn handle(buckets: &Buckets, name: &str, config: &Bucket, request: Request<Incoming>) -> Response<Body> {
+async fn handle(
+    buckets: &Buckets,
+    name: &str,
+    config: &Bucket,
+    request: Request<Incoming>,
+) -> Response<Body> {
     let path = request.uri().path().trim_start_matches('/').to_string();
-    let key = percent_encoding::percent_decode_str(&path).decode_utf8_lossy().into_owned();
+    let key = percent_encoding::percent_decode_str(&path)
+        .decode_utf8_lossy()
+        .into_owned();
     match *request.method() {
         Method::GET | Method::HEAD => match buckets.read(name, &key).await {
             Some((info, bytes)) => answer(StatusCode::OK, &info.content_type, bytes),
-            None => problem(StatusCode::NOT_FOUND, "object-not-found", "No such object", format!("bucket `{name}` has no object `{key}`")),
+            None => problem(
+                StatusCode::NOT_FOUND,
+                "object-not-found",
+                "No such object",
+                format!("bucket `{name}` has no object `{key}`"),
+            ),
         },
         Method::PUT | Method::POST => {
             let key = if key.is_empty() && request.method() == Method::POST {
@@ -211,16 +274,31 @@ async fn handle(buckets: &Buckets, name: &str, config: &Bucket, request: Request
                 key
             };
             match store(buckets, name, config, &key, request).await {
-                Ok(info) => answer(StatusCode::CREATED, "application/json", serde_json::to_vec(&info).unwrap_or_default()),
+                Ok(info) => answer(
+                    StatusCode::CREATED,
+                    "application/json",
+                    serde_json::to_vec(&info).unwrap_or_default(),
+                ),
                 Err(response) => response,
             }
         }
-        _ => problem(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed", "a bucket takes PUT or POST (upload) and GET (read)".into()),
+        _ => problem(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "Method not allowed",
+            "a bucket takes PUT or POST (upload) and GET (read)".into(),
+        ),
     }
 }
 
 /// Streams the body to disk, then publishes `object.created`.
-async fn store(buckets: &Buckets, name: &str, config: &Bucket, key: &str, request: Request<Incoming>) -> Result<ObjectInfo, Response<Body>> {
+async fn store(
+    buckets: &Buckets,
+    name: &str,
+    config: &Bucket,
+    key: &str,
+    request: Request<Incoming>,
+) -> Result<ObjectInfo, Response<Body>> {
     let Some((data_path, meta_path)) = buckets.paths(name, key) else {
         return Err(problem(StatusCode::BAD_REQUEST, "bad-object-key", "Bad object key", format!("`{key}` is not a valid object key: use printable characters and `/`-separated segments without `.` or `..`")));
     };
@@ -230,27 +308,50 @@ async fn store(buckets: &Buckets, name: &str, config: &Bucket, key: &str, reques
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/octet-stream")
         .to_string();
-    if let Some(length) = request.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
+    if let Some(length) = request
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
         if length > config.max_size {
             return Err(too_large(name, config.max_size));
         }
     }
     let temp = data_path.with_extension(format!("upload-{}", uuid::Uuid::new_v4()));
-    let failed = |error: String| problem(StatusCode::INTERNAL_SERVER_ERROR, "object-store-failed", "Could not store the object", error);
-    let mut file = tokio::fs::File::create(&temp).await.map_err(|e| failed(e.to_string()))?;
+    let failed = |error: String| {
+        problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "object-store-failed",
+            "Could not store the object",
+            error,
+        )
+    };
+    let mut file = tokio::fs::File::create(&temp)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
     let mut body = request.into_body();
     let mut size = 0u64;
     let mut hash = Sha256::new();
     let written: Result<(), Response<Body>> = async {
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| problem(StatusCode::BAD_REQUEST, "bad-request-body", "The upload could not be read", e.to_string()))?;
+            let frame = frame.map_err(|e| {
+                problem(
+                    StatusCode::BAD_REQUEST,
+                    "bad-request-body",
+                    "The upload could not be read",
+                    e.to_string(),
+                )
+            })?;
             if let Ok(chunk) = frame.into_data() {
                 size += chunk.len() as u64;
                 if size > config.max_size {
                     return Err(too_large(name, config.max_size));
                 }
                 hash.update(&chunk);
-                file.write_all(&chunk).await.map_err(|e| failed(e.to_string()))?;
+                file.write_all(&chunk)
+                    .await
+                    .map_err(|e| failed(e.to_string()))?;
             }
         }
         file.sync_all().await.map_err(|e| failed(e.to_string()))?;
@@ -305,12 +406,22 @@ async fn store(buckets: &Buckets, name: &str, config: &Bucket, key: &str, reques
             },
         });
         let published = match CloudEvent::from_json(event) {
-            Ok(event) => buckets.inner.bus.publish(topic, vec![event], None).await.map_err(|e| e.to_string()),
+            Ok(event) => buckets
+                .inner
+                .bus
+                .publish(topic, vec![event], None)
+                .await
+                .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         if let Err(error) = published {
             tracing::error!(target: "gantry::objects", bucket = name, key, %error, "stored the object but could not announce it");
-            return Err(problem(StatusCode::SERVICE_UNAVAILABLE, "object-event-failed", "The object was stored but not announced", format!("publishing object.created to `{topic}` failed: {error}; upload it again")));
+            return Err(problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "object-event-failed",
+                "The object was stored but not announced",
+                format!("publishing object.created to `{topic}` failed: {error}; upload it again"),
+            ));
         }
     }
     tracing::info!(target: "gantry::objects", bucket = name, key, size = info.size, "object stored");
@@ -318,7 +429,12 @@ async fn store(buckets: &Buckets, name: &str, config: &Bucket, key: &str, reques
 }
 
 fn too_large(bucket: &str, max: u64) -> Response<Body> {
-    problem(StatusCode::PAYLOAD_TOO_LARGE, "object-too-large", "Object too large", format!("bucket `{bucket}` takes objects of at most {max} bytes (its `max_size`)"))
+    problem(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "object-too-large",
+        "Object too large",
+        format!("bucket `{bucket}` takes objects of at most {max} bytes (its `max_size`)"),
+    )
 }
 
 fn hex_string(bytes: &[u8]) -> String {
@@ -333,7 +449,10 @@ fn chrono_now() -> String {
 /// with its content type and `ETag` (its SHA-256).
 pub fn platform_router(buckets: Buckets) -> axum::Router {
     axum::Router::new()
-        .route("/v1/objects/{bucket}/{*key}", axum::routing::get(read_object))
+        .route(
+            "/v1/objects/{bucket}/{*key}",
+            axum::routing::get(read_object),
+        )
         .with_state(buckets)
 }
 

@@ -35,13 +35,18 @@ pub(crate) async fn send_with(
     tokio::spawn(connection);
     let mut request = Request::builder()
         .method(method)
-        .uri(if path.starts_with('/') { path.to_string() } else { format!("/{path}") })
+        .uri(if path.starts_with('/') {
+            path.to_string()
+        } else {
+            format!("/{path}")
+        })
         .header("host", authority);
     for (name, value) in headers {
         request = request.header(*name, value.clone());
     }
-    let request = request
-        .body(Full::new(body))
-        .map_err(|e| e.to_string())?;
-    sender.send_request(request).await.map_err(|e| e.to_string())
+    let request = request.body(Full::new(body)).map_err(|e| e.to_string())?;
+    sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())
 }

@@ -46,7 +46,8 @@ impl Gate {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
             return Err(Refused::QueueFull);
         }
-        let outcome = tokio::time::timeout(self.queue_timeout, self.slots.clone().acquire_owned()).await;
+        let outcome =
+            tokio::time::timeout(self.queue_timeout, self.slots.clone().acquire_owned()).await;
         self.waiting.fetch_sub(1, Ordering::AcqRel);
         match outcome {
             Ok(Ok(permit)) => Ok(permit),

@@ -18,12 +18,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use base64::Engine as _;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
+use base64::Engine as _;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -45,6 +45,9 @@ pub(crate) struct LambdaConfig {
     pub(crate) logs: crate::logs::LogBook,
 }
 
+/// Where an invocation's outcome goes: the result, or the function's error body.
+type Reply = oneshot::Sender<Result<Bytes, Bytes>>;
+
 /// One invocation handed to a process.
 #[derive(Debug)]
 struct Invocation {
@@ -52,7 +55,7 @@ struct Invocation {
     payload: Bytes,
     deadline: SystemTime,
     trace: Option<String>,
-    reply: oneshot::Sender<Result<Bytes, Bytes>>,
+    reply: Reply,
 }
 
 /// The Runtime API side of one process.
@@ -61,7 +64,7 @@ struct Endpoint {
     function: Arc<str>,
     queue: tokio::sync::Mutex<mpsc::Receiver<Invocation>>,
     /// The invocation the process is working on: its id and where the outcome goes.
-    current: Mutex<Option<(String, oneshot::Sender<Result<Bytes, Bytes>>)>>,
+    current: Mutex<Option<(String, Reply)>>,
     init_error: Mutex<Option<String>>,
 }
 
@@ -105,7 +108,8 @@ impl Pool {
         });
         let weak = Arc::downgrade(&pool);
         let stop = pool.stop.clone();
-        let every = (pool.config.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+        let every =
+            (pool.config.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
         tokio::spawn(async move {
             loop {
                 let Some(pool) = weak.upgrade() else { break };
@@ -136,7 +140,11 @@ impl Pool {
             let live = self.live.load(Ordering::Acquire);
             let mut keep = Vec::new();
             for instance in idle.drain(..) {
-                let idle_for = instance.last_used.lock().map(|t| t.elapsed()).unwrap_or_default();
+                let idle_for = instance
+                    .last_used
+                    .lock()
+                    .map(|t| t.elapsed())
+                    .unwrap_or_default();
                 if idle_for >= self.config.idle_timeout && live - retired.len() > min {
                     retired.push(instance);
                 } else {
@@ -152,7 +160,11 @@ impl Pool {
         }
         while self.live.load(Ordering::Acquire) < min && !self.stop.is_cancelled() {
             match self.spawn().await {
-                Ok(instance) => self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(instance),
+                Ok(instance) => self
+                    .idle
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(instance),
                 Err(error) => {
                     tracing::error!(target: "gantry::functions", function = %self.config.function, %error, "cannot start a warm instance");
                     break;
@@ -189,7 +201,10 @@ impl Pool {
             Ok(Ok(result)) => {
                 *instance.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
                 if instance.alive.load(Ordering::Acquire) {
-                    self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(instance);
+                    self.idle
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(instance);
                 }
                 Ok(result)
             }
@@ -218,7 +233,9 @@ impl Pool {
         loop {
             let popped = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
             match popped {
-                Some(instance) if instance.alive.load(Ordering::Acquire) => return Ok((instance, false)),
+                Some(instance) if instance.alive.load(Ordering::Acquire) => {
+                    return Ok((instance, false))
+                }
                 Some(_) => continue,
                 None => break,
             }
@@ -253,14 +270,23 @@ impl Pool {
             .env("AWS_LAMBDA_RUNTIME_API", api.to_string())
             .env("AWS_LAMBDA_FUNCTION_NAME", config.function.as_ref())
             .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", config.memory_mb.to_string())
-            .env("AWS_LAMBDA_LOG_GROUP_NAME", format!("/gantry/functions/{}", config.function))
+            .env(
+                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+                config.memory_mb.to_string(),
+            )
+            .env(
+                "AWS_LAMBDA_LOG_GROUP_NAME",
+                format!("/gantry/functions/{}", config.function),
+            )
             .env("AWS_LAMBDA_LOG_STREAM_NAME", format!("instance-{number}"))
             .env("AWS_LAMBDA_INITIALIZATION_TYPE", "on-demand")
             .env("AWS_REGION", "local")
             .env("AWS_DEFAULT_REGION", "local")
             .env("TZ", ":UTC")
-            .env("LAMBDA_TASK_ROOT", config.workdir.clone().unwrap_or_default())
+            .env(
+                "LAMBDA_TASK_ROOT",
+                config.workdir.clone().unwrap_or_default(),
+            )
             .env("_HANDLER", args.first().map(String::as_str).unwrap_or(""))
             .envs(&config.env)
             .stdin(std::process::Stdio::null())
@@ -281,8 +307,20 @@ impl Pool {
             kill: kill.clone(),
         });
         for (stream, pipe) in [
-            ("stdout", child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>)),
-            ("stderr", child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>)),
+            (
+                "stdout",
+                child
+                    .stdout
+                    .take()
+                    .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+            ),
+            (
+                "stderr",
+                child
+                    .stderr
+                    .take()
+                    .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+            ),
         ] {
             let Some(pipe) = pipe else { continue };
             let endpoint = endpoint.clone();
@@ -348,7 +386,10 @@ const NEXT: &str = "/2018-06-01/runtime/invocation/next";
 fn router(endpoint: Arc<Endpoint>) -> Router {
     Router::new()
         .route(NEXT, get(next))
-        .route("/2018-06-01/runtime/invocation/{id}/response", post(response))
+        .route(
+            "/2018-06-01/runtime/invocation/{id}/response",
+            post(response),
+        )
         .route("/2018-06-01/runtime/invocation/{id}/error", post(error))
         .route("/2018-06-01/runtime/init/error", post(init_error))
         .with_state(endpoint)
@@ -377,7 +418,10 @@ async fn next(State(endpoint): State<Arc<Endpoint>>) -> axum::response::Response
     set("lambda-runtime-deadline-ms", deadline_ms.to_string());
     set(
         "lambda-runtime-invoked-function-arn",
-        format!("arn:aws:lambda:local:000000000000:function:{}", endpoint.function),
+        format!(
+            "arn:aws:lambda:local:000000000000:function:{}",
+            endpoint.function
+        ),
     );
     if let Some(trace) = invocation.trace {
         set("lambda-runtime-trace-id", trace);
@@ -387,17 +431,27 @@ async fn next(State(endpoint): State<Arc<Endpoint>>) -> axum::response::Response
 }
 
 /// Hands an outcome to whoever waits for invocation `id`.
-fn finish(endpoint: &Endpoint, id: &str, outcome: Result<Bytes, Bytes>) -> axum::response::Response {
-    let waiting = endpoint.current.lock().ok().and_then(|mut current| {
-        match current.as_ref() {
+fn finish(
+    endpoint: &Endpoint,
+    id: &str,
+    outcome: Result<Bytes, Bytes>,
+) -> axum::response::Response {
+    let waiting = endpoint
+        .current
+        .lock()
+        .ok()
+        .and_then(|mut current| match current.as_ref() {
             Some((current_id, _)) if current_id == id => current.take(),
             _ => None,
-        }
-    });
+        });
     match waiting {
         Some((_, reply)) => {
             let _ = reply.send(outcome);
-            (StatusCode::ACCEPTED, axum::Json(serde_json::json!({"status": "OK"}))).into_response()
+            (
+                StatusCode::ACCEPTED,
+                axum::Json(serde_json::json!({"status": "OK"})),
+            )
+                .into_response()
         }
         None => (
             StatusCode::BAD_REQUEST,
@@ -410,22 +464,37 @@ fn finish(endpoint: &Endpoint, id: &str, outcome: Result<Bytes, Bytes>) -> axum:
     }
 }
 
-async fn response(State(endpoint): State<Arc<Endpoint>>, Path(id): Path<String>, body: Bytes) -> axum::response::Response {
+async fn response(
+    State(endpoint): State<Arc<Endpoint>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> axum::response::Response {
     finish(&endpoint, &id, Ok(body))
 }
 
-async fn error(State(endpoint): State<Arc<Endpoint>>, Path(id): Path<String>, body: Bytes) -> axum::response::Response {
+async fn error(
+    State(endpoint): State<Arc<Endpoint>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> axum::response::Response {
     tracing::warn!(target: "gantry::functions", function = %endpoint.function, request_id = %id, error = %String::from_utf8_lossy(&body), "the function reported an error");
     finish(&endpoint, &id, Err(body))
 }
 
-async fn init_error(State(endpoint): State<Arc<Endpoint>>, body: Bytes) -> axum::response::Response {
+async fn init_error(
+    State(endpoint): State<Arc<Endpoint>>,
+    body: Bytes,
+) -> axum::response::Response {
     let text = String::from_utf8_lossy(&body).into_owned();
     tracing::error!(target: "gantry::functions", function = %endpoint.function, error = %text, "the function failed to initialize");
     if let Ok(mut init) = endpoint.init_error.lock() {
         *init = Some(text);
     }
-    (StatusCode::ACCEPTED, axum::Json(serde_json::json!({"status": "OK"}))).into_response()
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(serde_json::json!({"status": "OK"})),
+    )
+        .into_response()
 }
 
 /// The Lambda event for an HTTP request: a CloudEvent delivered by the event
@@ -445,7 +514,12 @@ pub(crate) fn event_for(parts: &http::request::Parts, body: &[u8], request_id: &
             .filter_map(|v| v.to_str().ok())
             .collect();
         if name == http::header::COOKIE {
-            cookies.extend(values.iter().flat_map(|v| v.split("; ")).map(str::to_string));
+            cookies.extend(
+                values
+                    .iter()
+                    .flat_map(|v| v.split("; "))
+                    .map(str::to_string),
+            );
             continue;
         }
         headers.insert(name.as_str().to_string(), values.join(",").into());
@@ -470,8 +544,16 @@ pub(crate) fn event_for(parts: &http::request::Parts, body: &[u8], request_id: &
         Ok(text) => (text.to_string(), false),
         Err(_) => (base64::engine::general_purpose::STANDARD.encode(body), true),
     };
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let header = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
     let mut event = serde_json::json!({
         "version": "2.0",
         "routeKey": "$default",
@@ -531,7 +613,10 @@ fn cloudevent_json(parts: &http::request::Parts, body: &[u8]) -> Option<serde_js
     let mut event = serde_json::Map::new();
     for (name, value) in &parts.headers {
         if let Some(attribute) = name.as_str().strip_prefix("ce-") {
-            event.insert(attribute.to_string(), percent_decode(value.to_str().ok()?).into());
+            event.insert(
+                attribute.to_string(),
+                percent_decode(value.to_str().ok()?).into(),
+            );
         }
     }
     let content_type = parts
@@ -552,7 +637,9 @@ fn cloudevent_json(parts: &http::request::Parts, body: &[u8]) -> Option<serde_js
                 Ok(text) => event.insert("data".into(), text.into()),
                 Err(_) => event.insert(
                     "data_base64".into(),
-                    base64::engine::general_purpose::STANDARD.encode(body).into(),
+                    base64::engine::general_purpose::STANDARD
+                        .encode(body)
+                        .into(),
                 ),
             },
         };
@@ -564,9 +651,8 @@ fn cloudevent_json(parts: &http::request::Parts, body: &[u8]) -> Option<serde_js
 /// an object with `statusCode` gives the status, headers, cookies and body;
 /// anything else is a 200 with the result as a JSON body.
 pub(crate) fn response_for(result: &[u8]) -> Result<http::Response<Bytes>, Failure> {
-    let value: serde_json::Value = serde_json::from_slice(result).map_err(|e| {
-        Failure::Crashed(format!("the function's response is not JSON: {e}"))
-    })?;
+    let value: serde_json::Value = serde_json::from_slice(result)
+        .map_err(|e| Failure::Crashed(format!("the function's response is not JSON: {e}")))?;
     let json = |value: &serde_json::Value| {
         http::Response::builder()
             .status(200)
@@ -669,7 +755,10 @@ mod tests {
 
     #[test]
     fn results_map_back_to_responses() {
-        let response = response_for(br#"{"statusCode":201,"headers":{"x-a":"1"},"body":"made","cookies":["c=1"]}"#).unwrap();
+        let response = response_for(
+            br#"{"statusCode":201,"headers":{"x-a":"1"},"body":"made","cookies":["c=1"]}"#,
+        )
+        .unwrap();
         assert_eq!(response.status(), 201);
         assert_eq!(response.headers()["x-a"], "1");
         assert_eq!(response.headers()["set-cookie"], "c=1");
@@ -677,7 +766,8 @@ mod tests {
         let response = response_for(br#"{"ok":true}"#).unwrap();
         assert_eq!(response.status(), 200);
         assert_eq!(response.body().as_ref(), br#"{"ok":true}"#);
-        let response = response_for(br#"{"statusCode":200,"body":"aGk=","isBase64Encoded":true}"#).unwrap();
+        let response =
+            response_for(br#"{"statusCode":200,"body":"aGk=","isBase64Encoded":true}"#).unwrap();
         assert_eq!(response.body().as_ref(), b"hi");
         assert!(response_for(b"not json").is_err());
     }

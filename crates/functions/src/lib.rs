@@ -15,6 +15,7 @@
 //! atomically. Requests already running finish on the version they started
 //! on, new ones get the new version: a deploy without failed requests.
 
+pub mod api;
 mod client;
 mod gate;
 mod lambda;
@@ -23,7 +24,6 @@ mod metrics;
 mod outbound;
 mod schedule;
 pub mod wasm;
-pub mod api;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -110,7 +110,13 @@ impl Failure {
     }
 }
 
-fn problem(status: StatusCode, kind: &str, title: &str, detail: &str, request_id: &str) -> Response<FnBody> {
+fn problem(
+    status: StatusCode,
+    kind: &str,
+    title: &str,
+    detail: &str,
+    request_id: &str,
+) -> Response<FnBody> {
     let body = serde_json::json!({
         "type": format!("https://gantry.dev/problems/{kind}"),
         "title": title,
@@ -126,7 +132,9 @@ fn problem(status: StatusCode, kind: &str, title: &str, detail: &str, request_id
 }
 
 fn full(bytes: Bytes) -> FnBody {
-    Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
+    Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// How a loaded function runs a request.
@@ -255,7 +263,8 @@ impl Functions {
             let slot = match existing {
                 Some(slot) => {
                     if slot.current.load().config != *config {
-                        self.redeploy(&slot, config.clone(), "manifest changed").await?;
+                        self.redeploy(&slot, config.clone(), "manifest changed")
+                            .await?;
                     }
                     slot
                 }
@@ -380,7 +389,10 @@ impl Functions {
         let _one_at_a_time = slot.reloading.lock().await;
         let loaded = self.load(&slot.name, config).await?;
         slot.current.store(Arc::new(loaded));
-        let n = slot.deployments.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let n = slot
+            .deployments
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
         tracing::info!(target: "gantry::functions", function = %slot.name, deployment = n, why, "new version deployed");
         Ok(())
     }
@@ -390,7 +402,11 @@ impl Functions {
         let fingerprint = artifact(&config).and_then(|p| fingerprint(&p));
         let settings = wasm::Settings {
             function: Arc::from(name),
-            env: config.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            env: config
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             memory: config.memory as usize,
             timeout: config.timeout,
             outbound: outbound::Outbound {
@@ -428,7 +444,9 @@ impl Functions {
             FunctionKind::Lambda { command } => {
                 if let Some(program) = command.first() {
                     if program.contains('/') && !Path::new(program).exists() {
-                        return Err(format!("function `{name}`: program {program} does not exist; build it first"));
+                        return Err(format!(
+                            "function `{name}`: program {program} does not exist; build it first"
+                        ));
                     }
                 }
                 Exec::Lambda(lambda::Pool::start(
@@ -486,7 +504,9 @@ async fn watch(functions: Functions, slot: Arc<Slot>) {
             _ = tokio::time::sleep(WATCH_EVERY) => {}
         }
         let loaded = slot.current.load_full();
-        let Some(path) = artifact(&loaded.config) else { continue };
+        let Some(path) = artifact(&loaded.config) else {
+            continue;
+        };
         let now = fingerprint(&path);
         if now.is_none() || now == loaded.fingerprint || now == failed || now != seen {
             seen = now;
@@ -537,7 +557,11 @@ async fn serve(listener: tokio::net::TcpListener, slot: Arc<Slot>, metrics: Func
 }
 
 /// Runs one request through the current version of the function.
-async fn invoke(slot: &Slot, metrics: &FunctionMetrics, request: Request<Incoming>) -> Response<FnBody> {
+async fn invoke(
+    slot: &Slot,
+    metrics: &FunctionMetrics,
+    request: Request<Incoming>,
+) -> Response<FnBody> {
     let loaded = slot.current.load_full();
     let request_id = request
         .headers()
@@ -551,11 +575,32 @@ async fn invoke(slot: &Slot, metrics: &FunctionMetrics, request: Request<Incomin
         Err(refused) => {
             metrics.invoked(&slot.name, "throttled", 0.0);
             let (status, detail) = match refused {
-                Refused::QueueFull => (StatusCode::TOO_MANY_REQUESTS, format!("function `{}` is at max_concurrency ({}) with a full queue; retry later", slot.name, loaded.config.max_concurrency)),
-                Refused::Timeout => (StatusCode::SERVICE_UNAVAILABLE, format!("function `{}` had no free slot within queue_timeout ({:?}); retry later", slot.name, loaded.config.queue_timeout)),
+                Refused::QueueFull => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "function `{}` is at max_concurrency ({}) with a full queue; retry later",
+                        slot.name, loaded.config.max_concurrency
+                    ),
+                ),
+                Refused::Timeout => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "function `{}` had no free slot within queue_timeout ({:?}); retry later",
+                        slot.name, loaded.config.queue_timeout
+                    ),
+                ),
             };
-            let mut response = problem(status, "function-busy", "Function busy", &detail, &request_id);
-            response.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+            let mut response = problem(
+                status,
+                "function-busy",
+                "Function busy",
+                &detail,
+                &request_id,
+            );
+            response.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            );
             return response;
         }
     };
@@ -588,12 +633,20 @@ async fn invoke(slot: &Slot, metrics: &FunctionMetrics, request: Request<Incomin
     }
 }
 
-async fn invoke_lambda(pool: &lambda::Pool, request: Request<Incoming>, request_id: &str) -> Result<Response<FnBody>, Failure> {
+async fn invoke_lambda(
+    pool: &lambda::Pool,
+    request: Request<Incoming>,
+    request_id: &str,
+) -> Result<Response<FnBody>, Failure> {
     let (parts, body) = request.into_parts();
     let body = Limited::new(body, LAMBDA_MAX_BODY)
         .collect()
         .await
-        .map_err(|e| Failure::BadRequest(format!("cannot read the request body (Lambda functions take at most 6 MiB): {e}")))?
+        .map_err(|e| {
+            Failure::BadRequest(format!(
+                "cannot read the request body (Lambda functions take at most 6 MiB): {e}"
+            ))
+        })?
         .to_bytes();
     let event = lambda::event_for(&parts, &body, request_id);
     let trace = parts
@@ -611,7 +664,10 @@ async fn invoke_lambda(pool: &lambda::Pool, request: Request<Incoming>, request_
                 &String::from_utf8_lossy(&error),
                 request_id,
             );
-            response.headers_mut().insert("x-gantry-function-error", http::HeaderValue::from_static("Unhandled"));
+            response.headers_mut().insert(
+                "x-gantry-function-error",
+                http::HeaderValue::from_static("Unhandled"),
+            );
             Ok(response)
         }
     }

@@ -28,7 +28,13 @@ pub struct LogBook {
 }
 
 impl LogBook {
-    pub(crate) fn write(&self, function: &Arc<str>, request_id: &str, stream: &'static str, line: &str) {
+    pub(crate) fn write(
+        &self,
+        function: &Arc<str>,
+        request_id: &str,
+        stream: &'static str,
+        line: &str,
+    ) {
         tracing::info!(target: "gantry::functions::guest", function = %function, request_id, stream, "{line}");
         let entry = LogLine {
             time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),

@@ -133,18 +133,30 @@ mod tests {
     fn only_listed_destinations_pass() {
         let o = outbound(&["http://127.0.0.1:9000", "https://api.example.com"]);
         assert!(o.check(&"http://127.0.0.1:9000/x".parse().unwrap()).is_ok());
-        assert!(o.check(&"https://api.example.com/v1".parse().unwrap()).is_ok());
-        assert!(o.check(&"http://127.0.0.1:9001/x".parse().unwrap()).is_err());
-        assert!(o.check(&"http://api.example.com/v1".parse().unwrap()).is_err());
-        assert!(o.check(&"https://evil.example.com/".parse().unwrap()).is_err());
-        assert!(outbound(&[]).check(&"http://127.0.0.1:9000/".parse().unwrap()).is_err());
+        assert!(o
+            .check(&"https://api.example.com/v1".parse().unwrap())
+            .is_ok());
+        assert!(o
+            .check(&"http://127.0.0.1:9001/x".parse().unwrap())
+            .is_err());
+        assert!(o
+            .check(&"http://api.example.com/v1".parse().unwrap())
+            .is_err());
+        assert!(o
+            .check(&"https://evil.example.com/".parse().unwrap())
+            .is_err());
+        assert!(outbound(&[])
+            .check(&"http://127.0.0.1:9000/".parse().unwrap())
+            .is_err());
     }
 
     #[test]
     fn wildcards_match_any_port_or_host() {
         let o = outbound(&["http://127.0.0.1:*", "https://*"]);
         assert!(o.check(&"http://127.0.0.1:1234/".parse().unwrap()).is_ok());
-        assert!(o.check(&"https://anything.example/".parse().unwrap()).is_ok());
+        assert!(o
+            .check(&"https://anything.example/".parse().unwrap())
+            .is_ok());
         assert!(o.check(&"http://localhost:1234/".parse().unwrap()).is_err());
     }
 }

@@ -49,7 +49,11 @@ impl State {
     }
 
     fn get(&self, name: &str) -> Option<DateTime<Utc>> {
-        self.last.lock().unwrap_or_else(|e| e.into_inner()).get(name).copied()
+        self.last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .copied()
     }
 
     /// Records `at` for `name` and writes the file (temp file, fsync, rename).
@@ -90,8 +94,11 @@ pub struct ScheduleInfo {
 pub struct Scheduler {
     functions: Functions,
     state: State,
-    running: Arc<Mutex<BTreeMap<String, (Schedule, CancellationToken, Arc<AtomicBool>)>>>,
+    running: Arc<Mutex<BTreeMap<String, Running>>>,
 }
+
+/// A running schedule: its settings, what stops it, whether a run is going.
+type Running = (Schedule, CancellationToken, Arc<AtomicBool>);
 
 impl std::fmt::Debug for Scheduler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -170,7 +177,12 @@ fn next_after(schedule: &Schedule, after: DateTime<Utc>) -> Option<DateTime<Utc>
 }
 
 /// Fire times in `(from, to]`, at most `limit` counted.
-fn missed_between(schedule: &Schedule, from: DateTime<Utc>, to: DateTime<Utc>, limit: usize) -> (usize, Option<DateTime<Utc>>) {
+fn missed_between(
+    schedule: &Schedule,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    limit: usize,
+) -> (usize, Option<DateTime<Utc>>) {
     let mut count = 0;
     let mut last = None;
     let mut at = from;
@@ -187,7 +199,13 @@ fn missed_between(schedule: &Schedule, from: DateTime<Utc>, to: DateTime<Utc>, l
     (count, last)
 }
 
-async fn run(scheduler: Scheduler, name: String, schedule: Schedule, stop: CancellationToken, busy: Arc<AtomicBool>) {
+async fn run(
+    scheduler: Scheduler,
+    name: String,
+    schedule: Schedule,
+    stop: CancellationToken,
+    busy: Arc<AtomicBool>,
+) {
     let function = gantry_manifest::function_of(&schedule.to)
         .unwrap_or_default()
         .to_string();
@@ -205,7 +223,16 @@ async fn run(scheduler: Scheduler, name: String, schedule: Schedule, stop: Cance
                         let at = latest.unwrap_or(now);
                         tracing::info!(target: "gantry::schedules", schedule = %name, missed, "runs were missed while Gantry was down; running once to catch up");
                         scheduler.state.set(&name, at);
-                        fire(&scheduler, &name, &schedule, &function, at, missed, busy.clone()).await;
+                        fire(
+                            &scheduler,
+                            &name,
+                            &schedule,
+                            &function,
+                            at,
+                            missed,
+                            busy.clone(),
+                        )
+                        .await;
                     }
                 }
             }
@@ -213,7 +240,11 @@ async fn run(scheduler: Scheduler, name: String, schedule: Schedule, stop: Cance
         None => scheduler.state.set(&name, now),
     }
     loop {
-        let from = scheduler.state.get(&name).unwrap_or_else(Utc::now).max(Utc::now() - chrono::Duration::seconds(1));
+        let from = scheduler
+            .state
+            .get(&name)
+            .unwrap_or_else(Utc::now)
+            .max(Utc::now() - chrono::Duration::seconds(1));
         let Some(next) = next_after(&schedule, from) else {
             tracing::warn!(target: "gantry::schedules", schedule = %name, "the schedule never fires again");
             return;
@@ -229,7 +260,12 @@ async fn run(scheduler: Scheduler, name: String, schedule: Schedule, stop: Cance
             continue;
         }
         let scheduler = scheduler.clone();
-        let (name, schedule, function, busy) = (name.clone(), schedule.clone(), function.clone(), busy.clone());
+        let (name, schedule, function, busy) = (
+            name.clone(),
+            schedule.clone(),
+            function.clone(),
+            busy.clone(),
+        );
         tokio::spawn(async move {
             fire(&scheduler, &name, &schedule, &function, next, 0, busy).await;
         });
@@ -237,7 +273,15 @@ async fn run(scheduler: Scheduler, name: String, schedule: Schedule, stop: Cance
 }
 
 /// Invokes the function once for the run scheduled at `at`.
-async fn fire(scheduler: &Scheduler, name: &str, schedule: &Schedule, function: &str, at: DateTime<Utc>, missed: usize, busy: Arc<AtomicBool>) {
+async fn fire(
+    scheduler: &Scheduler,
+    name: &str,
+    schedule: &Schedule,
+    function: &str,
+    at: DateTime<Utc>,
+    missed: usize,
+    busy: Arc<AtomicBool>,
+) {
     let Some(base) = scheduler.functions.url(function) else {
         tracing::error!(target: "gantry::schedules", schedule = name, function, "the schedule's function is not running");
         return;
@@ -249,7 +293,8 @@ async fn fire(scheduler: &Scheduler, name: &str, schedule: &Schedule, function: 
         "missed": missed,
         "data": schedule.data,
     });
-    let header = |text: String| HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("-"));
+    let header =
+        |text: String| HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("-"));
     let id = format!("{name}/{}", at.to_rfc3339());
     let headers = [
         ("content-type", HeaderValue::from_static("application/json")),
@@ -260,7 +305,14 @@ async fn fire(scheduler: &Scheduler, name: &str, schedule: &Schedule, function: 
         ("ce-time", header(Utc::now().to_rfc3339())),
         ("x-request-id", header(uuid::Uuid::new_v4().to_string())),
     ];
-    let outcome = crate::client::send_with(&base, http::Method::POST, "/", &headers, Bytes::from(body.to_string())).await;
+    let outcome = crate::client::send_with(
+        &base,
+        http::Method::POST,
+        "/",
+        &headers,
+        Bytes::from(body.to_string()),
+    )
+    .await;
     // Read the whole answer: the run ends when the function's response does.
     let outcome = match outcome {
         Ok(response) => {
@@ -305,9 +357,15 @@ mod tests {
         let at: DateTime<Utc> = "2026-01-15T12:00:00Z".parse().unwrap();
         let daily = schedule("0 0 2 * * *", "Europe/Paris");
         // 02:00 in Paris in January is 01:00 UTC.
-        assert_eq!(next_after(&daily, at).unwrap().to_rfc3339(), "2026-01-16T01:00:00+00:00");
+        assert_eq!(
+            next_after(&daily, at).unwrap().to_rfc3339(),
+            "2026-01-16T01:00:00+00:00"
+        );
         let utc = schedule("0 0 2 * * *", "UTC");
-        assert_eq!(next_after(&utc, at).unwrap().to_rfc3339(), "2026-01-16T02:00:00+00:00");
+        assert_eq!(
+            next_after(&utc, at).unwrap().to_rfc3339(),
+            "2026-01-16T02:00:00+00:00"
+        );
     }
 
     #[test]

@@ -92,7 +92,11 @@ impl WasmHost {
     }
 
     /// Compiles (or loads from the cache) a wasi:http component.
-    pub(crate) fn component(&self, path: &Path, settings: Settings) -> wasmtime::Result<ComponentExec> {
+    pub(crate) fn component(
+        &self,
+        path: &Path,
+        settings: Settings,
+    ) -> wasmtime::Result<ComponentExec> {
         let component = Component::from_file(&self.engine, path)?;
         let mut linker = Linker::<Guest>::new(&self.engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
@@ -130,7 +134,12 @@ pub(crate) struct Settings {
 impl Settings {
     /// A store whose guest traps at the deadline (yielding every tick until
     /// then) and cannot grow memory past the cap.
-    fn store<T: Send + 'static>(&self, engine: &Engine, data: T, limits: fn(&mut T) -> &mut StoreLimits) -> Store<T> {
+    fn store<T: Send + 'static>(
+        &self,
+        engine: &Engine,
+        data: T,
+        limits: fn(&mut T) -> &mut StoreLimits,
+    ) -> Store<T> {
         let mut store = Store::new(engine, data);
         store.limiter(move |data| limits(data) as &mut dyn wasmtime::ResourceLimiter);
         let deadline = Instant::now() + self.timeout;
@@ -241,7 +250,10 @@ impl ComponentExec {
             .store(self.pre.engine(), guest, |g: &mut Guest| &mut g.limits);
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let prepared = (|| {
-            let req = store.data_mut().http().new_incoming_request(Scheme::Http, request)?;
+            let req = store
+                .data_mut()
+                .http()
+                .new_incoming_request(Scheme::Http, request)?;
             let out = store.data_mut().http().new_response_outparam(sender)?;
             wasmtime::Result::<_, wasmtime::Error>::Ok((req, out))
         })();
@@ -265,10 +277,16 @@ impl ComponentExec {
         });
         let timeout = self.settings.timeout;
         match tokio::time::timeout(timeout, receiver).await {
-            Ok(Ok(Ok(response))) => Ok(response.map(|body| body.map_err(|e| Box::new(e) as BoxError).boxed_unsync())),
-            Ok(Ok(Err(code))) => Err(Failure::Crashed(format!("the function answered with an error: {code:?}"))),
+            Ok(Ok(Ok(response))) => {
+                Ok(response.map(|body| body.map_err(|e| Box::new(e) as BoxError).boxed_unsync()))
+            }
+            Ok(Ok(Err(code))) => Err(Failure::Crashed(format!(
+                "the function answered with an error: {code:?}"
+            ))),
             Ok(Err(_)) => Err(match task.await {
-                Ok(Ok(())) => Failure::Crashed("the function returned without setting a response".into()),
+                Ok(Ok(())) => {
+                    Failure::Crashed("the function returned without setting a response".into())
+                }
                 Ok(Err(error)) => self.settings.failure(&error),
                 Err(join) => Failure::Crashed(join.to_string()),
             }),
@@ -317,9 +335,11 @@ impl WagiExec {
             wasi: builder.build_p1(),
             limits: self.settings.limits(),
         };
-        let mut store = self
-            .settings
-            .store(self.pre.module().engine(), guest, |g: &mut WagiGuest| &mut g.limits);
+        let mut store =
+            self.settings
+                .store(self.pre.module().engine(), guest, |g: &mut WagiGuest| {
+                    &mut g.limits
+                });
         let outcome = async {
             let instance = self.pre.instantiate_async(&mut store).await?;
             let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
@@ -336,7 +356,10 @@ impl WagiExec {
             Err(error) => match error.downcast_ref::<wasmtime_wasi::I32Exit>() {
                 Some(exit) if exit.0 == 0 => {}
                 Some(exit) => {
-                    return Err(Failure::Crashed(format!("the module exited with status {}", exit.0)))
+                    return Err(Failure::Crashed(format!(
+                        "the module exited with status {}",
+                        exit.0
+                    )))
                 }
                 None => return Err(self.settings.failure(&error)),
             },
@@ -351,7 +374,10 @@ fn cgi_env(parts: &http::request::Parts, length: usize, request_id: &str) -> Vec
         ("REQUEST_METHOD".into(), parts.method.to_string()),
         ("PATH_INFO".into(), parts.uri.path().to_string()),
         ("SCRIPT_NAME".into(), String::new()),
-        ("QUERY_STRING".into(), parts.uri.query().unwrap_or("").to_string()),
+        (
+            "QUERY_STRING".into(),
+            parts.uri.query().unwrap_or("").to_string(),
+        ),
         ("SERVER_PROTOCOL".into(), format!("{:?}", parts.version)),
         ("GATEWAY_INTERFACE".into(), "CGI/1.1".into()),
         ("SERVER_SOFTWARE".into(), "gantry".into()),
@@ -359,18 +385,32 @@ fn cgi_env(parts: &http::request::Parts, length: usize, request_id: &str) -> Vec
         ("X_REQUEST_ID".into(), request_id.to_string()),
         (
             "X_FULL_URL".into(),
-            parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+            parts
+                .uri
+                .path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
         ),
     ];
-    if let Some(kind) = parts.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+    if let Some(kind) = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
         env.push(("CONTENT_TYPE".into(), kind.to_string()));
     }
     for (name, value) in &parts.headers {
-        if name == http::header::AUTHORIZATION || name == http::header::CONTENT_TYPE || name == http::header::CONTENT_LENGTH {
+        if name == http::header::AUTHORIZATION
+            || name == http::header::CONTENT_TYPE
+            || name == http::header::CONTENT_LENGTH
+        {
             continue;
         }
         if let Ok(value) = value.to_str() {
-            let key = format!("HTTP_{}", name.as_str().to_ascii_uppercase().replace('-', "_"));
+            let key = format!(
+                "HTTP_{}",
+                name.as_str().to_ascii_uppercase().replace('-', "_")
+            );
             env.push((key, value.to_string()));
         }
     }
@@ -408,18 +448,35 @@ fn parse_cgi(output: &[u8]) -> Result<Response<FnBody>, Failure> {
             .map_err(|_| Failure::Crashed(format!("bad CGI header value in `{line}`")))?;
         builder = builder.header(name.trim(), value);
     }
-    let status = status.unwrap_or(if location { StatusCode::FOUND } else { StatusCode::OK });
+    let status = status.unwrap_or(if location {
+        StatusCode::FOUND
+    } else {
+        StatusCode::OK
+    });
     builder
         .status(status)
-        .body(Full::new(Bytes::copy_from_slice(body)).map_err(|never| match never {}).boxed_unsync())
+        .body(
+            Full::new(Bytes::copy_from_slice(body))
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        )
         .map_err(|e| Failure::Crashed(format!("bad CGI response: {e}")))
 }
 
 fn split_head(output: &[u8]) -> Option<(&[u8], &[u8])> {
-    let crlf = output.windows(4).position(|w| w == b"\r\n\r\n").map(|i| (i, 4));
+    let crlf = output
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| (i, 4));
     let lf = output.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
     let (at, len) = match (crlf, lf) {
-        (Some(a), Some(b)) => if a.0 < b.0 { a } else { b },
+        (Some(a), Some(b)) => {
+            if a.0 < b.0 {
+                a
+            } else {
+                b
+            }
+        }
         (Some(a), None) => a,
         (None, Some(b)) => b,
         (None, None) => return None,
@@ -433,7 +490,8 @@ mod tests {
 
     #[test]
     fn cgi_output_becomes_a_response() {
-        let response = parse_cgi(b"Content-Type: text/plain\nStatus: 201 Created\n\nhello").unwrap();
+        let response =
+            parse_cgi(b"Content-Type: text/plain\nStatus: 201 Created\n\nhello").unwrap();
         assert_eq!(response.status(), 201);
         assert_eq!(response.headers()["content-type"], "text/plain");
         let response = parse_cgi(b"Location: /elsewhere\r\n\r\n").unwrap();

@@ -38,7 +38,8 @@ const WAGI_HELLO: &str = r#"
 "#;
 
 /// Never returns.
-const WAGI_LOOP: &str = r#"(module (memory (export "memory") 1) (func (export "_start") (loop $l (br $l))))"#;
+const WAGI_LOOP: &str =
+    r#"(module (memory (export "memory") 1) (func (export "_start") (loop $l (br $l))))"#;
 
 /// Grows its memory by 64 MiB at a time, forever.
 const WAGI_GROW: &str = r#"
@@ -80,7 +81,8 @@ async fn a_python_component_serves_requests_with_only_what_it_was_granted() {
     let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let upstream_port = upstream.local_addr().unwrap().port();
     tokio::spawn(async move {
-        let app = axum::Router::new().route("/data", axum::routing::get(|| async { "secret data" }));
+        let app =
+            axum::Router::new().route("/data", axum::routing::get(|| async { "secret data" }));
         axum::serve(upstream, app).await.unwrap();
     });
     let setup = setup(
@@ -102,7 +104,10 @@ memory = "96MiB"
 
     let response = client.get(format!("{base}/hello")).send().await.unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(response.text().await.unwrap(), "hello from python, greeting=hi there");
+    assert_eq!(
+        response.text().await.unwrap(),
+        "hello from python, greeting=hi there"
+    );
 
     let body = "x".repeat(200_000);
     let response = client
@@ -127,7 +132,10 @@ memory = "96MiB"
         .send()
         .await
         .unwrap();
-    assert_eq!(response.text().await.unwrap(), "upstream said 200: secret data");
+    assert_eq!(
+        response.text().await.unwrap(),
+        "upstream said 200: secret data"
+    );
     for url in [
         format!("http://127.0.0.1:{}/data", upstream_port + 1),
         format!("http://localhost:{upstream_port}/data"),
@@ -182,7 +190,10 @@ memory = "16MiB"
     assert_eq!(response.status(), 504);
     assert!(started.elapsed() < Duration::from_secs(10));
     let problem: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(problem["type"], "https://gantry.dev/problems/function-timeout");
+    assert_eq!(
+        problem["type"],
+        "https://gantry.dev/problems/function-timeout"
+    );
     assert!(problem["detail"].as_str().unwrap().contains("timeout"));
 
     let response = client
@@ -192,10 +203,17 @@ memory = "16MiB"
         .unwrap();
     assert_eq!(response.status(), 500);
     let problem: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(problem["type"], "https://gantry.dev/problems/function-memory");
+    assert_eq!(
+        problem["type"],
+        "https://gantry.dev/problems/function-memory"
+    );
 
     // The same function still serves after both.
-    let response = client.get(format!("{py}/memory?mb=8")).send().await.unwrap();
+    let response = client
+        .get(format!("{py}/memory?mb=8"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
 
     let spin = setup.functions.url("spin").unwrap();
@@ -206,7 +224,10 @@ memory = "16MiB"
     let response = client.get(format!("{grow}/")).send().await.unwrap();
     assert_eq!(response.status(), 500);
     let problem: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(problem["type"], "https://gantry.dev/problems/function-memory");
+    assert_eq!(
+        problem["type"],
+        "https://gantry.dev/problems/function-memory"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -286,7 +307,10 @@ executor = "wagi"
     std::fs::write(&path, wat::parse_str(&v2).unwrap()).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while setup.functions.list()[0].deployments < 2 {
-        assert!(Instant::now() < deadline, "the new version was not deployed");
+        assert!(
+            Instant::now() < deadline,
+            "the new version was not deployed"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -317,7 +317,10 @@ pub(crate) async fn read_body(body: RequestBody, limit: u64) -> Result<bytes::By
     match body {
         RequestBody::Buffered(bytes) => Ok(bytes.unwrap_or_default()),
         RequestBody::Streaming(body) => {
-            match http_body_util::Limited::new(body, limit as usize).collect().await {
+            match http_body_util::Limited::new(body, limit as usize)
+                .collect()
+                .await
+            {
                 Ok(collected) => Ok(collected.to_bytes()),
                 Err(error) => Err(match error.downcast::<hyper::Error>() {
                     Ok(error) => format!("reading the request body failed: {error}"),

@@ -339,7 +339,9 @@ impl Gateway {
                         )
                     }
                 };
-                if let Err(why) = verifier.verify(&parts.headers, &bytes, std::time::SystemTime::now()) {
+                if let Err(why) =
+                    verifier.verify(&parts.headers, &bytes, std::time::SystemTime::now())
+                {
                     tracing::warn!(target: "gantry::gateway", route = %route.label, request_id = ?request_id, "webhook refused: {why}");
                     let detail = format!("webhook signature check failed: {why}");
                     return outcome.finish(

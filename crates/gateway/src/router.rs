@@ -25,8 +25,6 @@ use crate::split::{Backend, Backends, Weight};
 pub enum BuildError {
     #[error("route `{route}` sends traffic to `{service}`, which is not running")]
     MissingService { route: String, service: String },
-    #[error("route `{route}`: {why}; export it before starting Gantry")]
-    WebhookSecret { route: String, why: String },
     #[error("route `{route}`: header `{header}` cannot be matched: {why}")]
     BadHeader {
         route: String,
@@ -243,12 +241,7 @@ impl RouteTable {
                         .filter(|v| v.policy == *policy)
                     {
                         Some(kept) => kept,
-                        None => Arc::new(crate::webhook::WebhookVerifier::new(policy).map_err(
-                            |why| BuildError::WebhookSecret {
-                                route: route.path.clone(),
-                                why,
-                            },
-                        )?),
+                        None => Arc::new(crate::webhook::WebhookVerifier::new(policy, &route.path)),
                     },
                 ),
             };

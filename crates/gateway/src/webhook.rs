@@ -28,32 +28,44 @@ pub(crate) const DEFAULT_MAX_BODY: u64 = 5 * 1024 * 1024;
 #[derive(Debug)]
 pub(crate) struct WebhookVerifier {
     pub(crate) policy: WebhookPolicy,
-    secret: Vec<u8>,
+    /// `None` when the variable is not set: every request is refused.
+    secret: Option<Vec<u8>>,
     /// GitHub delivery ids seen, with when.
     seen: Mutex<HashMap<String, Instant>>,
 }
 
 impl WebhookVerifier {
-    /// Reads the secret from the environment variable the policy names.
-    pub(crate) fn new(policy: &WebhookPolicy) -> Result<WebhookVerifier, String> {
-        let secret = std::env::var(&policy.secret_env).map_err(|_| {
-            format!(
-                "the webhook secret variable `{}` is not set in Gantry's environment",
-                policy.secret_env
-            )
-        })?;
-        if secret.is_empty() {
-            return Err(format!("the webhook secret variable `{}` is empty", policy.secret_env));
+    /// Reads the secret from the environment variable the policy names. A
+    /// missing or empty one is logged, and the route then refuses every
+    /// request (it fails closed) rather than keeping Gantry from starting.
+    pub(crate) fn new(policy: &WebhookPolicy, route: &str) -> WebhookVerifier {
+        let secret = std::env::var(&policy.secret_env)
+            .ok()
+            .filter(|s| !s.is_empty())
+            .map(String::into_bytes);
+        if secret.is_none() {
+            tracing::warn!(target: "gantry::gateway", route, variable = %policy.secret_env, "the webhook secret is not set in Gantry's environment; the route refuses every request until it is (then restart)");
         }
-        Ok(WebhookVerifier {
+        WebhookVerifier {
             policy: policy.clone(),
-            secret: secret.into_bytes(),
+            secret,
             seen: Mutex::new(HashMap::new()),
-        })
+        }
     }
 
     /// `Ok` when `body` is signed with the secret; `Err` says what is wrong.
-    pub(crate) fn verify(&self, headers: &HeaderMap, body: &[u8], now: SystemTime) -> Result<(), String> {
+    pub(crate) fn verify(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        now: SystemTime,
+    ) -> Result<(), String> {
+        if self.secret.is_none() {
+            return Err(format!(
+                "the route's secret (`{}`) is not set in Gantry's environment, so no signature can be checked",
+                self.policy.secret_env
+            ));
+        }
         match self.policy.style {
             WebhookStyle::Github => self.github(headers, body),
             WebhookStyle::Stripe => self.stripe(headers, body, now),
@@ -62,7 +74,8 @@ impl WebhookVerifier {
 
     fn mac(&self) -> HmacSha256 {
         // HMAC takes keys of any length.
-        HmacSha256::new_from_slice(&self.secret).unwrap_or_else(|_| unreachable_key())
+        let key = self.secret.as_deref().unwrap_or_default();
+        HmacSha256::new_from_slice(key).unwrap_or_else(|_| unreachable_key())
     }
 
     fn github(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), String> {
@@ -78,12 +91,17 @@ impl WebhookVerifier {
         mac.update(body);
         mac.verify_slice(&signature)
             .map_err(|_| "the signature does not match the body".to_string())?;
-        if let Some(delivery) = headers.get("x-github-delivery").and_then(|v| v.to_str().ok()) {
+        if let Some(delivery) = headers
+            .get("x-github-delivery")
+            .and_then(|v| v.to_str().ok())
+        {
             let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
             let tolerance = self.policy.tolerance;
             seen.retain(|_, at| at.elapsed() < tolerance);
             if seen.insert(delivery.to_string(), Instant::now()).is_some() {
-                return Err(format!("delivery {delivery} was already received (a replay)"));
+                return Err(format!(
+                    "delivery {delivery} was already received (a replay)"
+                ));
             }
         }
         Ok(())
@@ -117,7 +135,9 @@ impl WebhookVerifier {
             ));
         }
         let matches = signatures.iter().any(|candidate| {
-            let Ok(signature) = hex::decode(candidate) else { return false };
+            let Ok(signature) = hex::decode(candidate) else {
+                return false;
+            };
             let mut mac = self.mac();
             mac.update(timestamp.to_string().as_bytes());
             mac.update(b".");
@@ -149,7 +169,7 @@ mod tests {
                 secret_env: "UNUSED".into(),
                 tolerance: Duration::from_secs(300),
             },
-            secret: b"whsec_test".to_vec(),
+            secret: Some(b"whsec_test".to_vec()),
             seen: Mutex::new(HashMap::new()),
         }
     }
@@ -165,14 +185,19 @@ mod tests {
         let v = verifier(WebhookStyle::Github);
         let body = br#"{"action":"opened"}"#;
         let mut headers = HeaderMap::new();
-        headers.insert("x-hub-signature-256", format!("sha256={}", sign(body)).parse().unwrap());
+        headers.insert(
+            "x-hub-signature-256",
+            format!("sha256={}", sign(body)).parse().unwrap(),
+        );
         headers.insert("x-github-delivery", "d-1".parse().unwrap());
         assert!(v.verify(&headers, body, SystemTime::now()).is_ok());
         let replay = v.verify(&headers, body, SystemTime::now()).unwrap_err();
         assert!(replay.contains("replay"), "{replay}");
         headers.insert("x-github-delivery", "d-2".parse().unwrap());
         assert!(v.verify(&headers, b"tampered", SystemTime::now()).is_err());
-        assert!(v.verify(&HeaderMap::new(), body, SystemTime::now()).is_err());
+        assert!(v
+            .verify(&HeaderMap::new(), body, SystemTime::now())
+            .is_err());
     }
 
     #[test]
@@ -184,7 +209,12 @@ mod tests {
         let header = |t: u64, body: &[u8]| {
             let payload = [t.to_string().as_bytes(), b".", body].concat();
             let mut headers = HeaderMap::new();
-            headers.insert("stripe-signature", format!("t={t},v1=00,v1={}", sign(&payload)).parse().unwrap());
+            headers.insert(
+                "stripe-signature",
+                format!("t={t},v1=00,v1={}", sign(&payload))
+                    .parse()
+                    .unwrap(),
+            );
             headers
         };
         assert!(v.verify(&header(t, body), body, now).is_ok());

@@ -17,7 +17,14 @@ pub(crate) fn cross_check(manifest: &Manifest, source: &str, out: &mut Diagnosti
                 continue;
             }
             if let Some(function) = crate::functions::function_of(to) {
-                check_function_name(manifest, function, route.spans.to.clone(), &format!("route `{}`", route.path), source, out);
+                check_function_name(
+                    manifest,
+                    function,
+                    route.spans.to.clone(),
+                    &format!("route `{}`", route.path),
+                    source,
+                    out,
+                );
                 continue;
             }
             if let Some(bucket) = crate::functions::bucket_of(to) {
@@ -27,7 +34,10 @@ pub(crate) fn cross_check(manifest: &Manifest, source: &str, out: &mut Diagnosti
                         source,
                         ErrorCode::BadValue,
                         route.spans.to.clone(),
-                        format!("route `{}` uploads into bucket `{bucket}`, which is not declared", route.path),
+                        format!(
+                            "route `{}` uploads into bucket `{bucket}`, which is not declared",
+                            route.path
+                        ),
                         Some(match suggest(bucket, &buckets) {
                             Some(close) => format!("did you mean `{close}`?"),
                             None => format!("declare it with a `[buckets.{bucket}]` section"),
@@ -390,7 +400,9 @@ fn check_functions(manifest: &Manifest, services: &[&str], source: &str, out: &m
                     source,
                     ErrorCode::UnknownService,
                     find_key(source, "functions", name),
-                    format!("function `{name}` is granted service `{service}`, which is not declared"),
+                    format!(
+                        "function `{name}` is granted service `{service}`, which is not declared"
+                    ),
                     Some(match suggest(service, services) {
                         Some(close) => format!("did you mean `{close}`?"),
                         None => format!("declared services: {}", services.join(", ")),
@@ -404,7 +416,9 @@ fn check_functions(manifest: &Manifest, services: &[&str], source: &str, out: &m
                     source,
                     ErrorCode::UnknownTopic,
                     find_key(source, "functions", name),
-                    format!("function `{name}` may publish to `{topic}`, which is not a declared topic"),
+                    format!(
+                        "function `{name}` may publish to `{topic}`, which is not a declared topic"
+                    ),
                     Some(match suggest(topic, &topics) {
                         Some(close) => format!("did you mean `{close}`?"),
                         None => format!("declare it with a `[topics.\"{topic}\"]` section"),

@@ -193,7 +193,9 @@ impl Decoder<'_> {
                 );
             }
         }
-        let timeout = self.duration(s, "timeout").unwrap_or_else(defaults::timeout);
+        let timeout = self
+            .duration(s, "timeout")
+            .unwrap_or_else(defaults::timeout);
         Function {
             component: component.map(|p| resolve(base_dir, &p)),
             executor,
@@ -232,7 +234,11 @@ impl Decoder<'_> {
 
     fn schedule(&mut self, s: &Section<'_>) -> Option<Schedule> {
         self.unknown_keys(s, SCHEDULE_KEYS);
-        let cron = self.required_string(s, "cron", "add `cron = \"0 0 2 * * *\"` (sec min hour day month weekday)")?;
+        let cron = self.required_string(
+            s,
+            "cron",
+            "add `cron = \"0 0 2 * * *\"` (sec min hour day month weekday)",
+        )?;
         let normalized = normalize_cron(&cron);
         if let Err(error) = cron::Schedule::from_str(&normalized) {
             self.bad_value(
@@ -242,7 +248,9 @@ impl Decoder<'_> {
                 "write `sec min hour day-of-month month day-of-week`, e.g. `0 */5 * * * *` for every five minutes",
             );
         }
-        let timezone = self.string(s, "timezone").unwrap_or_else(defaults::timezone);
+        let timezone = self
+            .string(s, "timezone")
+            .unwrap_or_else(defaults::timezone);
         if chrono_tz::Tz::from_str(&timezone).is_err() {
             self.bad_value(
                 s,
@@ -273,10 +281,7 @@ impl Decoder<'_> {
                 Missed::Skip
             }
         };
-        let data = s
-            .table
-            .get("data")
-            .map(super::workflows::item_to_json);
+        let data = s.table.get("data").map(super::workflows::item_to_json);
         Some(Schedule {
             cron: normalized,
             timezone,
@@ -291,7 +296,11 @@ impl Decoder<'_> {
         let s = self.nested(route, "webhook")?;
         self.unknown_keys(&s, WEBHOOK_KEYS);
         let style = match self
-            .required_string(&s, "style", "add `style = \"github\"` or `style = \"stripe\"`")?
+            .required_string(
+                &s,
+                "style",
+                "add `style = \"github\"` or `style = \"stripe\"`",
+            )?
             .as_str()
         {
             "github" => WebhookStyle::Github,

@@ -3,6 +3,9 @@
 //! Built on the official `lambda_runtime` crate; Gantry runs it as a Lambda
 //! function (scaled to zero when idle).
 
+// A function's stdout is its log (Gantry tags each line with the request).
+#![allow(clippy::print_stdout)]
+
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use serde_json::{json, Value};
 
