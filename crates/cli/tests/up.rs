@@ -951,3 +951,101 @@ async fn a_placed_order_starts_its_checkout_saga() {
     assert_eq!(run["state"], "completed", "{run:#}\n{}", gantry.log());
     assert_eq!(run["input"]["amount_cents"], 3900);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_shop_functions_answer_every_trigger() {
+    // nextest gives each test its own process: only this Gantry sees it.
+    std::env::set_var("SHOP_PAYMENTS_WEBHOOK_SECRET", "whsec_shop_test");
+    let gantry = Gantry::start(&shop_manifest()).await;
+    let c = client();
+    let function_logs = |name: &'static str| {
+        let url = gantry.admin_url(&format!("/v1/functions/{name}/logs"));
+        let c = c.clone();
+        async move {
+            let v: Value = c.get(url).send().await.unwrap().json().await.unwrap();
+            v["lines"].to_string()
+        }
+    };
+
+    // The WAGI report, on demand.
+    let report = c.get(gantry.url("/report")).send().await.unwrap();
+    assert_eq!(report.status(), 200, "{}", gantry.log());
+    assert!(report
+        .text()
+        .await
+        .unwrap()
+        .starts_with("shop daily report\ngenerated at unix time "));
+
+    // An upload is indexed by photo-index.
+    let stored = c
+        .put(gantry.url("/photos/tom.txt"))
+        .header("content-type", "text/plain")
+        .body("a photo of tom")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), 201);
+    eventually("the photo is indexed", Duration::from_secs(30), || async {
+        function_logs("photo-index")
+            .await
+            .contains("indexed photo tom.txt: 14 bytes of \\\"text/plain\\\"")
+    })
+    .await;
+
+    // A placed order is confirmed by the confirm function.
+    let minted = std::process::Command::new(support::GANTRY)
+        .args(["token", "--sub", "alice", "--scope", "orders:write", "-f"])
+        .arg(gantry.manifest_path())
+        .output()
+        .unwrap();
+    let token = String::from_utf8(minted.stdout).unwrap().trim().to_string();
+    let placed: Value = c
+        .post(gantry.url("/api/orders"))
+        .bearer_auth(&token)
+        .header("idempotency-key", "fn-1")
+        .body(r#"{"sku": 2, "email": "carol@example.com"}"#)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let order_id = placed["order_id"].as_i64().unwrap();
+    eventually("the confirm function runs", Duration::from_secs(30), || async {
+        function_logs("confirm").await.contains(&format!(
+            "order {order_id}: confirmation sent to carol@example.com"
+        ))
+    })
+    .await;
+
+    // The payment provider's webhook: signed passes, unsigned is refused.
+    let body = r#"{"type":"payment_intent.succeeded","data":{"object":{"metadata":{"order_id":7}}}}"#;
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let signature = {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"whsec_shop_test").unwrap();
+        mac.update(format!("{t}.{body}").as_bytes());
+        format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+    };
+    let answer = c
+        .post(gantry.url("/webhooks/payments"))
+        .header("stripe-signature", signature)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let answer: Value = answer.json().await.unwrap();
+    assert_eq!(answer["received"], "payment_intent.succeeded");
+    assert_eq!(answer["order_id"], 7);
+    let refused = c
+        .post(gantry.url("/webhooks/payments"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+}
