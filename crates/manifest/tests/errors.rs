@@ -324,3 +324,107 @@ fn workflow_steps_are_checked_where_they_are_written() {
         "a step is read through its output, e.g. `{{ steps.b.output.id }}`",
     );
 }
+
+#[test]
+fn function_targets_must_name_declared_functions_and_buckets() {
+    let d = errors(
+        r#"
+[functions.thumbnail]
+component = "thumb.wasm"
+
+[[routes]]
+path = "/thumbs/*"
+to = "function:thumbnial"
+
+[[routes]]
+path = "/up/*"
+to = "bucket:photos"
+
+[topics.uploads]
+
+[[subscriptions]]
+topic = "uploads"
+to = "function:nope"
+
+[schedules.nightly]
+cron = "0 0 2 * * *"
+to = "function:report"
+"#,
+    );
+    assert_reports(&d, "gantry.toml:7:6: error[M012]: route `/thumbs/*` invokes function `thumbnial`, which is not declared");
+    assert_reports(&d, "hint: did you mean `function:thumbnail`?");
+    assert_reports(&d, "gantry.toml:11:6: error[M006]: route `/up/*` uploads into bucket `photos`, which is not declared");
+    assert_reports(&d, "error[M012]: subscription `nope.uploads` invokes function `nope`");
+    assert_reports(&d, "gantry.toml:19:1: error[M012]: schedule `nightly` invokes function `report`");
+}
+
+#[test]
+fn function_kinds_and_limits_are_checked_where_they_are_written() {
+    let d = errors(
+        r#"
+[functions.a]
+component = "a.wasm"
+command = ["./a"]
+
+[functions.b]
+command = ["./b"]
+
+[functions.c]
+component = "c.wasm"
+executor = "cgi"
+memory = "8GiB"
+allowed_outbound_hosts = ["https://api.example.com/v1", "ftp://files"]
+
+[functions.d]
+command = ["./d"]
+runtime = "lambda"
+services = ["billing"]
+publish = ["orders"]
+"#,
+    );
+    assert_reports(&d, "gantry.toml:4:1: error[M007]: [functions.a] has both `component` and `command`");
+    assert_reports(&d, "gantry.toml:7:1: error[M004]: [functions.b] has a `command` but no `runtime`");
+    assert_reports(&d, "hint: add `runtime = \"lambda\"`");
+    assert_reports(&d, "gantry.toml:11:12: error[M006]: executor `cgi` is not known");
+    assert_reports(&d, "gantry.toml:12:10: error[M006]: `memory` in [functions.c] must be between 64KiB and 4GiB");
+    assert_reports(&d, "gantry.toml:13:27: error[M006]: `https://api.example.com/v1` in [functions.c] must be a scheme, host and port, with no path");
+    assert_reports(&d, "`ftp://files` in [functions.c] must use http or https");
+    assert_reports(&d, "error[M009]: function `d` is granted service `billing`, which is not declared");
+    assert_reports(&d, "error[M011]: function `d` may publish to `orders`, which is not a declared topic");
+}
+
+#[test]
+fn schedules_and_webhooks_are_checked() {
+    let d = errors(
+        r#"
+[functions.report]
+component = "report.wasm"
+
+[schedules.nightly]
+cron = "0 0 25 * * *"
+timezone = "Europe/Pariss"
+to = "function:report"
+missed = "later"
+
+[schedules.other]
+cron = "*/5 * * * *"
+to = "report"
+
+[[routes]]
+path = "/hooks"
+to = "function:report"
+webhook = { style = "gitlab", secret_env = "X" }
+
+[[routes]]
+path = "/hooks2"
+to = "function:report"
+webhook = { style = "github" }
+"#,
+    );
+    assert_reports(&d, "gantry.toml:6:8: error[M006]: `0 0 25 * * *` is not a cron expression");
+    assert_reports(&d, "gantry.toml:7:12: error[M006]: `Europe/Pariss` is not a known time zone");
+    assert_reports(&d, "gantry.toml:9:10: error[M006]: `missed = \"later\"` is not a policy");
+    assert_reports(&d, "gantry.toml:13:6: error[M006]: `report` is not a function");
+    assert_reports(&d, "error[M006]: webhook style `gitlab` is not known");
+    assert_reports(&d, "gantry.toml:23:11: error[M004]: `webhook` in [[routes]] #2 is missing `secret_env`");
+}
