@@ -436,3 +436,67 @@ webhook = { style = "stripe", secret_env = "GANTRY_TEST_WEBHOOK_SECRET", toleran
         .unwrap();
     assert_eq!(response.status(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_python_handler_runs_unmodified_on_the_official_runtime_client() {
+    let guests = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../functions/tests/guests");
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/guests");
+    std::fs::create_dir_all(&target).unwrap();
+    let output = std::process::Command::new(guests.join("python-lambda.sh"))
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let python = String::from_utf8(output.stdout).unwrap().trim().to_string();
+    let manifest = format!(
+        r#"
+[platform]
+listen = "127.0.0.1:{{GATEWAY}}"
+admin = "127.0.0.1:{{ADMIN}}"
+
+[functions.py]
+command = ["{python}", "-m", "awslambdaric", "lambda_handler.handle"]
+runtime = "lambda"
+workdir = "{}"
+
+[[routes]]
+path = "/py/*"
+to = "function:py"
+"#,
+        guests.canonicalize().unwrap().display()
+    );
+    let gantry = Gantry::start(&manifest).await;
+    let c = client();
+    let response = c.get(gantry.url("/py/hello")).send().await.unwrap();
+    assert_eq!(response.status(), 200, "{}", gantry.log());
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["path"], "/py/hello");
+    assert_eq!(body["function"], "py");
+    assert_eq!(body["request_id"], request_id);
+    assert_eq!(body["has_deadline"], true);
+    let response = c.get(gantry.url("/py/fail")).send().await.unwrap();
+    assert_eq!(response.status(), 502);
+    let problem = response.text().await.unwrap();
+    assert!(
+        problem.contains("the handler was asked to fail"),
+        "{problem}"
+    );
+    eventually(
+        "the handler's output is in its log",
+        Duration::from_secs(10),
+        || async {
+            logs(&gantry, "py")
+                .await
+                .contains("python handler got /py/hello")
+        },
+    )
+    .await;
+}

@@ -1011,15 +1011,20 @@ async fn the_shop_functions_answer_every_trigger() {
         .await
         .unwrap();
     let order_id = placed["order_id"].as_i64().unwrap();
-    eventually("the confirm function runs", Duration::from_secs(30), || async {
-        function_logs("confirm").await.contains(&format!(
-            "order {order_id}: confirmation sent to carol@example.com"
-        ))
-    })
+    eventually(
+        "the confirm function runs",
+        Duration::from_secs(30),
+        || async {
+            function_logs("confirm").await.contains(&format!(
+                "order {order_id}: confirmation sent to carol@example.com"
+            ))
+        },
+    )
     .await;
 
     // The payment provider's webhook: signed passes, unsigned is refused.
-    let body = r#"{"type":"payment_intent.succeeded","data":{"object":{"metadata":{"order_id":7}}}}"#;
+    let body =
+        r#"{"type":"payment_intent.succeeded","data":{"object":{"metadata":{"order_id":7}}}}"#;
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

@@ -354,8 +354,14 @@ to = "function:report"
     assert_reports(&d, "gantry.toml:7:6: error[M012]: route `/thumbs/*` invokes function `thumbnial`, which is not declared");
     assert_reports(&d, "hint: did you mean `function:thumbnail`?");
     assert_reports(&d, "gantry.toml:11:6: error[M006]: route `/up/*` uploads into bucket `photos`, which is not declared");
-    assert_reports(&d, "error[M012]: subscription `nope.uploads` invokes function `nope`");
-    assert_reports(&d, "gantry.toml:19:1: error[M012]: schedule `nightly` invokes function `report`");
+    assert_reports(
+        &d,
+        "error[M012]: subscription `nope.uploads` invokes function `nope`",
+    );
+    assert_reports(
+        &d,
+        "gantry.toml:19:1: error[M012]: schedule `nightly` invokes function `report`",
+    );
 }
 
 #[test]
@@ -382,15 +388,33 @@ services = ["billing"]
 publish = ["orders"]
 "#,
     );
-    assert_reports(&d, "gantry.toml:4:1: error[M007]: [functions.a] has both `component` and `command`");
-    assert_reports(&d, "gantry.toml:7:1: error[M004]: [functions.b] has a `command` but no `runtime`");
+    assert_reports(
+        &d,
+        "gantry.toml:4:1: error[M007]: [functions.a] has both `component` and `command`",
+    );
+    assert_reports(
+        &d,
+        "gantry.toml:7:1: error[M004]: [functions.b] has a `command` but no `runtime`",
+    );
     assert_reports(&d, "hint: add `runtime = \"lambda\"`");
-    assert_reports(&d, "gantry.toml:11:12: error[M006]: executor `cgi` is not known");
-    assert_reports(&d, "gantry.toml:12:10: error[M006]: `memory` in [functions.c] must be between 64KiB and 4GiB");
+    assert_reports(
+        &d,
+        "gantry.toml:11:12: error[M006]: executor `cgi` is not known",
+    );
+    assert_reports(
+        &d,
+        "gantry.toml:12:10: error[M006]: `memory` in [functions.c] must be between 64KiB and 4GiB",
+    );
     assert_reports(&d, "gantry.toml:13:27: error[M006]: `https://api.example.com/v1` in [functions.c] must be a scheme, host and port, with no path");
     assert_reports(&d, "`ftp://files` in [functions.c] must use http or https");
-    assert_reports(&d, "error[M009]: function `d` is granted service `billing`, which is not declared");
-    assert_reports(&d, "error[M011]: function `d` may publish to `orders`, which is not a declared topic");
+    assert_reports(
+        &d,
+        "error[M009]: function `d` is granted service `billing`, which is not declared",
+    );
+    assert_reports(
+        &d,
+        "error[M011]: function `d` may publish to `orders`, which is not a declared topic",
+    );
 }
 
 #[test]
@@ -421,10 +445,25 @@ to = "function:report"
 webhook = { style = "github" }
 "#,
     );
-    assert_reports(&d, "gantry.toml:6:8: error[M006]: `0 0 25 * * *` is not a cron expression");
-    assert_reports(&d, "gantry.toml:7:12: error[M006]: `Europe/Pariss` is not a known time zone");
-    assert_reports(&d, "gantry.toml:9:10: error[M006]: `missed = \"later\"` is not a policy");
-    assert_reports(&d, "gantry.toml:13:6: error[M006]: `report` is not a function");
+    assert_reports(
+        &d,
+        "gantry.toml:6:8: error[M006]: `0 0 25 * * *` is not a cron expression",
+    );
+    assert_reports(
+        &d,
+        "gantry.toml:7:12: error[M006]: `Europe/Pariss` is not a known time zone",
+    );
+    assert_reports(
+        &d,
+        "gantry.toml:9:10: error[M006]: `missed = \"later\"` is not a policy",
+    );
+    assert_reports(
+        &d,
+        "gantry.toml:13:6: error[M006]: `report` is not a function",
+    );
     assert_reports(&d, "error[M006]: webhook style `gitlab` is not known");
-    assert_reports(&d, "gantry.toml:23:11: error[M004]: `webhook` in [[routes]] #2 is missing `secret_env`");
+    assert_reports(
+        &d,
+        "gantry.toml:23:11: error[M004]: `webhook` in [[routes]] #2 is missing `secret_env`",
+    );
 }
