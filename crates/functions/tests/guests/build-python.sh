@@ -7,6 +7,9 @@ here="$(cd "$(dirname "$0")" && pwd)"
 out="$1"
 dir="$(dirname "$out")"
 mkdir -p "$dir"
+# Test processes run in parallel: one builds, the others wait and reuse it.
+exec 9>"$dir/.build-python.lock"
+flock 9
 hash="$(sha256sum "$here/app.py" "$0" | sha256sum | cut -c1-16)"
 if [ -f "$out" ] && [ "$(cat "$out.hash" 2>/dev/null)" = "$hash" ]; then exit 0; fi
 venv="$dir/componentize-py"
