@@ -90,6 +90,10 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
     bus.metrics().register(&metrics);
     let functions = gantry_functions::Functions::new(&platform.data_dir);
     functions.metrics().register(&metrics);
+    functions.set_resolver(Arc::new(Grants {
+        directory: directory.clone(),
+        api_url: api_url.clone(),
+    }));
     let scheduler = gantry_functions::Scheduler::new(&platform.data_dir, functions.clone());
     let buckets = gantry_events::objects::Buckets::new(&platform.data_dir, bus.clone());
     workflows.metrics().register(&metrics);
@@ -188,6 +192,24 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
     functions.stop();
     tracing::info!(target: "gantry::app", "stopped");
     Ok(())
+}
+
+/// Where functions' granted services and the platform API are.
+struct Grants {
+    directory: ServiceDirectory,
+    api_url: String,
+}
+
+impl gantry_functions::Resolve for Grants {
+    fn service(&self, service: &str) -> Option<String> {
+        let services = self.directory.load();
+        let instance = services.get(service)?.pick(None)?.clone();
+        Some(format!("http://{}", instance.authority))
+    }
+
+    fn platform_api(&self) -> Option<String> {
+        Some(self.api_url.clone())
+    }
 }
 
 /// The URL services use to reach the platform API.

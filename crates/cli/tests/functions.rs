@@ -500,3 +500,119 @@ to = "function:py"
     )
     .await;
 }
+
+/// The Python wasi:http component of crates/functions/tests/guests.
+fn python_component() -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = root.join("target/guests/app.wasm");
+    let status =
+        std::process::Command::new(root.join("crates/functions/tests/guests/build-python.sh"))
+            .arg(&out)
+            .status()
+            .unwrap();
+    assert!(status.success(), "building the Python guest failed");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wasm_function_reaches_only_the_services_and_topics_it_was_granted() {
+    let billing = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let billing_url = format!("http://{}", billing.local_addr().unwrap());
+    tokio::spawn(async move {
+        let app =
+            axum::Router::new().route("/invoices", axum::routing::get(|| async { "3 invoices" }));
+        axum::serve(billing, app).await.unwrap();
+    });
+    let manifest = format!(
+        r#"
+[platform]
+listen = "127.0.0.1:{{GATEWAY}}"
+admin = "127.0.0.1:{{ADMIN}}"
+
+[services.billing]
+urls = ["{billing_url}"]
+
+[services.ledger]
+urls = ["{billing_url}"]
+
+[topics."order.paid"]
+[topics."order.refunded"]
+
+[functions.py]
+component = "{}"
+services = ["billing"]
+publish = ["order.paid"]
+
+[[routes]]
+path = "/*"
+to = "function:py"
+"#,
+        python_component().display()
+    );
+    let gantry = Gantry::start(&manifest).await;
+    let c = client();
+    let fetch = |query: Vec<(&'static str, String)>| {
+        let request = c.get(gantry.url("/fetch")).query(&query);
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    // A granted service, by name: Gantry finds the instance.
+    let (status, text) = fetch(vec![("url", "http://billing/invoices".into())]).await;
+    assert_eq!(
+        (status, text.as_str()),
+        (200, "upstream said 200: 3 invoices"),
+        "{}",
+        gantry.log()
+    );
+    // Not granted, though it is a declared service at the same address.
+    let (status, _) = fetch(vec![("url", "http://ledger/invoices".into())]).await;
+    assert_eq!(status, 403);
+    // Publishing to a granted topic works; to another topic it is refused.
+    let event = |id: &str, topic: &str| {
+        serde_json::json!({"specversion": "1.0", "id": id, "source": "/py", "type": topic, "data": {"n": 1}})
+            .to_string()
+    };
+    let (status, text) = fetch(vec![
+        ("url", "http://gantry/v1/publish/order.paid".into()),
+        ("method", "POST".into()),
+        ("body", event("p-1", "order.paid")),
+        ("ctype", "application/cloudevents+json".into()),
+    ])
+    .await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.starts_with("upstream said 200"), "{text}");
+    let (status, _) = fetch(vec![
+        ("url", "http://gantry/v1/publish/order.refunded".into()),
+        ("method", "POST".into()),
+        ("body", event("r-1", "order.refunded")),
+        ("ctype", "application/cloudevents+json".into()),
+    ])
+    .await;
+    assert_eq!(status, 403);
+    assert!(
+        gantry.log().contains("may not publish to `order.refunded`"),
+        "{}",
+        gantry.log()
+    );
+    let topics: Value = c
+        .get(gantry.admin_url("/v1/topics"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let stored = |name: &str| {
+        topics["topics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .map(|t| t["last_seq"].clone())
+            .unwrap()
+    };
+    assert_eq!(stored("order.paid"), 1, "{topics}");
+    assert_ne!(stored("order.refunded"), 1, "{topics}");
+}

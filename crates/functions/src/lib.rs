@@ -44,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 pub use gate::Refused;
 pub use logs::{LogBook, LogLine};
 pub use metrics::FunctionMetrics;
+pub use outbound::Resolve;
 pub use schedule::{ScheduleInfo, Scheduler};
 pub use wasm::WasmHost;
 
@@ -202,6 +203,7 @@ struct Inner {
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     metrics: FunctionMetrics,
     logs: LogBook,
+    resolve: Mutex<Option<Arc<dyn Resolve>>>,
 }
 
 impl std::fmt::Debug for Functions {
@@ -220,12 +222,19 @@ impl Functions {
                 slots: Mutex::new(HashMap::new()),
                 metrics: FunctionMetrics::default(),
                 logs: LogBook::default(),
+                resolve: Mutex::new(None),
             }),
         }
     }
 
     pub fn metrics(&self) -> &FunctionMetrics {
         &self.inner.metrics
+    }
+
+    /// How granted services and the platform API are found (set before
+    /// the first `apply`; without it, grants resolve to nothing).
+    pub fn set_resolver(&self, resolve: Arc<dyn Resolve>) {
+        *self.inner.resolve.lock().unwrap_or_else(|e| e.into_inner()) = Some(resolve);
     }
 
     /// Recent guest output, by function.
@@ -418,6 +427,14 @@ impl Functions {
                         .filter_map(|r| outbound::Rule::parse(r))
                         .collect(),
                 ),
+                services: Arc::new(config.services.clone()),
+                publish: Arc::new(config.publish.clone()),
+                resolve: self
+                    .inner
+                    .resolve
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone(),
             },
             logs: self.inner.logs.clone(),
         };

@@ -7,7 +7,8 @@ GET  /env            the environment variables the guest can see
 GET  /loop           never returns (timeouts)
 GET  /memory?mb=N    allocates N MiB (memory caps)
 GET  /fetch?url=U    outbound GET to U (the outbound allow-list); &host=H also
-                     tries to set a Host header
+                     tries to set a Host header; &method=POST&body=B&ctype=T
+                     sends B with content type T
 """
 
 import os
@@ -56,24 +57,35 @@ def respond(response_out, status: int, text: str, content_type: str = "text/plai
     OutgoingBody.finish(body, None)
 
 
-def fetch(url: str, host_header) -> tuple:
+def fetch(url: str, host_header, method=None, payload=None, ctype=None) -> tuple:
     target = urlparse(url)
     entries = []
     if host_header:
         entries.append(("host", host_header.encode()))
+    if ctype:
+        entries.append(("content-type", ctype.encode()))
     try:
         headers = Fields.from_list(entries)
     except Err as error:
         return 403, f"refused: cannot set header: {error.value}"
     request = OutgoingRequest(headers)
-    request.set_method(Method_Get())
+    request.set_method(Method_Post() if method == "POST" else Method_Get())
     request.set_scheme(Scheme_Https() if target.scheme == "https" else Scheme_Http())
     request.set_authority(target.netloc)
     request.set_path_with_query(target.path or "/")
+    outgoing = request.body()
     try:
         future = outgoing_handler.handle(request, None)
     except Err as error:
         return 403, f"refused: {error.value}"
+    try:
+        if payload:
+            stream = outgoing.write()
+            stream.blocking_write_and_flush(payload.encode())
+            del stream
+        OutgoingBody.finish(outgoing, None)
+    except Err:
+        pass  # a refused request drops its body; the answer below says why
     while True:
         result = future.get()
         if result is not None:
@@ -114,7 +126,13 @@ class IncomingHandler(exports.IncomingHandler):
             block = bytearray(megabytes * 1024 * 1024)
             respond(response_out, 200, f"allocated {len(block)} bytes")
         elif path == "/fetch":
-            status, text = fetch(query["url"][0], query.get("host", [None])[0])
+            status, text = fetch(
+                query["url"][0],
+                query.get("host", [None])[0],
+                query.get("method", [None])[0],
+                query.get("body", [None])[0],
+                query.get("ctype", [None])[0],
+            )
             respond(response_out, status, text)
         else:
             respond(response_out, 404, f"no handler for {path}")
