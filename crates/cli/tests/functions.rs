@@ -254,6 +254,31 @@ rate_limit = { requests = 100000, per = "1s" }
         seen.contains_key("hello from v1") && seen.contains_key("hello from v2"),
         "{seen:?}"
     );
+
+    // Stopping Gantry stops the function's processes too.
+    let pid: u32 = client
+        .get(gantry.url("/lambda/pid"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    let mut gantry = gantry;
+    assert!(gantry.stop().success(), "{}", gantry.log());
+    eventually(
+        "the function's process is gone",
+        Duration::from_secs(5),
+        || async {
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z "))
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
