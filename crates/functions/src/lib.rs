@@ -255,10 +255,10 @@ impl Functions {
     }
 
     /// Makes the running functions those of `manifest`: new ones are loaded
-    /// and get a listener, changed ones are swapped in place (same listener),
-    /// removed ones stop. A function that fails to load fails the whole
-    /// apply and changes nothing of the others loaded before it... except
-    /// that the ones already swapped stay swapped (they are valid).
+    /// and get a listener, changed ones are swapped in place (same
+    /// listener), removed ones stop. The first function that fails to load
+    /// fails the apply; functions swapped before it keep their new version
+    /// (each is valid on its own) and nothing is removed.
     pub async fn apply(&self, manifest: &Manifest) -> Result<(), String> {
         let mut next = HashMap::new();
         for (name, config) in &manifest.functions {
