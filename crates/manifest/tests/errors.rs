@@ -403,6 +403,11 @@ publish = ["orders"]
     );
     assert_reports(
         &d,
+        "gantry.toml:10:13: error[M006]: `/srv/app/c.wasm` does not exist",
+    );
+    assert_reports(&d, "hint: build the function first");
+    assert_reports(
+        &d,
         "gantry.toml:12:10: error[M006]: `memory` in [functions.c] must be between 64KiB and 4GiB",
     );
     assert_reports(&d, "gantry.toml:13:27: error[M006]: `https://api.example.com/v1` in [functions.c] must be a scheme, host and port, with no path");

@@ -196,8 +196,19 @@ impl Decoder<'_> {
         let timeout = self
             .duration(s, "timeout")
             .unwrap_or_else(defaults::timeout);
+        let component = component.map(|p| resolve(base_dir, &p));
+        if let Some(path) = &component {
+            if !path.is_file() {
+                self.bad_value(
+                    s,
+                    "component",
+                    format!("`{}` does not exist", path.display()),
+                    "build the function first; the path is relative to the manifest's directory",
+                );
+            }
+        }
         Function {
-            component: component.map(|p| resolve(base_dir, &p)),
+            component,
             executor,
             command,
             runtime: self.string(s, "runtime"),
