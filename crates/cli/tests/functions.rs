@@ -641,3 +641,88 @@ to = "function:py"
     assert_eq!(stored("order.paid"), 1, "{topics}");
     assert_ne!(stored("order.refunded"), 1, "{topics}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn schedules_catch_up_or_skip_missed_runs_and_never_overlap() {
+    let spin =
+        r#"(module (memory (export "memory") 1) (func (export "_start") (loop $l (br $l))))"#;
+    let manifest = r#"
+[platform]
+listen = "127.0.0.1:{GATEWAY}"
+admin = "127.0.0.1:{ADMIN}"
+
+[functions.tick]
+component = "tick.wat"
+executor = "wagi"
+
+[functions.slow]
+component = "spin.wat"
+executor = "wagi"
+timeout = "2500ms"
+
+[schedules.catchup]
+cron = "* * * * * *"
+to = "function:tick"
+missed = "catch_up"
+
+[schedules.skipper]
+cron = "* * * * * *"
+to = "function:tick"
+
+[schedules.slow]
+cron = "* * * * * *"
+to = "function:slow"
+"#;
+    let mut gantry = Gantry::start_with(manifest, |dir| {
+        std::fs::write(dir.join("tick.wat"), wagi("ok")).unwrap();
+        std::fs::write(dir.join("spin.wat"), spin).unwrap();
+    })
+    .await;
+    // A run of `slow` lasts 2.5 s and the schedule fires every second: the
+    // runs in between are skipped, never started beside it.
+    eventually(
+        "an overlapping run is skipped",
+        Duration::from_secs(20),
+        || async {
+            gantry
+                .log()
+                .contains("the previous run is still going; skipping this one")
+        },
+    )
+    .await;
+    let metrics = client()
+        .get(gantry.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !metrics.contains("function_instances{function=\"slow\"} 2"),
+        "{metrics}"
+    );
+
+    // Down for 3 s: `catchup` runs once for all it missed, `skipper` drops them.
+    assert!(gantry.stop().success());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    gantry.restart().await;
+    eventually(
+        "the missed runs are handled",
+        Duration::from_secs(20),
+        || async {
+            let log = gantry.log();
+            log.contains("running once to catch up")
+                && log.contains("skipping them (missed = \"skip\")")
+        },
+    )
+    .await;
+    let log = gantry.log();
+    let said = |what: &str, schedule: &str| {
+        log.lines()
+            .any(|l| l.contains(what) && l.contains(&format!("schedule={schedule} ")))
+    };
+    assert!(said("running once to catch up", "catchup"), "{log}");
+    assert!(said("skipping them (missed", "skipper"), "{log}");
+    assert!(!said("running once to catch up", "skipper"), "{log}");
+}
