@@ -14,7 +14,8 @@
 # CONNS connections. Measured per server:
 # - cold: from starting the process (empty compilation cache) to the first
 #   200 answer, and the same with a warm cache (a restart);
-# - warm: wrk --latency for DURATION, RUNS rounds: req/s, p50, p99.
+# - warm: wrk --latency for DURATION, RUNS rounds: req/s, p50, p99, with
+#   CONNS connections and with one (unloaded latency).
 # Gantry is measured twice: through a gateway route (what users deploy) and
 # on the function's own listener (the executor alone, like wasmtime serve).
 # Every load is bounded by DURATION; the script stops everything it started.
@@ -154,9 +155,11 @@ for run in $(seq "$RUNS"); do
   FN_URL=$(function_url)
   ROWS+=("gantry-route $(load "http://127.0.0.1:$GANTRY_PORT/hello")")
   ROWS+=("gantry-listener $(load "$FN_URL/hello")")
+  ROWS+=("gantry-route,1-conn $(CONNS=1 load "http://127.0.0.1:$GANTRY_PORT/hello")")
   stop_gantry
   start_wasmtime; until_ok "$STARTED" "$W_URL" >/dev/null
   ROWS+=("wasmtime-serve $(load "http://127.0.0.1:$WASMTIME_PORT/hello")")
+  ROWS+=("wasmtime-serve,1-conn $(CONNS=1 load "http://127.0.0.1:$WASMTIME_PORT/hello")")
   stop_wasmtime
   echo "round $run done" >&2
 done
