@@ -232,19 +232,15 @@ impl RouteTable {
                     .unwrap_or_else(|| Arc::new(RateLimiter::new(policy.clone())))
             });
             // A verifier keeps its replay memory across a reload that does not change it.
-            let webhook = match &route.webhook {
-                None => None,
-                Some(policy) => Some(
-                    match previous
-                        .and_then(|p| p.routes.iter().find(|r| *r.label == *route.label()))
-                        .and_then(|r| r.webhook.clone())
-                        .filter(|v| v.policy == *policy)
-                    {
-                        Some(kept) => kept,
-                        None => Arc::new(crate::webhook::WebhookVerifier::new(policy, &route.path)),
-                    },
-                ),
-            };
+            let webhook = route.webhook.as_ref().map(|policy| {
+                previous
+                    .and_then(|p| p.routes.iter().find(|r| *r.label == *route.label()))
+                    .and_then(|r| r.webhook.clone())
+                    .filter(|v| v.policy == *policy)
+                    .unwrap_or_else(|| {
+                        Arc::new(crate::webhook::WebhookVerifier::new(policy, &route.path))
+                    })
+            });
             compiled.push(CompiledRoute {
                 label: Arc::from(route.label()),
                 pattern: route.pattern.clone(),
