@@ -96,6 +96,9 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
     }));
     let scheduler = gantry_functions::Scheduler::new(&platform.data_dir, functions.clone());
     let buckets = gantry_events::objects::Buckets::new(&platform.data_dir, bus.clone());
+    let slos = gantry_slo::Slos::default();
+    slos.apply(&manifest.slos);
+    slos.set_alerting(&manifest.alerting);
     workflows.metrics().register(&metrics);
     let (live, table) = Live::start(
         path,
@@ -109,6 +112,7 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
             functions: functions.clone(),
             scheduler: scheduler.clone(),
             buckets: buckets.clone(),
+            slos: slos.clone(),
         },
     )
     .await
@@ -119,6 +123,7 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
         IdempotencyStore::open(&platform.data_dir).map_err(AppError::Start)?,
     );
     gateway.use_api_keys(ApiKeys::open(&platform.data_dir).map_err(AppError::Start)?);
+    gateway.observe_with(Arc::new(SloObserver(slos.clone())));
     let mut live = live.with_gateway(gateway.clone());
 
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(8);
@@ -139,6 +144,7 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
         reload_tx,
         gantry_events::api::admin_router(bus.clone())
             .merge(gantry_workflows::api::admin_router(workflows.clone()))
+            .merge(gantry_slo::api::admin_router(slos.clone()))
             .merge(gantry_functions::api::admin_router(
                 functions.clone(),
                 scheduler.clone(),
@@ -156,6 +162,7 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
                 .await
         }
     });
+    let slo_task = tokio::spawn(gantry_slo::notify::run(slos.clone(), servers.clone()));
     tracing::info!(
         target: "gantry::app",
         system = %platform.name,
@@ -184,6 +191,7 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
     let _ = gateway_task.await;
     let _ = admin_task.await;
     let _ = api_task.await;
+    let _ = slo_task.await;
     workflows.stop().await;
     bus.stop().await;
     live.stop_all(platform.drain_timeout).await;
@@ -192,6 +200,30 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
     functions.stop();
     tracing::info!(target: "gantry::app", "stopped");
     Ok(())
+}
+
+/// Counts every gateway answer toward the SLOs it belongs to.
+#[derive(Debug)]
+struct SloObserver(gantry_slo::Slos);
+
+impl gantry_gateway::RequestObserver for SloObserver {
+    fn observe(
+        &self,
+        route: &str,
+        service: &str,
+        status: u16,
+        duration: Duration,
+        trace_id: &dyn std::fmt::Display,
+    ) {
+        self.0.observe(
+            gantry_slo::now(),
+            route,
+            service,
+            status,
+            duration,
+            trace_id,
+        );
+    }
 }
 
 /// Where functions' granted services and the platform API are.

@@ -46,6 +46,8 @@ pub(crate) struct Events {
     pub scheduler: gantry_functions::Scheduler,
     /// Upload buckets, which the gateway sees as services named `bucket:NAME`.
     pub buckets: gantry_events::objects::Buckets,
+    /// Service-level objectives and their alerts.
+    pub slos: gantry_slo::Slos,
 }
 
 /// The services to run: the manifest's, and one per function.
@@ -228,6 +230,8 @@ impl Live {
         }
 
         self.events.scheduler.apply(&manifest.schedules);
+        self.events.slos.apply(&manifest.slos);
+        self.events.slos.set_alerting(&manifest.alerting);
         report.routes = manifest.routes.len();
         if let Some(gateway) = &self.gateway {
             gateway.swap(table);

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 mod admin_client;
 mod events;
 mod functions;
+mod slo;
 mod workflows;
 use gantry_telemetry::LogFormat;
 use tokio::signal::unix::{signal, SignalKind};
@@ -112,6 +113,11 @@ enum Command {
         #[command(subcommand)]
         command: functions::FunctionsCommand,
     },
+    /// Service-level objectives: status, and Prometheus rules.
+    Slo {
+        #[command(subcommand)]
+        command: slo::SloCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -199,6 +205,7 @@ fn main() -> ExitCode {
         Command::Events { command } => events::run(command),
         Command::Workflows { command } => workflows::run(command),
         Command::Functions { command } => functions::run(command),
+        Command::Slo { command } => slo::run(command),
         Command::Token {
             sub,
             scopes,

@@ -38,9 +38,23 @@ pub struct Gateway {
     pub(crate) inner: Arc<Inner>,
 }
 
+/// Sees every request the gateway answered (SLOs count them).
+pub trait RequestObserver: Send + Sync + std::fmt::Debug {
+    /// `duration` is the time to the response head; `trace_id` the W3C trace id.
+    fn observe(
+        &self,
+        route: &str,
+        service: &str,
+        status: u16,
+        duration: std::time::Duration,
+        trace_id: &dyn std::fmt::Display,
+    );
+}
+
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub(crate) table: ArcSwap<RouteTable>,
+    pub(crate) observer: std::sync::OnceLock<Arc<dyn RequestObserver>>,
     /// Opened once by the app, from the data directory.
     pub(crate) idempotency: std::sync::OnceLock<IdempotencyStore>,
     pub(crate) api_keys: std::sync::OnceLock<ApiKeys>,
@@ -55,11 +69,17 @@ impl Gateway {
             inner: Arc::new(Inner {
                 table: ArcSwap::from_pointee(table),
                 idempotency: std::sync::OnceLock::new(),
+                observer: std::sync::OnceLock::new(),
                 api_keys: std::sync::OnceLock::new(),
                 upstreams: UpstreamPool::default(),
                 metrics,
             }),
         }
+    }
+
+    /// Shows every answered request to `observer` (set once).
+    pub fn observe_with(&self, observer: Arc<dyn RequestObserver>) {
+        let _ = self.inner.observer.set(observer);
     }
 
     /// Uses `store` for idempotency keys (set once; later calls are ignored).
@@ -112,6 +132,7 @@ impl Gateway {
             instance: None,
             request_id: &request_id,
             trace: &trace,
+            observer: self.inner.observer.get().map(|o| o.as_ref()),
         };
 
         // Oversized heads are refused before any work. (hyper itself refuses
@@ -563,6 +584,7 @@ pub(crate) struct Outcome<'a> {
     pub(crate) instance: Option<u32>,
     pub(crate) request_id: &'a HeaderValue,
     pub(crate) trace: &'a TraceContext,
+    pub(crate) observer: Option<&'a dyn RequestObserver>,
 }
 
 impl Outcome<'_> {
@@ -583,6 +605,15 @@ impl Outcome<'_> {
         let elapsed = self.started.elapsed();
         let status = response.status().as_u16();
         metrics.record(status, elapsed.as_secs_f64());
+        if let Some(observer) = self.observer {
+            observer.observe(
+                self.route,
+                self.service,
+                status,
+                elapsed,
+                &self.trace.trace_id(),
+            );
+        }
         response
             .headers_mut()
             .insert(REQUEST_ID, self.request_id.clone());

@@ -23,6 +23,7 @@ mod functions;
 mod model;
 mod pattern;
 mod policy;
+mod slo;
 pub mod template;
 mod validate;
 mod workflows;
@@ -43,6 +44,7 @@ pub use policy::{
     IdempotencyPolicy, LoadBalancer, OutlierEjection, RateLimitKey, RateLimitPolicy, RetryPolicy,
     ShadowPolicy,
 };
+pub use slo::{Alerting, Slo, SloTarget};
 pub use workflows::{Action, Step, StepSpans, Workflow};
 
 use std::path::{Path, PathBuf};

@@ -56,6 +56,15 @@ pub struct Manifest {
     /// Object buckets that `to = "bucket:NAME"` routes upload into.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub buckets: BTreeMap<String, crate::functions::Bucket>,
+    /// Service-level objectives, evaluated by Gantry with burn-rate alerts.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub slos: BTreeMap<String, crate::slo::Slo>,
+    /// Where each SLO's section is, for cross-checks.
+    #[serde(skip)]
+    pub slo_spans: BTreeMap<String, Option<std::ops::Range<usize>>>,
+    /// Where SLO alerts go.
+    #[serde(default)]
+    pub alerting: crate::slo::Alerting,
     /// The directory relative paths resolve against: the manifest's own.
     #[serde(skip)]
     pub base_dir: PathBuf,

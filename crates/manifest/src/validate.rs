@@ -114,6 +114,7 @@ pub(crate) fn cross_check(manifest: &Manifest, source: &str, out: &mut Diagnosti
     }
     check_subscriptions(manifest, &names, source, out);
     check_functions(manifest, &names, source, out);
+    check_slos(manifest, source, out);
     check_workflows(manifest, &names, source, out);
     for (later_index, later) in manifest.routes.iter().enumerate() {
         let hidden_by = manifest.routes[..later_index]
@@ -449,4 +450,41 @@ fn find_key(source: &str, family: &str, name: &str) -> Option<std::ops::Range<us
     source
         .find(&header)
         .map(|start| start..start + header.len())
+}
+
+/// An SLO names a declared route, service or function.
+fn check_slos(manifest: &Manifest, source: &str, out: &mut Diagnostics) {
+    use crate::slo::SloTarget;
+    for (name, slo) in &manifest.slos {
+        let span = manifest.slo_spans.get(name).cloned().flatten();
+        let (known, kind, target): (Vec<&str>, &str, &str) = match &slo.target {
+            SloTarget::Route(route) => (
+                manifest.routes.iter().map(|r| r.label()).collect(),
+                "route",
+                route,
+            ),
+            SloTarget::Service(service) => (
+                manifest.services.keys().map(String::as_str).collect(),
+                "service",
+                service,
+            ),
+            SloTarget::Function(function) => (
+                manifest.functions.keys().map(String::as_str).collect(),
+                "function",
+                function,
+            ),
+        };
+        if !known.contains(&target) {
+            out.push_at(
+                source,
+                ErrorCode::BadValue,
+                span,
+                format!("SLO `{name}` is about {kind} `{target}`, which is not declared"),
+                Some(match suggest(target, &known) {
+                    Some(close) => format!("did you mean `{close}`?"),
+                    None => format!("declared: {}", known.join(", ")),
+                }),
+            );
+        }
+    }
 }

@@ -16,6 +16,7 @@ mod functions;
 mod policies;
 mod route;
 mod shaping;
+mod slo;
 mod values;
 mod workflows;
 
@@ -32,6 +33,8 @@ pub(crate) const TOP_KEYS: &[&str] = &[
     "functions",
     "schedules",
     "buckets",
+    "slos",
+    "alerting",
 ];
 pub(crate) const PLATFORM_KEYS: &[&str] = &[
     "name",
@@ -227,6 +230,15 @@ impl<'a> Decoder<'a> {
             None => BTreeMap::new(),
         };
 
+        let slos = match root.table.get_key_value("slos") {
+            Some((_, item)) => self.slos(item),
+            None => BTreeMap::new(),
+        };
+        let alerting = match root.table.get_key_value("alerting") {
+            Some((_, item)) => self.alerting(item),
+            None => Default::default(),
+        };
+
         Some(Manifest {
             platform,
             services,
@@ -238,6 +250,12 @@ impl<'a> Decoder<'a> {
             functions,
             schedules,
             buckets,
+            slos: slos
+                .iter()
+                .map(|(k, (slo, _))| (k.clone(), slo.clone()))
+                .collect(),
+            slo_spans: slos.into_iter().map(|(k, (_, span))| (k, span)).collect(),
+            alerting,
             base_dir: base_dir.to_path_buf(),
         })
     }
