@@ -1053,4 +1053,16 @@ async fn the_shop_functions_answer_every_trigger() {
         .await
         .unwrap();
     assert_eq!(refused.status(), 401);
+
+    // The placed order counts toward the checkout SLOs.
+    let slos: Value = get_json(&gantry.admin_url("/v1/slos")).await;
+    let availability = slos["slos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "place-order-availability")
+        .unwrap();
+    assert_eq!(availability["requests"], 1, "{slos}");
+    assert_eq!(availability["bad"], 0, "{slos}");
+    assert_eq!(availability["alerts"][0]["state"], "ok");
 }
