@@ -135,6 +135,49 @@ min_requests = 1000
     assert!(text.contains("requests 40  bad 40"), "{text}");
     assert!(text.contains("firing"), "{text}");
 
+    // /metrics parses with the reference Prometheus parser.
+    let metrics = c
+        .get(gantry.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut parser = std::process::Command::new(root.join("tests/tools/parse-metrics.sh"))
+        .arg(root.join("../../target/guests"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    parser
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let parsed = parser.wait_with_output().unwrap();
+    assert!(
+        parsed.status.success(),
+        "{}\n{metrics}",
+        String::from_utf8_lossy(&parsed.stderr)
+    );
+    let families = String::from_utf8_lossy(&parsed.stdout);
+    for family in [
+        "gantry_http_requests counter",
+        "gantry_http_request_duration_seconds histogram",
+        "gantry_function_invocations counter",
+        "gantry_events_published counter",
+    ] {
+        assert!(
+            families.contains(family),
+            "{family} missing from:\n{families}"
+        );
+    }
+
     let out = std::process::Command::new(GANTRY)
         .args(["slo", "rules", "-f"])
         .arg(gantry.manifest_path())
