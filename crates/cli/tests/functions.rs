@@ -725,4 +725,8 @@ to = "function:slow"
     assert!(said("running once to catch up", "catchup"), "{log}");
     assert!(said("skipping them (missed", "skipper"), "{log}");
     assert!(!said("running once to catch up", "skipper"), "{log}");
+    assert!(
+        !log.contains("cannot record the schedule's last run"),
+        "{log}"
+    );
 }

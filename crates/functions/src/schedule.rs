@@ -56,13 +56,13 @@ impl State {
             .copied()
     }
 
-    /// Records `at` for `name` and writes the file (temp file, fsync, rename).
+    /// Records `at` for `name` and writes the file (temp file, fsync,
+    /// rename). Schedules write concurrently: the lock is held across the
+    /// write so each rename publishes a whole, current file.
     fn set(&self, name: &str, at: DateTime<Utc>) {
-        let text = {
-            let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-            last.insert(name.to_string(), at);
-            serde_json::to_vec_pretty(&*last).unwrap_or_default()
-        };
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        last.insert(name.to_string(), at);
+        let text = serde_json::to_vec_pretty(&*last).unwrap_or_default();
         let temp = self.path.with_extension("json.tmp");
         let written = (|| {
             use std::io::Write;
