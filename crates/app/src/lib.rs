@@ -20,6 +20,7 @@
 //!    pending for the next start), stop every service process.
 
 mod reload;
+mod traces_api;
 mod watch;
 
 use std::net::SocketAddr;
@@ -31,6 +32,7 @@ use gantry_admin::ReloadRequest;
 use gantry_events::{EventBus, ServiceDirectory};
 use gantry_gateway::{ApiKeys, Gateway, GatewayMetrics, IdempotencyStore};
 use gantry_manifest::{LoadError, Manifest};
+use gantry_telemetry::traces::{unix_nanos, Span, TraceStore};
 use gantry_telemetry::Metrics;
 use gantry_workflows::Engine;
 use tokio::net::TcpListener;
@@ -96,6 +98,8 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
     }));
     let scheduler = gantry_functions::Scheduler::new(&platform.data_dir, functions.clone());
     let buckets = gantry_events::objects::Buckets::new(&platform.data_dir, bus.clone());
+    let traces = TraceStore::open(&platform.data_dir).map_err(AppError::Start)?;
+    functions.set_trace_store(traces.clone());
     let slos = gantry_slo::Slos::default();
     slos.apply(&manifest.slos);
     slos.set_alerting(&manifest.alerting);
@@ -123,7 +127,10 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
         IdempotencyStore::open(&platform.data_dir).map_err(AppError::Start)?,
     );
     gateway.use_api_keys(ApiKeys::open(&platform.data_dir).map_err(AppError::Start)?);
-    gateway.observe_with(Arc::new(SloObserver(slos.clone())));
+    gateway.observe_with(Arc::new(Observer {
+        slos: slos.clone(),
+        traces: traces.clone(),
+    }));
     let mut live = live.with_gateway(gateway.clone());
 
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(8);
@@ -145,6 +152,7 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
         gantry_events::api::admin_router(bus.clone())
             .merge(gantry_workflows::api::admin_router(workflows.clone()))
             .merge(gantry_slo::api::admin_router(slos.clone()))
+            .merge(traces_api::admin_router(traces.clone()))
             .merge(gantry_functions::api::admin_router(
                 functions.clone(),
                 scheduler.clone(),
@@ -202,27 +210,46 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
     Ok(())
 }
 
-/// Counts every gateway answer toward the SLOs it belongs to.
+/// Counts every gateway answer toward the SLOs it belongs to, and keeps a
+/// span of it in the trace store.
 #[derive(Debug)]
-struct SloObserver(gantry_slo::Slos);
+struct Observer {
+    slos: gantry_slo::Slos,
+    traces: TraceStore,
+}
 
-impl gantry_gateway::RequestObserver for SloObserver {
-    fn observe(
-        &self,
-        route: &str,
-        service: &str,
-        status: u16,
-        duration: Duration,
-        trace_id: &dyn std::fmt::Display,
-    ) {
-        self.0.observe(
+impl gantry_gateway::RequestObserver for Observer {
+    fn observe(&self, r: &gantry_gateway::Observation<'_>) {
+        let trace_id = format!("{:032x}", r.trace_id);
+        self.slos.observe(
             gantry_slo::now(),
-            route,
-            service,
-            status,
-            duration,
-            trace_id,
+            r.route,
+            r.service,
+            r.status,
+            r.duration,
+            &trace_id,
         );
+        let mut attributes = serde_json::Map::new();
+        attributes.insert("http.request.method".into(), r.method.into());
+        attributes.insert("http.route".into(), r.route.into());
+        attributes.insert("url.path".into(), r.path.into());
+        attributes.insert("http.response.status_code".into(), r.status.into());
+        attributes.insert("gantry.service".into(), r.service.into());
+        if let Some(instance) = r.instance {
+            attributes.insert("gantry.instance".into(), instance.into());
+        }
+        self.traces.record(Span {
+            trace_id,
+            span_id: format!("{:016x}", r.span_id),
+            parent_id: r.parent_id.map(|p| format!("{p:016x}")),
+            name: format!("{} {}", r.method, r.route),
+            kind: "server",
+            service: "gateway".into(),
+            start_ns: unix_nanos(r.started),
+            duration_ns: r.duration.as_nanos() as u64,
+            error: r.status >= 500,
+            attributes,
+        });
     }
 }
 

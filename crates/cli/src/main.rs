@@ -10,6 +10,7 @@ mod admin_client;
 mod events;
 mod functions;
 mod slo;
+mod traces;
 mod workflows;
 use gantry_telemetry::LogFormat;
 use tokio::signal::unix::{signal, SignalKind};
@@ -118,6 +119,11 @@ enum Command {
         #[command(subcommand)]
         command: slo::SloCommand,
     },
+    /// Traces kept by Gantry: list them, show one as a waterfall.
+    Traces {
+        #[command(subcommand)]
+        command: traces::TracesCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -206,6 +212,7 @@ fn main() -> ExitCode {
         Command::Workflows { command } => workflows::run(command),
         Command::Functions { command } => functions::run(command),
         Command::Slo { command } => slo::run(command),
+        Command::Traces { command } => traces::run(command),
         Command::Token {
             sub,
             scopes,

@@ -204,6 +204,7 @@ struct Inner {
     metrics: FunctionMetrics,
     logs: LogBook,
     resolve: Mutex<Option<Arc<dyn Resolve>>>,
+    traces: Arc<std::sync::OnceLock<gantry_telemetry::traces::TraceStore>>,
 }
 
 impl std::fmt::Debug for Functions {
@@ -223,6 +224,7 @@ impl Functions {
                 metrics: FunctionMetrics::default(),
                 logs: LogBook::default(),
                 resolve: Mutex::new(None),
+                traces: Arc::default(),
             }),
         }
     }
@@ -235,6 +237,11 @@ impl Functions {
     /// the first `apply`; without it, grants resolve to nothing).
     pub fn set_resolver(&self, resolve: Arc<dyn Resolve>) {
         *self.inner.resolve.lock().unwrap_or_else(|e| e.into_inner()) = Some(resolve);
+    }
+
+    /// Keeps a span of every invocation in `store` (set once, before `apply`).
+    pub fn set_trace_store(&self, store: gantry_telemetry::traces::TraceStore) {
+        let _ = self.inner.traces.set(store);
     }
 
     /// Recent guest output, by function.
@@ -387,7 +394,12 @@ impl Functions {
             stop: CancellationToken::new(),
             deployments: std::sync::atomic::AtomicU64::new(1),
         });
-        tokio::spawn(serve(listener, slot.clone(), self.inner.metrics.clone()));
+        tokio::spawn(serve(
+            listener,
+            slot.clone(),
+            self.inner.metrics.clone(),
+            self.inner.traces.clone(),
+        ));
         tokio::spawn(watch(self.clone(), slot.clone()));
         tracing::info!(target: "gantry::functions", function = name, listen = %addr, "function ready");
         Ok(slot)
@@ -543,7 +555,12 @@ async fn watch(functions: Functions, slot: Arc<Slot>) {
 }
 
 /// A function's loopback listener: HTTP/1.1 with keep-alive.
-async fn serve(listener: tokio::net::TcpListener, slot: Arc<Slot>, metrics: FunctionMetrics) {
+async fn serve(
+    listener: tokio::net::TcpListener,
+    slot: Arc<Slot>,
+    metrics: FunctionMetrics,
+    traces: Arc<std::sync::OnceLock<gantry_telemetry::traces::TraceStore>>,
+) {
     loop {
         let (stream, _) = tokio::select! {
             _ = slot.stop.cancelled() => return,
@@ -559,11 +576,32 @@ async fn serve(listener: tokio::net::TcpListener, slot: Arc<Slot>, metrics: Func
         let _ = stream.set_nodelay(true);
         let slot = slot.clone();
         let metrics = metrics.clone();
+        let traces = traces.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
+            let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
                 let slot = slot.clone();
                 let metrics = metrics.clone();
-                async move { Ok::<_, std::convert::Infallible>(invoke(&slot, &metrics, request).await) }
+                let traces = traces.clone();
+                async move {
+                    let started = SystemTime::now();
+                    let span = SpanStart::of(&mut request);
+                    let trigger = if request.headers().contains_key("ce-specversion") {
+                        "pubsub"
+                    } else {
+                        "http"
+                    };
+                    let response = invoke(&slot, &metrics, request).await;
+                    if let Some(store) = traces.get() {
+                        span.record(
+                            store,
+                            &slot.name,
+                            trigger,
+                            started,
+                            response.status().as_u16(),
+                        );
+                    }
+                    Ok::<_, std::convert::Infallible>(response)
+                }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .http1_only()
@@ -693,4 +731,68 @@ async fn invoke_lambda(
 /// RFC 3339 in UTC, for listings.
 fn rfc3339(time: SystemTime) -> String {
     chrono::DateTime::<chrono::Utc>::from(time).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// The trace position of an invocation: the caller's trace (from
+/// `traceparent`) or a new one, and this invocation's span id, which the
+/// guest sees as the parent in the `traceparent` it receives.
+struct SpanStart {
+    trace_id: String,
+    span_id: String,
+    parent_id: Option<String>,
+}
+
+impl SpanStart {
+    fn of(request: &mut Request<Incoming>) -> SpanStart {
+        let (high, low) = uuid::Uuid::new_v4().as_u64_pair();
+        let span_id = format!("{:016x}", low | 1);
+        let caller = request
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                let mut parts = v.split('-');
+                let (_, trace, parent) = (parts.next()?, parts.next()?, parts.next()?);
+                (trace.len() == 32 && parent.len() == 16)
+                    .then(|| (trace.to_string(), parent.to_string()))
+            });
+        let (trace_id, parent_id) = match caller {
+            Some((trace, parent)) => (trace, Some(parent)),
+            None => (format!("{high:016x}{low:016x}"), None),
+        };
+        if let Ok(value) = format!("00-{trace_id}-{span_id}-01").parse() {
+            request.headers_mut().insert("traceparent", value);
+        }
+        SpanStart {
+            trace_id,
+            span_id,
+            parent_id,
+        }
+    }
+
+    fn record(
+        self,
+        store: &gantry_telemetry::traces::TraceStore,
+        function: &str,
+        trigger: &str,
+        started: SystemTime,
+        status: u16,
+    ) {
+        let mut attributes = serde_json::Map::new();
+        attributes.insert("faas.name".into(), function.into());
+        attributes.insert("faas.trigger".into(), trigger.into());
+        attributes.insert("http.response.status_code".into(), status.into());
+        store.record(gantry_telemetry::traces::Span {
+            trace_id: self.trace_id,
+            span_id: self.span_id,
+            parent_id: self.parent_id,
+            name: format!("function {function}"),
+            kind: "server",
+            service: gantry_manifest::function_target(function),
+            start_ns: gantry_telemetry::traces::unix_nanos(started),
+            duration_ns: started.elapsed().unwrap_or_default().as_nanos() as u64,
+            error: status >= 500,
+            attributes,
+        });
+    }
 }

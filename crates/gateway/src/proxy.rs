@@ -38,17 +38,30 @@ pub struct Gateway {
     pub(crate) inner: Arc<Inner>,
 }
 
-/// Sees every request the gateway answered (SLOs count them).
+/// Sees every request the gateway answered (SLOs count them, the trace
+/// store keeps a span of each).
 pub trait RequestObserver: Send + Sync + std::fmt::Debug {
-    /// `duration` is the time to the response head; `trace_id` the W3C trace id.
-    fn observe(
-        &self,
-        route: &str,
-        service: &str,
-        status: u16,
-        duration: std::time::Duration,
-        trace_id: &dyn std::fmt::Display,
-    );
+    fn observe(&self, request: &Observation<'_>);
+}
+
+/// One answered request, as observers see it.
+#[derive(Debug)]
+pub struct Observation<'a> {
+    pub route: &'a str,
+    pub service: &'a str,
+    pub instance: Option<u32>,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub status: u16,
+    /// When the request arrived.
+    pub started: std::time::SystemTime,
+    /// Until the response head.
+    pub duration: std::time::Duration,
+    /// The W3C trace id, this hop's span id (sent upstream as the parent),
+    /// and the caller's span id when the trace was continued.
+    pub trace_id: u128,
+    pub span_id: u64,
+    pub parent_id: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -606,13 +619,19 @@ impl Outcome<'_> {
         let status = response.status().as_u16();
         metrics.record(status, elapsed.as_secs_f64());
         if let Some(observer) = self.observer {
-            observer.observe(
-                self.route,
-                self.service,
+            observer.observe(&Observation {
+                route: self.route,
+                service: self.service,
+                instance: self.instance,
+                method: self.method.as_str(),
+                path: self.path,
                 status,
-                elapsed,
-                &self.trace.trace_id(),
-            );
+                started: std::time::SystemTime::now() - elapsed,
+                duration: elapsed,
+                trace_id: self.trace.trace_id,
+                span_id: self.trace.span_id,
+                parent_id: self.trace.parent_id,
+            });
         }
         response
             .headers_mut()

@@ -1,11 +1,13 @@
-//! Telemetry shared by every Gantry subsystem: the log pipeline and the
-//! Prometheus metrics registry.
+//! Telemetry shared by every Gantry subsystem: the log pipeline, the
+//! Prometheus metrics registry and the trace store ([`traces`]).
 //!
 //! Logs are `tracing` events. They are written by a background thread
 //! (`tracing-appender`'s non-blocking writer) so a busy gateway never waits on
 //! the terminal; the returned [`LogGuard`] flushes what is left on shutdown.
 //! Metrics live in one [`Metrics`] registry that each subsystem registers its
 //! families into, and the admin API renders at `/metrics`.
+
+pub mod traces;
 
 use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};

@@ -1,0 +1,69 @@
+//! The trace store over the admin API (for `gantry traces`).
+//!
+//! | endpoint | answer |
+//! |---|---|
+//! | `GET /v1/traces?service=&route=&min_duration_ms=&errors=&limit=` | recent traces, newest first: root span, duration, span count, error |
+//! | `GET /v1/traces/{trace_id}` | every span of a trace, by start time |
+
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use gantry_telemetry::traces::{TraceQuery, TraceStore};
+use serde::Deserialize;
+use serde_json::json;
+
+pub(crate) fn admin_router(traces: TraceStore) -> Router {
+    Router::new()
+        .route("/v1/traces", get(list))
+        .route("/v1/traces/{id}", get(show))
+        .with_state(traces)
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    service: Option<String>,
+    route: Option<String>,
+    min_duration_ms: Option<u64>,
+    errors: Option<bool>,
+    limit: Option<usize>,
+}
+
+async fn list(State(traces): State<TraceStore>, Query(q): Query<ListQuery>) -> Response {
+    let query = TraceQuery {
+        service: q.service,
+        route: q.route,
+        min_duration: q.min_duration_ms.map(Duration::from_millis),
+        errors_only: q.errors.unwrap_or(false),
+        limit: q.limit.unwrap_or(50).min(1000),
+    };
+    match tokio::task::spawn_blocking(move || traces.list(&query)).await {
+        Ok(Ok(list)) => Json(json!({ "traces": list })).into_response(),
+        Ok(Err(error)) => (StatusCode::INTERNAL_SERVER_ERROR, error).into_response(),
+        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
+    }
+}
+
+async fn show(State(traces): State<TraceStore>, Path(id): Path<String>) -> Response {
+    let wanted = id.to_ascii_lowercase();
+    if wanted.len() != 32 || !wanted.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"title": "Not a trace id", "status": 400, "detail": format!("`{id}` is not a trace id: 32 hex digits, as in traceparent or the access log")})),
+        )
+            .into_response();
+    }
+    match tokio::task::spawn_blocking(move || traces.trace(&wanted)).await {
+        Ok(Ok(spans)) if spans.is_empty() => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"title": "No such trace", "status": 404, "detail": format!("no spans of trace {id} are stored (kept 24 hours)")})),
+        )
+            .into_response(),
+        Ok(Ok(spans)) => Json(json!({ "trace_id": id, "spans": spans })).into_response(),
+        Ok(Err(error)) => (StatusCode::INTERNAL_SERVER_ERROR, error).into_response(),
+        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
+    }
+}

@@ -1,0 +1,121 @@
+//! The trace store through the real binary: a request continues the caller's
+//! trace through the gateway into a function, both hops are kept as spans
+//! (child under parent), and `gantry traces` lists and draws them.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{client, eventually, Gantry, GANTRY};
+
+const HELLO: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 100) "Content-Type: text/plain\n\nhi")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 100))
+    (i32.store (i32.const 4) (i32.const 28))
+    (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#;
+
+fn cli(gantry: &Gantry, args: &[&str]) -> String {
+    let out = std::process::Command::new(GANTRY)
+        .args(args)
+        .arg("-f")
+        .arg(gantry.manifest_path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_through_the_gateway_into_a_function_is_one_trace() {
+    let manifest = r#"
+[platform]
+listen = "127.0.0.1:{GATEWAY}"
+admin = "127.0.0.1:{ADMIN}"
+
+[functions.hello]
+component = "hello.wat"
+executor = "wagi"
+
+[[routes]]
+name = "hello"
+path = "/hello"
+to = "function:hello"
+"#;
+    let gantry = Gantry::start_with(manifest, |dir| {
+        std::fs::write(dir.join("hello.wat"), HELLO).unwrap();
+    })
+    .await;
+    let c = client();
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let response = c
+        .get(gantry.url("/hello"))
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", gantry.log());
+
+    let url = gantry.admin_url(&format!("/v1/traces/{trace}"));
+    eventually("both spans are stored", Duration::from_secs(10), || async {
+        let v: Value = c
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap_or_default();
+        v["spans"].as_array().is_some_and(|s| s.len() == 2)
+    })
+    .await;
+    let v: Value = c.get(&url).send().await.unwrap().json().await.unwrap();
+    let spans = v["spans"].as_array().unwrap();
+    let gateway = spans.iter().find(|s| s["service"] == "gateway").unwrap();
+    let function = spans
+        .iter()
+        .find(|s| s["service"] == "function:hello")
+        .unwrap();
+    assert_eq!(gateway["parent_id"], "00f067aa0ba902b7");
+    assert_eq!(gateway["name"], "GET hello");
+    assert_eq!(gateway["attributes"]["http.route"], "hello");
+    assert_eq!(gateway["attributes"]["http.response.status_code"], 200);
+    assert_eq!(function["parent_id"], gateway["span_id"]);
+    assert_eq!(function["attributes"]["faas.name"], "hello");
+    assert_eq!(function["attributes"]["faas.trigger"], "http");
+    assert!(function["start_ns"].as_u64() >= gateway["start_ns"].as_u64());
+
+    let listed = cli(&gantry, &["traces", "list", "--route", "hello"]);
+    assert!(
+        listed.contains(trace) && listed.contains("GET hello (gateway)"),
+        "{listed}"
+    );
+    let shown = cli(&gantry, &["traces", "show", trace]);
+    let lines: Vec<&str> = shown.lines().collect();
+    assert!(lines[0].starts_with(&format!("trace {trace}")), "{shown}");
+    assert!(lines[1].contains("GET hello [gateway] 200"), "{shown}");
+    assert!(
+        lines[2].contains("  function hello [function:hello] 200"),
+        "{shown}"
+    );
+
+    let missing = c
+        .get(gantry.admin_url("/v1/traces/0123456789abcdef0123456789abcdef"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let malformed = c
+        .get(gantry.admin_url("/v1/traces/nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status(), 400);
+}
