@@ -48,6 +48,12 @@ executor = "wagi"
 name = "hello"
 path = "/hello"
 to = "function:hello"
+
+[topics.greetings]
+
+[[subscriptions]]
+topic = "greetings"
+to = "function:hello"
 "#;
     let gantry = Gantry::start_with(manifest, |dir| {
         std::fs::write(dir.join("hello.wat"), HELLO).unwrap();
@@ -118,4 +124,46 @@ to = "function:hello"
         .await
         .unwrap();
     assert_eq!(malformed.status(), 400);
+
+    // An event published in a trace: its delivery and the function it
+    // triggers join that trace, each under the previous hop.
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let published = c
+        .post(gantry.api_url("/v1/publish/greetings"))
+        .header("content-type", "application/cloudevents+json")
+        .header("traceparent", format!("00-{trace}-b7ad6b7169203331-01"))
+        .body(r#"{"specversion":"1.0","id":"g-1","source":"/test","type":"greeting","data":{}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(published.status(), 200);
+    let url = gantry.admin_url(&format!("/v1/traces/{trace}"));
+    eventually(
+        "the delivery and the function are traced",
+        Duration::from_secs(15),
+        || async {
+            let v: Value = c
+                .get(&url)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap_or_default();
+            v["spans"].as_array().is_some_and(|s| s.len() == 2)
+        },
+    )
+    .await;
+    let v: Value = c.get(&url).send().await.unwrap().json().await.unwrap();
+    let spans = v["spans"].as_array().unwrap();
+    let delivery = spans.iter().find(|s| s["service"] == "events").unwrap();
+    let function = spans
+        .iter()
+        .find(|s| s["service"] == "function:hello")
+        .unwrap();
+    assert_eq!(delivery["parent_id"], "b7ad6b7169203331");
+    assert_eq!(delivery["name"], "deliver greetings");
+    assert_eq!(delivery["attributes"]["messaging.message.id"], "g-1");
+    assert_eq!(function["parent_id"], delivery["span_id"]);
+    assert_eq!(function["attributes"]["faas.trigger"], "pubsub");
 }

@@ -52,6 +52,8 @@ pub(crate) struct Deliverer {
     client: Client<HttpConnector, Full<Bytes>>,
     services: ServiceDirectory,
     pub starter: StarterSlot,
+    /// Where delivery spans go, once the app has wired it.
+    pub traces: Arc<OnceLock<gantry_telemetry::traces::TraceStore>>,
 }
 
 impl Deliverer {
@@ -66,6 +68,7 @@ impl Deliverer {
             client,
             services,
             starter: StarterSlot::default(),
+            traces: Arc::default(),
         }
     }
 
@@ -119,8 +122,11 @@ impl Deliverer {
         let out = request.headers_mut();
         out.extend(headers);
         out.insert(http::header::HOST, instance.host_header.clone());
-        if let Some(parent) = event.attribute("traceparent").and_then(|t| child_span(&t)) {
-            out.insert("traceparent", parent);
+        let started = std::time::SystemTime::now();
+        let publisher = event.attribute("traceparent");
+        let delivery = publisher.as_deref().and_then(child_span);
+        if let Some(parent) = &delivery {
+            out.insert("traceparent", parent.clone());
         }
         if let Some(state) = event
             .attribute("tracestate")
@@ -170,8 +176,74 @@ impl Deliverer {
             )),
         };
         handle.record(&instance, outcome.is_ok());
+        if let (Some(store), Some(publisher), Some(delivery)) =
+            (self.traces.get(), publisher.as_deref(), &delivery)
+        {
+            record_delivery(
+                store,
+                subscription,
+                &event,
+                publisher,
+                delivery,
+                attempt,
+                started,
+                &outcome,
+            );
+        }
         outcome
     }
+}
+
+/// A span for one delivery attempt, a child of the publisher's span, parent
+/// of whatever the subscriber records.
+#[allow(clippy::too_many_arguments)]
+fn record_delivery(
+    store: &gantry_telemetry::traces::TraceStore,
+    subscription: &Subscription,
+    event: &CloudEvent,
+    publisher: &str,
+    delivery: &HeaderValue,
+    attempt: u32,
+    started: std::time::SystemTime,
+    outcome: &Result<(), String>,
+) {
+    let mut ours = delivery.to_str().unwrap_or_default().split('-').skip(1);
+    let (Some(trace_id), Some(span_id)) = (ours.next(), ours.next()) else {
+        return;
+    };
+    let parent_id = publisher.split('-').nth(2).map(str::to_string);
+    let mut attributes = serde_json::Map::new();
+    attributes.insert("messaging.system".into(), "gantry".into());
+    attributes.insert("messaging.operation.type".into(), "deliver".into());
+    attributes.insert(
+        "messaging.destination.name".into(),
+        subscription.topic.clone().into(),
+    );
+    attributes.insert(
+        "messaging.consumer.group.name".into(),
+        subscription.name.clone().into(),
+    );
+    attributes.insert(
+        "messaging.message.id".into(),
+        event.attribute("id").unwrap_or_default().into(),
+    );
+    attributes.insert("gantry.delivery.attempt".into(), attempt.into());
+    attributes.insert("gantry.to".into(), subscription.to.to_string().into());
+    if let Err(error) = outcome {
+        attributes.insert("error.message".into(), error.clone().into());
+    }
+    store.record(gantry_telemetry::traces::Span {
+        trace_id: trace_id.to_string(),
+        span_id: span_id.to_string(),
+        parent_id,
+        name: format!("deliver {}", subscription.topic),
+        kind: "producer",
+        service: "events".into(),
+        start_ns: gantry_telemetry::traces::unix_nanos(started),
+        duration_ns: started.elapsed().unwrap_or_default().as_nanos() as u64,
+        error: outcome.is_err(),
+        attributes,
+    });
 }
 
 /// A `traceparent` for the delivery hop: the publisher's trace id with a new

@@ -163,6 +163,11 @@ impl EventBus {
         let _ = self.inner.deliverer.starter.set(starter);
     }
 
+    /// Keeps a span of every delivery attempt of a traced event in `store`.
+    pub fn set_trace_store(&self, store: gantry_telemetry::traces::TraceStore) {
+        let _ = self.inner.deliverer.traces.set(store);
+    }
+
     pub fn broker(&self) -> &Arc<dyn Broker> {
         &self.inner.broker
     }
