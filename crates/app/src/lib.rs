@@ -101,6 +101,7 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
     let traces = TraceStore::open(&platform.data_dir).map_err(AppError::Start)?;
     functions.set_trace_store(traces.clone());
     bus.set_trace_store(traces.clone());
+    workflows.set_trace_store(traces.clone());
     let slos = gantry_slo::Slos::default();
     slos.apply(&manifest.slos);
     slos.set_alerting(&manifest.alerting);

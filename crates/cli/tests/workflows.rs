@@ -315,4 +315,54 @@ async fn a_route_to_the_platform_api_starts_runs_with_gateway_policies() {
     })
     .await;
     assert_eq!(service.count("POST /shipments"), 1);
+
+    // The request that started the run and every step call are one trace.
+    let traces_url = gantry.admin_url("/v1/traces?service=workflows");
+    eventually(
+        "the run's steps are traced",
+        Duration::from_secs(10),
+        || async {
+            let v: Value = client()
+                .get(&traces_url)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["traces"].as_array().is_some_and(|t| !t.is_empty())
+        },
+    )
+    .await;
+    let listed: Value = client()
+        .get(&traces_url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let trace_id = listed["traces"][0]["trace_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let trace: Value = client()
+        .get(gantry.admin_url(&format!("/v1/traces/{trace_id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let spans = trace["spans"].as_array().unwrap();
+    assert!(spans.iter().any(|s| s["service"] == "gateway"), "{trace}");
+    let steps: Vec<&str> = spans
+        .iter()
+        .filter(|s| s["service"] == "workflows")
+        .map(|s| s["attributes"]["gantry.workflow.step"].as_str().unwrap())
+        .collect();
+    assert!(
+        steps.contains(&"reserve") && steps.contains(&"charge"),
+        "{trace}"
+    );
 }

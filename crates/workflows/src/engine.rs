@@ -359,6 +359,8 @@ async fn call(
         .cloned()
         .ok_or_else(|| Failure::Retryable(format!("no healthy instance of service `{service}`")))?;
     let _in_flight = handle.track_request();
+    let started = std::time::SystemTime::now();
+    let parent = traceparent(instance);
     let mut request = Request::builder()
         .method(method.as_str())
         .uri(format!("http://{}{}", target.authority, path))
@@ -367,7 +369,7 @@ async fn call(
             IDEMPOTENCY_HEADER,
             idempotency_key(instance, &step.name, phase),
         )
-        .header("traceparent", traceparent(instance))
+        .header("traceparent", parent.as_str())
         .header("gantry-workflow", instance.workflow.as_str())
         .header("gantry-workflow-id", instance.id.as_str());
     if body.is_some() {
@@ -426,6 +428,31 @@ async fn call(
         ))),
     };
     handle.record(&target, matches!(outcome, Ok(_) | Err(Failure::Fatal(_))));
+    if let Some(store) = inner.traces.get() {
+        let mut attributes = serde_json::Map::new();
+        attributes.insert("gantry.workflow".into(), instance.workflow.clone().into());
+        attributes.insert("gantry.workflow.run".into(), instance.id.clone().into());
+        attributes.insert("gantry.workflow.step".into(), step.name.clone().into());
+        attributes.insert("gantry.workflow.phase".into(), phase.into());
+        attributes.insert("http.request.method".into(), method.as_str().into());
+        attributes.insert("server.address".into(), service.as_str().into());
+        attributes.insert("url.path".into(), path.as_str().into());
+        if let Err(Failure::Retryable(why) | Failure::Fatal(why)) = &outcome {
+            attributes.insert("error.message".into(), why.clone().into());
+        }
+        store.record(gantry_telemetry::traces::Span {
+            trace_id: instance.trace.clone(),
+            span_id: parent.split('-').nth(2).unwrap_or_default().to_string(),
+            parent_id: None,
+            name: format!("{} {}/{phase}", instance.workflow, step.name),
+            kind: "client",
+            service: "workflows".into(),
+            start_ns: gantry_telemetry::traces::unix_nanos(started),
+            duration_ns: started.elapsed().unwrap_or_default().as_nanos() as u64,
+            error: outcome.is_err(),
+            attributes,
+        });
+    }
     outcome
 }
 

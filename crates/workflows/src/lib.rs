@@ -55,6 +55,8 @@ pub(crate) struct Inner {
     running: Mutex<HashMap<String, CancellationToken>>,
     shutdown: CancellationToken,
     pub metrics: WorkflowMetrics,
+    /// Where step spans go, once the app has wired it.
+    pub traces: std::sync::OnceLock<gantry_telemetry::traces::TraceStore>,
 }
 
 /// Why a workflow operation was refused.
@@ -100,8 +102,14 @@ impl Engine {
                 running: Mutex::default(),
                 shutdown: CancellationToken::new(),
                 metrics: WorkflowMetrics::default(),
+                traces: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Keeps a span of every step call and compensation in `store`.
+    pub fn set_trace_store(&self, store: gantry_telemetry::traces::TraceStore) {
+        let _ = self.inner.traces.set(store);
     }
 
     /// The engine's metric families, to register in the process's registry.
