@@ -99,6 +99,16 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
     let scheduler = gantry_functions::Scheduler::new(&platform.data_dir, functions.clone());
     let buckets = gantry_events::objects::Buckets::new(&platform.data_dir, bus.clone());
     let traces = TraceStore::open(&platform.data_dir).map_err(AppError::Start)?;
+    // OTLP export, when a collector is configured; flushed at shutdown.
+    let export_stop = CancellationToken::new();
+    let exporter = gantry_telemetry::otlp::endpoint(manifest.telemetry.otlp_endpoint.as_deref())
+        .map(|url| {
+            tracing::info!(target: "gantry::traces", %url, "exporting spans over OTLP/HTTP");
+            let (sender, task) =
+                gantry_telemetry::otlp::start(url, platform.name.clone(), export_stop.clone());
+            traces.export_to(sender);
+            task
+        });
     functions.set_trace_store(traces.clone());
     bus.set_trace_store(traces.clone());
     workflows.set_trace_store(traces.clone());
@@ -205,6 +215,10 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
     workflows.stop().await;
     bus.stop().await;
     live.stop_all(platform.drain_timeout).await;
+    export_stop.cancel();
+    if let Some(exporter) = exporter {
+        let _ = tokio::time::timeout(Duration::from_secs(3), exporter).await;
+    }
     scheduler.stop();
     buckets.stop();
     functions.stop();

@@ -89,14 +89,19 @@ min_requests = 1000
         let quiet = c.get(gantry.url("/quiet")).send().await.unwrap();
         assert_eq!(quiet.status(), 503);
     }
-    eventually("the 1h/5m page fires", Duration::from_secs(20), || async {
+    // All three rules fire (the same evaluation sends them one after another).
+    eventually("every rule fires", Duration::from_secs(20), || async {
         received
             .lock()
             .unwrap()
             .iter()
-            .any(|a| a["slo"] == "checkout" && a["windows"]["long"] == "1h")
+            .filter(|a| a["slo"] == "checkout")
+            .count()
+            >= 3
     })
     .await;
+    // Five more evaluations: nothing fires again while the alerts hold.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let alerts = received.lock().unwrap().clone();
     let page = alerts
         .iter()

@@ -167,3 +167,93 @@ to = "function:hello"
     assert_eq!(function["parent_id"], delivery["span_id"]);
     assert_eq!(function["attributes"]["faas.trigger"], "pubsub");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spans_are_exported_over_otlp_to_a_real_decoder_and_flushed_at_shutdown() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let port = support::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("spans.jsonl");
+    let mut receiver = std::process::Command::new(root.join("tests/tools/otlp-receiver.sh"))
+        .arg(root.join("../../target/guests"))
+        .arg(port.to_string())
+        .arg(&out)
+        .spawn()
+        .unwrap();
+    let up = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            up.elapsed() < Duration::from_secs(120),
+            "the OTLP receiver did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let manifest = format!(
+        r#"
+[platform]
+name = "shop"
+listen = "127.0.0.1:{{GATEWAY}}"
+admin = "127.0.0.1:{{ADMIN}}"
+
+[telemetry]
+otlp_endpoint = "http://127.0.0.1:{port}"
+
+[functions.hello]
+component = "hello.wat"
+executor = "wagi"
+
+[[routes]]
+name = "hello"
+path = "/hello"
+to = "function:hello"
+"#
+    );
+    let mut gantry = Gantry::start_with(&manifest, |dir| {
+        std::fs::write(dir.join("hello.wat"), HELLO).unwrap();
+    })
+    .await;
+    let trace = "5bf92f3577b34da6a3ce929d0e0e4737";
+    let response = client()
+        .get(gantry.url("/hello"))
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // Stop at once: the spans still reach the collector (flush at shutdown).
+    assert!(gantry.stop().success(), "{}", gantry.log());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let spans: Vec<Value> = loop {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        let spans: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if spans.len() >= 2 || std::time::Instant::now() > deadline {
+            break spans;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = receiver.kill();
+    let _ = receiver.wait();
+    let gateway = spans
+        .iter()
+        .find(|s| s["service"] == "gateway")
+        .expect("gateway span exported");
+    let function = spans
+        .iter()
+        .find(|s| s["service"] == "function:hello")
+        .expect("function span exported");
+    assert_eq!(gateway["trace_id"], trace);
+    assert_eq!(gateway["parent_id"], "00f067aa0ba902b7");
+    assert_eq!(gateway["name"], "GET hello");
+    assert_eq!(gateway["kind"], 2, "SPAN_KIND_SERVER");
+    assert_eq!(gateway["namespace"], "shop");
+    assert_eq!(gateway["scope"], "gantry");
+    assert_eq!(gateway["attributes"]["http.route"], "hello");
+    assert_eq!(gateway["attributes"]["http.response.status_code"], 200);
+    assert!(gateway["end"].as_u64() > gateway["start"].as_u64());
+    assert_eq!(function["trace_id"], trace);
+    assert_eq!(function["parent_id"], gateway["span_id"]);
+    assert_eq!(function["attributes"]["faas.name"], "hello");
+}

@@ -65,6 +65,9 @@ pub struct Manifest {
     /// Where SLO alerts go.
     #[serde(default)]
     pub alerting: crate::slo::Alerting,
+    /// Where traces are exported.
+    #[serde(default)]
+    pub telemetry: crate::slo::Telemetry,
     /// The directory relative paths resolve against: the manifest's own.
     #[serde(skip)]
     pub base_dir: PathBuf,

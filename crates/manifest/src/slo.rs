@@ -92,6 +92,17 @@ impl Default for Alerting {
     }
 }
 
+/// `[telemetry]`: where traces are exported.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Telemetry {
+    /// An OTLP/HTTP collector (`http://127.0.0.1:4318`): every span is also
+    /// exported there. Without it, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` is used when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
+}
+
 mod optional_duration {
     use std::time::Duration;
 

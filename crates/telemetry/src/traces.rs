@@ -73,6 +73,8 @@ pub struct TraceStore {
     sender: SyncSender<Span>,
     reader: Arc<Mutex<Connection>>,
     dropped: Arc<AtomicU64>,
+    /// Also sent here when OTLP export is on.
+    export: Arc<std::sync::OnceLock<tokio::sync::mpsc::Sender<Span>>>,
 }
 
 impl TraceStore {
@@ -114,11 +116,22 @@ impl TraceStore {
             sender,
             reader: Arc::new(Mutex::new(reader)),
             dropped: Arc::default(),
+            export: Arc::default(),
         })
     }
 
-    /// Queues a span for the store; never blocks.
+    /// Also sends every span to `exporter` (OTLP), from now on.
+    pub fn export_to(&self, exporter: tokio::sync::mpsc::Sender<Span>) {
+        let _ = self.export.set(exporter);
+    }
+
+    /// Queues a span for the store (and the exporter); never blocks.
     pub fn record(&self, span: Span) {
+        if let Some(exporter) = self.export.get() {
+            if exporter.try_send(span.clone()).is_err() {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         if let Err(TrySendError::Full(_)) = self.sender.try_send(span) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }

@@ -35,6 +35,7 @@ pub(crate) const TOP_KEYS: &[&str] = &[
     "buckets",
     "slos",
     "alerting",
+    "telemetry",
 ];
 pub(crate) const PLATFORM_KEYS: &[&str] = &[
     "name",
@@ -234,6 +235,10 @@ impl<'a> Decoder<'a> {
             Some((_, item)) => self.slos(item),
             None => BTreeMap::new(),
         };
+        let telemetry = match root.table.get_key_value("telemetry") {
+            Some((_, item)) => self.telemetry(item),
+            None => Default::default(),
+        };
         let alerting = match root.table.get_key_value("alerting") {
             Some((_, item)) => self.alerting(item),
             None => Default::default(),
@@ -256,6 +261,7 @@ impl<'a> Decoder<'a> {
                 .collect(),
             slo_spans: slos.into_iter().map(|(k, (_, span))| (k, span)).collect(),
             alerting,
+            telemetry,
             base_dir: base_dir.to_path_buf(),
         })
     }

@@ -7,7 +7,7 @@ use toml_edit::Item;
 
 use super::{Decoder, Section};
 use crate::diagnostics::ErrorCode;
-use crate::slo::{Alerting, Slo, SloTarget};
+use crate::slo::{Alerting, Slo, SloTarget, Telemetry};
 
 const SLO_KEYS: &[&str] = &[
     "route",
@@ -127,6 +127,25 @@ impl Decoder<'_> {
                 .map_or(20, |n| n as u64),
             runbook: self.string(s, "runbook"),
         })
+    }
+
+    pub(super) fn telemetry(&mut self, item: &Item) -> Telemetry {
+        let Some(s) = self.section(item, "[telemetry]".into()) else {
+            return Telemetry::default();
+        };
+        self.unknown_keys(&s, &["otlp_endpoint"]);
+        let otlp_endpoint = self.string(&s, "otlp_endpoint");
+        if let Some(url) = &otlp_endpoint {
+            if !url.starts_with("http://") {
+                self.bad_value(
+                    &s,
+                    "otlp_endpoint",
+                    format!("`{url}` is not an http:// URL"),
+                    "give the collector's OTLP/HTTP address, e.g. `http://127.0.0.1:4318`",
+                );
+            }
+        }
+        Telemetry { otlp_endpoint }
     }
 
     pub(super) fn alerting(&mut self, item: &Item) -> Alerting {

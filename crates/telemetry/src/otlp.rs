@@ -1,0 +1,293 @@
+//! Export of the trace store's spans over OTLP/HTTP (protobuf), to an
+//! OpenTelemetry Collector, Jaeger, Tempo... The messages are the official
+//! ones (`opentelemetry-proto`); spans are batched (up to 512, or every
+//! second), grouped by `service.name`, and POSTed to `ENDPOINT/v1/traces`.
+//! A failing collector costs nothing but the batch (logged); shutdown sends
+//! what is left within two seconds.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{
+    span, status, ResourceSpans, ScopeSpans, Span as OtlpSpan, Status,
+};
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::traces::Span;
+
+const BATCH: usize = 512;
+const EVERY: Duration = Duration::from_secs(1);
+const QUEUE: usize = 8192;
+
+/// Where spans go: the OTLP/HTTP traces URL from `[telemetry] otlp_endpoint`,
+/// or else `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (used as is) or
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` (+ `/v1/traces`), as the OpenTelemetry
+/// specification defines them.
+pub fn endpoint(configured: Option<&str>) -> Option<String> {
+    if let Some(base) = configured {
+        return Some(traces_url(base));
+    }
+    if let Ok(url) = std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+        if !url.is_empty() {
+            return Some(url);
+        }
+    }
+    std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .map(|u| traces_url(&u))
+}
+
+fn traces_url(base: &str) -> String {
+    if base.ends_with("/v1/traces") {
+        base.to_string()
+    } else {
+        format!("{}/v1/traces", base.trim_end_matches('/'))
+    }
+}
+
+/// Starts the exporter; spans sent to the returned channel are exported
+/// until `stop`, then flushed. Await the handle to wait for the flush.
+pub fn start(
+    url: String,
+    system: String,
+    stop: CancellationToken,
+) -> (mpsc::Sender<Span>, tokio::task::JoinHandle<()>) {
+    let (sender, receiver) = mpsc::channel(QUEUE);
+    let task = tokio::spawn(run(url, system, receiver, stop));
+    (sender, task)
+}
+
+async fn run(
+    url: String,
+    system: String,
+    mut receiver: mpsc::Receiver<Span>,
+    stop: CancellationToken,
+) {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut tick = tokio::time::interval(EVERY);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            received = receiver.recv() => match received {
+                Some(span) => {
+                    batch.push(span);
+                    if batch.len() >= BATCH {
+                        send(&client, &url, &system, std::mem::take(&mut batch)).await;
+                    }
+                }
+                None => break,
+            },
+            _ = tick.tick() => {
+                if !batch.is_empty() {
+                    send(&client, &url, &system, std::mem::take(&mut batch)).await;
+                }
+            }
+        }
+    }
+    // Shutdown: what is queued goes out in one last batch, bounded in time.
+    while let Ok(span) = receiver.try_recv() {
+        batch.push(span);
+    }
+    if !batch.is_empty() {
+        let _ =
+            tokio::time::timeout(Duration::from_secs(2), send(&client, &url, &system, batch)).await;
+    }
+}
+
+async fn send(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    url: &str,
+    system: &str,
+    spans: Vec<Span>,
+) {
+    let count = spans.len();
+    let body = Bytes::from(request(system, spans).encode_to_vec());
+    let request = match http::Request::post(url)
+        .header("content-type", "application/x-protobuf")
+        .body(Full::new(body))
+    {
+        Ok(request) => request,
+        Err(error) => {
+            tracing::warn!(target: "gantry::traces", %url, %error, "the OTLP endpoint is not a usable URL");
+            return;
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(5), client.request(request)).await {
+        Ok(Ok(response)) if response.status().is_success() => {}
+        Ok(Ok(response)) => {
+            tracing::warn!(target: "gantry::traces", %url, status = %response.status(), spans = count, "the OTLP endpoint refused a batch")
+        }
+        Ok(Err(error)) => {
+            tracing::warn!(target: "gantry::traces", %url, %error, spans = count, "cannot reach the OTLP endpoint; the batch is dropped (spans stay in the local store)")
+        }
+        Err(_) => {
+            tracing::warn!(target: "gantry::traces", %url, spans = count, "the OTLP endpoint did not answer in 5s")
+        }
+    }
+}
+
+/// The protobuf request for `spans`: one resource per service.
+pub fn request(system: &str, spans: Vec<Span>) -> ExportTraceServiceRequest {
+    let mut by_service: BTreeMap<String, Vec<OtlpSpan>> = BTreeMap::new();
+    for span in spans {
+        by_service
+            .entry(span.service.clone())
+            .or_default()
+            .push(convert(span));
+    }
+    ExportTraceServiceRequest {
+        resource_spans: by_service
+            .into_iter()
+            .map(|(service, spans)| ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![
+                        string("service.name", &service),
+                        string("service.namespace", system),
+                    ],
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(InstrumentationScope {
+                        name: "gantry".into(),
+                        version: env!("CARGO_PKG_VERSION").into(),
+                        ..Default::default()
+                    }),
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
+fn convert(span: Span) -> OtlpSpan {
+    let kind = match span.kind {
+        "server" => span::SpanKind::Server,
+        "client" => span::SpanKind::Client,
+        "producer" => span::SpanKind::Producer,
+        "consumer" => span::SpanKind::Consumer,
+        _ => span::SpanKind::Internal,
+    };
+    OtlpSpan {
+        trace_id: hex_bytes(&span.trace_id),
+        span_id: hex_bytes(&span.span_id),
+        parent_span_id: span.parent_id.as_deref().map(hex_bytes).unwrap_or_default(),
+        name: span.name,
+        kind: kind as i32,
+        start_time_unix_nano: span.start_ns,
+        end_time_unix_nano: span.start_ns + span.duration_ns,
+        attributes: span
+            .attributes
+            .into_iter()
+            .map(|(key, value)| KeyValue {
+                key,
+                value: Some(AnyValue {
+                    value: Some(match value {
+                        serde_json::Value::String(s) => any_value::Value::StringValue(s),
+                        serde_json::Value::Bool(b) => any_value::Value::BoolValue(b),
+                        serde_json::Value::Number(n) => match n.as_i64() {
+                            Some(i) => any_value::Value::IntValue(i),
+                            None => any_value::Value::DoubleValue(n.as_f64().unwrap_or_default()),
+                        },
+                        other => any_value::Value::StringValue(other.to_string()),
+                    }),
+                }),
+                ..Default::default()
+            })
+            .collect(),
+        status: Some(Status {
+            code: if span.error {
+                status::StatusCode::Error
+            } else {
+                status::StatusCode::Unset
+            } as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn string(key: &str, value: &str) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.into())),
+        }),
+        ..Default::default()
+    }
+}
+
+fn hex_bytes(text: &str) -> Vec<u8> {
+    (0..text.len() / 2)
+        .filter_map(|i| u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_become_otlp_messages_grouped_by_service() {
+        let mut attributes = serde_json::Map::new();
+        attributes.insert("http.route".into(), "hello".into());
+        attributes.insert("http.response.status_code".into(), 502.into());
+        let span = Span {
+            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+            span_id: "00f067aa0ba902b7".into(),
+            parent_id: None,
+            name: "GET hello".into(),
+            kind: "server",
+            service: "gateway".into(),
+            start_ns: 1_000,
+            duration_ns: 500,
+            error: true,
+            attributes,
+        };
+        let request = request("shop", vec![span]);
+        let decoded =
+            ExportTraceServiceRequest::decode(request.encode_to_vec().as_slice()).unwrap();
+        let resource = &decoded.resource_spans[0];
+        assert_eq!(
+            resource.resource.as_ref().unwrap().attributes[0].key,
+            "service.name"
+        );
+        let span = &resource.scope_spans[0].spans[0];
+        assert_eq!(span.trace_id.len(), 16);
+        assert_eq!(
+            span.span_id,
+            vec![0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]
+        );
+        assert!(span.parent_span_id.is_empty());
+        assert_eq!(span.kind, span::SpanKind::Server as i32);
+        assert_eq!(span.end_time_unix_nano, 1_500);
+        assert_eq!(
+            span.status.as_ref().unwrap().code,
+            status::StatusCode::Error as i32
+        );
+    }
+
+    #[test]
+    fn the_endpoint_follows_the_specification() {
+        assert_eq!(
+            endpoint(Some("http://c:4318")).unwrap(),
+            "http://c:4318/v1/traces"
+        );
+        assert_eq!(
+            endpoint(Some("http://c:4318/v1/traces")).unwrap(),
+            "http://c:4318/v1/traces"
+        );
+    }
+}
