@@ -741,6 +741,25 @@ async fn shop_orders_flow_through_the_outbox_to_notifications_and_the_dead_lette
     )
     .await;
 
+    // The order is one trace: the gateway request, the event's deliveries,
+    // the confirm function and the checkout saga's steps.
+    let trace_url = gantry.admin_url("/v1/traces/4bf92f3577b34da6a3ce929d0e0e4736");
+    eventually(
+        "the order's trace reaches every hop",
+        Duration::from_secs(20),
+        || async {
+            let trace = get_json(&trace_url).await;
+            let services: Vec<&str> = trace["spans"]
+                .as_array()
+                .map(|s| s.iter().filter_map(|s| s["service"].as_str()).collect())
+                .unwrap_or_default();
+            ["gateway", "events", "function:confirm", "workflows"]
+                .iter()
+                .all(|wanted| services.contains(wanted))
+        },
+    )
+    .await;
+
     // A confirmation whose mail provider is down ends in the dead-letter queue.
     let bounced: Value = place("o-2", r#"{"sku": 3, "email": "bob@bounce.example"}"#)
         .await

@@ -72,9 +72,21 @@ async fn place_order(
         );
     };
     let email = order["email"].as_str().map(str::to_string);
+    // The event carries the request's trace (the CloudEvents
+    // distributed-tracing extension), so what it triggers joins the trace.
+    let traceparent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let placed = {
         let mut conn = db.lock().expect("orders: lock");
-        write_order(&mut conn, &user, sku, email.as_deref())
+        write_order(
+            &mut conn,
+            &user,
+            sku,
+            email.as_deref(),
+            traceparent.as_deref(),
+        )
     };
     match placed {
         Ok(id) => (
@@ -94,6 +106,7 @@ fn write_order(
     user: &str,
     sku: i64,
     email: Option<&str>,
+    traceparent: Option<&str>,
 ) -> rusqlite::Result<i64> {
     let tx = conn.transaction()?;
     tx.execute(
@@ -106,7 +119,7 @@ fn write_order(
     if let Some(email) = email {
         data["email"] = json!(email);
     }
-    let event = json!({
+    let mut event = json!({
         "specversion": "1.0",
         "id": format!("order-{id}"),
         "source": "/shop/orders",
@@ -114,6 +127,9 @@ fn write_order(
         "subject": id.to_string(),
         "data": data,
     });
+    if let Some(traceparent) = traceparent {
+        event["traceparent"] = json!(traceparent);
+    }
     tx.execute(
         "INSERT INTO gantry_outbox (topic, event) VALUES ('order.placed', ?1)",
         [event.to_string()],
