@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
-use support::{client, eventually, Gantry, GANTRY};
+use support::{client, eventually, Gantry};
 
 /// A WAGI module answering `hello from VERSION` (VERSION is 2 characters).
 fn wagi(version: &str) -> Vec<u8> {
@@ -55,19 +55,7 @@ async fn logs(gantry: &Gantry, function: &str) -> String {
         .collect()
 }
 
-fn cli(gantry: &Gantry, args: &[&str]) -> (bool, String, String) {
-    let output = std::process::Command::new(GANTRY)
-        .args(args)
-        .arg("-f")
-        .arg(gantry.manifest_path())
-        .output()
-        .unwrap();
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
+use support::gantry_cli as cli;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn routes_reach_lambda_and_wasm_functions_and_a_deploy_under_load_fails_nothing() {
@@ -380,12 +368,7 @@ webhook = { style = "stripe", secret_env = "GANTRY_TEST_WEBHOOK_SECRET", toleran
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let signed = |t: u64, body: &str| {
-        use hmac::Mac;
-        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"whsec_shop").unwrap();
-        mac.update(format!("{t}.{body}").as_bytes());
-        format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
-    };
+    let signed = |t: u64, body: &str| support::stripe_signature(b"whsec_shop", t, body);
     let send = |signature: Option<String>, body: &'static str| {
         let mut request = client.post(gantry.url("/webhooks/payments")).body(body);
         if let Some(signature) = signature {

@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{client, eventually, Gantry, GANTRY};
+use support::{client, eventually, Gantry};
 
 const HELLO: &str = r#"(module
   (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
@@ -19,18 +19,9 @@ const HELLO: &str = r#"(module
     (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#;
 
 fn cli(gantry: &Gantry, args: &[&str]) -> String {
-    let out = std::process::Command::new(GANTRY)
-        .args(args)
-        .arg("-f")
-        .arg(gantry.manifest_path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    let (ok, out, err) = support::gantry_cli(gantry, args);
+    assert!(ok, "{err}");
+    out
 }
 
 #[tokio::test(flavor = "multi_thread")]

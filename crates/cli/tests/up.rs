@@ -1048,12 +1048,7 @@ async fn the_shop_functions_answer_every_trigger() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let signature = {
-        use hmac::Mac;
-        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"whsec_shop_test").unwrap();
-        mac.update(format!("{t}.{body}").as_bytes());
-        format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
-    };
+    let signature = support::stripe_signature(b"whsec_shop_test", t, body);
     let answer = c
         .post(gantry.url("/webhooks/payments"))
         .header("stripe-signature", signature)

@@ -256,3 +256,26 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Runs `gantry ARGS -f MANIFEST` against a running Gantry: (success, stdout, stderr).
+pub fn gantry_cli(gantry: &Gantry, args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(GANTRY)
+        .args(args)
+        .arg("-f")
+        .arg(gantry.manifest_path())
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A `Stripe-Signature` header for `body` signed at unix time `t` with `secret`.
+pub fn stripe_signature(secret: &[u8], t: u64, body: &str) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
+    mac.update(format!("{t}.{body}").as_bytes());
+    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
