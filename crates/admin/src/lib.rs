@@ -134,6 +134,7 @@ async fn readyz(State(state): State<AdminState>) -> Response {
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
+    state.metrics.refresh().await;
     (
         [(
             header::CONTENT_TYPE,

@@ -89,7 +89,7 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
     let workflows = Engine::open(&platform.data_dir, bus.clone(), directory.clone())
         .map_err(AppError::Start)?;
     bus.set_workflow_starter(Arc::new(workflows.clone()));
-    bus.metrics().register(&metrics);
+    bus.register_metrics(&metrics);
     let functions = gantry_functions::Functions::new(&platform.data_dir);
     functions.metrics().register(&metrics);
     functions.set_resolver(Arc::new(Grants {
@@ -101,11 +101,19 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
     let traces = TraceStore::open(&platform.data_dir).map_err(AppError::Start)?;
     // OTLP export, when a collector is configured; flushed at shutdown.
     let export_stop = CancellationToken::new();
-    let exporter = gantry_telemetry::otlp::endpoint(manifest.telemetry.otlp_endpoint.as_deref())
-        .map(|url| {
-            tracing::info!(target: "gantry::traces", %url, "exporting spans over OTLP/HTTP");
+    traces.set_sampling(sampling(&manifest.telemetry));
+    let exporter = gantry_telemetry::otlp::target(
+        manifest.telemetry.otlp_endpoint.as_deref(),
+        manifest
+            .telemetry
+            .otlp_protocol
+            .map(|p| p == gantry_manifest::OtlpProtocol::Grpc),
+    )
+    .map(|target| {
+            let protocol = if target.grpc { "gRPC" } else { "HTTP/protobuf" };
+            tracing::info!(target: "gantry::traces", url = %target.url, protocol, "exporting spans over OTLP");
             let (sender, task) =
-                gantry_telemetry::otlp::start(url, platform.name.clone(), export_stop.clone());
+                gantry_telemetry::otlp::start(target, platform.name.clone(), export_stop.clone());
             traces.export_to(sender);
             task
         });
@@ -115,7 +123,7 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
     let slos = gantry_slo::Slos::default();
     slos.apply(&manifest.slos);
     slos.set_alerting(&manifest.alerting);
-    workflows.metrics().register(&metrics);
+    workflows.register_metrics(&metrics);
     let (live, table) = Live::start(
         path,
         manifest,
@@ -129,6 +137,7 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
             scheduler: scheduler.clone(),
             buckets: buckets.clone(),
             slos: slos.clone(),
+            traces: traces.clone(),
         },
     )
     .await
@@ -139,10 +148,12 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
         IdempotencyStore::open(&platform.data_dir).map_err(AppError::Start)?,
     );
     gateway.use_api_keys(ApiKeys::open(&platform.data_dir).map_err(AppError::Start)?);
-    gateway.observe_with(Arc::new(Observer {
+    let observer = Arc::new(Observer {
         slos: slos.clone(),
         traces: traces.clone(),
-    }));
+    });
+    gateway.observe_with(observer.clone());
+    functions.observe_with(observer);
     let mut live = live.with_gateway(gateway.clone());
 
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(8);
@@ -226,6 +237,17 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
     Ok(())
 }
 
+/// The trace store's sampling, from `[telemetry]`.
+pub(crate) fn sampling(
+    telemetry: &gantry_manifest::Telemetry,
+) -> gantry_telemetry::traces::Sampling {
+    gantry_telemetry::traces::Sampling {
+        enabled: telemetry.traces,
+        ratio: telemetry.sample_ratio,
+        slow: telemetry.slow,
+    }
+}
+
 /// Counts every gateway answer toward the SLOs it belongs to, and keeps a
 /// span of it in the trace store.
 #[derive(Debug)]
@@ -235,6 +257,16 @@ struct Observer {
 }
 
 impl gantry_gateway::RequestObserver for Observer {
+    fn keeps_trace(&self, trace_id: u128, status: u16, duration: Duration) -> bool {
+        self.traces.keeps(trace_id, status >= 500, duration)
+    }
+
+    fn attempt(&self, a: &gantry_gateway::Attempt<'_>) {
+        if self.traces.enabled() {
+            self.traces.record(self.attempt_span(a));
+        }
+    }
+
     fn observe(&self, r: &gantry_gateway::Observation<'_>) {
         let trace_id = format!("{:032x}", r.trace_id);
         self.slos.observe(
@@ -245,6 +277,9 @@ impl gantry_gateway::RequestObserver for Observer {
             r.duration,
             &trace_id,
         );
+        if !self.traces.enabled() {
+            return;
+        }
         let mut attributes = serde_json::Map::new();
         attributes.insert("http.request.method".into(), r.method.into());
         attributes.insert("http.route".into(), r.route.into());
@@ -266,6 +301,45 @@ impl gantry_gateway::RequestObserver for Observer {
             error: r.status >= 500,
             attributes,
         });
+    }
+}
+
+impl Observer {
+    /// Also keeps a client span of each upstream attempt, so retries show.
+    fn attempt_span(&self, a: &gantry_gateway::Attempt<'_>) -> Span {
+        let mut attributes = serde_json::Map::new();
+        attributes.insert("http.request.method".into(), a.method.into());
+        attributes.insert("server.address".into(), a.authority.into());
+        attributes.insert("gantry.service".into(), a.service.into());
+        attributes.insert("gantry.instance".into(), a.instance.into());
+        if a.number > 1 {
+            attributes.insert("http.request.resend_count".into(), (a.number - 1).into());
+        }
+        if let Some(status) = a.status {
+            attributes.insert("http.response.status_code".into(), status.into());
+        }
+        if let Some(error) = a.error {
+            attributes.insert("error.type".into(), error.into());
+        }
+        Span {
+            trace_id: format!("{:032x}", a.trace_id),
+            span_id: format!("{:016x}", a.span_id),
+            parent_id: Some(format!("{:016x}", a.parent_id)),
+            name: format!("{} {}", a.method, a.service),
+            kind: "client",
+            service: "gateway".into(),
+            start_ns: unix_nanos(a.started),
+            duration_ns: a.duration.as_nanos() as u64,
+            error: a.error.is_some() || a.status.is_some_and(|s| s >= 500),
+            attributes,
+        }
+    }
+}
+
+impl gantry_functions::InvocationObserver for Observer {
+    fn invoked(&self, function: &str, status: u16, duration: Duration, trace_id: &str) {
+        self.slos
+            .observe_function(gantry_slo::now(), function, status, duration, &trace_id);
     }
 }
 

@@ -48,6 +48,8 @@ pub(crate) struct Events {
     pub buckets: gantry_events::objects::Buckets,
     /// Service-level objectives and their alerts.
     pub slos: gantry_slo::Slos,
+    /// The trace store, whose sampling follows `[telemetry]`.
+    pub traces: gantry_telemetry::traces::TraceStore,
 }
 
 /// The services to run: the manifest's, and one per function.
@@ -232,6 +234,9 @@ impl Live {
         self.events.scheduler.apply(&manifest.schedules);
         self.events.slos.apply(&manifest.slos);
         self.events.slos.set_alerting(&manifest.alerting);
+        self.events
+            .traces
+            .set_sampling(crate::sampling(&manifest.telemetry));
         report.routes = manifest.routes.len();
         if let Some(gateway) = &self.gateway {
             gateway.swap(table);

@@ -173,10 +173,18 @@ fn waterfall(v: &Value) -> String {
                 }
             })
             .collect();
-        let status = span["attributes"]["http.response.status_code"]
+        let attributes = &span["attributes"];
+        let mut status = attributes["http.response.status_code"]
             .as_u64()
             .map(|s| s.to_string())
+            .or_else(|| attributes["error.type"].as_str().map(str::to_owned))
             .unwrap_or_default();
+        if let Some(resends) = attributes["http.request.resend_count"].as_u64() {
+            status += &format!(" (retry {resends})");
+        }
+        if attributes["faas.coldstart"] == true {
+            status += " cold start";
+        }
         out += &format!(
             "{:>9} |{bar}| {:>9}  {}{} [{}] {}{}\n",
             format!("+{:.2}ms", offset as f64 / 1e6),

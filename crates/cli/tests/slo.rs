@@ -140,7 +140,7 @@ min_requests = 1000
     assert!(text.contains("requests 40  bad 40"), "{text}");
     assert!(text.contains("firing"), "{text}");
 
-    // /metrics parses with the reference Prometheus parser.
+    // /metrics parses with the reference OpenMetrics parser.
     let metrics = c
         .get(gantry.admin_url("/metrics"))
         .send()
@@ -171,6 +171,24 @@ min_requests = 1000
         String::from_utf8_lossy(&parsed.stderr)
     );
     let families = String::from_utf8_lossy(&parsed.stdout);
+    // The failing requests' traces are kept, so their ids are exemplars.
+    let exemplar = families
+        .lines()
+        .find_map(|l| l.strip_prefix("exemplar gantry_http_request_duration_seconds_bucket "))
+        .unwrap_or_else(|| panic!("no exemplar in:\n{families}\n{metrics}"));
+    assert_eq!(exemplar.len(), 32, "{exemplar}");
+    let trace: serde_json::Value = c
+        .get(gantry.admin_url(&format!("/v1/traces/{exemplar}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        trace["spans"].as_array().is_some_and(|s| !s.is_empty()),
+        "the exemplar's trace is stored: {trace}"
+    );
     for family in [
         "gantry_http_requests counter",
         "gantry_http_request_duration_seconds histogram",

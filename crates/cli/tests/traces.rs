@@ -18,6 +18,16 @@ const HELLO: &str = r#"(module
     (i32.store (i32.const 4) (i32.const 28))
     (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#;
 
+/// Answers every request with 503.
+const BUSY: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 100) "Status: 503\nContent-Type: text/plain\n\nbusy")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 100))
+    (i32.store (i32.const 4) (i32.const 42))
+    (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#;
+
 fn cli(gantry: &Gantry, args: &[&str]) -> String {
     let (ok, out, err) = support::gantry_cli(gantry, args);
     assert!(ok, "{err}");
@@ -61,21 +71,29 @@ to = "function:hello"
     assert_eq!(response.status(), 200, "{}", gantry.log());
 
     let url = gantry.admin_url(&format!("/v1/traces/{trace}"));
-    eventually("both spans are stored", Duration::from_secs(10), || async {
-        let v: Value = c
-            .get(&url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap_or_default();
-        v["spans"].as_array().is_some_and(|s| s.len() == 2)
-    })
+    eventually(
+        "all three spans are stored",
+        Duration::from_secs(10),
+        || async {
+            let v: Value = c
+                .get(&url)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap_or_default();
+            v["spans"].as_array().is_some_and(|s| s.len() == 3)
+        },
+    )
     .await;
     let v: Value = c.get(&url).send().await.unwrap().json().await.unwrap();
     let spans = v["spans"].as_array().unwrap();
-    let gateway = spans.iter().find(|s| s["service"] == "gateway").unwrap();
+    let gateway = spans
+        .iter()
+        .find(|s| s["kind"] == "server" && s["service"] == "gateway")
+        .unwrap();
+    let attempt = spans.iter().find(|s| s["kind"] == "client").unwrap();
     let function = spans
         .iter()
         .find(|s| s["service"] == "function:hello")
@@ -84,7 +102,10 @@ to = "function:hello"
     assert_eq!(gateway["name"], "GET hello");
     assert_eq!(gateway["attributes"]["http.route"], "hello");
     assert_eq!(gateway["attributes"]["http.response.status_code"], 200);
-    assert_eq!(function["parent_id"], gateway["span_id"]);
+    assert_eq!(attempt["parent_id"], gateway["span_id"]);
+    assert_eq!(attempt["name"], "GET function:hello");
+    assert_eq!(attempt["attributes"]["http.response.status_code"], 200);
+    assert_eq!(function["parent_id"], attempt["span_id"]);
     assert_eq!(function["attributes"]["faas.name"], "hello");
     assert_eq!(function["attributes"]["faas.trigger"], "http");
     assert!(function["start_ns"].as_u64() >= gateway["start_ns"].as_u64());
@@ -99,7 +120,11 @@ to = "function:hello"
     assert!(lines[0].starts_with(&format!("trace {trace}")), "{shown}");
     assert!(lines[1].contains("GET hello [gateway] 200"), "{shown}");
     assert!(
-        lines[2].contains("  function hello [function:hello] 200"),
+        lines[2].contains("  GET function:hello [gateway] 200"),
+        "{shown}"
+    );
+    assert!(
+        lines[3].contains("    function hello [function:hello] 200"),
         "{shown}"
     );
 
@@ -116,8 +141,8 @@ to = "function:hello"
         .unwrap();
     assert_eq!(malformed.status(), 400);
 
-    // An event published in a trace: its delivery and the function it
-    // triggers join that trace, each under the previous hop.
+    // An event published in a trace: the publish, its delivery and the
+    // function it triggers join that trace, each under the previous hop.
     let trace = "0af7651916cd43dd8448eb211c80319c";
     let published = c
         .post(gantry.api_url("/v1/publish/greetings"))
@@ -141,26 +166,46 @@ to = "function:hello"
                 .json()
                 .await
                 .unwrap_or_default();
-            v["spans"].as_array().is_some_and(|s| s.len() == 2)
+            v["spans"].as_array().is_some_and(|s| s.len() == 3)
         },
     )
     .await;
     let v: Value = c.get(&url).send().await.unwrap().json().await.unwrap();
     let spans = v["spans"].as_array().unwrap();
-    let delivery = spans.iter().find(|s| s["service"] == "events").unwrap();
+    let publish = spans
+        .iter()
+        .find(|s| s["name"] == "publish greetings")
+        .unwrap();
+    let delivery = spans
+        .iter()
+        .find(|s| s["name"] == "deliver greetings")
+        .unwrap();
     let function = spans
         .iter()
         .find(|s| s["service"] == "function:hello")
         .unwrap();
-    assert_eq!(delivery["parent_id"], "b7ad6b7169203331");
-    assert_eq!(delivery["name"], "deliver greetings");
+    assert_eq!(publish["parent_id"], "b7ad6b7169203331");
+    assert_eq!(publish["attributes"]["messaging.message.id"], "g-1");
+    assert_eq!(publish["attributes"]["messaging.operation.type"], "send");
+    assert_eq!(delivery["parent_id"], publish["span_id"]);
     assert_eq!(delivery["attributes"]["messaging.message.id"], "g-1");
     assert_eq!(function["parent_id"], delivery["span_id"]);
     assert_eq!(function["attributes"]["faas.trigger"], "pubsub");
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn spans_are_exported_over_otlp_to_a_real_decoder_and_flushed_at_shutdown() {
+async fn spans_are_exported_over_otlp_http_to_a_real_decoder_and_flushed_at_shutdown() {
+    check_otlp_export("http/protobuf").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spans_are_exported_over_otlp_grpc_to_a_real_grpc_server() {
+    check_otlp_export("grpc").await;
+}
+
+/// Starts the official-protobuf receiver (over `protocol`), sends one
+/// request through Gantry, stops Gantry at once and checks what arrived.
+async fn check_otlp_export(protocol: &str) {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let port = support::free_port();
     let dir = tempfile::tempdir().unwrap();
@@ -169,6 +214,7 @@ async fn spans_are_exported_over_otlp_to_a_real_decoder_and_flushed_at_shutdown(
         .arg(root.join("../../target/guests"))
         .arg(port.to_string())
         .arg(&out)
+        .arg(if protocol == "grpc" { "grpc" } else { "http" })
         .spawn()
         .unwrap();
     let up = std::time::Instant::now();
@@ -188,6 +234,7 @@ admin = "127.0.0.1:{{ADMIN}}"
 
 [telemetry]
 otlp_endpoint = "http://127.0.0.1:{port}"
+otlp_protocol = "{protocol}"
 
 [functions.hello]
 component = "hello.wat"
@@ -220,7 +267,7 @@ to = "function:hello"
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        if spans.len() >= 2 || std::time::Instant::now() > deadline {
+        if spans.len() >= 3 || std::time::Instant::now() > deadline {
             break spans;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -229,12 +276,20 @@ to = "function:hello"
     let _ = receiver.wait();
     let gateway = spans
         .iter()
-        .find(|s| s["service"] == "gateway")
+        .find(|s| s["service"] == "gateway" && s["kind"] == 2)
         .expect("gateway span exported");
+    let attempt = spans
+        .iter()
+        .find(|s| s["kind"] == 3)
+        .expect("attempt span exported (SPAN_KIND_CLIENT)");
     let function = spans
         .iter()
         .find(|s| s["service"] == "function:hello")
         .expect("function span exported");
+    assert_eq!(
+        gateway["protocol"],
+        if protocol == "grpc" { "grpc" } else { "http" }
+    );
     assert_eq!(gateway["trace_id"], trace);
     assert_eq!(gateway["parent_id"], "00f067aa0ba902b7");
     assert_eq!(gateway["name"], "GET hello");
@@ -245,6 +300,177 @@ to = "function:hello"
     assert_eq!(gateway["attributes"]["http.response.status_code"], 200);
     assert!(gateway["end"].as_u64() > gateway["start"].as_u64());
     assert_eq!(function["trace_id"], trace);
-    assert_eq!(function["parent_id"], gateway["span_id"]);
+    assert_eq!(attempt["parent_id"], gateway["span_id"]);
+    assert_eq!(function["parent_id"], attempt["span_id"]);
     assert_eq!(function["attributes"]["faas.name"], "hello");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_sampling_off_failing_traces_are_kept_whole_with_every_retry() {
+    let manifest = r#"
+[platform]
+listen = "127.0.0.1:{GATEWAY}"
+admin = "127.0.0.1:{ADMIN}"
+
+[telemetry]
+sample_ratio = 0
+
+[functions.hello]
+component = "hello.wat"
+executor = "wagi"
+
+[functions.busy]
+component = "busy.wat"
+executor = "wagi"
+
+[[routes]]
+name = "hello"
+path = "/hello"
+to = "function:hello"
+
+[[routes]]
+name = "busy"
+path = "/busy"
+to = "function:busy"
+retry = { attempts = 3, on = [503], backoff = "10ms", max_backoff = "20ms" }
+
+[topics.jobs]
+
+[[subscriptions]]
+topic = "jobs"
+to = "function:busy"
+retry = { max_attempts = 1 }
+"#;
+    let gantry = Gantry::start_with(manifest, |dir| {
+        std::fs::write(dir.join("hello.wat"), HELLO).unwrap();
+        std::fs::write(dir.join("busy.wat"), BUSY).unwrap();
+    })
+    .await;
+    let c = client();
+    let healthy = "6bf92f3577b34da6a3ce929d0e0e4738";
+    let failing = "7bf92f3577b34da6a3ce929d0e0e4739";
+    for _ in 0..5 {
+        let ok = c
+            .get(gantry.url("/hello"))
+            .header("traceparent", format!("00-{healthy}-00f067aa0ba902b7-01"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ok.status(), 200);
+    }
+    let busy = c
+        .get(gantry.url("/busy"))
+        .header("traceparent", format!("00-{failing}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(busy.status(), 503);
+
+    // The failing trace is kept whole: the gateway span, three attempts (the
+    // retries numbered), and the function under each attempt.
+    let url = gantry.admin_url(&format!("/v1/traces/{failing}"));
+    eventually(
+        "the failing trace is kept",
+        Duration::from_secs(10),
+        || async {
+            let v: Value = c
+                .get(&url)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap_or_default();
+            v["spans"].as_array().is_some_and(|s| s.len() == 7)
+        },
+    )
+    .await;
+    let v: Value = c.get(&url).send().await.unwrap().json().await.unwrap();
+    let spans = v["spans"].as_array().unwrap();
+    let server = spans
+        .iter()
+        .find(|s| s["service"] == "gateway" && s["kind"] == "server")
+        .unwrap();
+    assert_eq!(server["error"], true);
+    let attempts: Vec<&Value> = spans.iter().filter(|s| s["kind"] == "client").collect();
+    assert_eq!(attempts.len(), 3, "{v:#}");
+    let resends: Vec<u64> = attempts
+        .iter()
+        .map(|a| {
+            a["attributes"]["http.request.resend_count"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .collect();
+    assert_eq!(resends, [0, 1, 2]);
+    for attempt in &attempts {
+        assert_eq!(attempt["parent_id"], server["span_id"]);
+        assert_eq!(attempt["attributes"]["http.response.status_code"], 503);
+        assert!(
+            spans
+                .iter()
+                .any(|f| f["service"] == "function:busy" && f["parent_id"] == attempt["span_id"]),
+            "a function span under each attempt: {v:#}"
+        );
+    }
+    let shown = cli(&gantry, &["traces", "show", failing]);
+    assert!(
+        shown.contains("GET function:busy [gateway] 503 (retry 2)"),
+        "{shown}"
+    );
+
+    // The healthy trace was sampled out (the failing one was stored after
+    // it, so it would be there by now).
+    let missing = c
+        .get(gantry.admin_url(&format!("/v1/traces/{healthy}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+
+    // An event that fails its only attempt: the dead-letter gauge and the
+    // lag read from the store show it at the next scrape.
+    let published = c
+        .post(gantry.api_url("/v1/publish/jobs"))
+        .header("content-type", "application/cloudevents+json")
+        .body(r#"{"specversion":"1.0","id":"j-1","source":"/test","type":"job","data":{}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(published.status(), 200);
+    let metrics_url = gantry.admin_url("/metrics");
+    eventually(
+        "the dead letter is counted",
+        Duration::from_secs(15),
+        || async {
+            let text = c
+                .get(&metrics_url)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            text.contains(
+                r#"gantry_subscription_dead_letters{subscription="busy.jobs",topic="jobs"} 1"#,
+            )
+        },
+    )
+    .await;
+    let text = c
+        .get(&metrics_url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(r#"gantry_subscription_lag_events{subscription="busy.jobs",topic="jobs"} 0"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"gantry_topic_events{topic="jobs"} 1"#),
+        "{text}"
+    );
 }

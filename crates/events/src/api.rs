@@ -267,8 +267,7 @@ async fn subscriptions(State(bus): State<EventBus>) -> Response {
                 .iter()
                 .find(|t| t.name == s.topic)
                 .map_or(0, |t| t.last_seq);
-            // Events published but not yet read, plus those read but not delivered.
-            let lag = (last + 1).saturating_sub(s.next_seq) + s.pending;
+            let lag = crate::metrics::lag(last, s.next_seq, s.pending);
             json!({
                 "name": s.name,
                 "topic": s.topic,

@@ -158,6 +158,25 @@ impl EventBus {
         &self.inner.metrics
     }
 
+    /// Registers the bus's metric families in `metrics`, with the backlog
+    /// gauges read from the store at each scrape.
+    pub fn register_metrics(&self, metrics: &gantry_telemetry::Metrics) {
+        self.inner.metrics.register(metrics);
+        let bus = self.clone();
+        metrics.on_scrape(Arc::new(move || {
+            let bus = bus.clone();
+            Box::pin(async move {
+                let broker = bus.broker();
+                if let (Ok(topics), Ok(subscriptions)) = (
+                    broker.topic_stats().await,
+                    broker.subscription_stats().await,
+                ) {
+                    bus.inner.metrics.set_backlog(&topics, &subscriptions);
+                }
+            })
+        }));
+    }
+
     /// Lets subscriptions with `to = "workflow:NAME"` start runs.
     pub fn set_workflow_starter(&self, starter: Arc<dyn WorkflowStarter>) {
         let _ = self.inner.deliverer.starter.set(starter);
@@ -349,25 +368,108 @@ impl EventBus {
                 topic: topic.to_string(),
                 hint: self.topic_hint(),
             })?;
+        let started = std::time::SystemTime::now();
         let mut batch = Vec::with_capacity(events.len());
+        let mut spans = Vec::with_capacity(events.len());
         for (index, mut event) in events.into_iter().enumerate() {
             if let Some(parent) = traceparent {
                 if !event.has("traceparent") {
                     event.set_extension("traceparent", parent);
                 }
             }
+            spans.push(self.publish_span(topic, &mut event));
             batch.push(prepare(&runtime, &event, index + 1)?);
         }
         let published = self
             .inner
             .broker
             .publish(topic, batch, runtime.config.dedup_window)
-            .await?;
+            .await;
+        for (span, outcome) in spans.into_iter().zip(
+            published
+                .as_ref()
+                .map(|p| p.iter().map(Some).collect::<Vec<_>>())
+                .unwrap_or_default()
+                .into_iter()
+                .chain(std::iter::repeat(None)),
+        ) {
+            self.record_publish(span, started, outcome);
+        }
+        let published = published?;
         let duplicates = published.iter().filter(|p| p.duplicate).count() as u64;
         self.inner
             .metrics
             .published(topic, published.len() as u64 - duplicates, duplicates);
         Ok(published)
+    }
+
+    /// Makes `event` the child of a new publish span (continuing the trace
+    /// it carries, or starting one), so its deliveries show under the
+    /// publish. The span is recorded by [`EventBus::record_publish`] once
+    /// the outcome is known.
+    pub(crate) fn publish_span(&self, topic: &str, event: &mut CloudEvent) -> Option<PublishSpan> {
+        let store = self.inner.deliverer.traces.get()?;
+        if !store.enabled() {
+            return None;
+        }
+        let carried = event.attribute("traceparent");
+        let (trace_id, parent_id, flags) = carried
+            .as_deref()
+            .and_then(|t| {
+                let mut parts = t.split('-');
+                let (version, trace, span, flags) =
+                    (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+                (version.len() == 2 && trace.len() == 32 && span.len() == 16 && flags.len() == 2)
+                    .then(|| (trace.to_string(), Some(span.to_string()), flags.to_string()))
+            })
+            .unwrap_or_else(|| (format!("{:032x}", fastrand::u128(1..)), None, "01".into()));
+        let span_id = format!("{:016x}", fastrand::u64(1..));
+        event.set_extension("traceparent", &format!("00-{trace_id}-{span_id}-{flags}"));
+        Some(PublishSpan {
+            store: store.clone(),
+            topic: topic.to_string(),
+            id: event.id().to_string(),
+            event_type: event.event_type().to_string(),
+            trace_id,
+            span_id,
+            parent_id,
+        })
+    }
+
+    pub(crate) fn record_publish(
+        &self,
+        span: Option<PublishSpan>,
+        started: std::time::SystemTime,
+        outcome: Option<&Published>,
+    ) {
+        let Some(span) = span else { return };
+        let mut attributes = serde_json::Map::new();
+        attributes.insert("messaging.system".into(), "gantry".into());
+        attributes.insert("messaging.operation.type".into(), "send".into());
+        attributes.insert(
+            "messaging.destination.name".into(),
+            span.topic.clone().into(),
+        );
+        attributes.insert("messaging.message.id".into(), span.id.into());
+        attributes.insert("cloudevents.event_type".into(), span.event_type.into());
+        if let Some(published) = outcome {
+            attributes.insert("gantry.event.seq".into(), published.seq.into());
+            if published.duplicate {
+                attributes.insert("gantry.event.duplicate".into(), true.into());
+            }
+        }
+        span.store.record(gantry_telemetry::traces::Span {
+            trace_id: span.trace_id,
+            span_id: span.span_id,
+            parent_id: span.parent_id,
+            name: format!("publish {}", span.topic),
+            kind: "producer",
+            service: "events".into(),
+            start_ns: gantry_telemetry::traces::unix_nanos(started),
+            duration_ns: started.elapsed().unwrap_or_default().as_nanos() as u64,
+            error: outcome.is_none(),
+            attributes,
+        });
     }
 
     fn topic_hint(&self) -> String {
@@ -500,6 +602,17 @@ impl EventBus {
 }
 
 /// Checks one event against its topic and turns it into what the broker stores.
+/// A publish span waiting for its outcome.
+pub(crate) struct PublishSpan {
+    store: gantry_telemetry::traces::TraceStore,
+    topic: String,
+    id: String,
+    event_type: String,
+    trace_id: String,
+    span_id: String,
+    parent_id: Option<String>,
+}
+
 fn prepare(
     topic: &TopicRuntime,
     event: &CloudEvent,

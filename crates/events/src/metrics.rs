@@ -5,7 +5,10 @@ use gantry_telemetry::Metrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+
+use crate::broker::{SubscriptionStats, TopicStats};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TopicLabels {
@@ -24,6 +27,12 @@ struct SubscriptionLabels {
     subscription: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BacklogLabels {
+    subscription: String,
+    topic: String,
+}
+
 /// The bus's metric families. Cheap to clone; counting works whether or
 /// not they were registered.
 #[derive(Debug, Clone)]
@@ -32,6 +41,10 @@ pub struct EventMetrics {
     duplicates: Family<TopicLabels, Counter>,
     deliveries: Family<DeliveryLabels, Counter>,
     duration: Family<SubscriptionLabels, Histogram>,
+    // Saturation, read from the store at scrape time.
+    lag: Family<BacklogLabels, Gauge>,
+    dead_letters: Family<BacklogLabels, Gauge>,
+    topic_events: Family<TopicLabels, Gauge>,
 }
 
 impl Default for EventMetrics {
@@ -43,6 +56,9 @@ impl Default for EventMetrics {
             duration: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.0005, 2.0, 16))
             }),
+            lag: Family::default(),
+            dead_letters: Family::default(),
+            topic_events: Family::default(),
         }
     }
 }
@@ -71,7 +87,53 @@ impl EventMetrics {
                 "How long one delivery attempt took",
                 self.duration.clone(),
             );
+            registry.register(
+                "subscription_lag_events",
+                "Events of the topic a subscription has not delivered yet (unread, in flight or waiting to retry)",
+                self.lag.clone(),
+            );
+            registry.register(
+                "subscription_dead_letters",
+                "Events in a subscription's dead-letter queue",
+                self.dead_letters.clone(),
+            );
+            registry.register(
+                "topic_events",
+                "Events a topic holds",
+                self.topic_events.clone(),
+            );
         });
+    }
+
+    /// Sets the saturation gauges from the store's numbers. Subscriptions no
+    /// longer in the manifest are left out.
+    pub(crate) fn set_backlog(&self, topics: &[TopicStats], subscriptions: &[SubscriptionStats]) {
+        self.lag.clear();
+        self.dead_letters.clear();
+        self.topic_events.clear();
+        for topic in topics {
+            self.topic_events
+                .get_or_create(&TopicLabels {
+                    topic: topic.name.clone(),
+                })
+                .set(topic.events as i64);
+        }
+        for s in subscriptions.iter().filter(|s| s.active) {
+            let last = topics
+                .iter()
+                .find(|t| t.name == s.topic)
+                .map_or(0, |t| t.last_seq);
+            let labels = BacklogLabels {
+                subscription: s.name.clone(),
+                topic: s.topic.clone(),
+            };
+            self.lag
+                .get_or_create(&labels)
+                .set(lag(last, s.next_seq, s.pending) as i64);
+            self.dead_letters
+                .get_or_create(&labels)
+                .set(s.dead_letters as i64);
+        }
     }
 
     pub(crate) fn published(&self, topic: &str, stored: u64, duplicates: u64) {
@@ -99,4 +161,9 @@ impl EventMetrics {
             })
             .observe(seconds);
     }
+}
+
+/// Events published but not yet read, plus those read but not delivered.
+pub(crate) fn lag(last_seq: u64, next_seq: u64, pending: u64) -> u64 {
+    (last_seq + 1).saturating_sub(next_seq) + pending
 }

@@ -108,10 +108,15 @@ async fn relay_once(bus: &EventBus, relay: &str, config: &Outbox) -> Result<usiz
         return Ok(0);
     };
     let count = rows.len();
+    let started = std::time::SystemTime::now();
     let mut events = Vec::with_capacity(count);
+    let mut spans = Vec::with_capacity(count);
     for row in rows {
         match check_row(bus, &row) {
-            Ok(event) => events.push(event),
+            Ok((event, span)) => {
+                events.push(event);
+                spans.push(span);
+            }
             Err(error) => {
                 tracing::error!(target: "gantry::events", relay, row = row.id, topic = %row.topic, %error, event = %row.event, "outbox row skipped: it is not a valid event for its topic");
             }
@@ -122,9 +127,10 @@ async fn relay_once(bus: &EventBus, relay: &str, config: &Outbox) -> Result<usiz
         .publish_relayed(relay, last, events)
         .await
         .map_err(|e| e.to_string())?;
-    for (topic, published) in &outcomes {
+    for ((topic, published), span) in outcomes.iter().zip(spans) {
         let stored = u64::from(!published.duplicate);
         bus.metrics().published(topic, stored, 1 - stored);
+        bus.record_publish(span, started, Some(published));
     }
     // The rows are published; removing them is housekeeping, and a failure
     // here only means they are skipped by position next time.
@@ -136,19 +142,26 @@ async fn relay_once(bus: &EventBus, relay: &str, config: &Outbox) -> Result<usiz
     Ok(count)
 }
 
-fn check_row(bus: &EventBus, row: &Row) -> Result<RelayedEvent, String> {
+fn check_row(
+    bus: &EventBus,
+    row: &Row,
+) -> Result<(RelayedEvent, Option<crate::PublishSpan>), String> {
     let topic = bus
         .topic(&row.topic)
         .ok_or_else(|| format!("unknown topic `{}`", row.topic))?;
     let value: serde_json::Value =
         serde_json::from_str(&row.event).map_err(|e| format!("the event is not JSON: {e}"))?;
-    let event = CloudEvent::from_json(value).map_err(|e| e.to_string())?;
+    let mut event = CloudEvent::from_json(value).map_err(|e| e.to_string())?;
+    let span = bus.publish_span(&row.topic, &mut event);
     let prepared = prepare(&topic, &event, 1).map_err(|e| e.to_string())?;
-    Ok(RelayedEvent {
-        topic: row.topic.clone(),
-        event: prepared,
-        dedup_window: topic.config.dedup_window,
-    })
+    Ok((
+        RelayedEvent {
+            topic: row.topic.clone(),
+            event: prepared,
+            dedup_window: topic.config.dedup_window,
+        },
+        span,
+    ))
 }
 
 fn open(config: &Outbox) -> Result<Connection, String> {

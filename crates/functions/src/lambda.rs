@@ -65,6 +65,8 @@ struct Endpoint {
     queue: tokio::sync::Mutex<mpsc::Receiver<Invocation>>,
     /// The invocation the process is working on: its id and where the outcome goes.
     current: Mutex<Option<(String, Reply)>>,
+    /// The trace id of the current invocation, for its log lines.
+    current_trace: Mutex<Option<String>>,
     init_error: Mutex<Option<String>>,
 }
 
@@ -180,8 +182,10 @@ impl Pool {
         payload: Bytes,
         request_id: &str,
         trace: Option<String>,
+        cold_start: &mut bool,
     ) -> Result<Result<Bytes, Bytes>, Failure> {
         let (instance, cold) = self.checkout().await?;
+        *cold_start = cold;
         if cold {
             self.metrics.cold_start(&self.config.function);
         }
@@ -255,6 +259,7 @@ impl Pool {
             function: self.config.function.clone(),
             queue: tokio::sync::Mutex::new(rx),
             current: Mutex::new(None),
+            current_trace: Mutex::new(None),
             init_error: Mutex::new(None),
         });
         let number = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -334,7 +339,14 @@ impl Pool {
                         .ok()
                         .and_then(|c| c.as_ref().map(|(id, _)| id.clone()))
                         .unwrap_or_default();
-                    logs.write(&endpoint.function, &request_id, stream, &line);
+                    let trace_id = endpoint.current_trace.lock().ok().and_then(|t| t.clone());
+                    logs.write(
+                        &endpoint.function,
+                        &request_id,
+                        trace_id.as_deref(),
+                        stream,
+                        &line,
+                    );
                 }
             });
         }
@@ -407,6 +419,9 @@ async fn next(State(endpoint): State<Arc<Endpoint>>) -> axum::response::Response
         .as_millis();
     if let Ok(mut current) = endpoint.current.lock() {
         *current = Some((invocation.id.clone(), invocation.reply));
+    }
+    if let Ok(mut trace) = endpoint.current_trace.lock() {
+        *trace = crate::logs::trace_id(invocation.trace.as_deref());
     }
     let mut headers = HeaderMap::new();
     let mut set = |name: &'static str, value: String| {

@@ -204,7 +204,7 @@ struct Inner {
     metrics: FunctionMetrics,
     logs: LogBook,
     resolve: Mutex<Option<Arc<dyn Resolve>>>,
-    traces: Arc<std::sync::OnceLock<gantry_telemetry::traces::TraceStore>>,
+    hooks: Arc<Hooks>,
 }
 
 impl std::fmt::Debug for Functions {
@@ -224,7 +224,7 @@ impl Functions {
                 metrics: FunctionMetrics::default(),
                 logs: LogBook::default(),
                 resolve: Mutex::new(None),
-                traces: Arc::default(),
+                hooks: Arc::default(),
             }),
         }
     }
@@ -241,7 +241,12 @@ impl Functions {
 
     /// Keeps a span of every invocation in `store` (set once, before `apply`).
     pub fn set_trace_store(&self, store: gantry_telemetry::traces::TraceStore) {
-        let _ = self.inner.traces.set(store);
+        let _ = self.inner.hooks.traces.set(store);
+    }
+
+    /// Shows every invocation, whatever triggered it, to `observer` (set once).
+    pub fn observe_with(&self, observer: Arc<dyn InvocationObserver>) {
+        let _ = self.inner.hooks.observer.set(observer);
     }
 
     /// Recent guest output, by function.
@@ -398,7 +403,7 @@ impl Functions {
             listener,
             slot.clone(),
             self.inner.metrics.clone(),
-            self.inner.traces.clone(),
+            self.inner.hooks.clone(),
         ));
         tokio::spawn(watch(self.clone(), slot.clone()));
         tracing::info!(target: "gantry::functions", function = name, listen = %addr, "function ready");
@@ -559,7 +564,7 @@ async fn serve(
     listener: tokio::net::TcpListener,
     slot: Arc<Slot>,
     metrics: FunctionMetrics,
-    traces: Arc<std::sync::OnceLock<gantry_telemetry::traces::TraceStore>>,
+    hooks: Arc<Hooks>,
 ) {
     loop {
         let (stream, _) = tokio::select! {
@@ -576,28 +581,44 @@ async fn serve(
         let _ = stream.set_nodelay(true);
         let slot = slot.clone();
         let metrics = metrics.clone();
-        let traces = traces.clone();
+        let hooks = hooks.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
                 let slot = slot.clone();
                 let metrics = metrics.clone();
-                let traces = traces.clone();
+                let hooks = hooks.clone();
                 async move {
                     let started = SystemTime::now();
                     let span = SpanStart::of(&mut request);
-                    let trigger = if request.headers().contains_key("ce-specversion") {
+                    // OpenTelemetry's `faas.trigger` values.
+                    let headers = request.headers();
+                    let trigger = if headers
+                        .get("ce-type")
+                        .is_some_and(|t| t == "dev.gantry.schedule")
+                    {
+                        "timer"
+                    } else if headers.contains_key("ce-specversion") {
                         "pubsub"
                     } else {
                         "http"
                     };
                     let response = invoke(&slot, &metrics, request).await;
-                    if let Some(store) = traces.get() {
+                    if let Some(observer) = hooks.observer.get() {
+                        observer.invoked(
+                            &slot.name,
+                            response.status().as_u16(),
+                            started.elapsed().unwrap_or_default(),
+                            &span.trace_id,
+                        );
+                    }
+                    if let Some(store) = hooks.traces.get() {
                         span.record(
                             store,
                             &slot.name,
                             trigger,
                             started,
                             response.status().as_u16(),
+                            response.extensions().get::<ColdStart>().is_some(),
                         );
                     }
                     Ok::<_, std::convert::Infallible>(response)
@@ -660,19 +681,22 @@ async fn invoke(
         }
     };
     let wasm_instance = !matches!(loaded.exec, Exec::Lambda(_));
+    // Every wasm request is a fresh instance; a Lambda request is cold when
+    // it started a process.
+    let mut cold = false;
     if wasm_instance {
         metrics.instances(&slot.name, 1);
     }
     let outcome = match &loaded.exec {
         Exec::Component(exec) => exec.handle(request, &request_id).await,
         Exec::Wagi(exec) => exec.handle(request, &request_id).await,
-        Exec::Lambda(pool) => invoke_lambda(pool, request, &request_id).await,
+        Exec::Lambda(pool) => invoke_lambda(pool, request, &request_id, &mut cold).await,
     };
     if wasm_instance {
         metrics.instances(&slot.name, -1);
     }
     let seconds = started.elapsed().as_secs_f64();
-    match outcome {
+    let mut response = match outcome {
         Ok(mut response) => {
             metrics.invoked(&slot.name, "ok", seconds);
             if let Ok(value) = request_id.parse() {
@@ -685,13 +709,35 @@ async fn invoke(
             tracing::warn!(target: "gantry::functions", function = %slot.name, request_id, outcome = failure.outcome(), error = ?failure, "invocation failed");
             failure.problem(&slot.name, &request_id)
         }
+    };
+    if cold {
+        response.extensions_mut().insert(ColdStart);
     }
+    response
 }
+
+/// Sees every invocation, whatever triggered it (a route, an event, a
+/// schedule): SLOs on functions count them.
+pub trait InvocationObserver: Send + Sync {
+    fn invoked(&self, function: &str, status: u16, duration: Duration, trace_id: &str);
+}
+
+/// What invocations are shown to, set once by the app.
+#[derive(Default)]
+struct Hooks {
+    traces: std::sync::OnceLock<gantry_telemetry::traces::TraceStore>,
+    observer: std::sync::OnceLock<Arc<dyn InvocationObserver>>,
+}
+
+/// Marks a response whose invocation started a new Lambda process.
+#[derive(Debug, Clone, Copy)]
+struct ColdStart;
 
 async fn invoke_lambda(
     pool: &lambda::Pool,
     request: Request<Incoming>,
     request_id: &str,
+    cold: &mut bool,
 ) -> Result<Response<FnBody>, Failure> {
     let (parts, body) = request.into_parts();
     let body = Limited::new(body, LAMBDA_MAX_BODY)
@@ -709,7 +755,7 @@ async fn invoke_lambda(
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    match pool.invoke(event, request_id, trace).await? {
+    match pool.invoke(event, request_id, trace, cold).await? {
         Ok(result) => Ok(lambda::response_for(&result)?.map(full)),
         Err(error) => {
             let mut response = problem(
@@ -777,10 +823,12 @@ impl SpanStart {
         trigger: &str,
         started: SystemTime,
         status: u16,
+        cold_start: bool,
     ) {
         let mut attributes = serde_json::Map::new();
         attributes.insert("faas.name".into(), function.into());
         attributes.insert("faas.trigger".into(), trigger.into());
+        attributes.insert("faas.coldstart".into(), cold_start.into());
         attributes.insert("http.response.status_code".into(), status.into());
         store.record(gantry_telemetry::traces::Span {
             trace_id: self.trace_id,

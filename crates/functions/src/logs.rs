@@ -1,6 +1,7 @@
 //! Guest output: every line a function writes to stdout or stderr goes to
-//! Gantry's log (tagged with the function and the request id) and into a
-//! bounded per-function buffer that `gantry functions logs NAME` reads.
+//! Gantry's log (tagged with the function, the request id and the trace id,
+//! so logs and traces join) and into a bounded per-function buffer that
+//! `gantry functions logs NAME` reads.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -16,6 +17,9 @@ pub struct LogLine {
     /// RFC 3339, UTC.
     pub time: String,
     pub request_id: String,
+    /// The invocation's trace (32 hex digits), when it had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     /// `stdout` or `stderr`.
     pub stream: &'static str,
     pub line: String,
@@ -32,13 +36,15 @@ impl LogBook {
         &self,
         function: &Arc<str>,
         request_id: &str,
+        trace_id: Option<&str>,
         stream: &'static str,
         line: &str,
     ) {
-        tracing::info!(target: "gantry::functions::guest", function = %function, request_id, stream, "{line}");
+        tracing::info!(target: "gantry::functions::guest", function = %function, request_id, trace_id, stream, "{line}");
         let entry = LogLine {
             time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             request_id: request_id.to_string(),
+            trace_id: trace_id.map(str::to_owned),
             stream,
             line: line.to_string(),
         };
@@ -61,4 +67,10 @@ impl LogBook {
             })
             .unwrap_or_default()
     }
+}
+
+/// The trace id of a `traceparent` value.
+pub(crate) fn trace_id(traceparent: Option<&str>) -> Option<String> {
+    let trace = traceparent?.split('-').nth(1)?;
+    (trace.len() == 32 && trace.bytes().all(|b| b.is_ascii_hexdigit())).then(|| trace.to_string())
 }

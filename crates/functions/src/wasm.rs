@@ -185,11 +185,18 @@ impl Settings {
         Failure::Crashed(text)
     }
 
-    fn log_output(&self, request_id: &str, stdout: &MemoryOutputPipe, stderr: &MemoryOutputPipe) {
+    fn log_output(
+        &self,
+        request_id: &str,
+        trace_id: Option<&str>,
+        stdout: &MemoryOutputPipe,
+        stderr: &MemoryOutputPipe,
+    ) {
         for (stream, pipe) in [("stdout", stdout), ("stderr", stderr)] {
             let contents = pipe.contents();
             for line in String::from_utf8_lossy(&contents).lines() {
-                self.logs.write(&self.function, request_id, stream, line);
+                self.logs
+                    .write(&self.function, request_id, trace_id, stream, line);
             }
         }
     }
@@ -236,6 +243,12 @@ impl ComponentExec {
         request: Request<Incoming>,
         request_id: &str,
     ) -> Result<Response<FnBody>, Failure> {
+        let trace_id = crate::logs::trace_id(
+            request
+                .headers()
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok()),
+        );
         let stdout = MemoryOutputPipe::new(LOG_CAPTURE);
         let stderr = MemoryOutputPipe::new(LOG_CAPTURE);
         let guest = Guest {
@@ -272,7 +285,7 @@ impl ComponentExec {
                     .await
             }
             .await;
-            settings.log_output(&request_id_owned, &stdout, &stderr);
+            settings.log_output(&request_id_owned, trace_id.as_deref(), &stdout, &stderr);
             outcome
         });
         let timeout = self.settings.timeout;
@@ -319,6 +332,12 @@ impl WagiExec {
         request_id: &str,
     ) -> Result<Response<FnBody>, Failure> {
         let (parts, body) = request.into_parts();
+        let trace_id = crate::logs::trace_id(
+            parts
+                .headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok()),
+        );
         let body = Limited::new(body, WAGI_MAX_BODY)
             .collect()
             .await
@@ -349,8 +368,12 @@ impl WagiExec {
             Ok(outcome) => outcome,
             Err(_) => return Err(Failure::Timeout(self.settings.timeout)),
         };
-        self.settings
-            .log_output(request_id, &MemoryOutputPipe::new(0), &stderr);
+        self.settings.log_output(
+            request_id,
+            trace_id.as_deref(),
+            &MemoryOutputPipe::new(0),
+            &stderr,
+        );
         match outcome {
             Ok(()) => {}
             Err(error) => match error.downcast_ref::<wasmtime_wasi::I32Exit>() {

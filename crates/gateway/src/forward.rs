@@ -22,7 +22,9 @@ use http::{request, HeaderMap, Method, Request, Response, Uri};
 use http_body::Body;
 use http_body_util::BodyExt;
 
+use crate::identity::{TraceContext, TRACEPARENT};
 use crate::problem::Problem;
+use crate::proxy::{Attempt, RequestObserver};
 use crate::resilience::retry::backoff;
 use crate::resilience::Admission;
 use crate::router::{CompiledFallback, CompiledRoute};
@@ -57,6 +59,9 @@ pub(crate) struct Forward<'a> {
     pub(crate) admission: Admission,
     pub(crate) idempotent: bool,
     pub(crate) deadline: Instant,
+    /// Each attempt is a span under this one.
+    pub(crate) trace: &'a TraceContext,
+    pub(crate) observer: Option<&'a dyn RequestObserver>,
 }
 
 /// What a request is rebuilt from for another attempt.
@@ -130,9 +135,13 @@ impl Forward<'_> {
                     request: Some(request),
                 };
             };
+            let hop = self.trace.child();
+            let method = request.method().clone();
             let headers = request.headers_mut();
             headers.insert(header::HOST, instance.host_header.clone());
             headers.insert(DEADLINE, HeaderValue::from(remaining.as_millis() as u64));
+            headers.insert(TRACEPARENT, hop.traceparent());
+            let attempt_started = (std::time::SystemTime::now(), Instant::now());
             let limit = route
                 .attempt_timeout
                 .map_or(remaining, |a| a.min(remaining));
@@ -144,6 +153,28 @@ impl Forward<'_> {
             let succeeded =
                 matches!(&sent, Ok(Ok(response)) if !response.status().is_server_error());
             service.record(&instance, succeeded);
+            if let Some(observer) = self.observer {
+                let (status, error) = match &sent {
+                    Ok(Ok(response)) => (Some(response.status().as_u16()), None),
+                    Ok(Err(UpstreamError::Connect(..))) => (None, Some("connect")),
+                    Ok(Err(UpstreamError::Http(_))) => (None, Some("reset")),
+                    Err(_) => (None, Some("timeout")),
+                };
+                observer.attempt(&Attempt {
+                    service: service.name(),
+                    instance: instance.index,
+                    authority: instance.authority.as_str(),
+                    method: method.as_str(),
+                    number: attempt,
+                    started: attempt_started.0,
+                    duration: attempt_started.1.elapsed(),
+                    status,
+                    error,
+                    trace_id: hop.trace_id,
+                    span_id: hop.span_id,
+                    parent_id: self.trace.span_id,
+                });
+            }
             match sent {
                 Ok(Ok(response)) => {
                     let status = response.status();

@@ -69,6 +69,16 @@ impl TraceContext {
         }
     }
 
+    /// A new span in the same trace, under this one (an upstream attempt).
+    pub(crate) fn child(&self) -> TraceContext {
+        TraceContext {
+            trace_id: self.trace_id,
+            span_id: nonzero_u64(),
+            parent_id: Some(self.span_id),
+            flags: self.flags,
+        }
+    }
+
     /// The trace id, displayed as 32 hex digits without allocating.
     pub(crate) fn trace_id(&self) -> TraceId {
         TraceId(self.trace_id)

@@ -47,7 +47,7 @@ pub use body::GatewayBody;
 pub use forwarding::Peer;
 pub use idempotency::IdempotencyStore;
 pub use metrics::GatewayMetrics;
-pub use proxy::{Gateway, Observation, RequestObserver};
+pub use proxy::{Attempt, Gateway, Observation, RequestObserver};
 pub use router::{BuildError, RouteInfo, RouteTable};
 pub use server::serve;
 pub use shadow::{Difference, ShadowSummary, Side};

@@ -6,9 +6,9 @@
 use gantry_telemetry::Metrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -25,6 +25,13 @@ struct RouteLabels {
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
+/// An exemplar's labels: the trace of one request in the bucket, so a
+/// latency spike on a dashboard leads to a trace (OpenMetrics exemplars).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct TraceExemplar {
+    trace_id: String,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceLabels {
     service: String,
@@ -40,7 +47,7 @@ struct FallbackLabels {
 #[derive(Debug, Clone)]
 pub struct GatewayMetrics {
     requests: Family<RequestLabels, Counter>,
-    duration: Family<RouteLabels, Histogram>,
+    duration: Family<RouteLabels, HistogramWithExemplars<TraceExemplar>>,
     retries: Family<RouteLabels, Counter>,
     shed: Family<ServiceLabels, Counter>,
     breaker_state: Family<ServiceLabels, Gauge>,
@@ -52,7 +59,7 @@ pub struct GatewayMetrics {
 #[derive(Debug, Clone)]
 pub(crate) struct RouteMetrics {
     by_class: [Counter; 5],
-    duration: Histogram,
+    duration: HistogramWithExemplars<TraceExemplar>,
     pub(crate) retries: Counter,
     /// Requests shed by the service's bulkhead.
     pub(crate) shed: Counter,
@@ -65,12 +72,18 @@ impl GatewayMetrics {
     /// `gantry_http_request_duration_seconds` in `metrics`.
     pub fn register(metrics: &Metrics) -> Self {
         let requests = Family::<RequestLabels, Counter>::default();
-        let duration = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new([
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0,
-            ])
-        });
+        let duration =
+            Family::<RouteLabels, HistogramWithExemplars<TraceExemplar>>::new_with_constructor(
+                || {
+                    HistogramWithExemplars::new(
+                        [
+                            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                            2.5, 5.0, 10.0,
+                        ]
+                        .into_iter(),
+                    )
+                },
+            );
         metrics.register(|registry| {
             registry.register(
                 "http_requests",
@@ -184,9 +197,16 @@ impl RouteMetrics {
             .inc();
     }
 
-    pub(crate) fn record(&self, status: u16, seconds: f64) {
+    /// Counts an answer; `trace` (a kept trace's id) becomes the exemplar of
+    /// its latency bucket.
+    pub(crate) fn record(&self, status: u16, seconds: f64, trace: Option<u128>) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.by_class[class].inc();
-        self.duration.observe(seconds);
+        self.duration.observe(
+            seconds,
+            trace.map(|id| TraceExemplar {
+                trace_id: format!("{id:032x}"),
+            }),
+        );
     }
 }

@@ -42,6 +42,40 @@ pub struct Gateway {
 /// store keeps a span of each).
 pub trait RequestObserver: Send + Sync + std::fmt::Debug {
     fn observe(&self, request: &Observation<'_>);
+
+    /// One attempt to get an answer from a service instance; a retried
+    /// request makes several. Called before [`RequestObserver::observe`].
+    fn attempt(&self, _attempt: &Attempt<'_>) {}
+
+    /// Whether this request's trace is kept, so its id may be the exemplar
+    /// of the latency histogram's bucket.
+    fn keeps_trace(&self, _trace_id: u128, _status: u16, _duration: std::time::Duration) -> bool {
+        false
+    }
+}
+
+/// One upstream attempt, as observers see it.
+#[derive(Debug)]
+pub struct Attempt<'a> {
+    pub service: &'a str,
+    pub instance: u32,
+    /// The instance's `host:port`.
+    pub authority: &'a str,
+    pub method: &'a str,
+    /// 1 for the first attempt.
+    pub number: u32,
+    pub started: std::time::SystemTime,
+    /// Until the response head or the failure.
+    pub duration: std::time::Duration,
+    /// The answer's status, when there was one.
+    pub status: Option<u16>,
+    /// Why there was no answer: `connect`, `reset` or `timeout`.
+    pub error: Option<&'static str>,
+    /// The trace, the attempt's own span (the instance's parent) and the
+    /// gateway span it belongs to.
+    pub trace_id: u128,
+    pub span_id: u64,
+    pub parent_id: u64,
 }
 
 /// One answered request, as observers see it.
@@ -521,6 +555,8 @@ impl Gateway {
             admission,
             idempotent,
             deadline: started + route.timeout,
+            trace: &trace,
+            observer: outcome.observer,
         }
         .run(parts, body)
         .await;
@@ -617,7 +653,11 @@ impl Outcome<'_> {
     ) -> Response<GatewayBody> {
         let elapsed = self.started.elapsed();
         let status = response.status().as_u16();
-        metrics.record(status, elapsed.as_secs_f64());
+        let exemplar = self
+            .observer
+            .filter(|o| o.keeps_trace(self.trace.trace_id, status, elapsed))
+            .map(|_| self.trace.trace_id);
+        metrics.record(status, elapsed.as_secs_f64(), exemplar);
         if let Some(observer) = self.observer {
             observer.observe(&Observation {
                 route: self.route,

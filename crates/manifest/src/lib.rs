@@ -44,7 +44,7 @@ pub use policy::{
     IdempotencyPolicy, LoadBalancer, OutlierEjection, RateLimitKey, RateLimitPolicy, RetryPolicy,
     ShadowPolicy,
 };
-pub use slo::{Alerting, Slo, SloTarget, Telemetry};
+pub use slo::{Alerting, OtlpProtocol, Slo, SloTarget, Telemetry};
 pub use workflows::{Action, Step, StepSpans, Workflow};
 
 use std::path::{Path, PathBuf};

@@ -48,14 +48,13 @@ pub enum SloTarget {
 }
 
 impl SloTarget {
-    /// Whether a gateway request on `route` to `service` counts.
+    /// Whether a gateway request on `route` to `service` counts. Function
+    /// objectives count invocations instead, whatever triggered them.
     pub fn matches(&self, route: &str, service: &str) -> bool {
         match self {
             SloTarget::Route(name) => name == route,
             SloTarget::Service(name) => name == service,
-            SloTarget::Function(name) => {
-                crate::functions::function_of(service).is_some_and(|f| f == name)
-            }
+            SloTarget::Function(_) => false,
         }
     }
 }
@@ -92,15 +91,51 @@ impl Default for Alerting {
     }
 }
 
-/// `[telemetry]`: where traces are exported.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, JsonSchema)]
+/// `[telemetry]`: which traces are kept and where they are exported.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Telemetry {
-    /// An OTLP/HTTP collector (`http://127.0.0.1:4318`): every span is also
-    /// exported there. Without it, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or
+    /// `false` records no spans at all (metrics and logs stay).
+    pub traces: bool,
+    /// The fraction of traces kept, from 0 to 1 (decided on the trace id,
+    /// so every hop agrees). Traces with an error or a slow span are kept
+    /// whatever the ratio.
+    pub sample_ratio: f64,
+    /// A trace with a span at least this long is always kept.
+    #[serde(with = "duration_text")]
+    #[schemars(with = "String")]
+    pub slow: Duration,
+    /// An OTLP collector (`http://127.0.0.1:4318` for HTTP/protobuf,
+    /// `http://127.0.0.1:4317` for gRPC): every kept span is also exported
+    /// there. Without it, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or
     /// `OTEL_EXPORTER_OTLP_ENDPOINT` is used when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub otlp_endpoint: Option<String>,
+    /// `http/protobuf` (default) or `grpc`; without it,
+    /// `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` or `OTEL_EXPORTER_OTLP_PROTOCOL`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_protocol: Option<OtlpProtocol>,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry {
+            traces: true,
+            sample_ratio: 1.0,
+            slow: Duration::from_secs(1),
+            otlp_endpoint: None,
+            otlp_protocol: None,
+        }
+    }
+}
+
+/// How spans travel to an OTLP collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+pub enum OtlpProtocol {
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    #[serde(rename = "grpc")]
+    Grpc,
 }
 
 mod optional_duration {

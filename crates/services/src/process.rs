@@ -115,7 +115,10 @@ fn spawn(spec: &ProcessSpec, instance: &Instance) -> std::io::Result<Child> {
     Ok(child)
 }
 
-/// Each line a process writes becomes one log event tagged with its service and instance.
+/// Each line a process writes becomes one log event tagged with its service
+/// and instance. A line that is a JSON object (a structured logger's output)
+/// keeps its level and message, and its `trace_id`, `span_id` and
+/// `request_id` become fields of the event, so service logs join traces.
 async fn forward_lines(
     stream: impl AsyncRead + Unpin,
     service: Arc<str>,
@@ -124,7 +127,82 @@ async fn forward_lines(
 ) {
     let mut lines = BufReader::new(stream).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        tracing::info!(target: "gantry::service", service = %service, instance, stream = name, "{line}");
+        let Some(structured) = Structured::parse(&line) else {
+            tracing::info!(target: "gantry::service", service = %service, instance, stream = name, "{line}");
+            continue;
+        };
+        let Structured {
+            level,
+            message,
+            trace_id,
+            span_id,
+            request_id,
+        } = &structured;
+        let (trace_id, span_id, request_id) = (
+            trace_id.as_deref(),
+            span_id.as_deref(),
+            request_id.as_deref(),
+        );
+        macro_rules! event {
+            ($level:expr) => {
+                tracing::event!(target: "gantry::service", $level, service = %service, instance, stream = name, trace_id, span_id, request_id, "{message}")
+            };
+        }
+        match *level {
+            tracing::Level::ERROR => event!(tracing::Level::ERROR),
+            tracing::Level::WARN => event!(tracing::Level::WARN),
+            tracing::Level::DEBUG => event!(tracing::Level::DEBUG),
+            tracing::Level::TRACE => event!(tracing::Level::TRACE),
+            _ => event!(tracing::Level::INFO),
+        }
+    }
+}
+
+/// What Gantry takes from a JSON log line.
+#[derive(Debug, PartialEq)]
+struct Structured {
+    level: tracing::Level,
+    message: String,
+    trace_id: Option<String>,
+    span_id: Option<String>,
+    request_id: Option<String>,
+}
+
+impl Structured {
+    /// Reads the usual keys of structured loggers (`level`/`severity`,
+    /// `msg`/`message`, `trace_id`/`traceId`, ...); `None` for a plain line.
+    fn parse(line: &str) -> Option<Structured> {
+        if !line.trim_start().starts_with('{') {
+            return None;
+        }
+        let serde_json::Value::Object(fields) = serde_json::from_str(line).ok()? else {
+            return None;
+        };
+        let text = |keys: &[&str]| {
+            keys.iter().find_map(|k| match fields.get(*k)? {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            })
+        };
+        let level = match text(&["level", "severity", "levelname", "lvl"])
+            .unwrap_or_default()
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "error" | "err" | "fatal" | "critical" | "panic" | "50" | "60" => tracing::Level::ERROR,
+            "warn" | "warning" | "40" => tracing::Level::WARN,
+            "debug" | "20" => tracing::Level::DEBUG,
+            "trace" | "10" => tracing::Level::TRACE,
+            _ => tracing::Level::INFO,
+        };
+        Some(Structured {
+            level,
+            message: text(&["msg", "message", "event"]).unwrap_or_else(|| line.to_string()),
+            trace_id: text(&["trace_id", "traceId", "trace.id", "traceid"]),
+            span_id: text(&["span_id", "spanId", "span.id"]),
+            request_id: text(&["request_id", "requestId", "req_id"]),
+        })
     }
 }
 
@@ -139,4 +217,37 @@ async fn stop(spec: &ProcessSpec, instance: &Instance, child: &mut Child) {
         tracing::warn!(target: "gantry::process", service = %spec.service, instance = instance.index, pid, grace = ?spec.stop_grace, "process ignored SIGTERM; killing it");
     }
     let _ = child.kill().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn structured_lines_keep_level_message_and_ids() {
+        let line = r#"{"level":"warn","msg":"stock low","trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","request_id":"r-1","sku":3}"#;
+        let parsed = Structured::parse(line).unwrap();
+        assert_eq!(parsed.level, tracing::Level::WARN);
+        assert_eq!(parsed.message, "stock low");
+        assert_eq!(
+            parsed.trace_id.as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(parsed.request_id.as_deref(), Some("r-1"));
+        // pino's numeric levels, Python's levelname, no message key.
+        assert_eq!(
+            Structured::parse(r#"{"level":50,"msg":"x"}"#)
+                .unwrap()
+                .level,
+            tracing::Level::ERROR
+        );
+        let python = Structured::parse(r#"{"levelname":"DEBUG","traceId":"t"}"#).unwrap();
+        assert_eq!(
+            (python.level, python.trace_id.as_deref()),
+            (tracing::Level::DEBUG, Some("t"))
+        );
+        assert!(python.message.contains("traceId"));
+        assert!(Structured::parse("plain text").is_none());
+        assert!(Structured::parse("{not json").is_none());
+    }
 }

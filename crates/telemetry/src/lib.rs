@@ -59,10 +59,22 @@ pub fn init_logging(format: LogFormat) -> LogGuard {
     LogGuard(guard)
 }
 
+/// Brings gauges read from storage (subscription lag, dead letters, parked
+/// workflows) up to date just before a scrape.
+pub type Refresher =
+    Arc<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync>;
+
 /// The process-wide metrics registry. Cheap to clone.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Metrics {
     registry: Arc<Mutex<Registry>>,
+    refreshers: Arc<Mutex<Vec<Refresher>>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
 }
 
 impl Metrics {
@@ -74,6 +86,30 @@ impl Metrics {
     pub fn register(&self, register: impl FnOnce(&mut Registry)) {
         let mut registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         register(registry.sub_registry_with_prefix("gantry"));
+    }
+
+    /// Runs `refresh` before every scrape (see [`Metrics::refresh`]).
+    pub fn on_scrape(&self, refresh: Refresher) {
+        self.refreshers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(refresh);
+    }
+
+    /// Brings scrape-time gauges up to date, giving up after two seconds (the
+    /// scrape then shows the previous values).
+    pub async fn refresh(&self) {
+        let refreshers = self
+            .refreshers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let all = async {
+            for refresh in refreshers {
+                refresh().await;
+            }
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), all).await;
     }
 
     /// The Prometheus text exposition of every registered family.

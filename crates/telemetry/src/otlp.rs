@@ -1,7 +1,14 @@
-//! Export of the trace store's spans over OTLP/HTTP (protobuf), to an
-//! OpenTelemetry Collector, Jaeger, Tempo... The messages are the official
-//! ones (`opentelemetry-proto`); spans are batched (up to 512, or every
-//! second), grouped by `service.name`, and POSTed to `ENDPOINT/v1/traces`.
+//! Export of the trace store's kept spans over OTLP, to an OpenTelemetry
+//! Collector, Jaeger, Tempo... The messages are the official ones
+//! (`opentelemetry-proto`); spans are batched (up to 512, or every second)
+//! and grouped by `service.name`. Two transports, as the OTLP specification
+//! defines them:
+//! - HTTP/protobuf (default): `POST ENDPOINT/v1/traces`;
+//! - gRPC: the unary `TraceService/Export` call over HTTP/2 (cleartext, prior
+//!   knowledge), framed by hand: one 5-byte prefix and the message, then the
+//!   `grpc-status` trailer. A gRPC stack (tonic) would add a second HTTP/2
+//!   client and code generation for one call.
+//!
 //! A failing collector costs nothing but the batch (logged); shutdown sends
 //! what is left within two seconds.
 
@@ -9,7 +16,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -28,52 +35,76 @@ const BATCH: usize = 512;
 const EVERY: Duration = Duration::from_secs(1);
 const QUEUE: usize = 8192;
 
-/// Where spans go: the OTLP/HTTP traces URL from `[telemetry] otlp_endpoint`,
-/// or else `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (used as is) or
-/// `OTEL_EXPORTER_OTLP_ENDPOINT` (+ `/v1/traces`), as the OpenTelemetry
-/// specification defines them.
-pub fn endpoint(configured: Option<&str>) -> Option<String> {
-    if let Some(base) = configured {
-        return Some(traces_url(base));
-    }
-    if let Ok(url) = std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
-        if !url.is_empty() {
-            return Some(url);
-        }
-    }
-    std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .map(|u| traces_url(&u))
+/// The gRPC method spans are exported with.
+const GRPC_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// Where and how spans are exported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The full URL requests go to.
+    pub url: String,
+    /// gRPC rather than HTTP/protobuf.
+    pub grpc: bool,
 }
 
-fn traces_url(base: &str) -> String {
-    if base.ends_with("/v1/traces") {
+/// Where spans go: `[telemetry] otlp_endpoint` / `otlp_protocol`, or else the
+/// variables the OpenTelemetry specification defines:
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (used as is) or
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` (+ `/v1/traces` over HTTP), and
+/// `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` / `OTEL_EXPORTER_OTLP_PROTOCOL`
+/// (`http/protobuf` or `grpc`).
+pub fn target(configured: Option<&str>, grpc: Option<bool>) -> Option<Target> {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let grpc = grpc.unwrap_or_else(|| {
+        env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+            .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))
+            .is_some_and(|p| p == "grpc")
+    });
+    let url = match configured {
+        Some(base) => signal_url(base, grpc),
+        None => match env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+            Some(url) if grpc => signal_url(&url, true),
+            Some(url) => url,
+            None => signal_url(&env("OTEL_EXPORTER_OTLP_ENDPOINT")?, grpc),
+        },
+    };
+    Some(Target { url, grpc })
+}
+
+fn signal_url(base: &str, grpc: bool) -> String {
+    let base = base.trim_end_matches('/');
+    let path = if grpc { GRPC_PATH } else { "/v1/traces" };
+    if base.ends_with(path) {
         base.to_string()
     } else {
-        format!("{}/v1/traces", base.trim_end_matches('/'))
+        format!("{base}{path}")
     }
 }
 
 /// Starts the exporter; spans sent to the returned channel are exported
 /// until `stop`, then flushed. Await the handle to wait for the flush.
 pub fn start(
-    url: String,
+    target: Target,
     system: String,
     stop: CancellationToken,
 ) -> (mpsc::Sender<Span>, tokio::task::JoinHandle<()>) {
     let (sender, receiver) = mpsc::channel(QUEUE);
-    let task = tokio::spawn(run(url, system, receiver, stop));
+    let task = tokio::spawn(run(target, system, receiver, stop));
     (sender, task)
 }
 
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
 async fn run(
-    url: String,
+    target: Target,
     system: String,
     mut receiver: mpsc::Receiver<Span>,
     stop: CancellationToken,
 ) {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let client: HttpClient = Client::builder(TokioExecutor::new())
+        .http2_only(target.grpc)
+        .build_http();
+    let url = &target;
     let mut batch = Vec::with_capacity(BATCH);
     let mut tick = tokio::time::interval(EVERY);
     loop {
@@ -83,14 +114,14 @@ async fn run(
                 Some(span) => {
                     batch.push(span);
                     if batch.len() >= BATCH {
-                        send(&client, &url, &system, std::mem::take(&mut batch)).await;
+                        send(&client, url, &system, std::mem::take(&mut batch)).await;
                     }
                 }
                 None => break,
             },
             _ = tick.tick() => {
                 if !batch.is_empty() {
-                    send(&client, &url, &system, std::mem::take(&mut batch)).await;
+                    send(&client, url, &system, std::mem::take(&mut batch)).await;
                 }
             }
         }
@@ -101,40 +132,82 @@ async fn run(
     }
     if !batch.is_empty() {
         let _ =
-            tokio::time::timeout(Duration::from_secs(2), send(&client, &url, &system, batch)).await;
+            tokio::time::timeout(Duration::from_secs(2), send(&client, url, &system, batch)).await;
     }
 }
 
-async fn send(
-    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
-    url: &str,
-    system: &str,
-    spans: Vec<Span>,
-) {
+async fn send(client: &HttpClient, target: &Target, system: &str, spans: Vec<Span>) {
     let count = spans.len();
-    let body = Bytes::from(request(system, spans).encode_to_vec());
-    let request = match http::Request::post(url)
-        .header("content-type", "application/x-protobuf")
-        .body(Full::new(body))
-    {
+    let url = target.url.as_str();
+    let message = request(system, spans).encode_to_vec();
+    let (content_type, body) = if target.grpc {
+        ("application/grpc", grpc_frame(&message))
+    } else {
+        ("application/x-protobuf", Bytes::from(message))
+    };
+    let mut builder = http::Request::post(url).header("content-type", content_type);
+    if target.grpc {
+        builder = builder.header("te", "trailers");
+    }
+    let request = match builder.body(Full::new(body)) {
         Ok(request) => request,
         Err(error) => {
             tracing::warn!(target: "gantry::traces", %url, %error, "the OTLP endpoint is not a usable URL");
             return;
         }
     };
-    match tokio::time::timeout(Duration::from_secs(5), client.request(request)).await {
-        Ok(Ok(response)) if response.status().is_success() => {}
-        Ok(Ok(response)) => {
-            tracing::warn!(target: "gantry::traces", %url, status = %response.status(), spans = count, "the OTLP endpoint refused a batch")
+    let exchange = async {
+        let response = client.request(request).await.map_err(|e| e.to_string())?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!("HTTP status {status}"));
         }
+        if !target.grpc {
+            return Ok(());
+        }
+        // gRPC reports in `grpc-status`: in the head (trailers-only) or the
+        // trailers after the (ignored) response message.
+        let head = response.headers().clone();
+        let collected = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?;
+        let trailers = collected.trailers().cloned().unwrap_or_default();
+        let field = |name: &str| {
+            trailers
+                .get(name)
+                .or_else(|| head.get(name))
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        match field("grpc-status").as_deref() {
+            Some("0") => Ok(()),
+            Some(code) => Err(format!(
+                "gRPC status {code}: {}",
+                field("grpc-message").unwrap_or_default()
+            )),
+            None => Err("the answer carries no grpc-status".into()),
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(5), exchange).await {
+        Ok(Ok(())) => {}
         Ok(Err(error)) => {
-            tracing::warn!(target: "gantry::traces", %url, %error, spans = count, "cannot reach the OTLP endpoint; the batch is dropped (spans stay in the local store)")
+            tracing::warn!(target: "gantry::traces", %url, %error, spans = count, "the OTLP endpoint did not take a batch; it is dropped (the spans stay in the local store)")
         }
         Err(_) => {
             tracing::warn!(target: "gantry::traces", %url, spans = count, "the OTLP endpoint did not answer in 5s")
         }
     }
+}
+
+/// A gRPC length-prefixed message: not compressed, 4-byte big-endian length.
+fn grpc_frame(message: &[u8]) -> Bytes {
+    let mut framed = Vec::with_capacity(5 + message.len());
+    framed.push(0);
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(message);
+    Bytes::from(framed)
 }
 
 /// The protobuf request for `spans`: one resource per service.
@@ -281,13 +354,23 @@ mod tests {
 
     #[test]
     fn the_endpoint_follows_the_specification() {
+        let http = |base: &str| target(Some(base), Some(false)).unwrap();
+        assert_eq!(http("http://c:4318").url, "http://c:4318/v1/traces");
         assert_eq!(
-            endpoint(Some("http://c:4318")).unwrap(),
+            http("http://c:4318/v1/traces/").url,
             "http://c:4318/v1/traces"
         );
+        let grpc = target(Some("http://c:4317"), Some(true)).unwrap();
+        assert!(grpc.grpc);
         assert_eq!(
-            endpoint(Some("http://c:4318/v1/traces")).unwrap(),
-            "http://c:4318/v1/traces"
+            grpc.url,
+            "http://c:4317/opentelemetry.proto.collector.trace.v1.TraceService/Export"
         );
+    }
+
+    #[test]
+    fn grpc_messages_are_length_prefixed() {
+        let framed = grpc_frame(&[1, 2, 3]);
+        assert_eq!(&framed[..], &[0, 0, 0, 0, 3, 1, 2, 3]);
     }
 }

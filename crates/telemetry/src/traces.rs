@@ -5,12 +5,20 @@
 //! Recording never blocks a request: spans go through a bounded channel to
 //! one writer thread that inserts them in batches (one transaction per
 //! batch); when the channel is full a span is dropped and counted.
+//!
+//! The writer thread also samples ([`Sampling`]): a trace is kept when its id
+//! falls under the configured ratio (the same decision on every hop, as in
+//! OpenTelemetry's `TraceIdRatioBased`), and *always* when any of its spans
+//! failed or was slow. Spans of a trace not (yet) kept wait in memory for
+//! [`HOLD`]; a failing or slow span arriving in that time keeps the whole
+//! trace, including what came before it (tail sampling).
 
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection};
 use serde::Serialize;
@@ -21,6 +29,75 @@ const QUEUE: usize = 16_384;
 const MAX_SPANS: i64 = 200_000;
 /// Spans older than this are removed.
 const MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// How long spans of a trace not sampled wait for a failing or slow span
+/// that would keep the trace.
+pub const HOLD: Duration = Duration::from_secs(10);
+/// Spans waiting that way at most; the oldest traces go first.
+const MAX_HELD: usize = 50_000;
+/// How long a trace kept for a failure keeps its later spans.
+const KEEP_LATER: Duration = Duration::from_secs(120);
+
+/// Which traces are kept. Errors and slow spans keep their trace whatever
+/// the ratio.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    /// `false`: no span is recorded at all.
+    pub enabled: bool,
+    /// The fraction of traces kept, from 0 to 1, decided on the trace id.
+    pub ratio: f64,
+    /// A trace with a span at least this long is kept.
+    pub slow: Duration,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Sampling {
+            enabled: true,
+            ratio: 1.0,
+            slow: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Sampling {
+    /// Whether `trace_id` falls under the ratio: its rightmost 56 bits (the
+    /// random part of a W3C trace id) compared with `ratio × 2^56`.
+    pub fn keeps_id(&self, trace_id: &str) -> bool {
+        if self.ratio >= 1.0 {
+            return true;
+        }
+        if self.ratio <= 0.0 {
+            return false;
+        }
+        let tail = trace_id
+            .get(trace_id.len().saturating_sub(14)..)
+            .unwrap_or("");
+        match u64::from_str_radix(tail, 16) {
+            Ok(random) => self.keeps_random(random),
+            Err(_) => true,
+        }
+    }
+
+    /// [`Sampling::keeps_id`] for a trace id as a number.
+    pub fn keeps_number(&self, trace_id: u128) -> bool {
+        self.keeps_random((trace_id & ((1 << 56) - 1)) as u64)
+    }
+
+    fn keeps_random(&self, random: u64) -> bool {
+        self.ratio >= 1.0 || (random as f64) < self.ratio * (1u64 << 56) as f64
+    }
+}
+
+/// Counts of what happened to recorded spans.
+#[derive(Debug, Default)]
+pub struct SpanCounts {
+    /// Stored (and exported).
+    pub kept: AtomicU64,
+    /// Not kept by sampling.
+    pub sampled_out: AtomicU64,
+    /// Lost because the writer or the exporter could not keep up.
+    pub dropped: AtomicU64,
+}
 
 /// One operation of one hop, in OpenTelemetry's terms.
 #[derive(Debug, Clone, Serialize)]
@@ -72,9 +149,11 @@ pub struct TraceQuery {
 pub struct TraceStore {
     sender: SyncSender<Span>,
     reader: Arc<Mutex<Connection>>,
-    dropped: Arc<AtomicU64>,
-    /// Also sent here when OTLP export is on.
-    export: Arc<std::sync::OnceLock<tokio::sync::mpsc::Sender<Span>>>,
+    counts: Arc<SpanCounts>,
+    enabled: Arc<AtomicBool>,
+    sampling: Arc<RwLock<Sampling>>,
+    /// Kept spans also go here when OTLP export is on.
+    export: Arc<OnceLock<tokio::sync::mpsc::Sender<Span>>>,
 }
 
 impl TraceStore {
@@ -108,38 +187,64 @@ impl TraceStore {
             .map_err(fail)?;
         let reader = Connection::open(&path).map_err(fail)?;
         let (sender, receiver) = sync_channel(QUEUE);
-        std::thread::Builder::new()
-            .name("gantry-traces".into())
-            .spawn(move || write_loop(writer, receiver))
-            .map_err(|e| e.to_string())?;
-        Ok(TraceStore {
+        let store = TraceStore {
             sender,
             reader: Arc::new(Mutex::new(reader)),
-            dropped: Arc::default(),
+            counts: Arc::default(),
+            enabled: Arc::new(AtomicBool::new(true)),
+            sampling: Arc::default(),
             export: Arc::default(),
-        })
+        };
+        let writer = Writer {
+            connection: writer,
+            tail: Tail::default(),
+            sampling: store.sampling.clone(),
+            counts: store.counts.clone(),
+            export: store.export.clone(),
+        };
+        std::thread::Builder::new()
+            .name("gantry-traces".into())
+            .spawn(move || writer.run(receiver))
+            .map_err(|e| e.to_string())?;
+        Ok(store)
     }
 
-    /// Also sends every span to `exporter` (OTLP), from now on.
+    /// Sends every kept span to `exporter` (OTLP) too, from now on.
     pub fn export_to(&self, exporter: tokio::sync::mpsc::Sender<Span>) {
         let _ = self.export.set(exporter);
     }
 
-    /// Queues a span for the store (and the exporter); never blocks.
+    /// Which traces to keep from now on (at start and on reload).
+    pub fn set_sampling(&self, sampling: Sampling) {
+        self.enabled.store(sampling.enabled, Ordering::Relaxed);
+        *self.sampling.write().unwrap_or_else(|e| e.into_inner()) = sampling;
+    }
+
+    /// Whether spans are recorded at all; producers may skip building them.
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    /// Whether a trace with this id, and a span with this outcome, is kept
+    /// (for exemplars: a trace id on a metric must lead somewhere).
+    pub fn keeps(&self, trace_id: u128, error: bool, duration: Duration) -> bool {
+        let sampling = *self.sampling.read().unwrap_or_else(|e| e.into_inner());
+        sampling.enabled && (error || duration >= sampling.slow || sampling.keeps_number(trace_id))
+    }
+
+    /// Queues a span for sampling, the store and the exporter; never blocks.
     pub fn record(&self, span: Span) {
-        if let Some(exporter) = self.export.get() {
-            if exporter.try_send(span.clone()).is_err() {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+        if !self.enabled() {
+            return;
         }
         if let Err(TrySendError::Full(_)) = self.sender.try_send(span) {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.counts.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// Spans dropped because the writer could not keep up.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+    /// What happened to the spans recorded so far.
+    pub fn counts(&self) -> &SpanCounts {
+        &self.counts
     }
 
     /// Recent traces, newest first.
@@ -261,24 +366,66 @@ fn spans_of(connection: &Connection, trace_id: &str) -> Result<Vec<Span>, String
     rows.collect::<Result<_, _>>().map_err(|e| e.to_string())
 }
 
-fn write_loop(mut connection: Connection, receiver: Receiver<Span>) {
-    let mut last_trim = SystemTime::now();
-    while let Ok(first) = receiver.recv() {
-        let mut batch = vec![first];
-        while let Ok(more) = receiver.try_recv() {
-            batch.push(more);
-            if batch.len() >= 1024 {
-                break;
+/// The writer thread: samples, stores in batches, exports, trims.
+struct Writer {
+    connection: Connection,
+    tail: Tail,
+    sampling: Arc<RwLock<Sampling>>,
+    counts: Arc<SpanCounts>,
+    export: Arc<OnceLock<tokio::sync::mpsc::Sender<Span>>>,
+}
+
+impl Writer {
+    fn run(mut self, receiver: Receiver<Span>) {
+        let mut last_trim = Instant::now();
+        loop {
+            let first = match receiver.recv_timeout(Duration::from_secs(1)) {
+                Ok(span) => Some(span),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            let sampling = *self.sampling.read().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            let mut batch = Vec::new();
+            for span in first
+                .into_iter()
+                .chain(std::iter::from_fn(|| receiver.try_recv().ok()).take(1023))
+            {
+                self.tail.offer(span, &sampling, now, &mut batch);
+            }
+            let expired = self.tail.expire(now);
+            self.counts
+                .sampled_out
+                .fetch_add(expired, Ordering::Relaxed);
+            if !batch.is_empty() {
+                self.counts
+                    .kept
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                self.store(&batch);
+                if let Some(exporter) = self.export.get() {
+                    for span in batch {
+                        if exporter.try_send(span).is_err() {
+                            self.counts.dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+            if last_trim.elapsed() > Duration::from_secs(60) {
+                last_trim = Instant::now();
+                self.trim();
             }
         }
+    }
+
+    fn store(&mut self, batch: &[Span]) {
         let written = (|| -> rusqlite::Result<()> {
-            let tx = connection.transaction()?;
+            let tx = self.connection.transaction()?;
             {
                 let mut insert = tx.prepare_cached(
                     "INSERT INTO spans (trace_id, span_id, parent_id, name, kind, service, start_ns, duration_ns, error, attributes)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 )?;
-                for span in &batch {
+                for span in batch {
                     insert.execute(params![
                         span.trace_id,
                         span.span_id,
@@ -298,18 +445,91 @@ fn write_loop(mut connection: Connection, receiver: Receiver<Span>) {
         if let Err(error) = written {
             tracing::warn!(target: "gantry::traces", %error, spans = batch.len(), "cannot store spans");
         }
-        if last_trim.elapsed().unwrap_or_default() > Duration::from_secs(60) {
-            last_trim = SystemTime::now();
-            let horizon = SystemTime::now()
-                .checked_sub(MAX_AGE)
-                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_nanos() as i64);
-            let _ = connection.execute("DELETE FROM spans WHERE start_ns < ?1", [horizon]);
-            let _ = connection.execute(
-                "DELETE FROM spans WHERE rowid <= (SELECT MAX(rowid) FROM spans) - ?1",
-                [MAX_SPANS],
-            );
+    }
+
+    fn trim(&mut self) {
+        let horizon = SystemTime::now()
+            .checked_sub(MAX_AGE)
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos() as i64);
+        let _ = self
+            .connection
+            .execute("DELETE FROM spans WHERE start_ns < ?1", [horizon]);
+        let _ = self.connection.execute(
+            "DELETE FROM spans WHERE rowid <= (SELECT MAX(rowid) FROM spans) - ?1",
+            [MAX_SPANS],
+        );
+    }
+}
+
+/// Tail sampling: spans of traces not kept by the ratio wait here for a
+/// reason to keep them.
+#[derive(Debug, Default)]
+struct Tail {
+    /// Spans waiting, by trace.
+    held: HashMap<String, Vec<Span>>,
+    /// Traces in the order their first span arrived, to expire them.
+    arrivals: VecDeque<(Instant, String)>,
+    held_spans: usize,
+    /// Traces kept for a failure or slowness: their later spans are kept too.
+    kept: HashMap<String, Instant>,
+    kept_order: VecDeque<(Instant, String)>,
+}
+
+impl Tail {
+    /// Decides on `span`: kept spans (and any held ones it keeps) go to `out`.
+    fn offer(&mut self, span: Span, sampling: &Sampling, now: Instant, out: &mut Vec<Span>) {
+        if sampling.keeps_id(&span.trace_id) || self.kept.contains_key(&span.trace_id) {
+            out.push(span);
+            return;
         }
+        let notable = span.error || span.duration_ns >= sampling.slow.as_nanos() as u64;
+        if notable {
+            if let Some(held) = self.held.remove(&span.trace_id) {
+                self.held_spans -= held.len();
+                out.extend(held);
+            }
+            self.kept.insert(span.trace_id.clone(), now);
+            self.kept_order.push_back((now, span.trace_id.clone()));
+            out.push(span);
+            return;
+        }
+        let trace_id = span.trace_id.clone();
+        match self.held.get_mut(&trace_id) {
+            Some(held) => held.push(span),
+            None => {
+                self.arrivals.push_back((now, trace_id.clone()));
+                self.held.insert(trace_id, vec![span]);
+            }
+        }
+        self.held_spans += 1;
+    }
+
+    /// Forgets held traces older than [`HOLD`] (or the oldest, past
+    /// [`MAX_HELD`] spans); returns how many spans were let go.
+    fn expire(&mut self, now: Instant) -> u64 {
+        let mut released = 0;
+        while let Some((arrived, trace_id)) = self.arrivals.front() {
+            let old = now.duration_since(*arrived) >= HOLD;
+            if !old && self.held_spans <= MAX_HELD {
+                break;
+            }
+            if let Some(held) = self.held.remove(trace_id) {
+                self.held_spans -= held.len();
+                released += held.len() as u64;
+            }
+            self.arrivals.pop_front();
+        }
+        while let Some((at, trace_id)) = self.kept_order.front() {
+            if now.duration_since(*at) < KEEP_LATER {
+                break;
+            }
+            if self.kept.get(trace_id) == Some(at) {
+                self.kept.remove(trace_id);
+            }
+            self.kept_order.pop_front();
+        }
+        released
     }
 }
 
@@ -344,6 +564,124 @@ mod tests {
             error: false,
             attributes: serde_json::Map::new(),
         }
+    }
+
+    #[test]
+    fn the_ratio_is_decided_on_the_trace_id_alone() {
+        let tenth = Sampling {
+            ratio: 0.1,
+            ..Sampling::default()
+        };
+        // The rightmost 56 bits: 0x19..99 is under 10% of 2^56, 0x1a.. is over.
+        assert!(tenth.keeps_id("ffffffffffffffffff19999999999999"));
+        assert!(!tenth.keeps_id("0000000000000000001a000000000000"));
+        let kept = (0..10_000u64)
+            .filter(|n| tenth.keeps_id(&format!("{:032x}", n.wrapping_mul(0x9e37_79b9_7f4a_7c15))))
+            .count();
+        assert!((800..1200).contains(&kept), "{kept} of 10000 kept at 10%");
+        let none = Sampling {
+            ratio: 0.0,
+            ..Sampling::default()
+        };
+        assert!(!none.keeps_id("ffffffffffffffffffffffffffffffff"));
+        assert!(Sampling::default().keeps_id("00000000000000000000000000000000"));
+    }
+
+    #[test]
+    fn a_failing_or_slow_span_keeps_its_whole_trace() {
+        let sampling = Sampling {
+            ratio: 0.0,
+            slow: Duration::from_millis(500),
+            ..Sampling::default()
+        };
+        let mut tail = Tail::default();
+        let now = Instant::now();
+        let mut out = Vec::new();
+        let ok = "00000000000000000000000000000001";
+        let failing = "00000000000000000000000000000002";
+        let slow = "00000000000000000000000000000003";
+        tail.offer(
+            span(ok, "a1", None, "GET ok", 0, 1_000),
+            &sampling,
+            now,
+            &mut out,
+        );
+        tail.offer(
+            span(failing, "b2", Some("b1"), "function f", 0, 1_000),
+            &sampling,
+            now,
+            &mut out,
+        );
+        assert!(out.is_empty(), "nothing is kept before a reason");
+        let mut root = span(failing, "b1", None, "GET failing", 0, 2_000);
+        root.error = true;
+        tail.offer(root, &sampling, now, &mut out);
+        assert_eq!(
+            out.iter().map(|s| s.span_id.as_str()).collect::<Vec<_>>(),
+            ["b2", "b1"]
+        );
+        // A later span of a kept trace is kept too.
+        out.clear();
+        tail.offer(
+            span(failing, "b3", Some("b1"), "deliver", 0, 10),
+            &sampling,
+            now,
+            &mut out,
+        );
+        assert_eq!(out.len(), 1);
+        out.clear();
+        tail.offer(
+            span(slow, "c1", None, "GET slow", 0, 600_000_000),
+            &sampling,
+            now,
+            &mut out,
+        );
+        assert_eq!(out.len(), 1);
+        // The healthy trace is let go after the hold.
+        assert_eq!(tail.expire(now + HOLD / 2), 0);
+        assert_eq!(tail.expire(now + HOLD), 1);
+        assert!(tail.held.is_empty() && tail.held_spans == 0);
+        out.clear();
+        tail.offer(
+            span(failing, "b4", Some("b1"), "late", 0, 10),
+            &sampling,
+            now + KEEP_LATER,
+            &mut out,
+        );
+        tail.expire(now + KEEP_LATER);
+        assert_eq!(
+            out.len(),
+            1,
+            "still within the keep-later time when offered"
+        );
+        tail.offer(
+            span(failing, "b5", Some("b1"), "later", 0, 10),
+            &sampling,
+            now + KEEP_LATER,
+            &mut out,
+        );
+        assert_eq!(out.len(), 1, "forgotten after the keep-later time");
+    }
+
+    #[test]
+    fn held_spans_are_bounded() {
+        let sampling = Sampling {
+            ratio: 0.0,
+            ..Sampling::default()
+        };
+        let mut tail = Tail::default();
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for n in 0..(MAX_HELD as u64 + 10) {
+            tail.offer(
+                span(&format!("{n:032x}"), "a1", None, "GET", 0, 1),
+                &sampling,
+                now,
+                &mut out,
+            );
+        }
+        assert_eq!(tail.expire(now), 10);
+        assert_eq!(tail.held_spans, MAX_HELD);
     }
 
     #[test]

@@ -324,6 +324,23 @@ fn traceparent(instance: &Instance) -> String {
     format!("00-{}-{:016x}-01", instance.trace, fastrand::u64(1..))
 }
 
+/// The span id of a run's start span, the parent of every step's span.
+/// Derived from the run (FNV-1a of trace and id) rather than stored, so a
+/// run resumed after a restart still finds it.
+pub(crate) fn run_span_id(instance: &Instance) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in instance
+        .trace
+        .bytes()
+        .chain([b'/'])
+        .chain(instance.id.bytes())
+    {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{:016x}", hash.max(1))
+}
+
 async fn call(
     inner: &Inner,
     instance: &Instance,
@@ -443,7 +460,7 @@ async fn call(
         store.record(gantry_telemetry::traces::Span {
             trace_id: instance.trace.clone(),
             span_id: parent.split('-').nth(2).unwrap_or_default().to_string(),
-            parent_id: None,
+            parent_id: Some(run_span_id(instance)),
             name: format!("{} {}/{phase}", instance.workflow, step.name),
             kind: "client",
             service: "workflows".into(),
@@ -488,7 +505,8 @@ async fn publish(
         event["data"] = render(data, ctx).map_err(Failure::Fatal)?;
     }
     let event = CloudEvent::from_json(event).map_err(|e| Failure::Fatal(e.to_string()))?;
-    let parent = traceparent(instance);
+    // The publish span the bus records sits under the run's start span.
+    let parent = format!("00-{}-{}-01", instance.trace, run_span_id(instance));
     match inner.bus.publish(topic, vec![event], Some(&parent)).await {
         Ok(published) => Ok(json!({ "seq": published[0].seq })),
         Err(PublishError::Storage(e)) => Err(Failure::Retryable(e.to_string())),

@@ -18,6 +18,7 @@ pub mod store;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -113,6 +114,21 @@ impl Engine {
     }
 
     /// The engine's metric families, to register in the process's registry.
+    /// Registers the engine's metric families in `metrics`, with the open
+    /// runs read from the journal at each scrape.
+    pub fn register_metrics(&self, metrics: &gantry_telemetry::Metrics) {
+        self.inner.metrics.register(metrics);
+        let engine = self.clone();
+        metrics.on_scrape(Arc::new(move || {
+            let engine = engine.clone();
+            Box::pin(async move {
+                if let Ok(counts) = engine.inner.store.open_counts().await {
+                    engine.inner.metrics.set_open(&counts);
+                }
+            })
+        }));
+    }
+
     pub fn metrics(&self) -> &WorkflowMetrics {
         &self.inner.metrics
     }
@@ -165,6 +181,7 @@ impl Engine {
         input: Value,
         traceparent: Option<&str>,
     ) -> Result<(Instance, bool), WorkflowError> {
+        let started = SystemTime::now();
         let definition = self
             .inner
             .current
@@ -236,11 +253,41 @@ impl Engine {
             )));
         }
         if created {
+            self.record_start(&instance, traceparent, started);
             self.inner.metrics.started(workflow);
             tracing::info!(target: "gantry::workflows", workflow, id = %instance.id, version = instance.version, "workflow started");
             self.spawn(&instance.id);
         }
         Ok((instance, created))
+    }
+
+    /// The run's start span: under the caller's span (the request or the
+    /// delivery that started it), and the parent of every step's span.
+    fn record_start(&self, instance: &Instance, traceparent: Option<&str>, started: SystemTime) {
+        let Some(store) = self.inner.traces.get() else {
+            return;
+        };
+        let caller = traceparent.and_then(|t| {
+            let mut parts = t.split('-');
+            let (trace, span) = (parts.nth(1)?, parts.next()?);
+            (trace == instance.trace && span.len() == 16).then(|| span.to_string())
+        });
+        let mut attributes = serde_json::Map::new();
+        attributes.insert("gantry.workflow".into(), instance.workflow.clone().into());
+        attributes.insert("gantry.workflow.run".into(), instance.id.clone().into());
+        attributes.insert("gantry.workflow.version".into(), instance.version.into());
+        store.record(gantry_telemetry::traces::Span {
+            trace_id: instance.trace.clone(),
+            span_id: engine::run_span_id(instance),
+            parent_id: caller,
+            name: format!("start {}", instance.workflow),
+            kind: "internal",
+            service: "workflows".into(),
+            start_ns: gantry_telemetry::traces::unix_nanos(started),
+            duration_ns: started.elapsed().unwrap_or_default().as_nanos() as u64,
+            error: false,
+            attributes,
+        });
     }
 
     /// A run with its steps.

@@ -4,6 +4,7 @@ use gantry_telemetry::Metrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WorkflowLabels {
@@ -27,12 +28,21 @@ struct AttemptLabels {
     outcome: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpenLabels {
+    workflow: String,
+    /// running, waiting, compensating or needs_attention.
+    state: String,
+}
+
 /// Cheap to clone; counting works whether or not they were registered.
 #[derive(Debug, Clone, Default)]
 pub struct WorkflowMetrics {
     started: Family<WorkflowLabels, Counter>,
     ended: Family<EndLabels, Counter>,
     attempts: Family<AttemptLabels, Counter>,
+    /// Read from the journal at scrape time.
+    open: Family<OpenLabels, Gauge>,
 }
 
 impl WorkflowMetrics {
@@ -54,7 +64,24 @@ impl WorkflowMetrics {
                 "Step and compensation attempts by outcome: ok, retry, failed",
                 self.attempts.clone(),
             );
+            registry.register(
+                "workflow_runs_open",
+                "Runs not finished, by state: running, waiting (for an event or a timer), compensating, needs_attention (parked for an operator)",
+                self.open.clone(),
+            );
         });
+    }
+
+    pub(crate) fn set_open(&self, counts: &[(String, String, u64)]) {
+        self.open.clear();
+        for (workflow, state, count) in counts {
+            self.open
+                .get_or_create(&OpenLabels {
+                    workflow: workflow.clone(),
+                    state: state.clone(),
+                })
+                .set(*count as i64);
+        }
     }
 
     pub(crate) fn started(&self, workflow: &str) {

@@ -354,6 +354,23 @@ impl Store {
         .await
     }
 
+    /// How many runs of each workflow are in each unfinished state
+    /// (running, waiting, compensating, needs_attention).
+    pub async fn open_counts(&self) -> Result<Vec<(String, String, u64)>> {
+        self.with(|conn| {
+            conn.prepare(
+                "SELECT workflow, state, COUNT(*) FROM instances
+                 WHERE state IN ('running', 'waiting', 'compensating', 'needs_attention')
+                 GROUP BY workflow, state",
+            )?
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
+            })?
+            .collect()
+        })
+        .await
+    }
+
     /// Every run the engine must drive (after a restart).
     pub async fn active(&self) -> Result<Vec<String>> {
         self.with(|conn| {

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# An OTLP/HTTP traces receiver built on the official Python protobuf
-# definitions (opentelemetry-proto): it decodes every POST /v1/traces as an
+# An OTLP traces receiver built on the official Python protobuf definitions
+# (opentelemetry-proto): it decodes every export as an
 # ExportTraceServiceRequest and appends one JSON line per span to OUT.
-# Usage: otlp-receiver.sh VENV_DIR PORT OUT
+# Over HTTP (POST /v1/traces) by default; with `grpc`, a real gRPC server
+# (grpcio) serving TraceService/Export.
+# Usage: otlp-receiver.sh VENV_DIR PORT OUT [grpc]
 set -euo pipefail
 venv="$1/opentelemetry-proto"
 mkdir -p "$1"
@@ -12,23 +14,23 @@ if ! "$venv/bin/python" -c "import opentelemetry.proto.collector.trace.v1.trace_
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q opentelemetry-proto==1.29.0
 fi
+if [ "${4:-http}" = grpc ] && ! "$venv/bin/python" -c "import grpc" 2>/dev/null; then
+  "$venv/bin/pip" install -q grpcio==1.68.1
+fi
 exec 9>&-
-exec "$venv/bin/python" - "$2" "$3" <<'PY'
+exec "$venv/bin/python" - "$2" "$3" "${4:-http}" <<'PY'
 import json, sys
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest, ExportTraceServiceResponse)
 
-port, out = int(sys.argv[1]), sys.argv[2]
+port, out, protocol = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 
 def value(v):
     kind = v.WhichOneof("value")
     return getattr(v, kind) if kind else None
 
-class Handler(BaseHTTPRequestHandler):
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        request = ExportTraceServiceRequest()
-        request.ParseFromString(body)
+def write(request):
         with open(out, "a") as f:
             for rs in request.resource_spans:
                 resource = {a.key: value(a.value) for a in rs.resource.attributes}
@@ -47,7 +49,15 @@ class Handler(BaseHTTPRequestHandler):
                             "end": s.end_time_unix_nano,
                             "status": s.status.code,
                             "attributes": {a.key: value(a.value) for a in s.attributes},
+                            "protocol": protocol,
                         }) + "\n")
+
+class Handler(BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        request = ExportTraceServiceRequest()
+        request.ParseFromString(body)
+        write(request)
         self.send_response(200)
         self.send_header("Content-Type", "application/x-protobuf")
         self.end_headers()
@@ -55,5 +65,21 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-HTTPServer(("127.0.0.1", port), Handler).serve_forever()
+if protocol == "grpc":
+    from concurrent import futures
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+    class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request, context):
+            write(request)
+            return ExportTraceServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(TraceService(), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    server.wait_for_termination()
+else:
+    HTTPServer(("127.0.0.1", port), Handler).serve_forever()
 PY

@@ -7,7 +7,7 @@ use toml_edit::Item;
 
 use super::{Decoder, Section};
 use crate::diagnostics::ErrorCode;
-use crate::slo::{Alerting, Slo, SloTarget, Telemetry};
+use crate::slo::{Alerting, OtlpProtocol, Slo, SloTarget, Telemetry};
 
 const SLO_KEYS: &[&str] = &[
     "route",
@@ -133,7 +133,35 @@ impl Decoder<'_> {
         let Some(s) = self.section(item, "[telemetry]".into()) else {
             return Telemetry::default();
         };
-        self.unknown_keys(&s, &["otlp_endpoint"]);
+        self.unknown_keys(
+            &s,
+            &[
+                "traces",
+                "sample_ratio",
+                "slow",
+                "otlp_endpoint",
+                "otlp_protocol",
+            ],
+        );
+        let defaults = Telemetry::default();
+        let sample_ratio = match s.table.get("sample_ratio").and_then(|i| i.as_value()) {
+            None => defaults.sample_ratio,
+            Some(value) => match value
+                .as_float()
+                .or_else(|| value.as_integer().map(|n| n as f64))
+            {
+                Some(ratio) if (0.0..=1.0).contains(&ratio) => ratio,
+                _ => {
+                    self.bad_value(
+                        &s,
+                        "sample_ratio",
+                        "`sample_ratio` must be a number from 0 to 1".to_string(),
+                        "e.g. `sample_ratio = 0.1` keeps one trace in ten (errors and slow ones always)",
+                    );
+                    defaults.sample_ratio
+                }
+            },
+        };
         let otlp_endpoint = self.string(&s, "otlp_endpoint");
         if let Some(url) = &otlp_endpoint {
             if !url.starts_with("http://") {
@@ -141,11 +169,31 @@ impl Decoder<'_> {
                     &s,
                     "otlp_endpoint",
                     format!("`{url}` is not an http:// URL"),
-                    "give the collector's OTLP/HTTP address, e.g. `http://127.0.0.1:4318`",
+                    "give the collector's OTLP address, e.g. `http://127.0.0.1:4318` (HTTP) or `http://127.0.0.1:4317` (gRPC)",
                 );
             }
         }
-        Telemetry { otlp_endpoint }
+        let otlp_protocol = match self.string(&s, "otlp_protocol").as_deref() {
+            None => None,
+            Some("http/protobuf") => Some(OtlpProtocol::HttpProtobuf),
+            Some("grpc") => Some(OtlpProtocol::Grpc),
+            Some(other) => {
+                self.bad_value(
+                    &s,
+                    "otlp_protocol",
+                    format!("`{other}` is not an OTLP protocol Gantry speaks"),
+                    "use `http/protobuf` or `grpc`",
+                );
+                None
+            }
+        };
+        Telemetry {
+            traces: self.boolean(&s, "traces").unwrap_or(defaults.traces),
+            sample_ratio,
+            slow: self.duration(&s, "slow").unwrap_or(defaults.slow),
+            otlp_endpoint,
+            otlp_protocol,
+        }
     }
 
     pub(super) fn alerting(&mut self, item: &Item) -> Alerting {
