@@ -120,7 +120,7 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
     functions.set_trace_store(traces.clone());
     bus.set_trace_store(traces.clone());
     workflows.set_trace_store(traces.clone());
-    let slos = gantry_slo::Slos::default();
+    let slos = gantry_slo::Slos::open(&platform.data_dir).map_err(AppError::Start)?;
     slos.apply(&manifest.slos);
     slos.set_alerting(&manifest.alerting);
     workflows.register_metrics(&metrics);

@@ -81,7 +81,7 @@ objective = 99.9
 min_requests = 1000
 "#
     );
-    let gantry = Gantry::start(&manifest).await;
+    let mut gantry = Gantry::start(&manifest).await;
     let c = client();
     for _ in 0..40 {
         let checkout = c.get(gantry.url("/checkout")).send().await.unwrap();
@@ -223,5 +223,19 @@ min_requests = 1000
     assert!(
         rules.contains("runbook_url: \"https://runbooks.example/checkout\""),
         "{rules}"
+    );
+
+    // The counts survive a restart: the budget spent is still spent.
+    assert!(gantry.stop().success(), "{}", gantry.log());
+    gantry.restart().await;
+    let out = std::process::Command::new(GANTRY)
+        .args(["slo", "status", "-f"])
+        .arg(gantry.manifest_path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("requests 40  bad 40"),
+        "after a restart: {text}"
     );
 }

@@ -356,9 +356,29 @@ async fn a_route_to_the_platform_api_starts_runs_with_gateway_policies() {
         .unwrap();
     let spans = trace["spans"].as_array().unwrap();
     assert!(spans.iter().any(|s| s["service"] == "gateway"), "{trace}");
-    let steps: Vec<&str> = spans
+    // The run's start span sits under the gateway's attempt that carried
+    // the start request; every step call sits under the start span.
+    let start = spans
         .iter()
-        .filter(|s| s["service"] == "workflows")
+        .find(|s| s["service"] == "workflows" && s["kind"] == "internal")
+        .unwrap_or_else(|| panic!("no start span: {trace}"));
+    let attempt = spans
+        .iter()
+        .find(|s| s["kind"] == "client" && s["service"] == "gateway")
+        .unwrap();
+    assert_eq!(start["parent_id"], attempt["span_id"], "{trace}");
+    let step_spans: Vec<&Value> = spans
+        .iter()
+        .filter(|s| s["service"] == "workflows" && s["kind"] == "client")
+        .collect();
+    assert!(
+        step_spans
+            .iter()
+            .all(|s| s["parent_id"] == start["span_id"]),
+        "{trace}"
+    );
+    let steps: Vec<&str> = step_spans
+        .iter()
         .map(|s| s["attributes"]["gantry.workflow.step"].as_str().unwrap())
         .collect();
     assert!(

@@ -16,12 +16,14 @@
 //! burn that hovers at the threshold does not flap.
 //!
 //! Counts are kept per minute in memory, as far back as the longest of the
-//! SLO's window and three days; a restart starts them afresh. Every function
-//! takes the current time, so tests drive the clock.
+//! SLO's window and three days, and written to `slos.db` at every evaluation
+//! ([`store`]), so a restart keeps the budget. Every function takes the
+//! current time, so tests drive the clock.
 
 pub mod api;
 pub mod notify;
 pub mod rules;
+mod store;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -159,6 +161,8 @@ struct Tracker {
     buckets: VecDeque<(u64, u64, u64)>,
     states: [AlertState; 3],
     examples: VecDeque<String>,
+    /// Buckets from this start on changed since the last save.
+    dirty_from: Option<u64>,
 }
 
 impl Tracker {
@@ -169,7 +173,19 @@ impl Tracker {
             buckets: VecDeque::new(),
             states: [AlertState::Ok; 3],
             examples: VecDeque::new(),
+            dirty_from: None,
         }
+    }
+
+    /// What the stored counts are filed under: the name and everything that
+    /// gives the counts their meaning, so a changed SLO starts afresh.
+    fn key(&self) -> String {
+        format!(
+            "{}|{}|{}",
+            self.name,
+            self.config.target,
+            self.config.latency.map_or(0, |l| l.as_millis())
+        )
     }
 
     fn keep(&self) -> u64 {
@@ -178,6 +194,7 @@ impl Tracker {
 
     fn record(&mut self, now: u64, bad: bool, trace_id: &dyn std::fmt::Display) {
         let start = now - now % BUCKET;
+        self.dirty_from = Some(self.dirty_from.map_or(start, |d| d.min(start)));
         match self.buckets.back_mut() {
             Some(last) if last.0 == start => {
                 last.1 += 1;
@@ -328,9 +345,39 @@ fn round(x: f64) -> f64 {
 pub struct Slos {
     trackers: Arc<Mutex<BTreeMap<String, Tracker>>>,
     alerting: Arc<Mutex<gantry_manifest::Alerting>>,
+    store: Option<store::CountStore>,
 }
 
 impl Slos {
+    /// SLOs whose counts live in `data_dir/slos.db` and survive restarts.
+    pub fn open(data_dir: &std::path::Path) -> Result<Slos, String> {
+        Ok(Slos {
+            store: Some(store::CountStore::open(data_dir)?),
+            ..Slos::default()
+        })
+    }
+
+    /// Writes the counts changed since the last save (at every evaluation
+    /// and at shutdown).
+    pub fn save(&self) {
+        let Some(store) = &self.store else { return };
+        let updates: Vec<_> = {
+            let mut trackers = self.trackers.lock().unwrap_or_else(|e| e.into_inner());
+            trackers
+                .values_mut()
+                .map(|t| {
+                    let changed = match t.dirty_from.take() {
+                        Some(from) => t.buckets.iter().filter(|b| b.0 >= from).copied().collect(),
+                        None => Vec::new(),
+                    };
+                    let horizon = t.buckets.front().map_or(0, |b| b.0);
+                    (t.key(), horizon, changed)
+                })
+                .collect()
+        };
+        store.save(&updates);
+    }
+
     /// Uses `alerting` (webhook, evaluation interval) from now on.
     pub fn set_alerting(&self, alerting: &gantry_manifest::Alerting) {
         *self.alerting.lock().unwrap_or_else(|e| e.into_inner()) = alerting.clone();
@@ -349,9 +396,14 @@ impl Slos {
         let mut trackers = self.trackers.lock().unwrap_or_else(|e| e.into_inner());
         trackers.retain(|name, t| slos.get(name) == Some(&t.config));
         for (name, config) in slos {
-            trackers
-                .entry(name.clone())
-                .or_insert_with(|| Tracker::new(name, config.clone()));
+            trackers.entry(name.clone()).or_insert_with(|| {
+                let mut tracker = Tracker::new(name, config.clone());
+                if let Some(store) = &self.store {
+                    let since = now().saturating_sub(tracker.keep());
+                    tracker.buckets = store.load(&tracker.key(), since).into();
+                }
+                tracker
+            });
         }
     }
 
@@ -596,5 +648,47 @@ mod tests {
         );
         let status = &slos.status(T0)[0];
         assert_eq!((status.requests, status.bad), (2, 1));
+    }
+
+    #[test]
+    fn counts_survive_a_restart_and_a_changed_latency_starts_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let slo = |latency: Option<u64>| Slo {
+            target: SloTarget::Route("checkout".into()),
+            objective: 99.9,
+            window: Duration::from_secs(30 * 86_400),
+            latency: latency.map(Duration::from_millis),
+            min_requests: 1,
+            runbook: None,
+        };
+        let config = |latency| BTreeMap::from([("checkout".to_string(), slo(latency))]);
+        let now = now();
+        let slos = Slos::open(dir.path()).unwrap();
+        slos.apply(&config(None));
+        for status in [200, 200, 503] {
+            slos.observe(now - 120, "checkout", "orders", status, Duration::ZERO, &"");
+        }
+        slos.observe(now, "checkout", "orders", 500, Duration::ZERO, &"");
+        slos.save();
+        slos.observe(now, "checkout", "orders", 200, Duration::ZERO, &"");
+        slos.save();
+        drop(slos);
+
+        let reopened = Slos::open(dir.path()).unwrap();
+        reopened.apply(&config(None));
+        let status = &reopened.status(now)[0];
+        assert_eq!((status.requests, status.bad), (5, 2));
+        // Another latency makes the counts mean something else.
+        let changed = Slos::open(dir.path()).unwrap();
+        changed.apply(&config(Some(300)));
+        assert_eq!(changed.status(now)[0].requests, 0);
+        changed.save();
+        let again = Slos::open(dir.path()).unwrap();
+        again.apply(&config(None));
+        assert_eq!(
+            again.status(now)[0].requests,
+            0,
+            "a removed SLO's counts are deleted"
+        );
     }
 }

@@ -22,11 +22,19 @@ pub async fn run(slos: Slos, stop: CancellationToken) {
     loop {
         let every = slos.alerting().evaluate_every;
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => {
+                let _ = tokio::task::spawn_blocking(move || slos.save()).await;
+                return;
+            }
             _ = tokio::time::sleep(every) => {}
         }
         let webhook = slos.alerting().webhook;
-        for note in slos.evaluate(crate::now()) {
+        let notes = slos.evaluate(crate::now());
+        {
+            let slos = slos.clone();
+            let _ = tokio::task::spawn_blocking(move || slos.save()).await;
+        }
+        for note in notes {
             if note.status == "firing" {
                 tracing::warn!(target: "gantry::slo", slo = %note.slo, severity = note.severity, long = %note.windows.long, short = %note.windows.short, burn_long = note.burn_rate.long, burn_short = note.burn_rate.short, budget_remaining = note.budget_remaining, "SLO alert firing");
             } else {

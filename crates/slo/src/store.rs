@@ -1,0 +1,102 @@
+//! SLO counts on disk (`DATA_DIR/slos.db`), so a restart keeps the error
+//! budget: per-minute buckets are written at every evaluation (only the
+//! minutes that changed since the last write) and read back when an SLO is
+//! tracked again with the same target and objective.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{params, Connection};
+
+/// The bucket table. Cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct CountStore {
+    connection: Arc<Mutex<Connection>>,
+}
+
+impl CountStore {
+    pub(crate) fn open(data_dir: &Path) -> Result<CountStore, String> {
+        let path = data_dir.join("slos.db");
+        let fail = |e: rusqlite::Error| format!("cannot open SLO counts {}: {e}", path.display());
+        let connection = Connection::open(&path).map_err(fail)?;
+        connection
+            .execute_batch(
+                "PRAGMA journal_mode = WAL;
+                 PRAGMA synchronous = NORMAL;
+                 CREATE TABLE IF NOT EXISTS buckets (
+                     slo TEXT NOT NULL,
+                     start INTEGER NOT NULL,
+                     requests INTEGER NOT NULL,
+                     bad INTEGER NOT NULL,
+                     PRIMARY KEY (slo, start)
+                 ) WITHOUT ROWID;",
+            )
+            .map_err(fail)?;
+        Ok(CountStore {
+            connection: Arc::new(Mutex::new(connection)),
+        })
+    }
+
+    /// The buckets of `key` from `since` on, oldest first.
+    pub(crate) fn load(&self, key: &str, since: u64) -> Vec<(u64, u64, u64)> {
+        let connection = self.connection.lock().unwrap_or_else(|e| e.into_inner());
+        let read = || -> rusqlite::Result<Vec<(u64, u64, u64)>> {
+            connection
+                .prepare_cached(
+                    "SELECT start, requests, bad FROM buckets WHERE slo = ?1 AND start >= ?2 ORDER BY start",
+                )?
+                .query_map(params![key, since as i64], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)? as u64,
+                        r.get::<_, i64>(1)? as u64,
+                        r.get::<_, i64>(2)? as u64,
+                    ))
+                })?
+                .collect()
+        };
+        read().unwrap_or_else(|error| {
+            tracing::warn!(target: "gantry::slo", slo = key, %error, "cannot read stored SLO counts; counting from now");
+            Vec::new()
+        })
+    }
+
+    /// Writes `buckets` of each key (replacing what is there) and removes
+    /// buckets older than each key's horizon, in one transaction. Keys not
+    /// given (SLOs removed or changed) are removed.
+    pub(crate) fn save(&self, updates: &[(String, u64, Vec<(u64, u64, u64)>)]) {
+        let mut connection = self.connection.lock().unwrap_or_else(|e| e.into_inner());
+        let written = (|| -> rusqlite::Result<()> {
+            let tx = connection.transaction()?;
+            {
+                let mut upsert = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO buckets (slo, start, requests, bad) VALUES (?1, ?2, ?3, ?4)",
+                )?;
+                let mut trim =
+                    tx.prepare_cached("DELETE FROM buckets WHERE slo = ?1 AND start < ?2")?;
+                for (key, horizon, buckets) in updates {
+                    for (start, requests, bad) in buckets {
+                        upsert.execute(params![
+                            key,
+                            *start as i64,
+                            *requests as i64,
+                            *bad as i64
+                        ])?;
+                    }
+                    trim.execute(params![key, *horizon as i64])?;
+                }
+            }
+            let keys: Vec<&str> = updates.iter().map(|(k, _, _)| k.as_str()).collect();
+            let stored: Vec<String> = tx
+                .prepare("SELECT DISTINCT slo FROM buckets")?
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            for key in stored.iter().filter(|k| !keys.contains(&k.as_str())) {
+                tx.execute("DELETE FROM buckets WHERE slo = ?1", [key])?;
+            }
+            tx.commit()
+        })();
+        if let Err(error) = written {
+            tracing::warn!(target: "gantry::slo", %error, "cannot store SLO counts");
+        }
+    }
+}
