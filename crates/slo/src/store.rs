@@ -8,6 +8,11 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection};
 
+/// A minute's counts: its start (unix seconds), requests, bad requests.
+pub(crate) type Bucket = (u64, u64, u64);
+/// One SLO's changed buckets: its key, the oldest start it keeps, the buckets.
+pub(crate) type Update = (String, u64, Vec<Bucket>);
+
 /// The bucket table. Cheap to clone.
 #[derive(Debug, Clone)]
 pub(crate) struct CountStore {
@@ -38,9 +43,9 @@ impl CountStore {
     }
 
     /// The buckets of `key` from `since` on, oldest first.
-    pub(crate) fn load(&self, key: &str, since: u64) -> Vec<(u64, u64, u64)> {
+    pub(crate) fn load(&self, key: &str, since: u64) -> Vec<Bucket> {
         let connection = self.connection.lock().unwrap_or_else(|e| e.into_inner());
-        let read = || -> rusqlite::Result<Vec<(u64, u64, u64)>> {
+        let read = || -> rusqlite::Result<Vec<Bucket>> {
             connection
                 .prepare_cached(
                     "SELECT start, requests, bad FROM buckets WHERE slo = ?1 AND start >= ?2 ORDER BY start",
@@ -63,7 +68,7 @@ impl CountStore {
     /// Writes `buckets` of each key (replacing what is there) and removes
     /// buckets older than each key's horizon, in one transaction. Keys not
     /// given (SLOs removed or changed) are removed.
-    pub(crate) fn save(&self, updates: &[(String, u64, Vec<(u64, u64, u64)>)]) {
+    pub(crate) fn save(&self, updates: &[Update]) {
         let mut connection = self.connection.lock().unwrap_or_else(|e| e.into_inner());
         let written = (|| -> rusqlite::Result<()> {
             let tx = connection.transaction()?;
