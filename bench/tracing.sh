@@ -21,7 +21,8 @@ RUNS=${RUNS:-3}
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-64}
 UPSTREAM_PORT=19200 NGINX_PORT=19201
-declare -A PORT_OF=([off]=19210 [ratio-0]=19212 [ratio-0.1]=19214 [ratio-1]=19216 [nginx]=$NGINX_PORT)
+# Each Gantry listens on PORT (gateway), PORT+1 (admin) and PORT+2 (platform API).
+declare -A PORT_OF=([off]=19210 [ratio-0]=19213 [ratio-0.1]=19216 [ratio-1]=19219 [nginx]=$NGINX_PORT)
 declare -A TELEMETRY=(
   [off]='traces = false'
   [ratio-0]='sample_ratio = 0'
@@ -35,7 +36,7 @@ for tool in nginx wrk taskset python3 curl; do
   command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install nginx-light wrk)" >&2; exit 1; }
 done
 for target in "${TARGETS[@]}"; do
-  for port in "${PORT_OF[$target]}" $((PORT_OF[$target] + 1)); do
+  for port in "${PORT_OF[$target]}" $((PORT_OF[$target] + 1)) $((PORT_OF[$target] + 2)); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
       echo "bench: port $port is already in use; stop what listens there first" >&2; exit 1
     fi
@@ -87,6 +88,7 @@ for target in "${GANTRY_TARGETS[@]}"; do
 name = "bench-$target"
 listen = "127.0.0.1:$port"
 admin = "127.0.0.1:$((port + 1))"
+api = "127.0.0.1:$((port + 2))"
 data_dir = "state"
 watch = false
 
@@ -124,8 +126,11 @@ for run in $(seq "$RUNS"); do
 import re, sys
 target, before, after, hz, out = sys.argv[1:]
 def ms(text):
-    value, unit = re.match(r"([\d.]+)(us|ms|s)$", text).groups()
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    match = re.match(r"([\d.]+)(us|ms|s|m)$", text)
+    if match is None:
+        sys.exit(f"bench: cannot read a latency of {text!r} from wrk for {target}:\n{out}")
+    value, unit = match.groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 total = int(re.search(r"(\d+) requests in", out).group(1))
 errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -133,7 +138,7 @@ if errors:
     sys.exit(f"bench: {target} answered {errors.group(1)} errors:\n{out}")
 p50 = ms(re.search(r"50%\s+(\S+)", out).group(1))
 p99 = ms(re.search(r"99%\s+(\S+)", out).group(1))
-cpu_per_k = (int(after) - int(before)) / int(hz) / total * 1000
+cpu_per_k = (int(after) - int(before)) / int(hz) / total * 1000 * 1000  # ms per 1k requests
 print(f"{target}\t{rps:.0f}\t{p50:.3f}\t{p99:.3f}\t{cpu_per_k:.4f}\t{total}")
 PY
   done

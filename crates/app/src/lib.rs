@@ -226,6 +226,11 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
     workflows.stop().await;
     bus.stop().await;
     live.stop_all(platform.drain_timeout).await;
+    // The last spans (the drained requests') reach the store and the exporter.
+    {
+        let traces = traces.clone();
+        let _ = tokio::task::spawn_blocking(move || traces.flush(Duration::from_secs(1))).await;
+    }
     export_stop.cancel();
     if let Some(exporter) = exporter {
         let _ = tokio::time::timeout(Duration::from_secs(3), exporter).await;

@@ -2,7 +2,7 @@
 //!
 //! | endpoint | answer |
 //! |---|---|
-//! | `GET /v1/traces?service=&route=&min_duration_ms=&errors=&limit=` | recent traces, newest first: root span, duration, span count, error |
+//! | `GET /v1/traces?service=&route=&min_duration_ms=&errors=&status=&limit=` | recent traces, newest first: root span, duration, span count, error |
 //! | `GET /v1/traces/{trace_id}` | every span of a trace, by start time |
 
 use std::time::Duration;
@@ -29,11 +29,24 @@ struct ListQuery {
     route: Option<String>,
     min_duration_ms: Option<u64>,
     errors: Option<bool>,
+    /// `503` or a class such as `5xx`.
+    status: Option<String>,
     limit: Option<usize>,
 }
 
 async fn list(State(traces): State<TraceStore>, Query(q): Query<ListQuery>) -> Response {
+    let status = match q.status.as_deref().map(parse_status).transpose() {
+        Ok(status) => status,
+        Err(detail) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"title": "Bad status filter", "status": 400, "detail": detail})),
+            )
+                .into_response()
+        }
+    };
     let query = TraceQuery {
+        status,
         service: q.service,
         route: q.route,
         min_duration: q.min_duration_ms.map(Duration::from_millis),
@@ -44,6 +57,25 @@ async fn list(State(traces): State<TraceStore>, Query(q): Query<ListQuery>) -> R
         Ok(Ok(list)) => Json(json!({ "traces": list })).into_response(),
         Ok(Err(error)) => (StatusCode::INTERNAL_SERVER_ERROR, error).into_response(),
         Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
+    }
+}
+
+/// `503` → 503..=503; `5xx` → 500..=599.
+fn parse_status(text: &str) -> Result<(u16, u16), String> {
+    let bad = || {
+        format!(
+            "`{text}` is not a status filter; use a code such as `503` or a class such as `5xx`"
+        )
+    };
+    match text.as_bytes() {
+        [d @ b'1'..=b'5', b'x' | b'X', b'x' | b'X'] => {
+            let low = u16::from(d - b'0') * 100;
+            Ok((low, low + 99))
+        }
+        _ => match text.parse::<u16>() {
+            Ok(code) if (100..=599).contains(&code) => Ok((code, code)),
+            _ => Err(bad()),
+        },
     }
 }
 

@@ -24,6 +24,10 @@ pub(crate) enum TracesCommand {
         /// Only traces with an error.
         #[arg(long)]
         errors: bool,
+        /// Only traces where some hop answered this HTTP status: `503`, or a
+        /// class such as `5xx`.
+        #[arg(long)]
+        status: Option<String>,
         #[arg(long, default_value_t = 20)]
         limit: usize,
         #[command(flatten)]
@@ -47,6 +51,7 @@ pub(crate) fn run(command: TracesCommand) -> ExitCode {
             route,
             min_duration,
             errors,
+            status,
             limit,
             target,
         } => {
@@ -62,6 +67,9 @@ pub(crate) fn run(command: TracesCommand) -> ExitCode {
             }
             if errors {
                 query.push("errors=true".into());
+            }
+            if let Some(status) = status {
+                query.push(format!("status={}", percent_encode_segment(&status)));
             }
             let answer = call_admin(
                 &target,

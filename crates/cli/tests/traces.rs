@@ -413,6 +413,12 @@ retry = { max_attempts = 1 }
             "a function span under each attempt: {v:#}"
         );
     }
+    let listed = cli(&gantry, &["traces", "list", "--status", "5xx"]);
+    assert!(listed.contains(failing), "{listed}");
+    let listed = cli(&gantry, &["traces", "list", "--status", "200"]);
+    assert!(!listed.contains(failing), "{listed}");
+    let (ok, _, err) = support::gantry_cli(&gantry, &["traces", "list", "--status", "9xx"]);
+    assert!(!ok && err.contains("use a code such as `503`"), "{err}");
     let shown = cli(&gantry, &["traces", "show", failing]);
     assert!(
         shown.contains("GET function:busy [gateway] 503 (retry 2)"),

@@ -16,15 +16,17 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection};
 use serde::Serialize;
 
 /// Spans waiting for the writer at most; more are dropped.
-const QUEUE: usize = 16_384;
+const QUEUE: usize = 32_768;
+/// How often the writer takes what is queued.
+const WRITE_EVERY: Duration = Duration::from_millis(100);
 /// Spans kept at most; the oldest go first.
 const MAX_SPANS: i64 = 200_000;
 /// Spans older than this are removed.
@@ -141,6 +143,8 @@ pub struct TraceQuery {
     pub route: Option<String>,
     pub min_duration: Option<Duration>,
     pub errors_only: bool,
+    /// Some span answered an HTTP status in this range.
+    pub status: Option<(u16, u16)>,
     pub limit: usize,
 }
 
@@ -154,6 +158,24 @@ pub struct TraceStore {
     sampling: Arc<RwLock<Sampling>>,
     /// Kept spans also go here when OTLP export is on.
     export: Arc<OnceLock<tokio::sync::mpsc::Sender<Span>>>,
+    writer: std::thread::Thread,
+    flush: Arc<Flush>,
+}
+
+/// Lets [`TraceStore::flush`] wait for the writer to take what is queued.
+#[derive(Debug, Default)]
+struct Flush {
+    requested: AtomicU64,
+    done: Mutex<u64>,
+    cond: Condvar,
+}
+
+impl Flush {
+    fn done(&self, request: u64) {
+        let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        *done = (*done).max(request);
+        self.cond.notify_all();
+    }
 }
 
 impl TraceStore {
@@ -187,31 +209,51 @@ impl TraceStore {
             .map_err(fail)?;
         let reader = Connection::open(&path).map_err(fail)?;
         let (sender, receiver) = sync_channel(QUEUE);
-        let store = TraceStore {
-            sender,
-            reader: Arc::new(Mutex::new(reader)),
-            counts: Arc::default(),
-            enabled: Arc::new(AtomicBool::new(true)),
-            sampling: Arc::default(),
-            export: Arc::default(),
-        };
+        let counts = Arc::<SpanCounts>::default();
+        let sampling = Arc::<RwLock<Sampling>>::default();
+        let export = Arc::<OnceLock<tokio::sync::mpsc::Sender<Span>>>::default();
+        let flush = Arc::<Flush>::default();
         let writer = Writer {
             connection: writer,
             tail: Tail::default(),
-            sampling: store.sampling.clone(),
-            counts: store.counts.clone(),
-            export: store.export.clone(),
+            sampling: sampling.clone(),
+            counts: counts.clone(),
+            export: export.clone(),
         };
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("gantry-traces".into())
-            .spawn(move || writer.run(receiver))
+            .spawn({
+                let flush = flush.clone();
+                move || writer.run(receiver, flush)
+            })
             .map_err(|e| e.to_string())?;
-        Ok(store)
+        Ok(TraceStore {
+            sender,
+            reader: Arc::new(Mutex::new(reader)),
+            counts,
+            enabled: Arc::new(AtomicBool::new(true)),
+            sampling,
+            export,
+            writer: thread.thread().clone(),
+            flush,
+        })
     }
 
     /// Sends every kept span to `exporter` (OTLP) too, from now on.
     pub fn export_to(&self, exporter: tokio::sync::mpsc::Sender<Span>) {
         let _ = self.export.set(exporter);
+    }
+
+    /// Waits (at most `limit`) until the writer has taken every span
+    /// recorded before the call: stored, exported or held for sampling.
+    pub fn flush(&self, limit: Duration) {
+        let request = self.flush.requested.fetch_add(1, Ordering::AcqRel) + 1;
+        self.writer.unpark();
+        let done = self.flush.done.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = self
+            .flush
+            .cond
+            .wait_timeout_while(done, limit, |done| *done < request);
     }
 
     /// Which traces to keep from now on (at start and on reload).
@@ -301,6 +343,16 @@ impl TraceStore {
                     continue;
                 }
             }
+            if let Some((low, high)) = query.status {
+                if !trace.iter().any(|s| {
+                    s.attributes
+                        .get("http.response.status_code")
+                        .and_then(|v| v.as_u64())
+                        .is_some_and(|c| (u64::from(low)..=u64::from(high)).contains(&c))
+                }) {
+                    continue;
+                }
+            }
             if let Some(route) = &query.route {
                 if !trace
                     .iter()
@@ -376,22 +428,29 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, receiver: Receiver<Span>) {
+    /// Wakes every [`WRITE_EVERY`] (or when asked to flush) and takes
+    /// whatever is queued. Polling rather than blocking on the channel is
+    /// deliberate: a receiver blocked in `recv` is woken by every span, and
+    /// on a busy core those wake-ups (a futex call and a context switch per
+    /// span) cost more than everything else tracing does.
+    fn run(mut self, receiver: Receiver<Span>, flush: Arc<Flush>) {
         let mut last_trim = Instant::now();
         loop {
-            let first = match receiver.recv_timeout(Duration::from_secs(1)) {
-                Ok(span) => Some(span),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => return,
-            };
+            std::thread::park_timeout(WRITE_EVERY);
+            let asked = flush.requested.load(Ordering::Acquire);
             let sampling = *self.sampling.read().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
             let mut batch = Vec::new();
-            for span in first
-                .into_iter()
-                .chain(std::iter::from_fn(|| receiver.try_recv().ok()).take(1023))
-            {
-                self.tail.offer(span, &sampling, now, &mut batch);
+            let mut stopped = false;
+            loop {
+                match receiver.try_recv() {
+                    Ok(span) => self.tail.offer(span, &sampling, now, &mut batch),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        stopped = true;
+                        break;
+                    }
+                }
             }
             let expired = self.tail.expire(now);
             self.counts
@@ -409,6 +468,10 @@ impl Writer {
                         }
                     }
                 }
+            }
+            flush.done(asked);
+            if stopped {
+                return;
             }
             if last_trim.elapsed() > Duration::from_secs(60) {
                 last_trim = Instant::now();
