@@ -13,7 +13,9 @@
 # stored: the cost left is building the spans and holding them for the
 # tail-sampling decision. Targets take turns, round after round, so drift
 # hits them alike. Each Gantry records two spans per request (the gateway's
-# and the upstream attempt's); the table shows how many reached traces.db.
+# and the upstream attempt's); the table shows what became of them, from
+# `gantry_trace_spans_total` (spans still held for sampling at the end are in
+# no column).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -143,13 +145,15 @@ print(f"{target}\t{rps:.0f}\t{p50:.3f}\t{p99:.3f}\t{cpu_per_k:.4f}\t{total}")
 PY
   done
 done
-sleep 2 # let the span writers finish their last batches
+sleep 12 # let the span writers finish, and held spans expire
 
-# Requests sent and spans stored per Gantry.
+# What became of the spans, from each Gantry's own counter.
 for target in "${GANTRY_TARGETS[@]}"; do
-  db="$WORK/$target/state/traces.db"
-  spans=$(python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from spans').fetchone()[0])" "$db" 2>/dev/null || echo 0)
-  printf 'spans\t%s\t%s\n' "$target" "$spans" >> "$RESULTS"
+  metrics=$(curl -fsS "http://127.0.0.1:$((PORT_OF[$target] + 1))/metrics")
+  for outcome in kept sampled_out dropped; do
+    n=$(printf '%s\n' "$metrics" | awk -v o="gantry_trace_spans_total{outcome=\"$outcome\"}" '$1 == o { print $2 }')
+    printf 'spans\t%s\t%s\t%s\n' "$target" "$outcome" "${n:-0}" >> "$RESULTS"
+  done
 done
 
 python3 - "$RESULTS" "$RUNS" "$DURATION" "$CONNS" <<'PY'
@@ -159,21 +163,22 @@ rows, spans = {}, {}
 for line in open(path):
     f = line.rstrip("\n").split("\t")
     if f[0] == "spans":
-        spans[f[1]] = int(f[2])
+        spans.setdefault(f[1], {})[f[2]] = int(f[3])
     else:
         rows.setdefault(f[0], []).append([float(x) for x in f[1:]])
 print(f"wrk -t1 -c{conns} -d{duration}, {runs} rounds, medians; proxies on core 0, upstream and wrk on core 1")
 print()
-print("| target | req/s | vs tracing off | p50 ms | p99 ms | CPU ms / 1k req | spans stored / requests |")
-print("|---|---|---|---|---|---|---|")
+print("| target | req/s | vs tracing off | p50 ms | p99 ms | CPU ms / 1k req | requests | spans kept / sampled out / dropped |")
+print("|---|---|---|---|---|---|---|---|")
 base = statistics.median(r[0] for r in rows["off"])
 for target in ["off", "ratio-0", "ratio-0.1", "ratio-1", "nginx"]:
     r = rows[target]
     med = lambda i: statistics.median(x[i] for x in r)
     total = sum(x[4] for x in r)
-    kept = f"{spans[target]:,} / {int(total):,}" if target in spans else "—"
+    n = spans.get(target)
+    kept = f"{n['kept']:,} / {n['sampled_out']:,} / {n['dropped']:,}" if n else "—"
     name = {"off": "gantry, traces = false", "ratio-0": "gantry, sample_ratio = 0",
             "ratio-0.1": "gantry, sample_ratio = 0.1", "ratio-1": "gantry, sample_ratio = 1",
             "nginx": "nginx 1.22 (peer)"}[target]
-    print(f"| {name} | {med(0):,.0f} | {med(0) / base:.2f}x | {med(1):.2f} | {med(2):.2f} | {med(3):.1f} | {kept} |")
+    print(f"| {name} | {med(0):,.0f} | {med(0) / base:.2f}x | {med(1):.2f} | {med(2):.2f} | {med(3):.1f} | {int(total):,} | {kept} |")
 PY

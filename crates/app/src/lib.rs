@@ -102,6 +102,7 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
     // OTLP export, when a collector is configured; flushed at shutdown.
     let export_stop = CancellationToken::new();
     traces.set_sampling(sampling(&manifest.telemetry));
+    traces.register_metrics(&metrics);
     let exporter = gantry_telemetry::otlp::target(
         manifest.telemetry.otlp_endpoint.as_deref(),
         manifest

@@ -479,4 +479,22 @@ retry = { max_attempts = 1 }
         text.contains(r#"gantry_topic_events{topic="jobs"} 1"#),
         "{text}"
     );
+    // The five healthy requests' fifteen spans (gateway, attempt, function)
+    // were let go after the hold.
+    eventually(
+        "the healthy spans are sampled out",
+        Duration::from_secs(20),
+        || async {
+            let text = c
+                .get(&metrics_url)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            text.contains(r#"gantry_trace_spans_total{outcome="sampled_out"} 15"#)
+        },
+    )
+    .await;
 }

@@ -284,6 +284,43 @@ impl TraceStore {
         }
     }
 
+    /// Registers `gantry_trace_spans_total{outcome}` (kept, sampled_out,
+    /// dropped), brought up to date at each scrape.
+    pub fn register_metrics(&self, metrics: &crate::Metrics) {
+        #[derive(
+            Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet,
+        )]
+        struct Outcome {
+            outcome: &'static str,
+        }
+        let family = prometheus_client::metrics::family::Family::<
+            Outcome,
+            prometheus_client::metrics::counter::Counter,
+        >::default();
+        metrics.register(|registry| {
+            registry.register(
+                "trace_spans",
+                "Spans recorded, by what became of them: kept (stored and exported), sampled_out, dropped (the writer's queue was full)",
+                family.clone(),
+            )
+        });
+        let counts = self.counts.clone();
+        metrics.on_scrape(Arc::new(move || {
+            for (outcome, total) in [
+                ("kept", &counts.kept),
+                ("sampled_out", &counts.sampled_out),
+                ("dropped", &counts.dropped),
+            ] {
+                let counter = family.get_or_create(&Outcome { outcome });
+                let (total, shown) = (total.load(Ordering::Relaxed), counter.get());
+                if total > shown {
+                    counter.inc_by(total - shown);
+                }
+            }
+            Box::pin(async {})
+        }));
+    }
+
     /// What happened to the spans recorded so far.
     pub fn counts(&self) -> &SpanCounts {
         &self.counts
