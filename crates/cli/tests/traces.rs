@@ -28,6 +28,30 @@ const BUSY: &str = r#"(module
     (i32.store (i32.const 4) (i32.const 42))
     (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#;
 
+/// The trace at `url` once it holds `count` spans.
+async fn trace_with(url: &str, count: usize, what: &str, limit: Duration) -> Value {
+    eventually(what, limit, || async {
+        let v: Value = client()
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap_or_default();
+        v["spans"].as_array().is_some_and(|s| s.len() == count)
+    })
+    .await;
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 fn cli(gantry: &Gantry, args: &[&str]) -> String {
     let (ok, out, err) = support::gantry_cli(gantry, args);
     assert!(ok, "{err}");
@@ -71,23 +95,13 @@ to = "function:hello"
     assert_eq!(response.status(), 200, "{}", gantry.log());
 
     let url = gantry.admin_url(&format!("/v1/traces/{trace}"));
-    eventually(
+    let v = trace_with(
+        &url,
+        3,
         "all three spans are stored",
         Duration::from_secs(10),
-        || async {
-            let v: Value = c
-                .get(&url)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap_or_default();
-            v["spans"].as_array().is_some_and(|s| s.len() == 3)
-        },
     )
     .await;
-    let v: Value = c.get(&url).send().await.unwrap().json().await.unwrap();
     let spans = v["spans"].as_array().unwrap();
     let gateway = spans
         .iter()
@@ -154,23 +168,13 @@ to = "function:hello"
         .unwrap();
     assert_eq!(published.status(), 200);
     let url = gantry.admin_url(&format!("/v1/traces/{trace}"));
-    eventually(
+    let v = trace_with(
+        &url,
+        3,
         "the delivery and the function are traced",
         Duration::from_secs(15),
-        || async {
-            let v: Value = c
-                .get(&url)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap_or_default();
-            v["spans"].as_array().is_some_and(|s| s.len() == 3)
-        },
     )
     .await;
-    let v: Value = c.get(&url).send().await.unwrap().json().await.unwrap();
     let spans = v["spans"].as_array().unwrap();
     let publish = spans
         .iter()
@@ -369,23 +373,13 @@ retry = { max_attempts = 1 }
     // The failing trace is kept whole: the gateway span, three attempts (the
     // retries numbered), and the function under each attempt.
     let url = gantry.admin_url(&format!("/v1/traces/{failing}"));
-    eventually(
+    let v = trace_with(
+        &url,
+        7,
         "the failing trace is kept",
         Duration::from_secs(10),
-        || async {
-            let v: Value = c
-                .get(&url)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap_or_default();
-            v["spans"].as_array().is_some_and(|s| s.len() == 7)
-        },
     )
     .await;
-    let v: Value = c.get(&url).send().await.unwrap().json().await.unwrap();
     let spans = v["spans"].as_array().unwrap();
     let server = spans
         .iter()
