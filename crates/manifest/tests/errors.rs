@@ -472,3 +472,17 @@ webhook = { style = "github" }
         "gantry.toml:23:11: error[M004]: `webhook` in [[routes]] #2 is missing `secret_env`",
     );
 }
+
+#[test]
+fn telemetry_mistakes_name_the_key_and_the_fix() {
+    let d = errors(&format!(
+        "{SERVICES}\n[telemetry]\nsample_ratio = 10\notlp_protocol = \"thrift\"\nslow = \"soon\"\n"
+    ));
+    assert_reports(&d, "gantry.toml:6:16: error[M");
+    assert_reports(&d, "`sample_ratio` must be a number from 0 to 1");
+    assert_reports(&d, "`sample_ratio = 0.1` keeps one trace in ten");
+    assert_reports(&d, "gantry.toml:7:17: error[M");
+    assert_reports(&d, "`thrift` is not an OTLP protocol Gantry speaks");
+    assert_reports(&d, "use `http/protobuf` or `grpc`");
+    assert_reports(&d, "`soon` is not a duration");
+}
