@@ -70,6 +70,11 @@ runtime = "lambda"
 timeout = "1s"
 idle_timeout = "1s"
 
+[functions.slowstart]
+command = ["sh", "-c", "sleep 2 && exec {BIN}/shop-probe"]
+runtime = "lambda"
+timeout = "1s"
+
 [functions.hello]
 component = "hello.wat"
 executor = "wagi"
@@ -78,6 +83,11 @@ executor = "wagi"
 path = "/lambda/*"
 strip_prefix = "/lambda"
 to = "function:probe"
+
+[[routes]]
+path = "/slowstart/*"
+strip_prefix = "/slowstart"
+to = "function:slowstart"
 
 [[routes]]
 path = "/hello"
@@ -143,6 +153,13 @@ rate_limit = { requests = 100000, per = "1s" }
     // ...and the next request gets a fresh process.
     let response = client.get(gantry.url("/lambda/pid")).send().await.unwrap();
     assert_eq!(response.status(), 200);
+    // A start-up longer than `timeout` is the init phase, not the invocation.
+    let response = client
+        .get(gantry.url("/slowstart/pid"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", gantry.log());
 
     // Idle processes stop after idle_timeout: scale to zero, then back.
     eventually(

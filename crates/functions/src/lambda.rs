@@ -48,13 +48,20 @@ pub(crate) struct LambdaConfig {
 /// Where an invocation's outcome goes: the result, or the function's error body.
 type Reply = oneshot::Sender<Result<Bytes, Bytes>>;
 
+/// How long a new process may take to ask for its first invocation (its
+/// init phase), as AWS Lambda allows. `timeout` counts from then on.
+const INIT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// One invocation handed to a process.
 #[derive(Debug)]
 struct Invocation {
     id: String,
     payload: Bytes,
-    deadline: SystemTime,
+    /// From when the process takes it: its deadline is then + `timeout`.
+    timeout: Duration,
     trace: Option<String>,
+    /// Told when the process takes the invocation.
+    taken: oneshot::Sender<()>,
     reply: Reply,
 }
 
@@ -190,17 +197,40 @@ impl Pool {
             self.metrics.cold_start(&self.config.function);
         }
         let (reply, outcome) = oneshot::channel();
-        let deadline = SystemTime::now() + self.config.timeout;
+        let (taken, taken_by_process) = oneshot::channel();
         let invocation = Invocation {
             id: request_id.to_string(),
             payload,
-            deadline,
+            timeout: self.config.timeout,
             trace,
+            taken,
             reply,
         };
         if instance.invocations.send(invocation).await.is_err() {
             return Err(Failure::Crashed("the function's process exited".into()));
         }
+        // A warm process is already waiting for it; a new one first starts
+        // up (its init phase), which its `timeout` does not count.
+        let pickup = if cold {
+            INIT_TIMEOUT
+        } else {
+            self.config.timeout
+        };
+        if tokio::time::timeout(pickup, taken_by_process)
+            .await
+            .is_err()
+        {
+            tracing::warn!(target: "gantry::functions", function = %self.config.function, request_id, limit = ?pickup, "the process did not take the invocation in time; killing it");
+            instance.kill.cancel();
+            return Err(if cold {
+                Failure::Crashed(format!(
+                    "the function did not ask for an invocation within {INIT_TIMEOUT:?} of starting (init timeout); check what its start-up waits for"
+                ))
+            } else {
+                Failure::Timeout(self.config.timeout)
+            });
+        }
+        // (If the process died before taking it, `outcome` fails at once below.)
         match tokio::time::timeout(self.config.timeout, outcome).await {
             Ok(Ok(result)) => {
                 *instance.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
@@ -412,8 +442,8 @@ async fn next(State(endpoint): State<Arc<Endpoint>>) -> axum::response::Response
     let Some(invocation) = invocation else {
         return (StatusCode::GONE, "the function is stopping").into_response();
     };
-    let deadline_ms = invocation
-        .deadline
+    let _ = invocation.taken.send(());
+    let deadline_ms = (SystemTime::now() + invocation.timeout)
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis();
