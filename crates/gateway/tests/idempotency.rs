@@ -15,6 +15,21 @@ fn manifest(upstream: &Upstream, options: &str) -> String {
     )
 }
 
+/// Sends `request` again while Gantry answers 409 (the key is in use). The
+/// first answer is stored after its body has streamed to the client, so a
+/// retry sent the instant that body ends may still find the key in use, as
+/// a client retrying early would.
+async fn once_stored(request: impl Fn() -> reqwest::RequestBuilder) -> reqwest::Response {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let response = request().send().await.unwrap();
+        if response.status() != 409 || std::time::Instant::now() > deadline {
+            return response;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_retry_with_the_same_key_is_replayed_without_reaching_the_service() {
     let upstream = Upstream::start(Behaviour::Echo).await;
@@ -29,9 +44,8 @@ async fn a_retry_with_the_same_key_is_replayed_without_reaching_the_service() {
     assert_eq!(first.status(), 200);
     assert!(first.headers().get("idempotent-replayed").is_none());
     let first_body: Value = first.json().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
 
-    let again = post().send().await.unwrap();
+    let again = once_stored(post).await;
     assert_eq!(again.status(), 200);
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     assert_eq!(again.headers()["content-type"], "application/json");
@@ -53,7 +67,7 @@ async fn the_same_key_with_another_payload_gets_422_and_a_missing_required_key_4
         .await
         .unwrap();
     assert_eq!(first.status(), 200);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Another payload is refused whether or not the first is stored yet.
     let other = c
         .post(gw.url("/api/orders"))
         .header("idempotency-key", "k")
@@ -114,15 +128,16 @@ async fn stored_responses_survive_a_restart() {
     let _ = std::fs::remove_dir_all(&data);
     {
         let gw = TestGateway::start_in(&manifest(&upstream, ""), &data).await;
-        let first = client()
-            .post(gw.url("/api/orders"))
-            .header("idempotency-key", "durable")
-            .body("z")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(first.status(), 200);
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        let post = || {
+            client()
+                .post(gw.url("/api/orders"))
+                .header("idempotency-key", "durable")
+                .body("z")
+        };
+        assert_eq!(post().send().await.unwrap().status(), 200);
+        // Stored once a retry is replayed.
+        let again = once_stored(post).await;
+        assert_eq!(again.headers()["idempotent-replayed"], "true");
     }
     // A new gateway on the same data directory: the record is still there.
     let gw = TestGateway::start_in(&manifest(&upstream, ""), &data).await;
@@ -152,8 +167,7 @@ async fn failures_free_the_key_for_a_retry() {
             .body("x")
     };
     assert_eq!(post().send().await.unwrap().status(), 503);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let retry = post().send().await.unwrap();
+    let retry = once_stored(post).await;
     assert_eq!(retry.status(), 200, "a 5xx is not stored: the retry runs");
     assert!(retry.headers().get("idempotent-replayed").is_none());
     assert_eq!(upstream.requests.load(Ordering::SeqCst), 2);

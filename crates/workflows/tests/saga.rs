@@ -24,8 +24,9 @@ struct Shop {
     /// Every request's idempotency key.
     keys: Arc<Mutex<Vec<String>>>,
     answers: Arc<Mutex<HashMap<String, (u16, Value)>>>,
-    /// Status to answer for a `METHOD /first-segment`, e.g. `POST /charges` → 402.
-    failures: Arc<Mutex<HashMap<String, u16>>>,
+    /// Status to answer for a `METHOD /first-segment`, e.g. `POST /charges` → 402,
+    /// and for how many more requests (`None`: until healed).
+    failures: Arc<Mutex<HashMap<String, (u16, Option<usize>)>>>,
     /// Delay before answering a `METHOD /first-segment`.
     delays: Arc<Mutex<HashMap<String, Duration>>>,
 }
@@ -46,7 +47,15 @@ impl Shop {
         self.failures
             .lock()
             .unwrap()
-            .insert(route.to_string(), status);
+            .insert(route.to_string(), (status, None));
+    }
+
+    /// Fails the next `times` requests to `route`, then answers again.
+    fn fail_times(&self, route: &str, status: u16, times: usize) {
+        self.failures
+            .lock()
+            .unwrap()
+            .insert(route.to_string(), (status, Some(times)));
     }
 
     fn heal(&self, route: &str) {
@@ -81,7 +90,17 @@ async fn handle(
     if let Some((status, answer)) = answered {
         return (StatusCode::from_u16(status).unwrap(), Json(answer));
     }
-    let failure = shop.failures.lock().unwrap().get(&route).copied();
+    let failure = {
+        let mut failures = shop.failures.lock().unwrap();
+        match failures.get_mut(&route) {
+            Some((status, None)) => Some(*status),
+            Some((status, Some(left))) if *left > 0 => {
+                *left -= 1;
+                Some(*status)
+            }
+            _ => None,
+        }
+    };
     if let Some(status) = failure {
         return (
             StatusCode::from_u16(status).unwrap(),
@@ -373,7 +392,8 @@ async fn a_failure_compensates_exactly_the_completed_steps_in_reverse() {
 #[tokio::test]
 async fn retryable_failures_are_retried_with_the_same_key() {
     let (shop, url) = Shop::start().await;
-    shop.fail("POST /charges", 503);
+    // Two 503s, then the service recovers before the third (last) attempt.
+    shop.fail_times("POST /charges", 503, 2);
     let rig = Rig::start(CHECKOUT, &url).await;
     rig.engine
         .start(
@@ -384,25 +404,16 @@ async fn retryable_failures_are_retried_with_the_same_key() {
         )
         .await
         .unwrap();
-    // Two 503s, then the service recovers before the third attempt.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while shop
-        .keys
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|k| *k == "r/charge")
-        .count()
-        < 2
-    {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    shop.heal("POST /charges");
     rig.dispatch(2).await;
     let run = rig.wait_state("r", RunState::Completed).await;
     let charge = run.steps.iter().find(|s| s.name == "charge").unwrap();
-    assert!(charge.attempts >= 2, "{charge:?}");
+    assert_eq!(charge.attempts, 3, "{charge:?}");
+    let keys = shop.keys.lock().unwrap().clone();
+    assert_eq!(
+        keys.iter().filter(|k| *k == "r/charge").count(),
+        3,
+        "{keys:?}"
+    );
     assert_eq!(
         shop.effects()
             .iter()
