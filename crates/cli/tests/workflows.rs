@@ -317,43 +317,43 @@ async fn a_route_to_the_platform_api_starts_runs_with_gateway_policies() {
     assert_eq!(service.count("POST /shipments"), 1);
 
     // The request that started the run and every step call are one trace.
+    let get = |url: String| async move {
+        client()
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
     let traces_url = gantry.admin_url("/v1/traces?service=workflows");
-    eventually(
-        "the run's steps are traced",
-        Duration::from_secs(10),
-        || async {
-            let v: Value = client()
-                .get(&traces_url)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            v["traces"].as_array().is_some_and(|t| !t.is_empty())
-        },
-    )
-    .await;
-    let listed: Value = client()
-        .get(&traces_url)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let trace_id = listed["traces"][0]["trace_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let trace: Value = client()
-        .get(gantry.admin_url(&format!("/v1/traces/{trace_id}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // Spans are written in batches: wait until the trace has the gateway's
+    // and both steps' spans, not just its first.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let trace = loop {
+        let listed = get(traces_url.clone()).await;
+        if let Some(id) = listed["traces"][0]["trace_id"].as_str() {
+            let trace = get(gantry.admin_url(&format!("/v1/traces/{id}"))).await;
+            let spans = trace["spans"].as_array().cloned().unwrap_or_default();
+            let has_step = |step: &str| {
+                spans
+                    .iter()
+                    .any(|s| s["attributes"]["gantry.workflow.step"] == step)
+            };
+            if spans.iter().any(|s| s["service"] == "gateway")
+                && has_step("reserve")
+                && has_step("charge")
+            {
+                break trace;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run's steps were never traced: {listed}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let spans = trace["spans"].as_array().unwrap();
     assert!(spans.iter().any(|s| s["service"] == "gateway"), "{trace}");
     // The run's start span sits under the gateway's attempt that carried
