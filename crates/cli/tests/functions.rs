@@ -225,39 +225,45 @@ rate_limit = { requests = 100000, per = "1s" }
 
     // A wasm function redeployed under load: no request fails.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+    let answered = |body: &str| seen.lock().unwrap().contains(body);
     let mut load = Vec::new();
     for _ in 0..4 {
-        let (client, url, stop) = (client.clone(), gantry.url("/hello"), stop.clone());
+        let (client, url, stop, seen) = (
+            client.clone(),
+            gantry.url("/hello"),
+            stop.clone(),
+            seen.clone(),
+        );
         load.push(tokio::spawn(async move {
-            let mut seen = std::collections::BTreeMap::<String, usize>::new();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let response = client.get(&url).send().await.unwrap();
                 assert_eq!(response.status(), 200);
-                *seen.entry(response.text().await.unwrap()).or_default() += 1;
+                let body = response.text().await.unwrap();
+                seen.lock().unwrap().insert(body);
             }
-            seen
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually("v1 answers the load", Duration::from_secs(20), || async {
+        answered("hello from v1")
+    })
+    .await;
     std::fs::write(gantry.dir.path().join("hello.wat"), wagi("v2")).unwrap();
-    eventually("v2 is deployed", Duration::from_secs(20), || async {
+    // The load goes on until the new version has answered it too.
+    eventually("v2 answers the load", Duration::from_secs(20), || async {
+        answered("hello from v2")
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    assert!(
         functions(&gantry)
             .await
             .iter()
-            .any(|f| f["name"] == "hello" && f["deployments"] == 2)
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut seen = std::collections::BTreeMap::<String, usize>::new();
-    for task in load {
-        for (body, n) in task.await.unwrap() {
-            *seen.entry(body).or_default() += n;
-        }
-    }
-    assert!(
-        seen.contains_key("hello from v1") && seen.contains_key("hello from v2"),
-        "{seen:?}"
+            .any(|f| f["name"] == "hello" && f["deployments"] == 2),
+        "one deployment after the first"
     );
 
     // Stopping Gantry stops the function's processes too.

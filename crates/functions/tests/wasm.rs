@@ -241,10 +241,10 @@ executor = "wagi"
 [functions.narrow]
 component = "loop.wasm"
 executor = "wagi"
-timeout = "1s"
+timeout = "3s"
 max_concurrency = 1
 queue = 1
-queue_timeout = "200ms"
+queue_timeout = "1s"
 "#,
         &[("hello.wasm", WAGI_HELLO), ("loop.wasm", WAGI_LOOP)],
     )
@@ -256,13 +256,29 @@ queue_timeout = "200ms"
     assert_eq!(response.headers()["x-guest"], "wat");
     assert_eq!(response.text().await.unwrap(), "hello from wagi\n");
 
-    // One runs (and times out after 1s), one waits 200ms and gets 503, the
+    // One runs (and times out after 3s), one waits 1s and gets 503, the
     // third finds the queue full and gets 429 at once.
     let narrow = setup.functions.url("narrow").unwrap();
+    let state = || {
+        let info = setup.functions.list();
+        let narrow = info.iter().find(|f| f.name == "narrow").unwrap();
+        (narrow.in_flight, narrow.queued)
+    };
+    let until = |want: (usize, usize)| async move {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while state() != want {
+            assert!(
+                Instant::now() < deadline,
+                "never reached {want:?}: {:?}",
+                state()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
     let first = tokio::spawn(client.get(format!("{narrow}/")).send());
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until((1, 0)).await;
     let second = tokio::spawn(client.get(format!("{narrow}/")).send());
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    until((1, 1)).await;
     let third = client.get(format!("{narrow}/")).send().await.unwrap();
     assert_eq!(third.status(), 429);
     assert_eq!(third.headers()["retry-after"], "1");
@@ -285,24 +301,30 @@ executor = "wagi"
     let path = setup._dir.path().join("hello.wasm");
     let client = client();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut load = Vec::new();
     for _ in 0..4 {
         let client = client.clone();
         let url = url.clone();
         let stop = stop.clone();
+        let (seen, answered) = (seen.clone(), answered.clone());
         load.push(tokio::spawn(async move {
-            let mut bodies = std::collections::BTreeSet::new();
-            let mut count = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let response = client.get(&url).send().await.unwrap();
                 assert_eq!(response.status(), 200);
-                bodies.insert(response.text().await.unwrap());
-                count += 1;
+                let body = response.text().await.unwrap();
+                seen.lock().unwrap().insert(body);
+                answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
-            (count, bodies)
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Under load (20 answered) before the new version lands.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while answered.load(std::sync::atomic::Ordering::Relaxed) < 20 {
+        assert!(Instant::now() < deadline, "the load never got going");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let v2 = WAGI_HELLO.replace("hello from wagi\\n", "hello from v2!!\\n");
     std::fs::write(&path, wat::parse_str(&v2).unwrap()).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -313,18 +335,17 @@ executor = "wagi"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut seen = std::collections::BTreeSet::new();
-    let mut total = 0;
-    for task in load {
-        let (count, bodies) = task.await.unwrap();
-        total += count;
-        seen.extend(bodies);
+    // The load goes on until it has been answered by the new version too.
+    while !seen.lock().unwrap().contains("hello from v2!!\n") {
+        assert!(Instant::now() < deadline, "v2 never answered the load");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(total > 20);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    let seen = seen.lock().unwrap().clone();
     assert!(seen.contains("hello from wagi\n"));
-    assert!(seen.contains("hello from v2!!\n"));
     let response = client.get(&url).send().await.unwrap();
     assert_eq!(response.text().await.unwrap(), "hello from v2!!\n");
 
