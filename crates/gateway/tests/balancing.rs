@@ -90,7 +90,7 @@ async fn a_failing_instance_is_ejected_and_comes_back() {
     let steady = Upstream::start(Behaviour::Echo).await;
     flaky.switch.store(500, Ordering::SeqCst);
     let manifest = format!(
-        "[services.app]\nurls = [\"{}\", \"{}\"]\ncircuit_breaker = {{ enabled = false }}\noutlier_ejection = {{ consecutive_failures = 3, base = \"400ms\" }}\n\n[[routes]]\npath = \"/*\"\nto = \"app\"\nretry = {{ attempts = 1 }}\n",
+        "[services.app]\nurls = [\"{}\", \"{}\"]\ncircuit_breaker = {{ enabled = false }}\noutlier_ejection = {{ consecutive_failures = 3, base = \"2s\" }}\n\n[[routes]]\npath = \"/*\"\nto = \"app\"\nretry = {{ attempts = 1 }}\n",
         flaky.url(),
         steady.url()
     );
@@ -109,8 +109,9 @@ async fn a_failing_instance_is_ejected_and_comes_back() {
     }
     assert_eq!(flaky.seen(), 3, "an ejected instance gets no traffic");
 
+    // (`base` is long enough for the checks above on a slow machine.)
     flaky.switch.store(0, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     for _ in 0..10 {
         assert_eq!(c.get(gw.url("/")).send().await.unwrap().status(), 200);
     }

@@ -138,7 +138,7 @@ async fn the_breaker_opens_sheds_probes_and_closes() {
     upstream.switch.store(500, Ordering::SeqCst);
     let gw = TestGateway::start(&manifest(
         &format!(
-            "urls = [\"{}\"]\ncircuit_breaker = {{ min_requests = 5, failure_ratio = 0.5, open_for = \"300ms\" }}",
+            "urls = [\"{}\"]\ncircuit_breaker = {{ min_requests = 5, failure_ratio = 0.5, open_for = \"2s\" }}",
             upstream.url()
         ),
         "retry = { attempts = 1 }",
@@ -173,8 +173,9 @@ async fn the_breaker_opens_sheds_probes_and_closes() {
     );
 
     // After `open_for`, one probe goes through; the service has recovered.
+    // (`open_for` is long enough for the checks above on a slow machine.)
     upstream.switch.store(0, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(c.get(gw.url("/")).send().await.unwrap().status(), 200);
     for _ in 0..5 {
         assert_eq!(c.get(gw.url("/")).send().await.unwrap().status(), 200);
