@@ -177,18 +177,23 @@ min_requests = 1000
         .find_map(|l| l.strip_prefix("exemplar gantry_http_request_duration_seconds_bucket "))
         .unwrap_or_else(|| panic!("no exemplar in:\n{families}\n{metrics}"));
     assert_eq!(exemplar.len(), 32, "{exemplar}");
-    let trace: serde_json::Value = c
-        .get(gantry.admin_url(&format!("/v1/traces/{exemplar}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert!(
-        trace["spans"].as_array().is_some_and(|s| !s.is_empty()),
-        "the exemplar's trace is stored: {trace}"
-    );
+    // (Spans are stored in batches: the trace may land a moment later.)
+    eventually(
+        "the exemplar's trace is stored",
+        Duration::from_secs(10),
+        || async {
+            let trace: serde_json::Value = c
+                .get(gantry.admin_url(&format!("/v1/traces/{exemplar}")))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            trace["spans"].as_array().is_some_and(|s| !s.is_empty())
+        },
+    )
+    .await;
     for family in [
         "gantry_http_requests counter",
         "gantry_http_request_duration_seconds histogram",

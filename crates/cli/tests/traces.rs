@@ -318,6 +318,8 @@ admin = "127.0.0.1:{ADMIN}"
 
 [telemetry]
 sample_ratio = 0
+# Only failures keep a trace here, however slow the machine.
+slow = "60s"
 
 [functions.hello]
 component = "hello.wat"

@@ -452,14 +452,27 @@ async fn shutdown_stops_accepting_but_lets_in_flight_requests_finish() {
     let upstream = Upstream::start(Behaviour::Slow(Duration::from_millis(600))).await;
     let gw = TestGateway::start(&one_route(&upstream.url(), "")).await;
     let in_flight = tokio::spawn(client().get(gw.url("/slow")).send());
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while upstream.seen() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     gw.shut_down();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let refused = client().get(gw.url("/late")).send().await;
-    assert!(
-        refused.is_err(),
-        "a new connection was accepted after shutdown began"
-    );
+    // The listener closes as shutdown begins (give the accept loop a moment).
+    loop {
+        let refused = client().get(gw.url("/late")).send().await;
+        if refused.is_err() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "new connections were still accepted after shutdown began"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let response = in_flight
         .await
         .unwrap()
