@@ -14,10 +14,6 @@ use gantry_services::ServiceHandle;
 use crate::watch::Trigger;
 use crate::READY_LIMIT;
 
-/// How long a replaced service keeps running after the swap before its drain
-/// starts.
-const RETIRE_AFTER: Duration = Duration::from_millis(500);
-
 /// What is running now, and what a reload compares against.
 #[derive(Debug)]
 pub(crate) struct Live {
@@ -256,10 +252,20 @@ impl Live {
         let drain = self.platform.drain_timeout;
         tokio::spawn(async move {
             // A request that read the old route table just before the swap may
-            // not have registered as in flight yet: give it a moment to, so
-            // the drain below sees it.
-            tokio::time::sleep(RETIRE_AFTER.min(drain)).await;
-            stop_all(retired, drain).await;
+            // not have registered as in flight yet, but it holds that table,
+            // and the table holds the handle: wait until only `retired` does
+            // (every such request is done), then drain what is left.
+            let deadline = tokio::time::Instant::now() + drain;
+            while retired.iter().any(|h| Arc::strong_count(h) > 1)
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            if let Some(held) = retired.iter().find(|h| Arc::strong_count(h) > 1) {
+                tracing::warn!(target: "gantry::reload", service = %held.name(), "a replaced service is still referenced after the drain timeout; stopping it anyway");
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            stop_all(retired, left).await;
         });
 
         self.services = next;

@@ -269,7 +269,17 @@ to = "monolith"
     })
     .await;
 
-    // 3. The monolith's environment changes: it restarts too.
+    // 3. The monolith's environment changes: it restarts too, and the old
+    // process stops as soon as the requests it had are done (not after the
+    // whole drain timeout).
+    let services = get_json(&gantry.admin_url("/v1/services")).await;
+    let old_pid = services["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "monolith")
+        .and_then(|s| s["instances"][0]["pid"].as_u64())
+        .unwrap();
     let v4 = v3.replace(
         "health = \"/healthz\"\n\n[services.catalog]",
         "health = \"/healthz\"\nenv = { MODE = \"reloaded\" }\n\n[services.catalog]",
@@ -279,6 +289,12 @@ to = "monolith"
         "the monolith restarted",
         Duration::from_secs(20),
         || async { gantry.log().contains("restarted=[\"monolith\"]") },
+    )
+    .await;
+    eventually(
+        "the old monolith process stopped",
+        Duration::from_secs(5),
+        || async { !std::path::Path::new(&format!("/proc/{old_pid}")).exists() },
     )
     .await;
 
