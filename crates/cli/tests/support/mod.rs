@@ -79,30 +79,46 @@ impl Gantry {
     pub async fn start_with(manifest: &str, prepare: impl FnOnce(&Path)) -> Gantry {
         let dir = tempfile::tempdir().unwrap();
         prepare(dir.path());
-        let gateway = free_port();
-        let admin = free_port();
-        let api = free_port();
-        let text = fill(manifest, gateway, admin, api, &shop_binaries());
-        std::fs::write(dir.path().join("gantry.toml"), text).unwrap();
-        let log = std::fs::File::create(dir.path().join("gantry.log")).unwrap();
-        let child = Command::new(GANTRY)
-            .args(["up", "-f"])
-            .arg(dir.path().join("gantry.toml"))
-            .current_dir("/")
-            .env("GANTRY_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start gantry");
         let mut gantry = Gantry {
             dir,
-            child: Some(child),
-            gateway,
-            admin,
-            api,
+            child: None,
+            gateway: 0,
+            admin: 0,
+            api: 0,
         };
-        gantry.wait_ready().await;
-        gantry
+        // A port free a moment ago can be taken by another test in between:
+        // then Gantry says so and exits, and it starts again on other ports.
+        for _ in 0..3 {
+            (gantry.gateway, gantry.admin, gantry.api) = (free_port(), free_port(), free_port());
+            let text = fill(
+                manifest,
+                gantry.gateway,
+                gantry.admin,
+                gantry.api,
+                &shop_binaries(),
+            );
+            std::fs::write(gantry.manifest_path(), text).unwrap();
+            let log = std::fs::File::create(gantry.dir.path().join("gantry.log")).unwrap();
+            let child = Command::new(GANTRY)
+                .args(["up", "-f"])
+                .arg(gantry.manifest_path())
+                .current_dir("/")
+                .env("GANTRY_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start gantry");
+            gantry.child = Some(child);
+            match gantry.try_wait_ready().await {
+                Ok(()) => return gantry,
+                Err(log) if log.contains("cannot listen for") => continue,
+                Err(log) => panic!("gantry exited:\n{log}"),
+            }
+        }
+        panic!(
+            "gantry found its ports taken three times:\n{}",
+            gantry.log()
+        );
     }
 
     /// Starts Gantry again on the same directory and ports (after a crash, say).
@@ -136,15 +152,22 @@ impl Gantry {
     }
 
     async fn wait_ready(&mut self) {
+        if let Err(log) = self.try_wait_ready().await {
+            panic!("gantry exited:\n{log}");
+        }
+    }
+
+    /// Waits until Gantry is ready; `Err` with its log if it exited.
+    async fn try_wait_ready(&mut self) -> Result<(), String> {
         let client = client();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("gantry exited with {status}:\n{}", self.log());
+                return Err(format!("(exit {status})\n{}", self.log()));
             }
             if let Ok(response) = client.get(self.admin_url("/readyz")).send().await {
                 if response.status() == 200 {
-                    return;
+                    return Ok(());
                 }
             }
             assert!(
