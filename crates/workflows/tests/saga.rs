@@ -15,6 +15,9 @@ use gantry_services::ServiceHandle;
 use gantry_workflows::{Engine, State as RunState};
 use serde_json::{json, Value};
 
+/// A status to answer, and for how many more requests (`None`: until healed).
+type Failing = (u16, Option<usize>);
+
 /// A service that records each side effect once per idempotency key and
 /// answers a repeated key with the first answer.
 #[derive(Clone, Default)]
@@ -24,9 +27,8 @@ struct Shop {
     /// Every request's idempotency key.
     keys: Arc<Mutex<Vec<String>>>,
     answers: Arc<Mutex<HashMap<String, (u16, Value)>>>,
-    /// Status to answer for a `METHOD /first-segment`, e.g. `POST /charges` → 402,
-    /// and for how many more requests (`None`: until healed).
-    failures: Arc<Mutex<HashMap<String, (u16, Option<usize>)>>>,
+    /// What to answer a `METHOD /first-segment` with, e.g. `POST /charges` → 402.
+    failures: Arc<Mutex<HashMap<String, Failing>>>,
     /// Delay before answering a `METHOD /first-segment`.
     delays: Arc<Mutex<HashMap<String, Duration>>>,
 }
