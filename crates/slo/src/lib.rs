@@ -81,7 +81,7 @@ pub fn window_text(d: Duration) -> String {
 }
 
 /// Where an alert stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AlertState {
     Ok,
@@ -175,6 +175,12 @@ impl Tracker {
             examples: VecDeque::new(),
             dirty_from: None,
         }
+    }
+
+    /// The configuration as stored beside the alert states: states are read
+    /// back only for the same objective, windows and guard.
+    fn config_text(&self) -> String {
+        serde_json::to_string(&self.config).unwrap_or_default()
     }
 
     /// What the stored counts are filed under: the name and everything that
@@ -361,7 +367,7 @@ impl Slos {
     /// and at shutdown).
     pub fn save(&self) {
         let Some(store) = &self.store else { return };
-        let updates: Vec<_> = {
+        let (updates, states): (Vec<_>, Vec<_>) = {
             let mut trackers = self.trackers.lock().unwrap_or_else(|e| e.into_inner());
             trackers
                 .values_mut()
@@ -371,11 +377,15 @@ impl Slos {
                         None => Vec::new(),
                     };
                     let horizon = t.buckets.front().map_or(0, |b| b.0);
-                    (t.key(), horizon, changed)
+                    let states = serde_json::to_string(&t.states).unwrap_or_default();
+                    (
+                        (t.key(), horizon, changed),
+                        (t.name.clone(), t.config_text(), states),
+                    )
                 })
-                .collect()
+                .unzip()
         };
-        store.save(&updates);
+        store.save(&updates, &states);
     }
 
     /// Uses `alerting` (webhook, evaluation interval) from now on.
@@ -391,7 +401,9 @@ impl Slos {
     }
 
     /// Tracks exactly the SLOs of `slos`; an unchanged SLO keeps its counts
-    /// and alert states, a changed one starts afresh.
+    /// and alert states, a changed one starts afresh. A newly tracked SLO
+    /// takes its stored counts and, if its configuration is unchanged, its
+    /// alert states (a page firing before a restart is not sent again).
     pub fn apply(&self, slos: &BTreeMap<String, Slo>) {
         let mut trackers = self.trackers.lock().unwrap_or_else(|e| e.into_inner());
         trackers.retain(|name, t| slos.get(name) == Some(&t.config));
@@ -401,6 +413,12 @@ impl Slos {
                 if let Some(store) = &self.store {
                     let since = now().saturating_sub(tracker.keep());
                     tracker.buckets = store.load(&tracker.key(), since).into();
+                    if let Some(states) = store
+                        .load_states(name, &tracker.config_text())
+                        .and_then(|text| serde_json::from_str(&text).ok())
+                    {
+                        tracker.states = states;
+                    }
                 }
                 tracker
             });
@@ -648,6 +666,68 @@ mod tests {
         );
         let status = &slos.status(T0)[0];
         assert_eq!((status.requests, status.bad), (2, 1));
+    }
+
+    #[test]
+    fn a_firing_page_is_not_sent_again_after_a_restart_and_still_resolves() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = BTreeMap::from([(
+            "checkout".to_string(),
+            Slo {
+                target: SloTarget::Route("checkout".into()),
+                objective: 99.9,
+                window: Duration::from_secs(30 * 86_400),
+                latency: None,
+                min_requests: 20,
+                runbook: None,
+            },
+        )]);
+        // Driven by the real clock here: the stored minutes are trimmed to
+        // what the SLO keeps from now.
+        let t0 = now() - 3 * 3600;
+        let slos = Slos::open(dir.path()).unwrap();
+        slos.apply(&config);
+        traffic(&slos, t0, 3600, 1, 0.0);
+        let fired = traffic(&slos, t0 + 3600, 300, 1, 1.0);
+        assert!(
+            fired.iter().any(|(_, n)| n.windows.long == "1h"),
+            "{fired:?}"
+        );
+        slos.save();
+        drop(slos);
+
+        let reopened = Slos::open(dir.path()).unwrap();
+        reopened.apply(&config);
+        let states: Vec<AlertState> = reopened.status(t0 + 3900)[0]
+            .alerts
+            .iter()
+            .map(|a| a.state)
+            .collect();
+        assert!(states.contains(&AlertState::Firing), "{states:?}");
+        // Still failing after the restart: nothing is sent again.
+        let again = traffic(&reopened, t0 + 3900, 120, 1, 1.0);
+        assert!(again.is_empty(), "{again:?}");
+        // Another objective is another alert: its states start afresh.
+        reopened.save();
+        let mut stricter = config.clone();
+        stricter.get_mut("checkout").unwrap().objective = 99.99;
+        let changed = Slos::open(dir.path()).unwrap();
+        changed.apply(&stricter);
+        assert!(changed.status(t0 + 4020)[0]
+            .alerts
+            .iter()
+            .all(|a| a.state == AlertState::Ok));
+        // Recovered: each firing alert resolves, once.
+        let after = traffic(&reopened, t0 + 4020, 7200, 1, 0.0);
+        assert!(
+            after.iter().all(|(_, n)| n.status == "resolved"),
+            "{after:?}"
+        );
+        assert_eq!(
+            after.iter().filter(|(_, n)| n.windows.long == "1h").count(),
+            1,
+            "{after:?}"
+        );
     }
 
     #[test]

@@ -1,7 +1,9 @@
-//! SLO counts on disk (`DATA_DIR/slos.db`), so a restart keeps the error
-//! budget: per-minute buckets are written at every evaluation (only the
-//! minutes that changed since the last write) and read back when an SLO is
-//! tracked again with the same target and objective.
+//! SLO counts and alert states on disk (`DATA_DIR/slos.db`), so a restart
+//! keeps the error budget and does not page again for an alert that was
+//! already firing: per-minute buckets are written at every evaluation (only
+//! the minutes that changed since the last write) and read back when an SLO
+//! is tracked again with the same target; alert states are read back when
+//! the SLO's whole configuration is the same.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -12,6 +14,8 @@ use rusqlite::{params, Connection};
 pub(crate) type Bucket = (u64, u64, u64);
 /// One SLO's changed buckets: its key, the oldest start it keeps, the buckets.
 pub(crate) type Update = (String, u64, Vec<Bucket>);
+/// One SLO's alert states: its name, its configuration (JSON), the states (JSON).
+pub(crate) type States = (String, String, String);
 
 /// The bucket table. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -34,6 +38,11 @@ impl CountStore {
                      requests INTEGER NOT NULL,
                      bad INTEGER NOT NULL,
                      PRIMARY KEY (slo, start)
+                 ) WITHOUT ROWID;
+                 CREATE TABLE IF NOT EXISTS alert_states (
+                     slo TEXT PRIMARY KEY,
+                     config TEXT NOT NULL,
+                     states TEXT NOT NULL
                  ) WITHOUT ROWID;",
             )
             .map_err(fail)?;
@@ -65,10 +74,23 @@ impl CountStore {
         })
     }
 
+    /// The alert states stored for SLO `name`, if it had `config` then.
+    pub(crate) fn load_states(&self, name: &str, config: &str) -> Option<String> {
+        let connection = self.connection.lock().unwrap_or_else(|e| e.into_inner());
+        connection
+            .query_row(
+                "SELECT states FROM alert_states WHERE slo = ?1 AND config = ?2",
+                params![name, config],
+                |r| r.get(0),
+            )
+            .ok()
+    }
+
     /// Writes `buckets` of each key (replacing what is there) and removes
-    /// buckets older than each key's horizon, in one transaction. Keys not
-    /// given (SLOs removed or changed) are removed.
-    pub(crate) fn save(&self, updates: &[Update]) {
+    /// buckets older than each key's horizon, and writes every SLO's alert
+    /// states, in one transaction. Keys and SLOs not given (removed or
+    /// changed) are removed.
+    pub(crate) fn save(&self, updates: &[Update], states: &[States]) {
         let mut connection = self.connection.lock().unwrap_or_else(|e| e.into_inner());
         let written = (|| -> rusqlite::Result<()> {
             let tx = connection.transaction()?;
@@ -97,6 +119,15 @@ impl CountStore {
                 .collect::<rusqlite::Result<_>>()?;
             for key in stored.iter().filter(|k| !keys.contains(&k.as_str())) {
                 tx.execute("DELETE FROM buckets WHERE slo = ?1", [key])?;
+            }
+            tx.execute("DELETE FROM alert_states", [])?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO alert_states (slo, config, states) VALUES (?1, ?2, ?3)",
+                )?;
+                for (name, config, states) in states {
+                    insert.execute(params![name, config, states])?;
+                }
             }
             tx.commit()
         })();
