@@ -188,7 +188,7 @@ rate_limit = { requests = 100000, per = "1s" }
         "{metrics}"
     );
     assert!(
-        metrics.contains("function_invocations_total{function=\"probe\",outcome=\"timeout\"} 1"),
+        metrics.contains("function_invocations_total{function=\"probe\",outcome=\"timeout\",status_class=\"5xx\"} 1"),
         "{metrics}"
     );
 

@@ -649,7 +649,6 @@ async fn invoke(
     let _permit = match loaded.gate.enter().await {
         Ok(permit) => permit,
         Err(refused) => {
-            metrics.invoked(&slot.name, "throttled", 0.0);
             let (status, detail) = match refused {
                 Refused::QueueFull => (
                     StatusCode::TOO_MANY_REQUESTS,
@@ -666,6 +665,7 @@ async fn invoke(
                     ),
                 ),
             };
+            metrics.invoked(&slot.name, "throttled", status.as_u16(), 0.0);
             let mut response = problem(
                 status,
                 "function-busy",
@@ -698,16 +698,22 @@ async fn invoke(
     let seconds = started.elapsed().as_secs_f64();
     let mut response = match outcome {
         Ok(mut response) => {
-            metrics.invoked(&slot.name, "ok", seconds);
+            metrics.invoked(&slot.name, "ok", response.status().as_u16(), seconds);
             if let Ok(value) = request_id.parse() {
                 response.headers_mut().insert("x-request-id", value);
             }
             response
         }
         Err(failure) => {
-            metrics.invoked(&slot.name, failure.outcome(), seconds);
             tracing::warn!(target: "gantry::functions", function = %slot.name, request_id, outcome = failure.outcome(), error = ?failure, "invocation failed");
-            failure.problem(&slot.name, &request_id)
+            let response = failure.problem(&slot.name, &request_id);
+            metrics.invoked(
+                &slot.name,
+                failure.outcome(),
+                response.status().as_u16(),
+                seconds,
+            );
+            response
         }
     };
     if cold {

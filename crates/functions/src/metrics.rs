@@ -6,7 +6,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::Histogram;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FunctionLabels {
@@ -19,6 +19,20 @@ struct OutcomeLabels {
     /// `ok` (any status the function chose), `error` (trap, crash, bad
     /// output), `timeout`, `memory`, `throttled` (refused by max_concurrency).
     outcome: &'static str,
+    /// The answer's status class (`2xx`...`5xx`): a function's own 500 is
+    /// `ok` as an outcome and `5xx` here, as SLOs count it.
+    status_class: &'static str,
+}
+
+/// `2xx`, `3xx`, `4xx`, `5xx` (or `1xx`).
+fn status_class(status: u16) -> &'static str {
+    match status {
+        500.. => "5xx",
+        400..=499 => "4xx",
+        300..=399 => "3xx",
+        200..=299 => "2xx",
+        _ => "1xx",
+    }
 }
 
 /// The function metric families. Cheap to clone.
@@ -35,7 +49,7 @@ impl Default for FunctionMetrics {
         FunctionMetrics {
             invocations: Family::default(),
             duration: Family::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+                Histogram::new(gantry_telemetry::function_duration_buckets())
             }),
             cold_starts: Family::default(),
             instances: Family::default(),
@@ -49,7 +63,7 @@ impl FunctionMetrics {
         metrics.register(|registry| {
             registry.register(
                 "function_invocations",
-                "Function invocations by outcome: ok, error, timeout, memory, throttled",
+                "Function invocations by outcome (ok, error, timeout, memory, throttled) and status class of the answer",
                 self.invocations.clone(),
             );
             registry.register(
@@ -70,11 +84,12 @@ impl FunctionMetrics {
         });
     }
 
-    pub(crate) fn invoked(&self, function: &str, outcome: &'static str, seconds: f64) {
+    pub(crate) fn invoked(&self, function: &str, outcome: &'static str, status: u16, seconds: f64) {
         self.invocations
             .get_or_create(&OutcomeLabels {
                 function: function.to_string(),
                 outcome,
+                status_class: status_class(status),
             })
             .inc();
         if outcome != "throttled" {

@@ -74,15 +74,7 @@ impl GatewayMetrics {
         let requests = Family::<RequestLabels, Counter>::default();
         let duration =
             Family::<RouteLabels, HistogramWithExemplars<TraceExemplar>>::new_with_constructor(
-                || {
-                    HistogramWithExemplars::new(
-                        [
-                            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-                            2.5, 5.0, 10.0,
-                        ]
-                        .into_iter(),
-                    )
-                },
+                || HistogramWithExemplars::new(gantry_telemetry::HTTP_DURATION_BUCKETS.into_iter()),
             );
         metrics.register(|registry| {
             registry.register(

@@ -27,6 +27,17 @@ pub enum LogFormat {
     Json,
 }
 
+/// Upper bounds (seconds) of `gantry_http_request_duration_seconds`.
+pub const HTTP_DURATION_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Upper bounds (seconds) of `gantry_function_duration_seconds`: 100 µs
+/// doubling to about 13 s.
+pub fn function_duration_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 18)
+}
+
 /// Keeps the background log writer alive; dropping it flushes pending lines.
 #[must_use = "logs stop being written when the guard is dropped"]
 pub struct LogGuard(#[allow(dead_code)] tracing_appender::non_blocking::WorkerGuard);
