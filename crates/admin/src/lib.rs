@@ -111,7 +111,7 @@ fn router(state: AdminState) -> Router {
         .fallback(|| async {
             problem(
                 StatusCode::NOT_FOUND,
-                "no such admin endpoint; see /v1/services, /v1/routes, /v1/topics, /v1/subscriptions, /v1/reload, /metrics, /readyz",
+                "no such admin endpoint; see /v1/services, /v1/routes, /v1/topics, /v1/subscriptions, /v1/reload, /v1/traces, /traces (the trace viewer), /metrics, /readyz",
             )
         })
         .with_state(state)

@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `GET /v1/traces?service=&route=&min_duration_ms=&errors=&status=&limit=` | recent traces, newest first: root span, duration, span count, error |
 //! | `GET /v1/traces/{trace_id}` | every span of a trace, by start time |
+//! | `GET /traces` | the trace viewer: a page listing traces and drawing one as a waterfall (`/traces#TRACE_ID`) |
 
 use std::time::Duration;
 
@@ -20,7 +21,36 @@ pub(crate) fn admin_router(traces: TraceStore) -> Router {
     Router::new()
         .route("/v1/traces", get(list))
         .route("/v1/traces/{id}", get(show))
+        .route(
+            "/traces",
+            get(|| async { page("text/html; charset=utf-8", VIEWER_HTML) }),
+        )
+        .route(
+            "/traces.js",
+            get(|| async { page("text/javascript; charset=utf-8", VIEWER_JS) }),
+        )
         .with_state(traces)
+}
+
+/// The viewer: a static page and its script, built into the binary (no
+/// build step, no external resources).
+const VIEWER_HTML: &str = include_str!("ui/traces.html");
+const VIEWER_JS: &str = include_str!("ui/traces.js");
+
+fn page(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, content_type),
+            // Only its own script and the admin API; inline styles only.
+            (
+                axum::http::header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            ),
+            (axum::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 #[derive(Debug, Deserialize)]

@@ -494,3 +494,142 @@ retry = { max_attempts = 1 }
     )
     .await;
 }
+
+/// Debian's Chromium, or `None` (outside CI) when it is not installed.
+fn chromium() -> Option<&'static str> {
+    let found = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| {
+            std::process::Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must have Chromium for the trace viewer test (.ci/run installs Debian's `chromium`)"
+        );
+        eprintln!("skipping: no Chromium here (apt-get install chromium)");
+    }
+    found
+}
+
+/// The DOM of `url` after its scripts ran, from headless Chromium.
+fn rendered(browser: &str, url: &str) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(url)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_trace_viewer_lists_traces_and_draws_one_as_a_waterfall_in_a_browser() {
+    let Some(browser) = chromium() else { return };
+    let manifest = r#"
+[platform]
+listen = "127.0.0.1:{GATEWAY}"
+admin = "127.0.0.1:{ADMIN}"
+
+[functions.hello]
+component = "hello.wat"
+executor = "wagi"
+
+[functions.busy]
+component = "busy.wat"
+executor = "wagi"
+
+[[routes]]
+name = "hello"
+path = "/hello"
+to = "function:hello"
+
+[[routes]]
+name = "busy"
+path = "/busy"
+to = "function:busy"
+retry = { attempts = 1 }
+"#;
+    let gantry = Gantry::start_with(manifest, |dir| {
+        std::fs::write(dir.join("hello.wat"), HELLO).unwrap();
+        std::fs::write(dir.join("busy.wat"), BUSY).unwrap();
+    })
+    .await;
+    let c = client();
+    let hello = "5bf92f3577b34da6a3ce929d0e0e4731";
+    let busy = "5bf92f3577b34da6a3ce929d0e0e4732";
+    for (path, trace) in [("/hello", hello), ("/busy", busy)] {
+        c.get(gantry.url(path))
+            .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+            .send()
+            .await
+            .unwrap();
+    }
+    let v = trace_with(
+        &gantry.admin_url(&format!("/v1/traces/{hello}")),
+        3,
+        "the hello trace is stored",
+        Duration::from_secs(10),
+    )
+    .await;
+    trace_with(
+        &gantry.admin_url(&format!("/v1/traces/{busy}")),
+        3,
+        "the busy trace is stored",
+        Duration::from_secs(10),
+    )
+    .await;
+
+    // The list: both traces, the failing one marked.
+    let list = rendered(browser, &gantry.admin_url("/traces"));
+    assert!(
+        list.contains(&format!("data-trace-id=\"{hello}\"")),
+        "{list}"
+    );
+    assert!(
+        list.contains(&format!("data-trace-id=\"{busy}\"")),
+        "{list}"
+    );
+    assert!(list.contains("<td class=\"error\">GET busy</td>"), "{list}");
+    assert!(list.contains("2 traces"), "{list}");
+
+    // One trace: a row per span, each under its parent, with a bar.
+    let page = rendered(browser, &gantry.admin_url(&format!("/traces#{hello}")));
+    for span in v["spans"].as_array().unwrap() {
+        let id = span["span_id"].as_str().unwrap();
+        assert!(page.contains(&format!("data-span-id=\"{id}\"")), "{page}");
+    }
+    let order: Vec<usize> = ["GET hello", "GET function:hello", "function hello"]
+        .iter()
+        .map(|name| {
+            page.find(&format!(">{name}</td>"))
+                .unwrap_or_else(|| panic!("no {name} row in {page}"))
+        })
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
+    assert!(page.contains("3 spans across 2 services"), "{page}");
+    assert_eq!(page.matches("class=\"bar\"").count(), 3, "{page}");
+
+    // An unknown trace says so.
+    let missing = rendered(
+        browser,
+        &gantry.admin_url("/traces#0123456789abcdef0123456789abcdef"),
+    );
+    assert!(missing.contains("no spans of trace"), "{missing}");
+}
