@@ -56,6 +56,13 @@ impl State {
             .copied()
     }
 
+    /// [`State::set`] on a blocking thread: the fsync stays off the async
+    /// workers that serve requests.
+    async fn record(&self, name: &str, at: DateTime<Utc>) {
+        let (state, name) = (self.clone(), name.to_string());
+        let _ = tokio::task::spawn_blocking(move || state.set(&name, at)).await;
+    }
+
     /// Records `at` for `name` and writes the file (temp file, fsync,
     /// rename). Schedules write concurrently: the lock is held across the
     /// write so each rename publishes a whole, current file.
@@ -217,12 +224,12 @@ async fn run(
                 match schedule.missed {
                     Missed::Skip => {
                         tracing::warn!(target: "gantry::schedules", schedule = %name, missed, "runs were missed while Gantry was down; skipping them (missed = \"skip\")");
-                        scheduler.state.set(&name, now);
+                        scheduler.state.record(&name, now).await;
                     }
                     Missed::CatchUp => {
                         let at = latest.unwrap_or(now);
                         tracing::info!(target: "gantry::schedules", schedule = %name, missed, "runs were missed while Gantry was down; running once to catch up");
-                        scheduler.state.set(&name, at);
+                        scheduler.state.record(&name, at).await;
                         fire(
                             &scheduler,
                             &name,
@@ -237,7 +244,7 @@ async fn run(
                 }
             }
         }
-        None => scheduler.state.set(&name, now),
+        None => scheduler.state.record(&name, now).await,
     }
     loop {
         let from = scheduler
@@ -254,7 +261,7 @@ async fn run(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
         }
-        scheduler.state.set(&name, next);
+        scheduler.state.record(&name, next).await;
         if busy.load(Ordering::Acquire) && !schedule.overlap {
             tracing::warn!(target: "gantry::schedules", schedule = %name, scheduled = %next, "the previous run is still going; skipping this one (overlap = false)");
             continue;
