@@ -32,7 +32,7 @@ use gantry_admin::ReloadRequest;
 use gantry_events::{EventBus, ServiceDirectory};
 use gantry_gateway::{ApiKeys, Gateway, GatewayMetrics, IdempotencyStore};
 use gantry_manifest::{LoadError, Manifest};
-use gantry_telemetry::traces::{unix_nanos, Span, TraceStore};
+use gantry_telemetry::traces::{unix_nanos, AttrValue, Attributes, Span, TraceStore};
 use gantry_telemetry::Metrics;
 use gantry_workflows::Engine;
 use tokio::net::TcpListener;
@@ -286,14 +286,14 @@ impl gantry_gateway::RequestObserver for Observer {
         if !self.traces.enabled() {
             return;
         }
-        let mut attributes = serde_json::Map::new();
-        attributes.insert("http.request.method".into(), r.method.into());
-        attributes.insert("http.route".into(), r.route.into());
-        attributes.insert("url.path".into(), r.path.into());
-        attributes.insert("http.response.status_code".into(), r.status.into());
-        attributes.insert("gantry.service".into(), r.service.into());
+        let mut attributes = Attributes::new();
+        attributes.insert("http.request.method", AttrValue::method(r.method));
+        attributes.insert("http.route", r.route.to_string());
+        attributes.insert("url.path", r.path.to_string());
+        attributes.insert("http.response.status_code", r.status);
+        attributes.insert("gantry.service", r.service.to_string());
         if let Some(instance) = r.instance {
-            attributes.insert("gantry.instance".into(), instance.into());
+            attributes.insert("gantry.instance", instance);
         }
         self.traces.record(Span {
             trace_id,
@@ -313,19 +313,19 @@ impl gantry_gateway::RequestObserver for Observer {
 impl Observer {
     /// Also keeps a client span of each upstream attempt, so retries show.
     fn attempt_span(&self, a: &gantry_gateway::Attempt<'_>) -> Span {
-        let mut attributes = serde_json::Map::new();
-        attributes.insert("http.request.method".into(), a.method.into());
-        attributes.insert("server.address".into(), a.authority.into());
-        attributes.insert("gantry.service".into(), a.service.into());
-        attributes.insert("gantry.instance".into(), a.instance.into());
+        let mut attributes = Attributes::new();
+        attributes.insert("http.request.method", AttrValue::method(a.method));
+        attributes.insert("server.address", a.authority.to_string());
+        attributes.insert("gantry.service", a.service.to_string());
+        attributes.insert("gantry.instance", a.instance);
         if a.number > 1 {
-            attributes.insert("http.request.resend_count".into(), (a.number - 1).into());
+            attributes.insert("http.request.resend_count", a.number - 1);
         }
         if let Some(status) = a.status {
-            attributes.insert("http.response.status_code".into(), status.into());
+            attributes.insert("http.response.status_code", status);
         }
         if let Some(error) = a.error {
-            attributes.insert("error.type".into(), error.into());
+            attributes.insert("error.type", error);
         }
         Span {
             trace_id: format!("{:032x}", a.trace_id),

@@ -212,25 +212,19 @@ fn record_delivery(
         return;
     };
     let parent_id = publisher.split('-').nth(2).map(str::to_string);
-    let mut attributes = serde_json::Map::new();
-    attributes.insert("messaging.system".into(), "gantry".into());
-    attributes.insert("messaging.operation.type".into(), "deliver".into());
+    let mut attributes = gantry_telemetry::traces::Attributes::new();
+    attributes.insert("messaging.system", "gantry");
+    attributes.insert("messaging.operation.type", "deliver");
+    attributes.insert("messaging.destination.name", subscription.topic.clone());
+    attributes.insert("messaging.consumer.group.name", subscription.name.clone());
     attributes.insert(
-        "messaging.destination.name".into(),
-        subscription.topic.clone().into(),
+        "messaging.message.id",
+        event.attribute("id").unwrap_or_default(),
     );
-    attributes.insert(
-        "messaging.consumer.group.name".into(),
-        subscription.name.clone().into(),
-    );
-    attributes.insert(
-        "messaging.message.id".into(),
-        event.attribute("id").unwrap_or_default().into(),
-    );
-    attributes.insert("gantry.delivery.attempt".into(), attempt.into());
-    attributes.insert("gantry.to".into(), subscription.to.to_string().into());
+    attributes.insert("gantry.delivery.attempt", attempt);
+    attributes.insert("gantry.to", subscription.to.to_string());
     if let Err(error) = outcome {
-        attributes.insert("error.message".into(), error.clone().into());
+        attributes.insert("error.message", error.clone());
     }
     store.record(gantry_telemetry::traces::Span {
         trace_id: trace_id.to_string(),

@@ -443,19 +443,16 @@ impl EventBus {
         outcome: Option<&Published>,
     ) {
         let Some(span) = span else { return };
-        let mut attributes = serde_json::Map::new();
-        attributes.insert("messaging.system".into(), "gantry".into());
-        attributes.insert("messaging.operation.type".into(), "send".into());
-        attributes.insert(
-            "messaging.destination.name".into(),
-            span.topic.clone().into(),
-        );
-        attributes.insert("messaging.message.id".into(), span.id.into());
-        attributes.insert("cloudevents.event_type".into(), span.event_type.into());
+        let mut attributes = gantry_telemetry::traces::Attributes::new();
+        attributes.insert("messaging.system", "gantry");
+        attributes.insert("messaging.operation.type", "send");
+        attributes.insert("messaging.destination.name", span.topic.clone());
+        attributes.insert("messaging.message.id", span.id);
+        attributes.insert("cloudevents.event_type", span.event_type);
         if let Some(published) = outcome {
-            attributes.insert("gantry.event.seq".into(), published.seq.into());
+            attributes.insert("gantry.event.seq", published.seq);
             if published.duplicate {
-                attributes.insert("gantry.event.duplicate".into(), true.into());
+                attributes.insert("gantry.event.duplicate", true);
             }
         }
         span.store.record(gantry_telemetry::traces::Span {

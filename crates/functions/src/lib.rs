@@ -826,16 +826,16 @@ impl SpanStart {
         self,
         store: &gantry_telemetry::traces::TraceStore,
         function: &str,
-        trigger: &str,
+        trigger: &'static str,
         started: SystemTime,
         status: u16,
         cold_start: bool,
     ) {
-        let mut attributes = serde_json::Map::new();
-        attributes.insert("faas.name".into(), function.into());
-        attributes.insert("faas.trigger".into(), trigger.into());
-        attributes.insert("faas.coldstart".into(), cold_start.into());
-        attributes.insert("http.response.status_code".into(), status.into());
+        let mut attributes = gantry_telemetry::traces::Attributes::new();
+        attributes.insert("faas.name", function.to_string());
+        attributes.insert("faas.trigger", trigger);
+        attributes.insert("faas.coldstart", cold_start);
+        attributes.insert("http.response.status_code", status);
         store.record(gantry_telemetry::traces::Span {
             trace_id: self.trace_id,
             span_id: self.span_id,

@@ -7,6 +7,7 @@
 //! Metrics live in one [`Metrics`] registry that each subsystem registers its
 //! families into, and the admin API renders at `/metrics`.
 
+pub mod attributes;
 pub mod otlp;
 pub mod traces;
 

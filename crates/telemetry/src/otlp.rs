@@ -29,7 +29,7 @@ use prost::Message;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::traces::Span;
+use crate::traces::{AttrValue, Span};
 
 const BATCH: usize = 512;
 const EVERY: Duration = Duration::from_secs(1);
@@ -265,16 +265,13 @@ fn convert(span: Span) -> OtlpSpan {
             .attributes
             .into_iter()
             .map(|(key, value)| KeyValue {
-                key,
+                key: key.into_owned(),
                 value: Some(AnyValue {
                     value: Some(match value {
-                        serde_json::Value::String(s) => any_value::Value::StringValue(s),
-                        serde_json::Value::Bool(b) => any_value::Value::BoolValue(b),
-                        serde_json::Value::Number(n) => match n.as_i64() {
-                            Some(i) => any_value::Value::IntValue(i),
-                            None => any_value::Value::DoubleValue(n.as_f64().unwrap_or_default()),
-                        },
-                        other => any_value::Value::StringValue(other.to_string()),
+                        AttrValue::Str(s) => any_value::Value::StringValue(s.into_owned()),
+                        AttrValue::Bool(b) => any_value::Value::BoolValue(b),
+                        AttrValue::Int(i) => any_value::Value::IntValue(i),
+                        AttrValue::Double(d) => any_value::Value::DoubleValue(d),
                     }),
                 }),
                 ..Default::default()
@@ -314,9 +311,9 @@ mod tests {
 
     #[test]
     fn spans_become_otlp_messages_grouped_by_service() {
-        let mut attributes = serde_json::Map::new();
-        attributes.insert("http.route".into(), "hello".into());
-        attributes.insert("http.response.status_code".into(), 502.into());
+        let mut attributes = crate::traces::Attributes::new();
+        attributes.insert("http.route", "hello");
+        attributes.insert("http.response.status_code", 502u16);
         let span = Span {
             trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
             span_id: "00f067aa0ba902b7".into(),

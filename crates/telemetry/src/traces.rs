@@ -13,6 +13,7 @@
 //! [`HOLD`]; a failing or slow span arriving in that time keeps the whole
 //! trace, including what came before it (tail sampling).
 
+pub use crate::attributes::{AttrValue, Attributes};
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -121,7 +122,7 @@ pub struct Span {
     pub duration_ns: u64,
     pub error: bool,
     /// OpenTelemetry semantic-convention attributes (`http.route`, ...).
-    pub attributes: serde_json::Map<String, serde_json::Value>,
+    pub attributes: Attributes,
 }
 
 /// A trace as listed: its root span and totals.
@@ -374,7 +375,9 @@ impl TraceStore {
             if let Some(service) = &query.service {
                 if !trace.iter().any(|s| {
                     &s.service == service
-                        || s.attributes.get("gantry.service").and_then(|v| v.as_str())
+                        || s.attributes
+                            .get("gantry.service")
+                            .and_then(AttrValue::as_str)
                             == Some(service)
                 }) {
                     continue;
@@ -384,17 +387,16 @@ impl TraceStore {
                 if !trace.iter().any(|s| {
                     s.attributes
                         .get("http.response.status_code")
-                        .and_then(|v| v.as_u64())
-                        .is_some_and(|c| (u64::from(low)..=u64::from(high)).contains(&c))
+                        .and_then(AttrValue::as_i64)
+                        .is_some_and(|c| (i64::from(low)..=i64::from(high)).contains(&c))
                 }) {
                     continue;
                 }
             }
             if let Some(route) = &query.route {
-                if !trace
-                    .iter()
-                    .any(|s| s.attributes.get("http.route").and_then(|v| v.as_str()) == Some(route))
-                {
+                if !trace.iter().any(|s| {
+                    s.attributes.get("http.route").and_then(AttrValue::as_str) == Some(route)
+                }) {
                     continue;
                 }
             }
@@ -536,7 +538,7 @@ impl Writer {
                         span.start_ns as i64,
                         span.duration_ns as i64,
                         span.error as i64,
-                        serde_json::Value::Object(span.attributes.clone()).to_string(),
+                        serde_json::to_string(&span.attributes).unwrap_or_default(),
                     ])?;
                 }
             }
@@ -662,7 +664,7 @@ mod tests {
             start_ns: start,
             duration_ns: duration,
             error: false,
-            attributes: serde_json::Map::new(),
+            attributes: Attributes::new(),
         }
     }
 

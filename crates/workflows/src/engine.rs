@@ -446,16 +446,16 @@ async fn call(
     };
     handle.record(&target, matches!(outcome, Ok(_) | Err(Failure::Fatal(_))));
     if let Some(store) = inner.traces.get() {
-        let mut attributes = serde_json::Map::new();
-        attributes.insert("gantry.workflow".into(), instance.workflow.clone().into());
-        attributes.insert("gantry.workflow.run".into(), instance.id.clone().into());
-        attributes.insert("gantry.workflow.step".into(), step.name.clone().into());
-        attributes.insert("gantry.workflow.phase".into(), phase.into());
-        attributes.insert("http.request.method".into(), method.as_str().into());
-        attributes.insert("server.address".into(), service.as_str().into());
-        attributes.insert("url.path".into(), path.as_str().into());
+        let mut attributes = gantry_telemetry::traces::Attributes::new();
+        attributes.insert("gantry.workflow", instance.workflow.clone());
+        attributes.insert("gantry.workflow.run", instance.id.clone());
+        attributes.insert("gantry.workflow.step", step.name.clone());
+        attributes.insert("gantry.workflow.phase", phase.to_string());
+        attributes.insert("http.request.method", method.to_string());
+        attributes.insert("server.address", service.clone());
+        attributes.insert("url.path", path.clone());
         if let Err(Failure::Retryable(why) | Failure::Fatal(why)) = &outcome {
-            attributes.insert("error.message".into(), why.clone().into());
+            attributes.insert("error.message", why.clone());
         }
         store.record(gantry_telemetry::traces::Span {
             trace_id: instance.trace.clone(),

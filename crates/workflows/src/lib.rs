@@ -272,10 +272,10 @@ impl Engine {
             let (trace, span) = (parts.nth(1)?, parts.next()?);
             (trace == instance.trace && span.len() == 16).then(|| span.to_string())
         });
-        let mut attributes = serde_json::Map::new();
-        attributes.insert("gantry.workflow".into(), instance.workflow.clone().into());
-        attributes.insert("gantry.workflow.run".into(), instance.id.clone().into());
-        attributes.insert("gantry.workflow.version".into(), instance.version.into());
+        let mut attributes = gantry_telemetry::traces::Attributes::new();
+        attributes.insert("gantry.workflow", instance.workflow.clone());
+        attributes.insert("gantry.workflow.run", instance.id.clone());
+        attributes.insert("gantry.workflow.version", instance.version);
         store.record(gantry_telemetry::traces::Span {
             trace_id: instance.trace.clone(),
             span_id: engine::run_span_id(instance),
