@@ -5,6 +5,7 @@
 #
 #   bash bench/tracing.sh               # needs nginx and wrk (apt-get install nginx-light wrk)
 #   RUNS=5 DURATION=15s bash bench/tracing.sh
+#   BASELINE=/tmp/gantry-before bash bench/tracing.sh   # also an older build at ratio 0 and 1
 #
 # Setup as bench/gateway.sh: a 1 KiB upstream answer (nginx `return 200`,
 # keep-alive) on core 1 with the load generator; each proxy pinned to core 0
@@ -32,6 +33,14 @@ declare -A TELEMETRY=(
   [ratio-1]='sample_ratio = 1'
 )
 GANTRY_TARGETS=(off ratio-0 ratio-0.1 ratio-1)
+# An older gantry binary to compare with, in the same run (BASELINE=path).
+BASELINE=${BASELINE:-}
+if [ -n "$BASELINE" ]; then
+  [ -x "$BASELINE" ] || { echo "bench: BASELINE=$BASELINE is not an executable" >&2; exit 1; }
+  PORT_OF[base-ratio-0]=19222 PORT_OF[base-ratio-1]=19225
+  TELEMETRY[base-ratio-0]='sample_ratio = 0' TELEMETRY[base-ratio-1]='sample_ratio = 1'
+  GANTRY_TARGETS+=(base-ratio-0 base-ratio-1)
+fi
 TARGETS=("${GANTRY_TARGETS[@]}" nginx)
 
 for tool in nginx wrk taskset python3 curl; do
@@ -104,7 +113,9 @@ urls = ["http://127.0.0.1:$UPSTREAM_PORT"]
 path = "/*"
 to = "app"
 CONF
-  GANTRY_LOG=warn taskset -c 0 "$GANTRY" up --workers 1 -f "$WORK/$target/gantry.toml" > "$WORK/logs/$target.log" 2>&1 &
+  bin=$GANTRY
+  [[ $target == base-* ]] && bin=$BASELINE
+  GANTRY_LOG=warn taskset -c 0 "$bin" up --workers 1 -f "$WORK/$target/gantry.toml" > "$WORK/logs/$target.log" 2>&1 &
   PID_OF[$target]=$!
   PIDS+=($!)
 done
@@ -138,8 +149,9 @@ total = int(re.search(r"(\d+) requests in", out).group(1))
 errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
 if errors:
     sys.exit(f"bench: {target} answered {errors.group(1)} errors:\n{out}")
-p50 = ms(re.search(r"50%\s+(\S+)", out).group(1))
-p99 = ms(re.search(r"99%\s+(\S+)", out).group(1))
+# (Anchored: a "+/- Stdev" column such as 89.50% must not read as the p50.)
+p50 = ms(re.search(r"^\s*50%\s+(\S+)", out, re.M).group(1))
+p99 = ms(re.search(r"^\s*99%\s+(\S+)", out, re.M).group(1))
 cpu_per_k = (int(after) - int(before)) / int(hz) / total * 1000 * 1000  # ms per 1k requests
 print(f"{target}\t{rps:.0f}\t{p50:.3f}\t{p99:.3f}\t{cpu_per_k:.4f}\t{total}")
 PY
@@ -171,7 +183,9 @@ print()
 print("| target | req/s | vs tracing off | p50 ms | p99 ms | CPU ms / 1k req | requests | spans kept / sampled out / dropped |")
 print("|---|---|---|---|---|---|---|---|")
 base = statistics.median(r[0] for r in rows["off"])
-for target in ["off", "ratio-0", "ratio-0.1", "ratio-1", "nginx"]:
+for target in ["off", "ratio-0", "ratio-0.1", "ratio-1", "base-ratio-0", "base-ratio-1", "nginx"]:
+    if target not in rows:
+        continue
     r = rows[target]
     med = lambda i: statistics.median(x[i] for x in r)
     total = sum(x[4] for x in r)
@@ -179,6 +193,8 @@ for target in ["off", "ratio-0", "ratio-0.1", "ratio-1", "nginx"]:
     kept = f"{n['kept']:,} / {n['sampled_out']:,} / {n['dropped']:,}" if n else "—"
     name = {"off": "gantry, traces = false", "ratio-0": "gantry, sample_ratio = 0",
             "ratio-0.1": "gantry, sample_ratio = 0.1", "ratio-1": "gantry, sample_ratio = 1",
+            "base-ratio-0": "baseline build, sample_ratio = 0",
+            "base-ratio-1": "baseline build, sample_ratio = 1",
             "nginx": "nginx 1.22 (peer)"}[target]
     print(f"| {name} | {med(0):,.0f} | {med(0) / base:.2f}x | {med(1):.2f} | {med(2):.2f} | {med(3):.1f} | {int(total):,} | {kept} |")
 PY
