@@ -144,6 +144,7 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
     .await
     .map_err(AppError::Start)?;
     let gateway = Gateway::new(table, gateway_metrics);
+    gateway.register_saturation(&metrics);
     // Idempotency records live in the data directory and outlive restarts.
     gateway.use_idempotency_store(
         IdempotencyStore::open(&platform.data_dir).map_err(AppError::Start)?,

@@ -202,3 +202,41 @@ impl RouteMetrics {
         );
     }
 }
+
+/// Bulkhead use, read at each scrape from the route table in force: requests
+/// in flight per service, beside the service's `max_concurrent`.
+pub(crate) fn register_saturation(metrics: &Metrics, gateway: crate::Gateway) {
+    let in_flight = Family::<ServiceLabels, Gauge>::default();
+    let limit = Family::<ServiceLabels, Gauge>::default();
+    metrics.register(|registry| {
+        registry.register(
+            "service_requests_in_flight",
+            "Requests in flight to a service through the gateway (what its bulkhead counts)",
+            in_flight.clone(),
+        );
+        registry.register(
+            "service_max_concurrent_requests",
+            "A service's bulkhead limit (`max_concurrent`): more in flight are shed",
+            limit.clone(),
+        );
+    });
+    metrics.on_scrape(std::sync::Arc::new(move || {
+        let (gateway, in_flight, limit) = (gateway.clone(), in_flight.clone(), limit.clone());
+        Box::pin(async move {
+            // Services removed by a reload disappear from the scrape.
+            in_flight.clear();
+            limit.clear();
+            for service in gateway.table().services() {
+                let labels = ServiceLabels {
+                    service: service.name().to_string(),
+                };
+                in_flight
+                    .get_or_create(&labels)
+                    .set(service.in_flight() as i64);
+                limit
+                    .get_or_create(&labels)
+                    .set(i64::from(service.config().max_concurrent));
+            }
+        })
+    }));
+}

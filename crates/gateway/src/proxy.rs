@@ -150,6 +150,12 @@ impl Gateway {
     }
 
     /// The route table new requests use.
+    /// Adds the bulkhead gauges (`gantry_service_requests_in_flight`,
+    /// `gantry_service_max_concurrent_requests`), read at each scrape.
+    pub fn register_saturation(&self, metrics: &gantry_telemetry::Metrics) {
+        crate::metrics::register_saturation(metrics, self.clone());
+    }
+
     pub fn table(&self) -> Arc<RouteTable> {
         self.inner.table.load_full()
     }

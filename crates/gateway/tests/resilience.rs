@@ -260,6 +260,48 @@ async fn the_bulkhead_sheds_requests_past_its_cap_at_once() {
         .contains(r#"gantry_bulkhead_shed_total{service="app"} 4"#));
     // Once they finish, capacity is back.
     assert_eq!(c.get(gw.url("/")).send().await.unwrap().status(), 200);
+
+    // Bulkhead use is a gauge beside the limit, read at each scrape.
+    let held: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(c.get(gw.url("/")).send()))
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while upstream.seen() < 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the requests never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    gw.metrics.refresh().await;
+    let text = gw.metrics.render();
+    assert!(
+        text.contains(r#"gantry_service_requests_in_flight{service="app"} 2"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"gantry_service_max_concurrent_requests{service="app"} 2"#),
+        "{text}"
+    );
+    for request in held {
+        assert_eq!(request.await.unwrap().unwrap().status(), 200);
+    }
+    loop {
+        gw.metrics.refresh().await;
+        if gw
+            .metrics
+            .render()
+            .contains(r#"gantry_service_requests_in_flight{service="app"} 0"#)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            gw.metrics.render()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test]

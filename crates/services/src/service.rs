@@ -229,6 +229,11 @@ impl ServiceHandle {
         true
     }
 
+    /// Requests to it in flight now (what its bulkhead counts).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
     /// Counts a request in flight until the returned guard drops; a service is
     /// only stopped after its last request finished (or a drain limit passed).
     pub fn track_request(self: &Arc<Self>) -> InFlight {

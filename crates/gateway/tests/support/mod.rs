@@ -230,6 +230,7 @@ impl TestGateway {
             .await
             .unwrap();
         let gateway = Gateway::new(table, gateway_metrics);
+        gateway.register_saturation(&metrics);
         gateway.use_idempotency_store(gantry_gateway::IdempotencyStore::open(data_dir).unwrap());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
