@@ -99,16 +99,7 @@ impl Gantry {
             );
             std::fs::write(gantry.manifest_path(), text).unwrap();
             let log = std::fs::File::create(gantry.dir.path().join("gantry.log")).unwrap();
-            let child = Command::new(GANTRY)
-                .args(["up", "-f"])
-                .arg(gantry.manifest_path())
-                .current_dir("/")
-                .env("GANTRY_LOG", "info")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("start gantry");
-            gantry.child = Some(child);
+            gantry.spawn(log);
             match gantry.try_wait_ready().await {
                 Ok(()) => return gantry,
                 Err(log) if log.contains("cannot listen for") => continue,
@@ -127,6 +118,13 @@ impl Gantry {
             .append(true)
             .open(self.dir.path().join("gantry.log"))
             .unwrap();
+        self.spawn(log);
+        self.wait_ready().await;
+    }
+
+    /// Runs `gantry up` on the manifest, from another working directory,
+    /// its log going to `log`.
+    fn spawn(&mut self, log: std::fs::File) {
         let child = Command::new(GANTRY)
             .args(["up", "-f"])
             .arg(self.manifest_path())
@@ -137,7 +135,6 @@ impl Gantry {
             .spawn()
             .expect("start gantry");
         self.child = Some(child);
-        self.wait_ready().await;
     }
 
     /// `kill -9`: no chance to clean up or flush anything.
