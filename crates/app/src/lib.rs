@@ -68,6 +68,26 @@ pub enum AppError {
     Start(String),
 }
 
+/// How often certificate files are checked for a change.
+const CERTIFICATE_POLL: Duration = Duration::from_secs(1);
+
+/// The gateway's TLS from `[platform.tls]`.
+fn server_tls(config: &gantry_manifest::TlsConfig) -> Result<gantry_tls::ServerTls, AppError> {
+    let options = gantry_tls::ServerOptions {
+        certs: config
+            .certs
+            .iter()
+            .map(|c| gantry_tls::CertFiles {
+                cert: c.cert.clone(),
+                key: c.key.clone(),
+            })
+            .collect(),
+        client_ca: config.client_ca.clone(),
+    };
+    gantry_tls::ServerTls::load(&options)
+        .map_err(|e| AppError::Start(format!("[platform.tls]: {e}")))
+}
+
 /// Runs the system the manifest at `path` describes until `shutdown` fires.
 pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppError> {
     let mut manifest = gantry_manifest::load(path)?;
@@ -76,7 +96,16 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
         path: platform.data_dir.clone(),
         source,
     })?;
+    // Certificates load before anything listens: a bad file stops the start.
+    let tls = match &platform.tls {
+        Some(config) => Some(server_tls(config)?),
+        None => None,
+    };
     let gateway_listener = bind(platform.listen, "the gateway", "listen").await?;
+    let redirect_listener = match platform.redirect_http {
+        Some(addr) => Some(bind(addr, "the https redirect", "redirect_http").await?),
+        None => None,
+    };
     let admin_listener = bind(platform.admin, "the admin API", "admin").await?;
     let api_listener = bind(platform.api, "the platform API", "api").await?;
     let api_url = platform_url(platform.api);
@@ -163,12 +192,23 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
     // Watch the manifest before anything reports ready, so an edit made
     // right after `/readyz` answers 200 is not missed.
     let mut triggers = watch::Triggers::new(path, platform.watch);
+    let tls_watcher = tls
+        .as_ref()
+        .map(|tls| tls.spawn_watcher(CERTIFICATE_POLL, servers.clone()));
     let gateway_task = tokio::spawn(gantry_gateway::serve(
         gateway.clone(),
         gateway_listener,
+        tls.clone(),
         servers.clone(),
         platform.drain_timeout,
     ));
+    let redirect_task = redirect_listener.map(|listener| {
+        tokio::spawn(gantry_gateway::redirect_to_https(
+            listener,
+            platform.listen.port(),
+            servers.clone(),
+        ))
+    });
     let admin_task = tokio::spawn(gantry_admin::serve(
         admin_listener,
         gateway.clone(),
@@ -200,6 +240,7 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
         target: "gantry::app",
         system = %platform.name,
         gateway = %platform.listen,
+        scheme = if tls.is_some() { "https" } else { "http" },
         admin = %platform.admin,
         api = %platform.api,
         manifest = %path.display(),
@@ -222,6 +263,12 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
     tracing::info!(target: "gantry::app", drain = ?platform.drain_timeout, "shutting down: draining requests");
     servers.cancel();
     let _ = gateway_task.await;
+    if let Some(task) = redirect_task {
+        let _ = task.await;
+    }
+    if let Some(task) = tls_watcher {
+        let _ = task.await;
+    }
     let _ = admin_task.await;
     let _ = api_task.await;
     let _ = slo_task.await;

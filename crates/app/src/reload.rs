@@ -81,7 +81,7 @@ impl Live {
         }
         let table = RouteTable::build(&manifest.routes, &services, &metrics, None)
             .map_err(|e| e.to_string())?
-            .with_trusted_proxies(&manifest.platform.trusted_proxies)
+            .with_platform(&manifest.platform, None)
             .with_jwt(manifest.jwt.as_ref())
             .await?;
         events.directory.store(Arc::new(services.clone()));
@@ -199,7 +199,7 @@ impl Live {
         let table =
             match RouteTable::build(&manifest.routes, &next, &self.metrics, previous.as_deref()) {
                 Ok(table) => match table
-                    .with_trusted_proxies(&manifest.platform.trusted_proxies)
+                    .with_platform(&manifest.platform, previous.as_deref())
                     .with_jwt(manifest.jwt.as_ref())
                     .await
                 {
@@ -270,11 +270,26 @@ impl Live {
 
         self.services = next;
         self.applied_text = text;
-        // Listeners stay where they are bound until a restart.
+        // Listeners, and the certificates they were started with, stay until
+        // a restart (certificate files themselves are watched and reloaded).
+        if manifest
+            .platform
+            .tls
+            .as_ref()
+            .map(|t| (&t.certs, &t.client_ca))
+            != self.platform.tls.as_ref().map(|t| (&t.certs, &t.client_ca))
+            || manifest.platform.redirect_http != self.platform.redirect_http
+        {
+            report.warnings.push(
+                "changes to `[platform.tls]` certificate files, `client_ca` or `redirect_http` take effect at the next restart".into(),
+            );
+        }
         self.platform = Platform {
             listen: self.platform.listen,
             admin: self.platform.admin,
             api: self.platform.api,
+            redirect_http: self.platform.redirect_http,
+            tls: self.platform.tls.clone(),
             ..manifest.platform
         };
         for sorted in [

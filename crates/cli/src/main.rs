@@ -94,6 +94,12 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Certificates: `gantry certs dev` makes a local CA and a certificate
+    /// for localhost, to serve https in development.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
     /// Shadow traffic: compare a route's service with the one it mirrors to.
     Shadow {
         #[command(subcommand)]
@@ -145,6 +151,20 @@ enum KeysCommand {
         id: String,
         #[command(flatten)]
         target: AdminTarget,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// Create (or reuse) a local development CA in DIR and issue a server
+    /// certificate for the given names, then print how to use and trust it.
+    Dev {
+        /// Where the files go: ca.pem, ca-key.pem, cert.pem, key.pem.
+        #[arg(long, default_value = ".gantry/certs")]
+        out: PathBuf,
+        /// DNS names and IP addresses the certificate is for; repeat for several.
+        #[arg(long = "name", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()])]
+        names: Vec<String>,
     },
 }
 
@@ -208,6 +228,9 @@ fn main() -> ExitCode {
                 },
         } => shadow_report(&route, json, &target),
         Command::Keys { command } => keys(command),
+        Command::Certs {
+            command: CertsCommand::Dev { out, names },
+        } => dev_certs(&out, &names),
         Command::Events { command } => events::run(command),
         Command::Workflows { command } => workflows::run(command),
         Command::Functions { command } => functions::run(command),
@@ -389,6 +412,8 @@ fn keys(command: KeysCommand) -> ExitCode {
             for key in value["keys"].as_array().into_iter().flatten() {
                 let state = if key["revoked"] == true {
                     "revoked"
+                } else if key["rotate"] == true {
+                    "active, rotate: made by an older Gantry with a weak generator; create a new key and revoke this one"
                 } else {
                     "active"
                 };
@@ -402,6 +427,35 @@ fn keys(command: KeysCommand) -> ExitCode {
         KeysCommand::Revoke { id, .. } => println!("revoked {id}"),
     }
     ExitCode::SUCCESS
+}
+
+fn dev_certs(out: &Path, names: &[String]) -> ExitCode {
+    match gantry_tls::dev_certs(out, names) {
+        Ok(made) => {
+            let ca = made.ca_cert.display();
+            if made.created_ca {
+                eprintln!("created a development CA: {ca} (its key beside it; keep it private)");
+            } else {
+                eprintln!("reused the development CA: {ca}");
+            }
+            #[allow(clippy::print_stdout)]
+            {
+                println!(
+                    "certificate for {}: {}\nprivate key: {}\n\nServe https with, in gantry.toml:\n\n  [platform.tls]\n  cert = \"{}\"\n  key = \"{}\"\n\nTrust the CA:\n  curl --cacert {ca} https://localhost:8080/\n  Debian/Ubuntu: sudo cp {ca} /usr/local/share/ca-certificates/gantry-dev.crt && sudo update-ca-certificates\n  macOS: sudo security add-trusted-cert -d -r trustRoot -k /Library/Keychains/System.keychain {ca}",
+                    names.join(", "),
+                    made.cert.display(),
+                    made.key.display(),
+                    made.cert.display(),
+                    made.key.display(),
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn token(sub: &str, scopes: &[String], ttl: &str, kid: Option<&str>, file: &Path) -> ExitCode {

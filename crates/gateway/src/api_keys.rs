@@ -1,20 +1,43 @@
 //! API keys: long random secrets handed to consumers, stored only as SHA-256
 //! hashes (in `gantry.db` in the data directory), so neither the database
 //! nor the logs ever hold a usable key. A key is shown once, when created.
+//!
+//! Secrets are 256 bits from the operating system's CSPRNG. Keys made before
+//! that (their secrets came from a fast, predictable generator) are marked
+//! `rotate` in listings.
+//!
+//! Lookups go through a small in-memory cache (hits and misses, by hash) so a
+//! busy route does not query SQLite per request. An entry lives at most
+//! [`CACHE_TTL`], and a revocation through this store drops it at once, so a
+//! revoked key stops working within a second even when revoked elsewhere.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+/// How long a lookup's answer is reused.
+const CACHE_TTL: Duration = Duration::from_secs(1);
+/// Cached answers kept at most; past it the cache starts over.
+const CACHE_CAPACITY: usize = 10_000;
+/// How key material is generated: 1 was `fastrand`, 2 is the OS CSPRNG.
+const SCHEME_CSPRNG: i64 = 2;
+
 /// The API key store. Cheap to clone.
 #[derive(Clone)]
 pub struct ApiKeys {
     connection: Arc<Mutex<Connection>>,
+    /// Consumer (or `None`: no such active key) by key hash, and when looked up.
+    cache: Arc<Mutex<KeyCache>>,
 }
+
+/// Answers by key hash: the consumer (or `None`: no such active key), and
+/// when it was looked up.
+type KeyCache = HashMap<[u8; 32], (Option<Arc<str>>, Instant)>;
 
 impl std::fmt::Debug for ApiKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -30,6 +53,9 @@ pub struct ApiKeyInfo {
     /// Unix time in milliseconds.
     pub created_ms: i64,
     pub revoked: bool,
+    /// Made by a Gantry that drew secrets from a non-cryptographic generator:
+    /// create a new key for the consumer and revoke this one.
+    pub rotate: bool,
 }
 
 /// A key just created: the only time its secret is visible.
@@ -48,22 +74,42 @@ impl ApiKeys {
                  id TEXT PRIMARY KEY, consumer TEXT NOT NULL, hash BLOB NOT NULL UNIQUE,
                  created_ms INTEGER NOT NULL, revoked INTEGER NOT NULL DEFAULT 0);",
         )?;
-        Ok(ApiKeys { connection })
+        {
+            // Keys from before `scheme` existed were made with `fastrand` (scheme 1).
+            let db = connection.lock().unwrap_or_else(|e| e.into_inner());
+            let has_scheme = db
+                .prepare("SELECT 1 FROM pragma_table_info('api_keys') WHERE name = 'scheme'")
+                .and_then(|mut s| s.exists([]))
+                .map_err(|e| format!("cannot read the api_keys table: {e}"))?;
+            if !has_scheme {
+                db.execute_batch(
+                    "ALTER TABLE api_keys ADD COLUMN scheme INTEGER NOT NULL DEFAULT 1;",
+                )
+                .map_err(|e| format!("cannot upgrade the api_keys table: {e}"))?;
+            }
+        }
+        Ok(ApiKeys {
+            connection,
+            cache: Arc::default(),
+        })
     }
 
-    /// Creates a key for `consumer`.
+    /// Creates a key for `consumer`: `gk_<id>_<secret>`, a 64-bit id and a
+    /// 256-bit secret, both from the OS CSPRNG.
     pub fn create(&self, consumer: &str) -> Result<NewApiKey, String> {
-        let id = format!("{:08x}", fastrand::u32(..));
-        let secret: String = (0..32).map(|_| fastrand::alphanumeric()).collect();
-        let key = format!("gk_{id}_{secret}");
+        let mut random = [0u8; 40];
+        getrandom::fill(&mut random)
+            .map_err(|e| format!("the OS random number generator failed: {e}"))?;
+        let id = hex::encode(&random[..8]);
+        let key = format!("gk_{id}_{}", hex::encode(&random[8..]));
         let created_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
         let connection = self.connection.lock().unwrap_or_else(|e| e.into_inner());
         connection
             .execute(
-                "INSERT INTO api_keys (id, consumer, hash, created_ms) VALUES (?1, ?2, ?3, ?4)",
-                params![id, consumer, hash(&key).as_slice(), created_ms],
+                "INSERT INTO api_keys (id, consumer, hash, created_ms, scheme) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![id, consumer, hash(&key).as_slice(), created_ms, SCHEME_CSPRNG],
             )
             .map_err(|e| e.to_string())?;
         Ok(NewApiKey {
@@ -72,6 +118,7 @@ impl ApiKeys {
                 consumer: consumer.to_string(),
                 created_ms,
                 revoked: false,
+                rotate: false,
             },
             key,
         })
@@ -80,15 +127,19 @@ impl ApiKeys {
     pub fn list(&self) -> Result<Vec<ApiKeyInfo>, String> {
         let connection = self.connection.lock().unwrap_or_else(|e| e.into_inner());
         let mut statement = connection
-            .prepare("SELECT id, consumer, created_ms, revoked FROM api_keys ORDER BY created_ms")
+            .prepare(
+                "SELECT id, consumer, created_ms, revoked, scheme FROM api_keys ORDER BY created_ms",
+            )
             .map_err(|e| e.to_string())?;
         let rows = statement
             .query_map([], |row| {
+                let revoked: bool = row.get(3)?;
                 Ok(ApiKeyInfo {
                     id: row.get(0)?,
                     consumer: row.get(1)?,
                     created_ms: row.get(2)?,
-                    revoked: row.get(3)?,
+                    revoked,
+                    rotate: !revoked && row.get::<_, i64>(4)? < SCHEME_CSPRNG,
                 })
             })
             .map_err(|e| e.to_string())?;
@@ -98,17 +149,32 @@ impl ApiKeys {
     /// Revokes a key; `false` when there is no such key.
     pub fn revoke(&self, id: &str) -> Result<bool, String> {
         let connection = self.connection.lock().unwrap_or_else(|e| e.into_inner());
-        connection
+        let changed = connection
             .execute("UPDATE api_keys SET revoked = 1 WHERE id = ?1", params![id])
-            .map(|changed| changed > 0)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        drop(connection);
+        // The cache is keyed by hash, which the id does not give: start over.
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        Ok(changed > 0)
     }
 
-    /// The consumer a presented key belongs to, if it is valid and not revoked.
-    pub(crate) async fn consumer(&self, presented: &str) -> Option<String> {
+    /// The consumer a presented key belongs to, if it is valid and not
+    /// revoked; `Err` when the store cannot be read.
+    pub(crate) async fn consumer(&self, presented: &str) -> Result<Option<Arc<str>>, String> {
         let digest = hash(presented);
+        let now = Instant::now();
+        if let Some((consumer, at)) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&digest)
+        {
+            if now.duration_since(*at) < CACHE_TTL {
+                return Ok(consumer.clone());
+            }
+        }
         let keys = self.clone();
-        tokio::task::spawn_blocking(move || {
+        let found = tokio::task::spawn_blocking(move || {
             let connection = keys.connection.lock().unwrap_or_else(|e| e.into_inner());
             connection
                 .query_row(
@@ -117,15 +183,56 @@ impl ApiKeys {
                     |row| row.get::<_, String>(0),
                 )
                 .optional()
-                .ok()
-                .flatten()
+                .map_err(|e| format!("cannot read API keys: {e}"))
         })
         .await
-        .ok()
-        .flatten()
+        .map_err(|e| format!("the API key lookup failed: {e}"))??
+        .map(Arc::<str>::from);
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= CACHE_CAPACITY {
+            cache.retain(|_, (_, at)| now.duration_since(*at) < CACHE_TTL);
+            if cache.len() >= CACHE_CAPACITY {
+                cache.clear();
+            }
+        }
+        cache.insert(digest, (found.clone(), now));
+        Ok(found)
     }
 }
 
 fn hash(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_from_before_the_csprng_are_marked_to_rotate() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // gantry.db as an older Gantry left it: no `scheme` column.
+            let db = Connection::open(dir.path().join("gantry.db")).unwrap();
+            db.execute_batch(
+                "CREATE TABLE api_keys (
+                     id TEXT PRIMARY KEY, consumer TEXT NOT NULL, hash BLOB NOT NULL UNIQUE,
+                     created_ms INTEGER NOT NULL, revoked INTEGER NOT NULL DEFAULT 0);
+                 INSERT INTO api_keys VALUES ('0badc0de', 'old', x'00', 1, 0);
+                 INSERT INTO api_keys VALUES ('0badc0df', 'gone', x'01', 2, 1);",
+            )
+            .unwrap();
+        }
+        let keys = ApiKeys::open(dir.path()).unwrap();
+        let fresh = keys.create("new").unwrap();
+        let listed = keys.list().unwrap();
+        let rotate: Vec<(&str, bool)> = listed
+            .iter()
+            .map(|k| (k.consumer.as_str(), k.rotate))
+            .collect();
+        assert_eq!(rotate, [("old", true), ("gone", false), ("new", false)]);
+        assert_ne!(fresh.key, keys.create("new").unwrap().key);
+        // Opening again does not try to add the column twice.
+        ApiKeys::open(dir.path()).unwrap();
+    }
 }

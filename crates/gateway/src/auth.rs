@@ -4,7 +4,8 @@
 //! The algorithm a token may use is the one of the key it names: the token's
 //! own `alg` is only compared with it, so `alg: none` and RS/HS confusion are
 //! refused. `exp` is required; `nbf`, `iss` and `aud` are checked with a small
-//! leeway.
+//! leeway. A token whose header lists `crit` extensions is refused (RFC 7515
+//! §4.1.11: Gantry understands none), and `[jwt] typ` pins the header's `typ`.
 
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -39,6 +40,8 @@ pub(crate) struct JwtVerifier {
     issuer: Option<String>,
     audience: Option<String>,
     leeway: Duration,
+    /// The required `typ`, lowercase and without `application/`.
+    typ: Option<String>,
 }
 
 struct Jwks {
@@ -77,6 +80,7 @@ impl JwtVerifier {
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
             leeway: config.leeway,
+            typ: config.typ.as_deref().map(media_type),
         })
     }
 
@@ -110,6 +114,22 @@ impl JwtVerifier {
             })?;
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| unauthenticated("the token is not a well-formed JWT", true))?;
+        if let Some(extensions) = critical_extensions(token) {
+            return Err(Denied::Unauthenticated {
+                reason: format!(
+                    "the token's header marks extensions as critical (`crit`: {extensions}), which Gantry does not understand"
+                ),
+                token_given: true,
+            });
+        }
+        if let Some(wanted) = &self.typ {
+            if header.typ.as_deref().map(media_type).as_ref() != Some(wanted) {
+                return Err(Denied::Unauthenticated {
+                    reason: format!("the token's `typ` header must be `{wanted}`"),
+                    token_given: true,
+                });
+            }
+        }
         let claims = self.verify(token, &header).await?;
         let granted = granted_scopes(&claims);
         let missing: Vec<String> = scopes
@@ -211,6 +231,36 @@ impl JwtVerifier {
     }
 }
 
+/// The `crit` list of a token's protected header, if it has one (RFC 7515
+/// §4.1.11). Gantry implements no extension, so any `crit` — even an empty or
+/// malformed one — means the token must be refused.
+fn critical_extensions(token: &str) -> Option<String> {
+    use base64::Engine as _;
+    let encoded = token.split('.').next()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(encoded.trim_end_matches('='))
+        .ok()?;
+    let header: Map<String, Value> = serde_json::from_slice(&bytes).ok()?;
+    header.get("crit").map(|crit| match crit {
+        Value::Array(names) if !names.is_empty() => names
+            .iter()
+            .map(|n| n.as_str().unwrap_or("?"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        _ => "malformed".to_string(),
+    })
+}
+
+/// A `typ` compared as RFC 7515 §4.1.9 says: case-insensitive, and
+/// `application/` may be left out.
+fn media_type(typ: &str) -> String {
+    let lower = typ.trim().to_ascii_lowercase();
+    match lower.strip_prefix("application/") {
+        Some(rest) => rest.to_string(),
+        None => lower,
+    }
+}
+
 fn find_key<'k>(
     keys: &'k [Key],
     jwks: &'k [Key],
@@ -266,7 +316,8 @@ fn load_key(key: &JwtKey) -> Result<Key, String> {
 }
 
 async fn fetch_jwks(url: &str) -> Result<Vec<Key>, String> {
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let client: Client<_, Empty<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(gantry_tls::https_connector());
     let uri: http::Uri = url.parse().map_err(|e| format!("{e}"))?;
     let response = tokio::time::timeout(Duration::from_secs(5), client.get(uri))
         .await
@@ -311,6 +362,26 @@ fn granted_scopes(claims: &Map<String, Value>) -> Vec<&str> {
             _ => Vec::new(),
         })
         .collect()
+}
+
+/// The claims of a verified client certificate, for `forward_claims` and
+/// `claim:NAME` rate-limit keys: `sub` (the subject DN), `cn`, `san` (every
+/// subject alternative name) and `fingerprint` (SHA-256 of the certificate).
+pub(crate) fn certificate_claims(identity: &gantry_tls::ClientIdentity) -> Map<String, Value> {
+    let mut claims = Map::new();
+    claims.insert("sub".into(), identity.subject.clone().into());
+    if let Some(cn) = &identity.common_name {
+        claims.insert("cn".into(), cn.clone().into());
+    }
+    claims.insert(
+        "san".into(),
+        Value::Array(identity.sans.iter().cloned().map(Value::from).collect()),
+    );
+    claims.insert(
+        "fingerprint".into(),
+        identity.fingerprint_sha256.clone().into(),
+    );
+    claims
 }
 
 /// Puts the chosen claims in request headers (names compiled once).

@@ -58,7 +58,7 @@ impl Gateway {
                         let in_flight = service.track_request();
                         let sent = tokio::time::timeout(
                             route.timeout,
-                            self.inner.upstreams.send(&instance.authority, request),
+                            self.inner.upstreams.send(instance, request),
                         )
                         .await;
                         match sent {

@@ -147,9 +147,7 @@ impl Forward<'_> {
                 .map_or(remaining, |a| a.min(remaining));
             let admitted = admission.take().unwrap_or(Admission::Normal);
             let load = instance.begin();
-            let sent =
-                tokio::time::timeout(limit, self.upstreams.send(&instance.authority, request))
-                    .await;
+            let sent = tokio::time::timeout(limit, self.upstreams.send(&instance, request)).await;
             let succeeded =
                 matches!(&sent, Ok(Ok(response)) if !response.status().is_server_error());
             service.record(&instance, succeeded);
@@ -198,7 +196,7 @@ impl Forward<'_> {
                         continue;
                     }
                     let detail = format!(
-                        "could not connect to `{}` instance {} at {}",
+                        "could not connect to `{}` instance {} at {}: {error}",
                         service.name(),
                         instance.index,
                         instance.authority

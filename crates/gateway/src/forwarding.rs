@@ -2,6 +2,7 @@
 //! their hop (RFC 9110 §7.6.1) and `X-Forwarded-*` tell the upstream who asked.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue};
@@ -49,20 +50,60 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::PROXY_AUTHENTICATE);
 }
 
-/// The client end of a connection, with its address already rendered as a
-/// header value: every request on a keep-alive connection reuses it.
+/// The client end of a connection, with its address already rendered as
+/// header values: every request on a keep-alive connection reuses them.
 #[derive(Debug, Clone)]
 pub struct Peer {
     pub addr: SocketAddr,
     ip: HeaderValue,
+    /// The address as an RFC 7239 `for=` value (IPv6 quoted and bracketed).
+    forwarded_for: String,
+    /// Set when the connection came over TLS.
+    pub tls: Option<Arc<TlsSession>>,
+}
+
+/// What a TLS connection established, once per connection.
+#[derive(Debug, Clone, Default)]
+pub struct TlsSession {
+    /// The client's certificate, verified against `[platform.tls] client_ca`.
+    pub client: Option<gantry_tls::ClientIdentity>,
 }
 
 impl Peer {
     pub fn new(addr: SocketAddr) -> Peer {
         let ip = HeaderValue::from_str(&addr.ip().to_string())
             .expect("an IP address is a valid header value");
-        Peer { addr, ip }
+        let forwarded_for = match addr.ip() {
+            std::net::IpAddr::V4(v4) => v4.to_string(),
+            std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
+        };
+        Peer {
+            addr,
+            ip,
+            forwarded_for,
+            tls: None,
+        }
     }
+
+    /// The same peer, over TLS.
+    pub fn with_tls(mut self, session: TlsSession) -> Peer {
+        self.tls = Some(Arc::new(session));
+        self
+    }
+
+    /// `https` or `http`: what the client used to reach Gantry.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+}
+
+/// Whether `ip` is one of `[platform] trusted_proxies`.
+pub(crate) fn is_trusted(trusted: &[ipnet::IpNet], ip: &std::net::IpAddr) -> bool {
+    trusted.iter().any(|net| net.contains(ip))
 }
 
 /// The address of the client a request comes from: the peer, or, when the
@@ -74,9 +115,8 @@ pub(crate) fn client_ip(
     headers: &HeaderMap,
     trusted: &[ipnet::IpNet],
 ) -> std::net::IpAddr {
-    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|net| net.contains(ip));
     let mut client = peer.addr.ip();
-    if !is_trusted(&client) {
+    if !is_trusted(trusted, &client) {
         return client;
     }
     let chain = headers
@@ -91,36 +131,83 @@ pub(crate) fn client_ip(
             break;
         };
         client = ip;
-        if !is_trusted(&ip) {
+        if !is_trusted(trusted, &ip) {
             break;
         }
     }
     client
 }
 
-/// Appends the client to `X-Forwarded-For` and sets `-Proto` and `-Host` when
-/// an earlier proxy has not.
-pub(crate) fn add_forwarded(headers: &mut HeaderMap, client: &Peer, host: Option<&HeaderValue>) {
-    let earlier = headers
-        .get(&X_FORWARDED_FOR)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.trim().is_empty());
-    let forwarded_for = match earlier {
-        Some(earlier) => {
-            let chain = format!("{earlier}, {}", client.addr.ip());
-            HeaderValue::from_str(&chain).ok()
+/// Sets the forwarding headers the upstream reads: `X-Forwarded-For`,
+/// `-Proto`, `-Host` and RFC 7239 `Forwarded`.
+///
+/// From a trusted proxy (`peer_trusted`), what it sent is believed: the peer
+/// is appended to `X-Forwarded-For` and `Forwarded`, and its `-Proto` and
+/// `-Host` are kept. From anyone else, every one of them is replaced by what
+/// Gantry saw, so a client cannot claim another address, scheme or host.
+pub(crate) fn add_forwarded(
+    headers: &mut HeaderMap,
+    client: &Peer,
+    host: Option<&HeaderValue>,
+    peer_trusted: bool,
+) {
+    let proto = client.scheme();
+    let host_text = host.and_then(|h| h.to_str().ok());
+    let mut element = format!("for={};proto={proto}", client.forwarded_for);
+    if let Some(host) = host_text.filter(|h| !h.contains(['"', '\\'])) {
+        element.push_str(";host=\"");
+        element.push_str(host);
+        element.push('"');
+    }
+    if peer_trusted {
+        let earlier = headers
+            .get(&X_FORWARDED_FOR)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.trim().is_empty());
+        let forwarded_for = match earlier {
+            Some(earlier) => {
+                HeaderValue::from_str(&format!("{earlier}, {}", client.addr.ip())).ok()
+            }
+            None => Some(client.ip.clone()),
+        };
+        if let Some(value) = forwarded_for {
+            headers.insert(X_FORWARDED_FOR, value);
         }
-        None => Some(client.ip.clone()),
-    };
-    if let Some(value) = forwarded_for {
-        headers.insert(X_FORWARDED_FOR, value);
+        if !headers.contains_key(&X_FORWARDED_PROTO) {
+            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        }
+        if let Some(host) = host {
+            if !headers.contains_key(&X_FORWARDED_HOST) {
+                headers.insert(X_FORWARDED_HOST, host.clone());
+            }
+        }
+        let chain = headers
+            .get_all(header::FORWARDED)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(", ");
+        if !chain.trim().is_empty() {
+            element = format!("{chain}, {element}");
+        }
+    } else {
+        headers.insert(X_FORWARDED_FOR, client.ip.clone());
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        match host {
+            Some(host) => {
+                headers.insert(X_FORWARDED_HOST, host.clone());
+            }
+            None => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
+        }
     }
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    }
-    if let Some(host) = host {
-        if !headers.contains_key(&X_FORWARDED_HOST) {
-            headers.insert(X_FORWARDED_HOST, host.clone());
+    match HeaderValue::from_str(&element) {
+        Ok(value) => {
+            headers.insert(header::FORWARDED, value);
+        }
+        Err(_) => {
+            headers.remove(header::FORWARDED);
         }
     }
 }
@@ -162,17 +249,59 @@ mod tests {
         );
     }
 
-    #[test]
-    fn forwarded_for_appends_to_an_existing_chain() {
+    fn spoofed() -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        h.insert(X_FORWARDED_HOST, HeaderValue::from_static("admin.internal"));
+        h.insert(
+            header::FORWARDED,
+            HeaderValue::from_static("for=10.0.0.1;proto=https"),
+        );
+        h
+    }
+
+    #[test]
+    fn a_trusted_proxy_s_chain_is_extended() {
+        let mut h = spoofed();
         add_forwarded(
             &mut h,
             &Peer::new("127.0.0.1:1234".parse().unwrap()),
             Some(&HeaderValue::from_static("shop.test")),
+            true,
         );
         assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1, 127.0.0.1");
+        assert_eq!(h[&X_FORWARDED_PROTO], "https");
+        assert_eq!(h[&X_FORWARDED_HOST], "admin.internal");
+        assert_eq!(
+            h[header::FORWARDED],
+            "for=10.0.0.1;proto=https, for=127.0.0.1;proto=http;host=\"shop.test\""
+        );
+    }
+
+    #[test]
+    fn an_untrusted_client_s_forwarding_headers_are_replaced() {
+        let mut h = spoofed();
+        add_forwarded(
+            &mut h,
+            &Peer::new("[2001:db8::1]:1234".parse().unwrap()),
+            Some(&HeaderValue::from_static("shop.test:8080")),
+            false,
+        );
+        assert_eq!(h[&X_FORWARDED_FOR], "2001:db8::1");
         assert_eq!(h[&X_FORWARDED_PROTO], "http");
-        assert_eq!(h[&X_FORWARDED_HOST], "shop.test");
+        assert_eq!(h[&X_FORWARDED_HOST], "shop.test:8080");
+        assert_eq!(
+            h[header::FORWARDED],
+            "for=\"[2001:db8::1]\";proto=http;host=\"shop.test:8080\""
+        );
+        let mut h = spoofed();
+        add_forwarded(
+            &mut h,
+            &Peer::new("127.0.0.1:1".parse().unwrap()),
+            None,
+            false,
+        );
+        assert!(!h.contains_key(&X_FORWARDED_HOST));
     }
 }

@@ -30,6 +30,7 @@ mod forwarding;
 mod idempotency;
 mod identity;
 mod metrics;
+mod normalize;
 mod problem;
 pub mod proxy;
 mod rate_limit;
@@ -44,12 +45,12 @@ mod webhook;
 
 pub use api_keys::{ApiKeyInfo, ApiKeys, NewApiKey};
 pub use body::GatewayBody;
-pub use forwarding::Peer;
+pub use forwarding::{Peer, TlsSession};
 pub use idempotency::IdempotencyStore;
 pub use metrics::GatewayMetrics;
 pub use proxy::{Attempt, Gateway, Observation, RequestObserver};
 pub use router::{BuildError, RouteInfo, RouteTable};
-pub use server::serve;
+pub use server::{redirect_to_https, serve};
 pub use shadow::{Difference, ShadowSummary, Side};
 pub use split::Weight;
 pub use upstream::UpstreamBody;
@@ -83,6 +84,35 @@ pub mod fuzzing {
         let _ = runtime.block_on(verifier.check(headers, &["orders:write".to_string()]));
     }
 
+    /// Normalises a request path under every `escaped_slashes` policy and
+    /// checks what must always hold: the result starts with `/`, has no
+    /// `.`/`..` segment or `//`, and normalising it again changes nothing.
+    pub fn normalize_path(path: &str) {
+        use gantry_manifest::EscapedSlashes;
+        for policy in [
+            EscapedSlashes::Reject,
+            EscapedSlashes::Keep,
+            EscapedSlashes::Decode,
+        ] {
+            let Ok(once) = crate::normalize::normalize(path, policy) else {
+                continue;
+            };
+            if !path.starts_with('/') {
+                assert_eq!(&*once, path);
+                continue;
+            }
+            assert!(once.starts_with('/'), "{path:?} -> {once:?}");
+            assert!(!once.contains("//"), "{path:?} -> {once:?}");
+            assert!(
+                once.split('/').all(|s| s != "." && s != ".."),
+                "{path:?} -> {once:?}"
+            );
+            let twice =
+                crate::normalize::normalize(&once, policy).expect("a normal path stays valid");
+            assert_eq!(once, twice, "{path:?}");
+        }
+    }
+
     fn verifier() -> &'static crate::auth::JwtVerifier {
         static VERIFIER: std::sync::OnceLock<crate::auth::JwtVerifier> = std::sync::OnceLock::new();
         VERIFIER.get_or_init(|| {
@@ -98,6 +128,7 @@ pub mod fuzzing {
                     secret: Some("fuzz-secret".into()),
                     pem_file: None,
                 }],
+                typ: None,
             };
             crate::auth::JwtVerifier::new(&config).expect("an HS key loads")
         })

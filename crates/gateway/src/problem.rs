@@ -28,6 +28,7 @@ pub(crate) enum Problem {
     IdempotencyMismatch,
     StoreUnavailable,
     HeadersTooLarge,
+    BadPath,
 }
 
 #[derive(Serialize)]
@@ -66,6 +67,7 @@ impl Problem {
             Problem::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
             Problem::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Problem::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Problem::BadPath => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -90,6 +92,7 @@ impl Problem {
             Problem::IdempotencyMismatch => "urn:gantry:problem:idempotency-key-reused",
             Problem::StoreUnavailable => "urn:gantry:problem:store-unavailable",
             Problem::HeadersTooLarge => "urn:gantry:problem:headers-too-large",
+            Problem::BadPath => "urn:gantry:problem:bad-path",
         }
     }
 
@@ -114,6 +117,7 @@ impl Problem {
             Problem::IdempotencyMismatch => "The idempotency key was used for a different request",
             Problem::StoreUnavailable => "Gantry's store is unavailable",
             Problem::HeadersTooLarge => "The request headers are too large",
+            Problem::BadPath => "The request path is not acceptable",
         }
     }
 

@@ -15,14 +15,14 @@ use crate::api_keys::ApiKeys;
 use crate::auth::{deny, forward_claims};
 use crate::body::GatewayBody;
 use crate::forward::{buffer_small_body, limit_body, Forward, Forwarded};
-use crate::forwarding::{add_forwarded, client_ip, strip_hop_by_hop, Peer};
+use crate::forwarding::{add_forwarded, client_ip, is_trusted, strip_hop_by_hop, Peer};
 use crate::idempotency::IdempotencyStore;
 use crate::identity::{request_id, TraceContext, REQUEST_ID, TRACEPARENT};
 use crate::metrics::{GatewayMetrics, RouteMetrics};
 use crate::problem::Problem;
 use crate::rate_limit::{rate_limit_header, Decision};
 use crate::resilience::retry::is_idempotent;
-use crate::router::RouteTable;
+use crate::router::{CompiledRoute, RouteTable};
 use crate::shadow::Tap;
 use crate::upstream::{RequestBody, UpstreamPool};
 
@@ -175,7 +175,22 @@ impl Gateway {
         let request_id = request_id(request.headers());
         let trace = TraceContext::from_headers(request.headers());
         let (mut parts, body) = request.into_parts();
-        let path = parts.uri.path().to_owned();
+        // Paths are normalised before routing, and the upstream gets the
+        // normalised one: the path a route matched is the path it serves.
+        let normalized = if table.edge.normalize_path {
+            crate::normalize::normalize(parts.uri.path(), table.edge.escaped_slashes).map(|p| {
+                match p {
+                    std::borrow::Cow::Borrowed(_) => None,
+                    std::borrow::Cow::Owned(p) => Some(p),
+                }
+            })
+        } else {
+            Ok(None)
+        };
+        let path = match &normalized {
+            Ok(Some(normal)) => normal.clone(),
+            _ => parts.uri.path().to_owned(),
+        };
         let mut outcome = Outcome {
             started,
             method: parts.method.clone(),
@@ -186,7 +201,25 @@ impl Gateway {
             request_id: &request_id,
             trace: &trace,
             observer: self.inner.observer.get().map(|o| o.as_ref()),
+            hsts: client.tls.as_ref().and(table.edge.hsts.as_ref()),
         };
+        match normalized {
+            Ok(None) => {}
+            Ok(Some(normal)) => {
+                if let Err(detail) = replace_path(&mut parts.uri, &normal) {
+                    return outcome.finish(
+                        Problem::BadPath.respond(detail, &path, &request_id),
+                        &table.unrouted,
+                    );
+                }
+            }
+            Err(bad) => {
+                return outcome.finish(
+                    Problem::BadPath.respond(bad.detail().to_string(), &path, &request_id),
+                    &table.unrouted,
+                );
+            }
+        }
 
         // Oversized heads are refused before any work. (hyper itself refuses
         // heads past its read buffer, with a bare 431.)
@@ -261,113 +294,84 @@ impl Gateway {
         outcome.route = &route.label;
         outcome.service = service.name();
 
+        // Clients that keep failing to authenticate are refused before their
+        // credentials are even looked at.
+        let failures = table
+            .edge
+            .auth_failures
+            .as_ref()
+            .filter(|_| route.auth != AuthMode::None);
+        let client_addr = client_ip(client, &parts.headers, &table.trusted_proxies);
+        if let Some(limiter) = failures {
+            if let Decision::Limited { retry_after } =
+                limiter.peek(&client_addr.to_string(), Instant::now())
+            {
+                let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                let detail = format!(
+                    "too many failed authentications from {client_addr}; try again in {seconds}s"
+                );
+                let mut response = Problem::RateLimited.respond(detail, &path, &request_id);
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+                return outcome.finish(response, &backend.metrics);
+            }
+        }
+
+        // The route's rate limit, before credentials are checked, unless it
+        // counts by a claim of the credentials.
+        let mut rate_headers = None;
+        let by_claim = route
+            .rate_limit
+            .as_ref()
+            .is_some_and(|l| matches!(l.policy.key, RateLimitKey::Claim(_)));
+        if !by_claim {
+            if let Err(response) = self.rate_limit(
+                route,
+                &parts,
+                None,
+                client_addr,
+                &path,
+                &request_id,
+                &mut rate_headers,
+            ) {
+                return outcome.finish(*response, &backend.metrics);
+            }
+        }
+
         // Authentication. Copies of forwarded-claim headers sent by the client
         // are removed whatever happens: only Gantry may set them.
         for (_, header) in &route.forward_claims {
             parts.headers.remove(header);
         }
-        let mut claims = None;
-        if route.auth == AuthMode::ApiKey {
-            let presented = match &route.api_key_from {
-                ApiKeySource::Header(name) => parts
-                    .headers
-                    .get(name.as_str())
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned),
-                ApiKeySource::Query(name) => parts.uri.query().and_then(|q| {
-                    q.split('&')
-                        .filter_map(|pair| pair.split_once('='))
-                        .find(|(k, _)| k == name)
-                        .map(|(_, v)| v.to_owned())
-                }),
-            };
-            let consumer = match (&presented, self.inner.api_keys.get()) {
-                (Some(key), Some(keys)) => keys.consumer(key).await,
-                _ => None,
-            };
-            let Some(consumer) = consumer else {
-                let reason = if presented.is_some() {
-                    "the API key is not valid"
-                } else {
-                    "this route needs an API key"
-                };
-                let mut response =
-                    Problem::Unauthenticated.respond(reason.to_string(), &path, &request_id);
-                response.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("ApiKey realm=\"gantry\""),
-                );
+        let claims = match self
+            .authenticate(route, &table, &parts, client, &path, &request_id)
+            .await
+        {
+            Ok(claims) => claims,
+            Err(response) => {
+                if response.status() == http::StatusCode::UNAUTHORIZED {
+                    if let Some(limiter) = failures {
+                        limiter.check(&client_addr.to_string(), Instant::now());
+                    }
+                }
                 return outcome.finish(response, &backend.metrics);
-            };
-            let mut verified = serde_json::Map::new();
-            verified.insert("sub".into(), consumer.into());
-            forward_claims(&mut parts.headers, &verified, &route.forward_claims);
-            claims = Some(verified);
-        }
-        if route.auth == AuthMode::Jwt {
-            let Some(verifier) = &table.jwt else {
-                let detail = "the route needs JWTs but no [jwt] keys are loaded".to_string();
-                return outcome.finish(
-                    Problem::Unauthenticated.respond(detail, &path, &request_id),
-                    &backend.metrics,
-                );
-            };
-            match verifier.check(&parts.headers, &route.scopes).await {
-                Ok(verified) => {
-                    forward_claims(&mut parts.headers, &verified, &route.forward_claims);
-                    claims = Some(verified);
-                }
-                Err(denied) => {
-                    return outcome.finish(deny(denied, &path, &request_id), &backend.metrics)
-                }
             }
+        };
+        if let Some(claims) = &claims {
+            forward_claims(&mut parts.headers, claims, &route.forward_claims);
         }
-
-        // Rate limit, before anything reaches the service.
-        let mut rate_headers = None;
-        if let Some(limiter) = &route.rate_limit {
-            let key = match &limiter.policy.key {
-                RateLimitKey::Ip => {
-                    client_ip(client, &parts.headers, &table.trusted_proxies).to_string()
-                }
-                RateLimitKey::Claim(name) => match claims
-                    .as_ref()
-                    .and_then(|c| c.get(name.as_str()))
-                {
-                    Some(serde_json::Value::String(value)) => format!("claim:{value}"),
-                    Some(value) => format!("claim:{value}"),
-                    // Without a token, the client address is the key.
-                    None => client_ip(client, &parts.headers, &table.trusted_proxies).to_string(),
-                },
-                RateLimitKey::Header(name) => parts
-                    .headers
-                    .get(name.as_str())
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_string(),
-            };
-            match limiter.check(&key, Instant::now()) {
-                Decision::Allowed { remaining, reset } => {
-                    rate_headers = Some((
-                        limiter.policy_header().clone(),
-                        rate_limit_header(remaining, reset),
-                    ));
-                }
-                Decision::Limited { retry_after } => {
-                    let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
-                    let detail = format!(
-                        "route `{}` allows {} requests per {} per client; try again in {seconds}s",
-                        route.label,
-                        limiter.policy.requests,
-                        humantime::format_duration(limiter.policy.per)
-                    );
-                    let mut response = Problem::RateLimited.respond(detail, &path, &request_id);
-                    let headers = response.headers_mut();
-                    headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-                    headers.insert(RATELIMIT_POLICY, limiter.policy_header().clone());
-                    headers.insert(RATELIMIT, rate_limit_header(0, retry_after));
-                    return outcome.finish(response, &backend.metrics);
-                }
+        if by_claim {
+            if let Err(response) = self.rate_limit(
+                route,
+                &parts,
+                claims.as_ref(),
+                client_addr,
+                &path,
+                &request_id,
+                &mut rate_headers,
+            ) {
+                return outcome.finish(*response, &backend.metrics);
             }
         }
 
@@ -508,7 +512,13 @@ impl Gateway {
         parts.uri = uri;
         parts.version = Version::HTTP_11;
         strip_hop_by_hop(&mut parts.headers);
-        add_forwarded(&mut parts.headers, client, original_host.as_ref());
+        let peer_trusted = is_trusted(&table.trusted_proxies, &client.addr.ip());
+        add_forwarded(
+            &mut parts.headers,
+            client,
+            original_host.as_ref(),
+            peer_trusted,
+        );
         parts.headers.insert(REQUEST_ID, request_id.clone());
         parts.headers.insert(TRACEPARENT, trace.traceparent());
         route.shaping.request.apply(&mut parts.headers);
@@ -629,6 +639,163 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// Checks the credentials a route asks for; the verified claims, or the
+    /// 401/403 (or 503 when the key store fails) to answer.
+    async fn authenticate(
+        &self,
+        route: &CompiledRoute,
+        table: &RouteTable,
+        parts: &http::request::Parts,
+        client: &Peer,
+        path: &str,
+        request_id: &HeaderValue,
+    ) -> Result<Option<serde_json::Map<String, serde_json::Value>>, Response<GatewayBody>> {
+        match route.auth {
+            AuthMode::None => Ok(None),
+            AuthMode::ApiKey => {
+                let presented = match &route.api_key_from {
+                    ApiKeySource::Header(name) => parts
+                        .headers
+                        .get(name.as_str())
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned),
+                    ApiKeySource::Query(name) => parts.uri.query().and_then(|q| {
+                        q.split('&')
+                            .filter_map(|pair| pair.split_once('='))
+                            .find(|(k, _)| k == name)
+                            .map(|(_, v)| v.to_owned())
+                    }),
+                };
+                let consumer = match (&presented, self.inner.api_keys.get()) {
+                    (Some(key), Some(keys)) => keys.consumer(key).await.map_err(|why| {
+                        tracing::error!(target: "gantry::gateway", route = %route.label, "{why}");
+                        Problem::StoreUnavailable.respond(
+                            "the API key store cannot be read; try again shortly".into(),
+                            path,
+                            request_id,
+                        )
+                    })?,
+                    _ => None,
+                };
+                let Some(consumer) = consumer else {
+                    let reason = if presented.is_some() {
+                        "the API key is not valid"
+                    } else {
+                        "this route needs an API key"
+                    };
+                    let mut response =
+                        Problem::Unauthenticated.respond(reason.to_string(), path, request_id);
+                    response.headers_mut().insert(
+                        header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static("ApiKey realm=\"gantry\""),
+                    );
+                    return Err(response);
+                };
+                let mut verified = serde_json::Map::new();
+                verified.insert("sub".into(), consumer.as_ref().into());
+                Ok(Some(verified))
+            }
+            AuthMode::Jwt => {
+                let Some(verifier) = &table.jwt else {
+                    let detail = "the route needs JWTs but no [jwt] keys are loaded".to_string();
+                    return Err(Problem::Unauthenticated.respond(detail, path, request_id));
+                };
+                match verifier.check(&parts.headers, &route.scopes).await {
+                    Ok(verified) => Ok(Some(verified)),
+                    Err(denied) => Err(deny(denied, path, request_id)),
+                }
+            }
+            AuthMode::Mtls => {
+                let identity = client.tls.as_ref().and_then(|tls| tls.client.as_ref());
+                let Some(identity) = identity else {
+                    let detail = if client.tls.is_some() {
+                        "this route needs a client certificate issued by the gateway's `client_ca`; none was presented"
+                    } else {
+                        "this route needs a client certificate, over https"
+                    };
+                    return Err(Problem::Unauthenticated.respond(detail.into(), path, request_id));
+                };
+                Ok(Some(crate::auth::certificate_claims(identity)))
+            }
+        }
+    }
+
+    /// Counts the request against the route's rate limit, if it has one:
+    /// the 429 to answer when it is over, else the headers to add.
+    #[allow(clippy::too_many_arguments)]
+    fn rate_limit(
+        &self,
+        route: &CompiledRoute,
+        parts: &http::request::Parts,
+        claims: Option<&serde_json::Map<String, serde_json::Value>>,
+        client_addr: std::net::IpAddr,
+        path: &str,
+        request_id: &HeaderValue,
+        rate_headers: &mut Option<(HeaderValue, HeaderValue)>,
+    ) -> Result<(), Box<Response<GatewayBody>>> {
+        let Some(limiter) = &route.rate_limit else {
+            return Ok(());
+        };
+        let key = match &limiter.policy.key {
+            RateLimitKey::Ip => client_addr.to_string(),
+            RateLimitKey::Claim(name) => match claims.and_then(|c| c.get(name.as_str())) {
+                Some(serde_json::Value::String(value)) => format!("claim:{value}"),
+                Some(value) => format!("claim:{value}"),
+                // Without credentials, the client address is the key.
+                None => client_addr.to_string(),
+            },
+            RateLimitKey::Header(name) => parts
+                .headers
+                .get(name.as_str())
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string(),
+        };
+        match limiter.check(&key, Instant::now()) {
+            Decision::Allowed { remaining, reset } => {
+                *rate_headers = Some((
+                    limiter.policy_header().clone(),
+                    rate_limit_header(remaining, reset),
+                ));
+                Ok(())
+            }
+            Decision::Limited { retry_after } => {
+                let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                let detail = format!(
+                    "route `{}` allows {} requests per {} per client; try again in {seconds}s",
+                    route.label,
+                    limiter.policy.requests,
+                    humantime::format_duration(limiter.policy.per)
+                );
+                let mut response = Problem::RateLimited.respond(detail, path, request_id);
+                let headers = response.headers_mut();
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+                headers.insert(RATELIMIT_POLICY, limiter.policy_header().clone());
+                headers.insert(RATELIMIT, rate_limit_header(0, retry_after));
+                Err(Box::new(response))
+            }
+        }
+    }
+}
+
+/// Puts a normalised path (keeping the query, scheme and authority) in `uri`.
+fn replace_path(uri: &mut http::Uri, path: &str) -> Result<(), String> {
+    let path_and_query = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_string(),
+    };
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.path_and_query = Some(
+        path_and_query
+            .parse()
+            .map_err(|e| format!("the normalised path is not a valid URI path: {e}"))?,
+    );
+    *uri = http::Uri::from_parts(parts)
+        .map_err(|e| format!("the normalised path is not a valid URI: {e}"))?;
+    Ok(())
+}
+
 /// What the access log and metrics record about one request.
 pub(crate) struct Outcome<'a> {
     pub(crate) started: Instant,
@@ -640,6 +807,8 @@ pub(crate) struct Outcome<'a> {
     pub(crate) request_id: &'a HeaderValue,
     pub(crate) trace: &'a TraceContext,
     pub(crate) observer: Option<&'a dyn RequestObserver>,
+    /// `Strict-Transport-Security` for answers over TLS, when configured.
+    pub(crate) hsts: Option<&'a HeaderValue>,
 }
 
 impl Outcome<'_> {
@@ -682,6 +851,11 @@ impl Outcome<'_> {
         response
             .headers_mut()
             .insert(REQUEST_ID, self.request_id.clone());
+        if let Some(hsts) = self.hsts {
+            response
+                .headers_mut()
+                .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+        }
         tracing::info!(
             target: "gantry::access",
             route = self.route,

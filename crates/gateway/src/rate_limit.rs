@@ -71,12 +71,38 @@ impl RateLimiter {
         }
     }
 
-    /// Counts a request of `key` at `now`, if the limit allows it.
-    pub(crate) fn check(&self, key: &str, now: Instant) -> Decision {
+    /// Whether a request of `key` at `now` would be allowed, without counting it.
+    pub(crate) fn peek(&self, key: &str, now: Instant) -> Decision {
+        let shard = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
+        let tat = shard
+            .keys
+            .get(key)
+            .copied()
+            .filter(|tat| *tat > now)
+            .unwrap_or(now);
+        let fill = (tat + self.interval).duration_since(now);
+        if fill > self.capacity {
+            Decision::Limited {
+                retry_after: fill - self.capacity,
+            }
+        } else {
+            Decision::Allowed {
+                remaining: ((self.capacity - fill).as_nanos() / self.interval.as_nanos().max(1))
+                    as u32,
+                reset: fill,
+            }
+        }
+    }
+
+    fn shard(&self, key: &str) -> &Mutex<Shard> {
         let mut hasher = DefaultHasher::new();
         key.hash(&mut hasher);
-        let shard = &self.shards[hasher.finish() as usize % SHARDS];
-        let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+        &self.shards[hasher.finish() as usize % SHARDS]
+    }
+
+    /// Counts a request of `key` at `now`, if the limit allows it.
+    pub(crate) fn check(&self, key: &str, now: Instant) -> Decision {
+        let mut shard = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
         let tat = shard
             .keys
             .get(key)

@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gantry_manifest::{AuthMode, Fallback, HashKey, PathMatch, PathPattern, RetryPolicy, Route};
+use gantry_manifest::{
+    AuthMode, EscapedSlashes, Fallback, HashKey, PathMatch, PathPattern, RetryPolicy, Route,
+};
 use gantry_services::ServiceHandle;
 use http::header::HeaderName;
 use http::{HeaderValue, Method, Uri};
@@ -87,6 +89,8 @@ pub struct RouteTable {
     routes: Vec<CompiledRoute>,
     /// Proxies whose `X-Forwarded-For` is believed (`[platform] trusted_proxies`).
     pub(crate) trusted_proxies: Vec<ipnet::IpNet>,
+    /// What happens before routing, from `[platform]`.
+    pub(crate) edge: Edge,
     /// Checks tokens for routes with `auth = "jwt"`.
     pub(crate) jwt: Option<Arc<JwtVerifier>>,
     /// Breakers and retry budgets by service name.
@@ -94,6 +98,28 @@ pub struct RouteTable {
     /// Every service of the manifest this table was built from, routed to or not.
     services: Vec<Arc<ServiceHandle>>,
     pub(crate) unrouted: RouteMetrics,
+}
+
+/// The gateway-wide settings of `[platform]` that apply to every request.
+#[derive(Debug)]
+pub(crate) struct Edge {
+    pub(crate) normalize_path: bool,
+    pub(crate) escaped_slashes: EscapedSlashes,
+    /// Failed authentications per client address (`auth_failure_limit`).
+    pub(crate) auth_failures: Option<Arc<RateLimiter>>,
+    /// `Strict-Transport-Security`, sent on answers over TLS.
+    pub(crate) hsts: Option<HeaderValue>,
+}
+
+impl Default for Edge {
+    fn default() -> Edge {
+        Edge {
+            normalize_path: true,
+            escaped_slashes: EscapedSlashes::Reject,
+            auth_failures: None,
+            hsts: None,
+        }
+    }
 }
 
 /// A route as shown by `GET /v1/routes`.
@@ -288,6 +314,7 @@ impl RouteTable {
         Ok(RouteTable {
             routes: compiled,
             trusted_proxies: Vec::new(),
+            edge: Edge::default(),
             jwt: None,
             policies,
             services,
@@ -353,6 +380,38 @@ impl RouteTable {
             None => found.backends.reset(),
         }
         Ok(found.backends.weights().0)
+    }
+
+    /// Applies the gateway-wide settings of `[platform]`: trusted proxies,
+    /// path normalisation, the failed-authentication limit (whose counts a
+    /// reload that keeps it unchanged carries over from `previous`) and HSTS.
+    pub fn with_platform(
+        mut self,
+        platform: &gantry_manifest::Platform,
+        previous: Option<&RouteTable>,
+    ) -> RouteTable {
+        let auth_failures = platform.auth_failure_limit.as_ref().map(|policy| {
+            previous
+                .and_then(|p| p.edge.auth_failures.clone())
+                .filter(|limiter| limiter.policy == *policy)
+                .unwrap_or_else(|| Arc::new(RateLimiter::new(policy.clone())))
+        });
+        let hsts = platform.tls.as_ref().and_then(|tls| {
+            let age = tls.hsts?.as_secs();
+            let subdomains = if tls.hsts_subdomains {
+                "; includeSubDomains"
+            } else {
+                ""
+            };
+            HeaderValue::from_str(&format!("max-age={age}{subdomains}")).ok()
+        });
+        self.edge = Edge {
+            normalize_path: platform.normalize_path,
+            escaped_slashes: platform.escaped_slashes,
+            auth_failures,
+            hsts,
+        };
+        self.with_trusted_proxies(&platform.trusted_proxies)
     }
 
     /// Sets the proxies whose `X-Forwarded-For` is believed; entries that are

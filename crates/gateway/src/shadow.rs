@@ -149,7 +149,7 @@ impl Shadow {
                 *request.method_mut() = method;
                 *request.uri_mut() = uri;
                 *request.headers_mut() = headers;
-                let response = upstreams.send(&instance.authority, request).await.ok()?;
+                let response = upstreams.send(&instance, request).await.ok()?;
                 let (parts, body) = response.into_parts();
                 let body = http_body_util::Limited::new(body, limit)
                     .collect()

@@ -18,6 +18,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use gantry_services::Instance;
 use http::uri::Authority;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
@@ -102,7 +103,7 @@ pub(crate) enum UpstreamError {
 /// reads and writes the socket when polled.
 struct Connection {
     sender: http1::SendRequest<RequestBody>,
-    driver: http1::Connection<TokioIo<TcpStream>, RequestBody>,
+    driver: http1::Connection<TokioIo<Stream>, RequestBody>,
     /// The driver finished: the connection is closed.
     closed: bool,
     idle_since: Instant,
@@ -117,12 +118,80 @@ impl Connection {
     }
 }
 
+/// A connection's socket: plain TCP, or TLS to an `https://` instance.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<gantry_tls::tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Which pool a connection belongs to: its instance's address, and whether
+/// it speaks TLS.
+type PoolKey = (Authority, bool);
+
 /// Idle connections by instance address. Cheap to clone.
 #[derive(Clone, Default)]
 pub(crate) struct UpstreamPool {
     // Boxed so a checkout moves a pointer, not the connection's large state.
     #[allow(clippy::vec_box)]
-    idle: Arc<Mutex<HashMap<Authority, Vec<Box<Connection>>>>>,
+    idle: Arc<Mutex<HashMap<PoolKey, Vec<Box<Connection>>>>>,
 }
 
 impl std::fmt::Debug for UpstreamPool {
@@ -132,21 +201,22 @@ impl std::fmt::Debug for UpstreamPool {
 }
 
 impl UpstreamPool {
-    /// Sends `request` (origin-form URI, `Host` set) to the instance at
-    /// `authority` and waits for the response head. The returned body keeps
-    /// driving the connection and gives it back to the pool when it ends.
+    /// Sends `request` (origin-form URI, `Host` set) to `instance` and waits
+    /// for the response head. The returned body keeps driving the connection
+    /// and gives it back to the pool when it ends.
     pub(crate) async fn send(
         &self,
-        authority: &Authority,
+        instance: &Instance,
         mut request: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let key: PoolKey = (instance.authority.clone(), instance.tls.is_some());
         // A pooled connection may have been closed by the upstream while idle;
         // if the request could not even be written, it is safe to resend it on
         // a fresh connection. A fresh connection is not retried.
         loop {
-            let (mut connection, reused) = match self.checkout(authority).await {
+            let (mut connection, reused) = match self.checkout(&key).await {
                 Some(connection) => (connection, true),
-                None => match connect(authority).await {
+                None => match connect(instance).await {
                     Ok(connection) => (connection, false),
                     Err(error) => return Err(UpstreamError::Connect(error, Box::new(request))),
                 },
@@ -164,7 +234,7 @@ impl UpstreamPool {
                         body,
                         connection: Some(connection),
                         pool: self.clone(),
-                        authority: authority.clone(),
+                        key: key.clone(),
                     };
                     if body.body.is_end_stream() {
                         // No body to stream (204, 304, HEAD, `Content-Length: 0`):
@@ -186,11 +256,11 @@ impl UpstreamPool {
     }
 
     /// An idle connection to `authority` that can take a request now.
-    async fn checkout(&self, authority: &Authority) -> Option<Box<Connection>> {
+    async fn checkout(&self, key: &PoolKey) -> Option<Box<Connection>> {
         loop {
             let mut connection = {
                 let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-                idle.get_mut(authority)?.pop()?
+                idle.get_mut(key)?.pop()?
             };
             if connection.idle_since.elapsed() > MAX_IDLE {
                 continue;
@@ -208,24 +278,36 @@ impl UpstreamPool {
         }
     }
 
-    fn give_back(&self, authority: Authority, mut connection: Box<Connection>) {
+    fn give_back(&self, key: PoolKey, mut connection: Box<Connection>) {
         if connection.closed || connection.sender.is_closed() {
             return;
         }
         connection.idle_since = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = idle.entry(authority).or_default();
+        let list = idle.entry(key).or_default();
         if list.len() < MAX_IDLE_PER_INSTANCE {
             list.push(connection);
         }
     }
 }
 
-async fn connect(authority: &Authority) -> std::io::Result<Box<Connection>> {
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(authority.as_str()))
+async fn connect(instance: &Instance) -> std::io::Result<Box<Connection>> {
+    let opening = async {
+        let tcp = TcpStream::connect(instance.authority.as_str()).await?;
+        let _ = tcp.set_nodelay(true);
+        match &instance.tls {
+            None => Ok::<_, std::io::Error>(Stream::Plain(tcp)),
+            Some(tls) => {
+                let connector = gantry_tls::tokio_rustls::TlsConnector::from(tls.config.clone());
+                let stream = connector.connect(tls.server_name.clone(), tcp).await?;
+                Ok(Stream::Tls(Box::new(stream)))
+            }
+        }
+    };
+    // The handshake counts against the connect timeout.
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, opening)
         .await
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-    let _ = stream.set_nodelay(true);
     let (sender, driver) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await
@@ -247,13 +329,13 @@ pub struct UpstreamBody {
     body: Incoming,
     connection: Option<Box<Connection>>,
     pool: UpstreamPool,
-    authority: Authority,
+    key: PoolKey,
 }
 
 impl std::fmt::Debug for UpstreamBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpstreamBody")
-            .field("authority", &self.authority)
+            .field("authority", &self.key.0)
             .finish_non_exhaustive()
     }
 }
@@ -264,7 +346,7 @@ impl UpstreamBody {
         if let Some(mut connection) = self.connection.take() {
             // Let the connection see the exchange is over before it idles.
             connection.drive(cx);
-            self.pool.give_back(self.authority.clone(), connection);
+            self.pool.give_back(self.key.clone(), connection);
         }
     }
 }

@@ -402,3 +402,79 @@ fn base64url(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
+
+/// A correctly signed HS256 token whose header carries extra fields.
+fn hs256_with_header(extra: Value) -> String {
+    use base64::Engine as _;
+    use hmac::Mac;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut header = json!({ "alg": "HS256", "kid": "dev" });
+    header
+        .as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    let signing_input = format!(
+        "{}.{}",
+        b64.encode(header.to_string()),
+        b64.encode(good_claims().to_string())
+    );
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(signing_input.as_bytes());
+    format!(
+        "{signing_input}.{}",
+        b64.encode(mac.finalize().into_bytes())
+    )
+}
+
+#[tokio::test]
+async fn a_token_with_critical_extensions_is_refused() {
+    let upstream = Upstream::start(Behaviour::Echo).await;
+    let gw = TestGateway::start(&manifest(&upstream, None)).await;
+    let c = client();
+    // The same signature scheme without `crit` passes: the check below is about `crit`.
+    let plain = hs256_with_header(json!({}));
+    let response = c
+        .post(gw.url("/api/orders"))
+        .bearer_auth(&plain)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    for crit in [json!(["exp-binding"]), json!([]), json!("b64")] {
+        let token = hs256_with_header(json!({ "crit": crit, "exp-binding": true, "b64": false }));
+        let response = c
+            .post(gw.url("/api/orders"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        let (challenge, body) = problem(response, 401).await;
+        assert!(challenge.contains("invalid_token"), "{challenge}");
+        assert!(body["detail"].as_str().unwrap().contains("crit"), "{body}");
+    }
+    assert_eq!(upstream.requests.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_key_set_with_typ_accepts_only_that_typ() {
+    let upstream = Upstream::start(Behaviour::Echo).await;
+    let text =
+        manifest(&upstream, None).replace("leeway = \"5s\"", "leeway = \"5s\"\ntyp = \"at+jwt\"");
+    let gw = TestGateway::start(&text).await;
+    let c = client();
+    for (typ, status) in [
+        (json!({ "typ": "at+jwt" }), 200),
+        (json!({ "typ": "application/AT+JWT" }), 200),
+        (json!({ "typ": "JWT" }), 401),
+        (json!({}), 401),
+    ] {
+        let token = hs256_with_header(typ.clone());
+        let response = c
+            .post(gw.url("/api/orders"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{typ}");
+    }
+}

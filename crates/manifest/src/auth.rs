@@ -24,12 +24,16 @@ pub struct JwtConfig {
     #[schemars(with = "String")]
     pub leeway: Duration,
     /// A JWKS document to load keys from (looked up by `kid`, refreshed when
-    /// an unknown `kid` shows up, at most every 30 s). `http://` only for now.
+    /// an unknown `kid` shows up, at most every 30 s). `https://` is verified against the system's roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_url: Option<String>,
     /// Keys written in the manifest (or files it names).
     #[serde(default)]
     pub keys: Vec<JwtKey>,
+    /// Required `typ` header of tokens, e.g. `at+jwt` (RFC 9068), compared
+    /// case-insensitively with or without `application/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub typ: Option<String>,
 }
 
 /// One verification key.
@@ -64,6 +68,8 @@ pub enum AuthMode {
     Jwt,
     /// A valid API key (`gantry keys create`) is required.
     ApiKey,
+    /// A client certificate verified against `[platform.tls] client_ca`.
+    Mtls,
 }
 
 /// Where a route reads API keys from: `header:NAME` (default `header:x-api-key`) or `query:NAME`.

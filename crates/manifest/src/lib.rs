@@ -37,7 +37,10 @@ pub use functions::{
     bucket_of, function_of, function_target, Bucket, Executor, Function, FunctionKind, Missed,
     Schedule, WebhookPolicy, WebhookStyle,
 };
-pub use model::{Manifest, Platform, Route, Service, ServiceKind, Target, WeightedService};
+pub use model::{
+    CertFiles, EscapedSlashes, Manifest, Platform, Route, Service, ServiceKind, Target, TlsConfig,
+    WeightedService,
+};
 pub use pattern::{PathMatch, PathPattern};
 pub use policy::{
     CircuitBreakerPolicy, CorsPolicy, Deprecation, Fallback, HashKey, HeaderEdits,

@@ -106,6 +106,73 @@ pub struct Platform {
     /// nearest address in that header not in this list.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trusted_proxies: Vec<String>,
+    /// Normalise request paths before routing (decode `%61`, remove `.` and
+    /// `..` segments, merge `//`), so no spelling of a path gets around a
+    /// route's policies; the upstream receives the normalised path.
+    #[serde(default = "defaults::yes")]
+    pub normalize_path: bool,
+    /// What an encoded `/` or `\` (`%2F`, `%5C`, or a raw `\`) in a path does:
+    /// `reject` (400), `keep` (forwarded encoded) or `decode` (to `/`).
+    #[serde(default)]
+    pub escaped_slashes: EscapedSlashes,
+    /// Failed authentications allowed per client address before its requests
+    /// to routes with `auth` get 429, checked before any credential
+    /// (`{ requests = 20, per = "1m" }` unless set; `false` turns it off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_failure_limit: Option<crate::policy::RateLimitPolicy>,
+    /// A plain-HTTP listener that answers every request with a 308 redirect
+    /// to the same URL on https (needs `[platform.tls]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_http: Option<SocketAddr>,
+    /// `[platform.tls]`: the gateway serves HTTPS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[platform] escaped_slashes`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EscapedSlashes {
+    /// 400: an encoded slash is refused (the safe default).
+    #[default]
+    Reject,
+    /// Forwarded encoded (`%2F`), for upstreams that treat it as data.
+    Keep,
+    /// Decoded to `/` before routing.
+    Decode,
+}
+
+/// `[platform.tls]`: certificates for the gateway's listener.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chains and keys (PEM). `cert`/`key` give one; several
+    /// `[[platform.tls.certs]]` are chosen by the client's SNI name, the
+    /// first being the default. Files are watched and reloaded on change.
+    pub certs: Vec<CertFiles>,
+    /// CA bundle (PEM) that client certificates are verified against; routes
+    /// with `auth = "mtls"` require one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
+    /// `Strict-Transport-Security` max-age sent on every https answer, e.g. `"365d"`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "duration_text::option"
+    )]
+    #[schemars(with = "Option<String>")]
+    pub hsts: Option<Duration>,
+    /// Adds `includeSubDomains` to the HSTS header.
+    #[serde(default)]
+    pub hsts_subdomains: bool,
+}
+
+/// One certificate chain and its private key, both PEM files.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl Default for Platform {
@@ -119,6 +186,11 @@ impl Default for Platform {
             drain_timeout: defaults::drain_timeout(),
             watch: true,
             trusted_proxies: Vec::new(),
+            normalize_path: true,
+            escaped_slashes: EscapedSlashes::Reject,
+            auth_failure_limit: Some(defaults::auth_failure_limit()),
+            redirect_http: None,
+            tls: None,
         }
     }
 }
@@ -131,9 +203,14 @@ pub struct Service {
     /// The team accountable for this service, shown in listings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
-    /// Base URLs of instances Gantry does not run, e.g. `http://127.0.0.1:9000`.
+    /// Base URLs of instances Gantry does not run, e.g. `http://127.0.0.1:9000`
+    /// or `https://orders.internal:8443` (verified, with SNI).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub urls: Vec<String>,
+    /// CA bundle (PEM) that `https://` instances are verified against,
+    /// instead of the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
     /// The program and its arguments, for a service Gantry runs. Each instance
     /// gets a free port in `PORT`, and `GANTRY_SERVICE` and `GANTRY_INSTANCE`.
     /// A program path with a `/` is relative to the manifest's directory.
@@ -217,6 +294,7 @@ impl Service {
         Service {
             owner: None,
             urls,
+            ca: None,
             command: Vec::new(),
             instances: 1,
             workdir: None,
@@ -438,6 +516,14 @@ pub(crate) mod defaults {
     pub fn yes() -> bool {
         true
     }
+    pub fn auth_failure_limit() -> crate::policy::RateLimitPolicy {
+        crate::policy::RateLimitPolicy {
+            requests: 20,
+            per: Duration::from_secs(60),
+            burst: 20,
+            key: crate::policy::RateLimitKey::Ip,
+        }
+    }
     pub fn instances() -> u32 {
         1
     }
@@ -473,5 +559,19 @@ pub(crate) mod duration_text {
 
     pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&humantime::format_duration(*d))
+    }
+
+    pub mod option {
+        use std::time::Duration;
+
+        pub fn serialize<S: serde::Serializer>(
+            d: &Option<Duration>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => s.collect_str(&humantime::format_duration(*d)),
+                None => s.serialize_none(),
+            }
+        }
     }
 }

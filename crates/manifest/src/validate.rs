@@ -112,6 +112,25 @@ pub(crate) fn cross_check(manifest: &Manifest, source: &str, out: &mut Diagnosti
             );
         }
     }
+    let verifies_clients = manifest
+        .platform
+        .tls
+        .as_ref()
+        .is_some_and(|tls| tls.client_ca.is_some());
+    if !verifies_clients {
+        for route in manifest.routes.iter().filter(|r| r.auth == AuthMode::Mtls) {
+            out.push_at(
+                source,
+                ErrorCode::MissingKey,
+                route.spans.auth.clone(),
+                format!(
+                    "route `{}` needs client certificates but `[platform.tls]` has no `client_ca`",
+                    route.path
+                ),
+                Some("add `client_ca = \"clients-ca.pem\"` (the CA that issues client certificates) to `[platform.tls]`".into()),
+            );
+        }
+    }
     check_subscriptions(manifest, &names, source, out);
     check_functions(manifest, &names, source, out);
     check_slos(manifest, source, out);

@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use gantry_tls::rustls::ClientConfig;
 use http_body_util::Empty;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpStream;
@@ -28,15 +30,32 @@ pub(crate) enum Probe {
     Tcp,
 }
 
-pub(crate) type HttpClient = Client<HttpConnector, Empty<Bytes>>;
+pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
-pub(crate) fn http_client() -> HttpClient {
+/// The client of a service's health checks; `https://` instances are
+/// verified with `tls` (the service's roots).
+pub(crate) fn http_client(tls: Option<Arc<ClientConfig>>) -> HttpClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(Duration::from_secs(1)));
+    connector.enforce_http(false);
+    let config = tls.unwrap_or_else(|| Arc::new(plain_only()));
+    let connector = HttpsConnector::from((connector, config));
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .build(connector)
+}
+
+/// A client config for services with no `https://` instance: never used for
+/// a handshake, so it trusts nothing.
+fn plain_only() -> ClientConfig {
+    ClientConfig::builder_with_provider(Arc::new(
+        gantry_tls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("ring supports the default protocol versions")
+    .with_root_certificates(gantry_tls::rustls::RootCertStore::empty())
+    .with_no_client_auth()
 }
 
 impl Probe {
@@ -44,7 +63,7 @@ impl Probe {
         let attempt = async {
             match self {
                 Probe::Http { path, client } => {
-                    let uri = format!("http://{}{}", instance.authority, path);
+                    let uri = format!("{}://{}{}", instance.scheme(), instance.authority, path);
                     let Ok(uri) = uri.parse::<http::Uri>() else {
                         return false;
                     };

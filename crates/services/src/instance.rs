@@ -19,6 +19,8 @@ pub struct Instance {
     pub authority: Authority,
     /// `authority` as a `Host` header value, made once.
     pub host_header: HeaderValue,
+    /// Set for an `https://` instance: how to verify it.
+    pub tls: Option<UpstreamTls>,
     healthy: AtomicBool,
     pid: AtomicU32,
     restarts: AtomicU32,
@@ -26,6 +28,15 @@ pub struct Instance {
     /// Requests on their way to or from this instance (least-requests balancing).
     load: AtomicUsize,
     outlier: Mutex<Outlier>,
+}
+
+/// How Gantry talks TLS to an `https://` instance.
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    /// Roots (the system's, or the service's `ca`), ALPN `http/1.1`.
+    pub config: Arc<gantry_tls::rustls::ClientConfig>,
+    /// The name sent as SNI and checked against the certificate.
+    pub server_name: gantry_tls::rustls::pki_types::ServerName<'static>,
 }
 
 /// Passive health: failures in a row, and the current ejection.
@@ -69,6 +80,7 @@ impl Instance {
     pub(crate) fn new(
         index: u32,
         authority: Authority,
+        tls: Option<UpstreamTls>,
         healthy: bool,
         state: &'static str,
     ) -> Self {
@@ -78,12 +90,22 @@ impl Instance {
             index,
             host_header,
             authority,
+            tls,
             healthy: AtomicBool::new(healthy),
             pid: AtomicU32::new(0),
             restarts: AtomicU32::new(0),
             state: Mutex::new(state),
             load: AtomicUsize::new(0),
             outlier: Mutex::new(Outlier::default()),
+        }
+    }
+
+    /// `https` for an instance reached over TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
         }
     }
 

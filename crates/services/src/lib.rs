@@ -16,5 +16,5 @@ mod instance;
 mod process;
 mod service;
 
-pub use instance::{Instance, InstanceLoad, InstanceStatus};
+pub use instance::{Instance, InstanceLoad, InstanceStatus, UpstreamTls};
 pub use service::{InFlight, ServiceHandle, ServiceStatus, StartError};

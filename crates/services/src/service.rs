@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::health::{self, Probe};
-use crate::instance::{Instance, InstanceStatus};
+use crate::instance::{Instance, InstanceStatus, UpstreamTls};
 use crate::process::{self, ProcessSpec};
 
 /// Why a service could not be started.
@@ -27,6 +27,8 @@ pub enum StartError {
     },
     #[error("service `{service}`: `{url}` is not a usable address")]
     BadUrl { service: String, url: String },
+    #[error("service `{service}`: {why}")]
+    Tls { service: String, why: String },
 }
 
 /// One service and its instances. Shared by every gateway snapshot that routes
@@ -66,9 +68,21 @@ impl ServiceHandle {
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let mut instances = Vec::new();
+        // `https://` instances are verified against the system's roots or `ca`.
+        let tls_config =
+            if config.urls.iter().any(|u| u.starts_with("https://")) {
+                let config = gantry_tls::client_config(config.ca.as_deref(), &[b"http/1.1"])
+                    .map_err(|e| StartError::Tls {
+                        service: name.to_string(),
+                        why: e.to_string(),
+                    })?;
+                Some(config)
+            } else {
+                None
+            };
         let probe = config.health.clone().map(|path| Probe::Http {
             path,
-            client: Box::new(health::http_client()),
+            client: Box::new(health::http_client(tls_config.clone())),
         });
 
         // The health-check loop of one instance.
@@ -101,7 +115,8 @@ impl ServiceHandle {
                     })?;
                     let authority = Authority::try_from(format!("127.0.0.1:{port}"))
                         .expect("an IP and a port form an authority");
-                    let instance = Arc::new(Instance::new(index, authority, false, "starting"));
+                    let instance =
+                        Arc::new(Instance::new(index, authority, None, false, "starting"));
                     let spec = ProcessSpec {
                         service: name.clone(),
                         command: command.to_vec(),
@@ -118,19 +133,39 @@ impl ServiceHandle {
             }
             ServiceKind::External { urls } => {
                 for (index, url) in urls.iter().enumerate() {
-                    let authority = url
-                        .strip_prefix("http://")
-                        .map(|rest| rest.trim_end_matches('/'))
-                        .and_then(|a| Authority::try_from(a).ok())
-                        .ok_or_else(|| StartError::BadUrl {
-                            service: name.to_string(),
-                            url: url.clone(),
-                        })?;
+                    let bad_url = || StartError::BadUrl {
+                        service: name.to_string(),
+                        url: url.clone(),
+                    };
+                    let (secure, rest) = match url.strip_prefix("https://") {
+                        Some(rest) => (true, rest),
+                        None => (false, url.strip_prefix("http://").ok_or_else(bad_url)?),
+                    };
+                    let authority =
+                        Authority::try_from(rest.trim_end_matches('/')).map_err(|_| bad_url())?;
+                    let tls = match (&tls_config, secure) {
+                        (Some(config), true) => {
+                            let host = authority
+                                .host()
+                                .trim_start_matches('[')
+                                .trim_end_matches(']');
+                            let server_name = gantry_tls::rustls::pki_types::ServerName::try_from(
+                                host.to_string(),
+                            )
+                            .map_err(|_| bad_url())?;
+                            Some(UpstreamTls {
+                                config: config.clone(),
+                                server_name,
+                            })
+                        }
+                        _ => None,
+                    };
                     // Without a health path an external instance is trusted to be up;
                     // failed requests to it surface as 502s.
                     let instance = Arc::new(Instance::new(
                         index as u32,
                         authority,
+                        tls,
                         probe.is_none(),
                         "external",
                     ));

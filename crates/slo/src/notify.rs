@@ -18,7 +18,9 @@ const ATTEMPTS: u32 = 3;
 /// every alert that fires or resolves and posting it to `[alerting] webhook`
 /// when there is one. Both settings are read afresh each time (reloads).
 pub async fn run(slos: Slos, stop: CancellationToken) {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    // Webhooks over https are verified against the system's roots.
+    let client: Client<_, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(gantry_tls::https_connector());
     loop {
         let every = slos.alerting().evaluate_every;
         tokio::select! {
@@ -48,7 +50,10 @@ pub async fn run(slos: Slos, stop: CancellationToken) {
 }
 
 async fn send(
-    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    client: &Client<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        Full<Bytes>,
+    >,
     url: &str,
     note: &Notification,
 ) {

@@ -93,7 +93,10 @@ pub fn start(
     (sender, task)
 }
 
-type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+type HttpClient = Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Full<Bytes>,
+>;
 
 async fn run(
     target: Target,
@@ -101,9 +104,22 @@ async fn run(
     mut receiver: mpsc::Receiver<Span>,
     stop: CancellationToken,
 ) {
+    // `https://` collectors are verified against the system's roots; gRPC
+    // offers ALPN `h2`, which gRPC servers over TLS require.
+    let connector = if target.grpc {
+        match gantry_tls::client_config(None, &[b"h2"]) {
+            Ok(config) => gantry_tls::https_connector_with(config),
+            Err(error) => {
+                tracing::warn!(target: "gantry::traces", %error, "https collectors cannot be verified");
+                gantry_tls::https_connector()
+            }
+        }
+    } else {
+        gantry_tls::https_connector()
+    };
     let client: HttpClient = Client::builder(TokioExecutor::new())
         .http2_only(target.grpc)
-        .build_http();
+        .build(connector);
     let url = &target;
     let mut batch = Vec::with_capacity(BATCH);
     let mut tick = tokio::time::interval(EVERY);

@@ -225,7 +225,7 @@ impl TestGateway {
         let gateway_metrics = GatewayMetrics::register(&metrics);
         let table = RouteTable::build(&manifest.routes, &services, &gateway_metrics, None)
             .unwrap()
-            .with_trusted_proxies(&manifest.platform.trusted_proxies)
+            .with_platform(&manifest.platform, None)
             .with_jwt(manifest.jwt.as_ref())
             .await
             .unwrap();
@@ -238,6 +238,7 @@ impl TestGateway {
         tokio::spawn(gantry_gateway::serve(
             gateway.clone(),
             listener,
+            None,
             shutdown.clone(),
             Duration::from_secs(5),
         ));

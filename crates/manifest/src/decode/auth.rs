@@ -6,7 +6,7 @@ use super::{resolve, suggest, Decoder, Section};
 use crate::auth::{ApiKeySource, AuthMode, JwtConfig, JwtKey, ALGORITHMS};
 use crate::diagnostics::ErrorCode;
 
-pub(crate) const JWT_KEYS: &[&str] = &["issuer", "audience", "leeway", "jwks_url", "keys"];
+pub(crate) const JWT_KEYS: &[&str] = &["issuer", "audience", "leeway", "jwks_url", "keys", "typ"];
 const KEY_KEYS: &[&str] = &["kid", "algorithm", "secret_env", "secret", "pem_file"];
 
 impl Decoder<'_> {
@@ -44,8 +44,13 @@ impl Decoder<'_> {
         }
         let jwks_url = self.string(s, "jwks_url");
         if let Some(url) = &jwks_url {
-            if !url.starts_with("http://") {
-                self.bad_value(s, "jwks_url", format!("`{url}` is not an http:// URL"), "JWKS over https is not supported yet; serve it over http on a private address or write the keys in `[[jwt.keys]]`");
+            if !url.starts_with("https://") && !url.starts_with("http://") {
+                self.bad_value(
+                    s,
+                    "jwks_url",
+                    format!("`{url}` is not an http:// or https:// URL"),
+                    "e.g. `jwks_url = \"https://issuer.example/.well-known/jwks.json\"`",
+                );
             }
         }
         if keys.is_empty() && jwks_url.is_none() {
@@ -64,6 +69,7 @@ impl Decoder<'_> {
                 .unwrap_or(std::time::Duration::from_secs(30)),
             jwks_url,
             keys,
+            typ: self.string(s, "typ"),
         }
     }
 
@@ -151,12 +157,13 @@ impl Decoder<'_> {
             None | Some("none") => AuthMode::None,
             Some("jwt") => AuthMode::Jwt,
             Some("api_key") => AuthMode::ApiKey,
+            Some("mtls") => AuthMode::Mtls,
             Some(other) => {
                 self.bad_value(
                     s,
                     "auth",
                     format!("unknown auth `{other}` in {}", s.name),
-                    "use `jwt`, `api_key` or `none`",
+                    "use `jwt`, `api_key`, `mtls` or `none`",
                 );
                 AuthMode::None
             }

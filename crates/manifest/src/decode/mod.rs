@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use toml_edit::{ImDocument, TableLike};
 
 use crate::diagnostics::{DiagnosticSink, Diagnostics, ErrorCode};
-use crate::model::{defaults, Manifest, Platform, Service};
+use crate::model::{defaults, CertFiles, EscapedSlashes, Manifest, Platform, Service, TlsConfig};
 
 mod auth;
 mod events;
@@ -46,10 +46,24 @@ pub(crate) const PLATFORM_KEYS: &[&str] = &[
     "drain_timeout",
     "watch",
     "trusted_proxies",
+    "normalize_path",
+    "escaped_slashes",
+    "auth_failure_limit",
+    "redirect_http",
+    "tls",
+];
+pub(crate) const TLS_KEYS: &[&str] = &[
+    "cert",
+    "key",
+    "certs",
+    "client_ca",
+    "hsts",
+    "hsts_subdomains",
 ];
 pub(crate) const SERVICE_KEYS: &[&str] = &[
     "owner",
     "urls",
+    "ca",
     "command",
     "instances",
     "workdir",
@@ -154,7 +168,7 @@ impl<'a> Decoder<'a> {
 
         let mut platform = match root.table.get_key_value("platform") {
             Some((_, item)) => match self.section(item, "[platform]".into()) {
-                Some(section) => self.platform(&section),
+                Some(section) => self.platform(&section, base_dir),
                 None => Platform::default(),
             },
             None => Platform::default(),
@@ -266,7 +280,7 @@ impl<'a> Decoder<'a> {
         })
     }
 
-    fn platform(&mut self, s: &Section<'_>) -> Platform {
+    fn platform(&mut self, s: &Section<'_>, base_dir: &Path) -> Platform {
         self.unknown_keys(s, PLATFORM_KEYS);
         let name = self.string(s, "name").unwrap_or_else(defaults::name);
         if name.trim().is_empty() {
@@ -275,6 +289,16 @@ impl<'a> Decoder<'a> {
                 "name",
                 "the platform `name` is empty",
                 "give the system a name",
+            );
+        }
+        let tls = self.tls(s, base_dir);
+        let redirect_http = self.address(s, "redirect_http");
+        if redirect_http.is_some() && tls.is_none() {
+            self.bad_value(
+                s,
+                "redirect_http",
+                "`redirect_http` redirects to https, but the gateway has no `[platform.tls]`",
+                "add `[platform.tls]` with a certificate, or remove `redirect_http`",
             );
         }
         Platform {
@@ -291,7 +315,127 @@ impl<'a> Decoder<'a> {
                 .unwrap_or_else(defaults::drain_timeout),
             watch: self.boolean(s, "watch").unwrap_or(true),
             trusted_proxies: self.trusted_proxies(s),
+            normalize_path: self.boolean(s, "normalize_path").unwrap_or(true),
+            escaped_slashes: self.escaped_slashes(s),
+            auth_failure_limit: self.auth_failure_limit(s),
+            redirect_http,
+            tls,
         }
+    }
+
+    fn escaped_slashes(&mut self, s: &Section<'_>) -> EscapedSlashes {
+        match self.string(s, "escaped_slashes").as_deref() {
+            None | Some("reject") => EscapedSlashes::Reject,
+            Some("keep") => EscapedSlashes::Keep,
+            Some("decode") => EscapedSlashes::Decode,
+            Some(other) => {
+                self.bad_value(
+                    s,
+                    "escaped_slashes",
+                    format!("`{other}` is not an `escaped_slashes` action"),
+                    "use `reject` (the default), `keep` or `decode`",
+                );
+                EscapedSlashes::Reject
+            }
+        }
+    }
+
+    /// `auth_failure_limit = { requests, per }`, or `false` to turn it off.
+    fn auth_failure_limit(&mut self, s: &Section<'_>) -> Option<crate::policy::RateLimitPolicy> {
+        match s.table.get("auth_failure_limit") {
+            None => Some(defaults::auth_failure_limit()),
+            Some(item) if item.as_bool() == Some(false) => None,
+            Some(_) => {
+                let policy = self.rate_limit_at(s, "auth_failure_limit")?;
+                if policy.key != crate::policy::RateLimitKey::Ip {
+                    self.bad_value(
+                        s,
+                        "auth_failure_limit",
+                        "`auth_failure_limit` always counts by client address",
+                        "remove `key`",
+                    );
+                }
+                Some(policy)
+            }
+        }
+    }
+
+    /// `[platform.tls]`: `cert` + `key`, or `[[platform.tls.certs]]`.
+    fn tls(&mut self, platform: &Section<'_>, base_dir: &Path) -> Option<TlsConfig> {
+        let (_, item) = platform.table.get_key_value("tls")?;
+        let s = self.section(item, "[platform.tls]".into())?;
+        self.unknown_keys(&s, TLS_KEYS);
+        let mut certs = Vec::new();
+        let single = self.cert_files(
+            &s,
+            base_dir,
+            s.table.contains_key("cert") || s.table.contains_key("key"),
+        );
+        certs.extend(single);
+        if let Some((_, item)) = s.table.get_key_value("certs") {
+            for (index, table, span) in self.route_tables(item) {
+                let entry = Section {
+                    table,
+                    name: format!("[[platform.tls.certs]] #{}", index + 1),
+                    span,
+                };
+                self.unknown_keys(&entry, &["cert", "key"]);
+                certs.extend(self.cert_files(&entry, base_dir, true));
+            }
+        }
+        if certs.is_empty() && !s.table.contains_key("cert") && !s.table.contains_key("certs") {
+            self.sink.push(
+                ErrorCode::MissingKey,
+                s.span.clone(),
+                "[platform.tls] has no certificate".to_string(),
+                Some("add `cert = \"cert.pem\"` and `key = \"key.pem\"` (`gantry certs dev` makes a local pair), or `[[platform.tls.certs]]` entries".into()),
+            );
+        }
+        let client_ca = self.existing_file(&s, "client_ca", base_dir);
+        let hsts = self.duration(&s, "hsts");
+        Some(TlsConfig {
+            certs,
+            client_ca,
+            hsts,
+            hsts_subdomains: self.boolean(&s, "hsts_subdomains").unwrap_or(false),
+        })
+    }
+
+    /// `cert` and `key` of a section, both required when `wanted`.
+    fn cert_files(&mut self, s: &Section<'_>, base_dir: &Path, wanted: bool) -> Option<CertFiles> {
+        if !wanted {
+            return None;
+        }
+        for key in ["cert", "key"] {
+            if !s.table.contains_key(key) {
+                self.sink.push(
+                    ErrorCode::MissingKey,
+                    s.table_span(),
+                    format!("{} needs `{key}`", s.name),
+                    Some("give both `cert` (the PEM certificate chain) and `key` (its PEM private key)".into()),
+                );
+            }
+        }
+        let cert = self.existing_file(s, "cert", base_dir);
+        let key = self.existing_file(s, "key", base_dir);
+        Some(CertFiles {
+            cert: cert?,
+            key: key?,
+        })
+    }
+
+    /// A file path relative to the manifest's directory that must exist.
+    fn existing_file(&mut self, s: &Section<'_>, key: &str, base_dir: &Path) -> Option<PathBuf> {
+        let path = resolve(base_dir, Path::new(&self.string(s, key)?));
+        if !path.is_file() {
+            self.bad_value(
+                s,
+                key,
+                format!("`{}` does not exist", path.display()),
+                "the path is relative to the manifest's directory",
+            );
+        }
+        Some(path)
     }
 
     fn service_name(&mut self, name: &str, span: Option<Range<usize>>) {
@@ -403,9 +547,22 @@ impl<'a> Decoder<'a> {
                 );
             }
         }
+        let ca = self.existing_file(s, "ca", base_dir);
+        if ca.is_some() && !urls.iter().any(|u| u.starts_with("https://")) {
+            self.bad_value(
+                s,
+                "ca",
+                format!(
+                    "`ca` in {} applies to `https://` urls, and it has none",
+                    s.name
+                ),
+                "use `https://` in `urls`, or remove `ca`",
+            );
+        }
         Service {
             owner: self.string(s, "owner"),
             urls,
+            ca,
             command,
             instances: instances.unwrap_or(1) as u32,
             workdir: Some(resolve(
@@ -473,14 +630,13 @@ pub(super) fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-/// Upstream URLs are plain `http://host:port` bases.
+/// Upstream URLs are `http://host:port` or `https://host:port` bases.
 fn check_upstream_url(url: &str) -> Result<(), &'static str> {
-    let Some(rest) = url.strip_prefix("http://") else {
-        return Err(if url.starts_with("https://") {
-            "uses https, which upstreams do not support yet"
-        } else {
-            "is not an http:// URL"
-        });
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
+        return Err("is not an http:// or https:// URL");
     };
     let authority = rest.trim_end_matches('/');
     if authority.is_empty() || authority.contains(['/', '?', '#', '@', ' ']) {

@@ -294,7 +294,16 @@ impl Decoder<'_> {
     }
 
     pub(super) fn rate_limit(&mut self, route: &Section<'_>) -> Option<RateLimitPolicy> {
-        let s = self.nested(route, "rate_limit")?;
+        self.rate_limit_at(route, "rate_limit")
+    }
+
+    /// A `{ requests, per, burst, key }` table at `name` in `parent`.
+    pub(super) fn rate_limit_at(
+        &mut self,
+        parent: &Section<'_>,
+        name: &str,
+    ) -> Option<RateLimitPolicy> {
+        let s = self.nested(parent, name)?;
         self.unknown_keys(&s, RATE_LIMIT_KEYS);
         let requests = if s.table.contains_key("requests") {
             self.integer(&s, "requests", 1, 1_000_000_000)? as u32

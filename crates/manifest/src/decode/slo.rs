@@ -164,11 +164,11 @@ impl Decoder<'_> {
         };
         let otlp_endpoint = self.string(&s, "otlp_endpoint");
         if let Some(url) = &otlp_endpoint {
-            if !url.starts_with("http://") {
+            if !url.starts_with("http://") && !url.starts_with("https://") {
                 self.bad_value(
                     &s,
                     "otlp_endpoint",
-                    format!("`{url}` is not an http:// URL"),
+                    format!("`{url}` is not an http:// or https:// URL"),
                     "give the collector's OTLP address, e.g. `http://127.0.0.1:4318` (HTTP) or `http://127.0.0.1:4317` (gRPC)",
                 );
             }
