@@ -407,7 +407,7 @@ impl gantry_functions::Resolve for Grants {
     fn service(&self, service: &str) -> Option<String> {
         let services = self.directory.load();
         let instance = services.get(service)?.pick(None)?.clone();
-        Some(format!("http://{}", instance.authority))
+        Some(format!("{}://{}", instance.scheme(), instance.authority))
     }
 
     fn platform_api(&self) -> Option<String> {

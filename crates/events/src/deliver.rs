@@ -115,7 +115,7 @@ impl Deliverer {
 
         let event = CloudEvent::from_stored(&pending.event.json).map_err(|e| e.to_string())?;
         let (headers, body) = event.to_binary();
-        let uri = format!("http://{}{}", instance.authority, path);
+        let uri = format!("{}://{}{}", instance.scheme(), instance.authority, path);
         let mut request = Request::post(uri)
             .body(Full::new(body))
             .map_err(|e| format!("cannot build the request: {e}"))?;
@@ -141,7 +141,11 @@ impl Deliverer {
         }
 
         let exchange = async {
-            let response = self.client.request(request).await.map_err(|e| {
+            let sent = match &instance.tls {
+                Some(tls) => tls.client.request(request),
+                None => self.client.request(request),
+            };
+            let response = sent.await.map_err(|e| {
                 let mut reason = e.to_string();
                 if let Some(source) = std::error::Error::source(&e) {
                     reason = format!("{reason}: {source}");

@@ -99,7 +99,7 @@ fn bad_values_say_how_to_write_them() {
     let d = errors("[services.orders]\nurls = [\"ftp://x\"]\n");
     assert_reports(
         &d,
-        "gantry.toml:2:9: error[M006]: `ftp://x` in [services.orders] is not an http:// URL",
+        "gantry.toml:2:9: error[M006]: `ftp://x` in [services.orders] is not an http:// or https:// URL",
     );
 }
 
@@ -485,4 +485,38 @@ fn telemetry_mistakes_name_the_key_and_the_fix() {
     assert_reports(&d, "`thrift` is not an OTLP protocol Gantry speaks");
     assert_reports(&d, "use `http/protobuf` or `grpc`");
     assert_reports(&d, "`soon` is not a duration");
+}
+
+#[test]
+fn edge_and_tls_mistakes_are_explained() {
+    let d = errors(
+        "[platform]\nescaped_slashes = \"drop\"\nredirect_http = \"127.0.0.1:80\"\nauth_failure_limit = { requests = 5, per = \"1m\", key = \"header:x\" }\n",
+    );
+    assert_reports(
+        &d,
+        "gantry.toml:2:19: error[M006]: `drop` is not an `escaped_slashes` action",
+    );
+    assert_reports(&d, "use `reject` (the default), `keep` or `decode`");
+    assert_reports(
+        &d,
+        "`redirect_http` redirects to https, but the gateway has no `[platform.tls]`",
+    );
+    assert_reports(&d, "`auth_failure_limit` always counts by client address");
+
+    let d = errors("[platform.tls]\ncert = \"missing.pem\"\n");
+    assert_reports(&d, "[platform.tls] needs `key`");
+    assert_reports(&d, "missing.pem` does not exist");
+
+    let d = errors("[platform.tls]\n");
+    assert_reports(&d, "[platform.tls] has no certificate");
+    assert_reports(&d, "gantry certs dev");
+
+    let d = errors(
+        "[services.app]\nurls = [\"http://127.0.0.1:1\"]\nca = \"ca.pem\"\n\n[[routes]]\npath = \"/*\"\nto = \"app\"\nauth = \"mtls\"\n",
+    );
+    assert_reports(
+        &d,
+        "route `/*` needs client certificates but `[platform.tls]` has no `client_ca`",
+    );
+    assert_reports(&d, "`ca` in [services.app] applies to `https://` urls");
 }

@@ -31,12 +31,29 @@ pub struct Instance {
 }
 
 /// How Gantry talks TLS to an `https://` instance.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct UpstreamTls {
     /// Roots (the system's, or the service's `ca`), ALPN `http/1.1`.
     pub config: Arc<gantry_tls::rustls::ClientConfig>,
     /// The name sent as SNI and checked against the certificate.
     pub server_name: gantry_tls::rustls::pki_types::ServerName<'static>,
+    /// A pooled client verifying with `config`, for the callers that send
+    /// whole bodies (event delivery, saga steps); one per service.
+    pub client: TlsClient,
+}
+
+/// The pooled https client of a service with `https://` instances.
+pub type TlsClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    http_body_util::Full<bytes::Bytes>,
+>;
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Passive health: failures in a row, and the current ejection.

@@ -69,20 +69,27 @@ impl ServiceHandle {
         let mut tasks = JoinSet::new();
         let mut instances = Vec::new();
         // `https://` instances are verified against the system's roots or `ca`.
-        let tls_config =
-            if config.urls.iter().any(|u| u.starts_with("https://")) {
-                let config = gantry_tls::client_config(config.ca.as_deref(), &[b"http/1.1"])
-                    .map_err(|e| StartError::Tls {
+        let tls_config = if config.urls.iter().any(|u| u.starts_with("https://")) {
+            let config =
+                gantry_tls::client_config(config.ca.as_deref(), &[b"http/1.1"]).map_err(|e| {
+                    StartError::Tls {
                         service: name.to_string(),
                         why: e.to_string(),
-                    })?;
-                Some(config)
-            } else {
-                None
-            };
+                    }
+                })?;
+            let client =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .pool_idle_timeout(std::time::Duration::from_secs(30))
+                    .build(gantry_tls::https_connector_with(config.clone()));
+            Some((config, client))
+        } else {
+            None
+        };
         let probe = config.health.clone().map(|path| Probe::Http {
             path,
-            client: Box::new(health::http_client(tls_config.clone())),
+            client: Box::new(health::http_client(
+                tls_config.as_ref().map(|(c, _)| c.clone()),
+            )),
         });
 
         // The health-check loop of one instance.
@@ -144,7 +151,7 @@ impl ServiceHandle {
                     let authority =
                         Authority::try_from(rest.trim_end_matches('/')).map_err(|_| bad_url())?;
                     let tls = match (&tls_config, secure) {
-                        (Some(config), true) => {
+                        (Some((config, client)), true) => {
                             let host = authority
                                 .host()
                                 .trim_start_matches('[')
@@ -156,6 +163,7 @@ impl ServiceHandle {
                             Some(UpstreamTls {
                                 config: config.clone(),
                                 server_name,
+                                client: client.clone(),
                             })
                         }
                         _ => None,

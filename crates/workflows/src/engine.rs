@@ -380,7 +380,12 @@ async fn call(
     let parent = traceparent(instance);
     let mut request = Request::builder()
         .method(method.as_str())
-        .uri(format!("http://{}{}", target.authority, path))
+        .uri(format!(
+            "{}://{}{}",
+            target.scheme(),
+            target.authority,
+            path
+        ))
         .header(http::header::HOST, target.host_header.clone())
         .header(
             IDEMPOTENCY_HEADER,
@@ -405,7 +410,11 @@ async fn call(
         .map_err(|e| Failure::Fatal(format!("cannot build the request: {e}")))?;
 
     let exchange = async {
-        let response = inner.client.request(request).await.map_err(|e| {
+        let sent = match &target.tls {
+            Some(tls) => tls.client.request(request),
+            None => inner.client.request(request),
+        };
+        let response = sent.await.map_err(|e| {
             Failure::Retryable(format!(
                 "cannot reach {service} at {}: {e}",
                 target.authority
