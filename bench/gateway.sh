@@ -4,6 +4,7 @@
 #
 #   bash bench/gateway.sh            # defaults below; needs nginx and wrk
 #   RUNS=5 DURATION=15s bash bench/gateway.sh
+#   TLS=0 bash bench/gateway.sh      # without the HTTPS case (bench/tls.sh)
 #
 # Targets: gantry (resilience stack on), gantry-bare (all of it off),
 # gantry-edge (JWT + per-subject rate limit + request ids), nginx, and HAProxy
@@ -45,28 +46,14 @@ cleanup() {
 trap cleanup EXIT
 
 echo "building gantry (release)..." >&2
-(cd "$ROOT" && cargo build --release -q -p gantry-cli)
+# Built as the README builds it (whole workspace, same target dir): a `-p`
+# build unifies features differently and rebuilds wasmtime.
+(cd "$ROOT" && cargo build --release -q)
 GANTRY="$ROOT/target/release/gantry"
+source "$ROOT/bench/lib.sh"   # start_upstream
 
-head -c 1024 /dev/zero | tr '\0' 'x' > "$WORK/body"
 mkdir -p "$WORK/logs"
-
-# The upstream: nginx answering 1 KiB from memory, on core 1.
-cat > "$WORK/upstream.conf" <<CONF
-worker_processes 1;
-pid $WORK/upstream.pid;
-error_log $WORK/logs/upstream.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:$UPSTREAM_PORT;
-    location / { return 200 '$(cat "$WORK/body")'; }
-  }
-}
-CONF
-taskset -c 1 nginx -p "$WORK" -c "$WORK/upstream.conf"
+start_upstream "$WORK" "$UPSTREAM_PORT"
 
 # nginx as the peer proxy, on core 0.
 cat > "$WORK/nginx.conf" <<CONF
@@ -297,3 +284,14 @@ for tool, title in (("wrk", "peak throughput, wrk --latency (unbounded)"), ("oha
                   f"p99 {med([x[2] for x in g]) / med([x[2] for x in n]):.2f}x")
         print()
 PY
+
+# The HTTPS case: Gantry and nginx terminating TLS (bench/tls.sh), after
+# everything above has stopped.
+if [ "${TLS:-1}" != 0 ]; then
+  cleanup
+  trap - EXIT
+  echo
+  echo "## HTTPS"
+  echo
+  exec bash "$ROOT/bench/tls.sh"
+fi

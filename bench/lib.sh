@@ -20,3 +20,27 @@ cpu_seconds() {
     echo ""
   fi
 }
+
+# The proxies' upstream: nginx answering 1 KiB from memory on 127.0.0.1:$2,
+# one worker pinned to core 1, its pid in $1/upstream.pid and its errors in
+# $1/logs/upstream.err.
+start_upstream() {
+  local work=$1 port=$2
+  mkdir -p "$work/logs"
+  head -c 1024 /dev/zero | tr '\0' 'x' > "$work/body"
+  cat > "$work/upstream.conf" <<CONF
+worker_processes 1;
+pid $work/upstream.pid;
+error_log $work/logs/upstream.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$port;
+    location / { return 200 '$(cat "$work/body")'; }
+  }
+}
+CONF
+  taskset -c 1 nginx -p "$work" -c "$work/upstream.conf"
+}

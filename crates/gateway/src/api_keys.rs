@@ -6,13 +6,16 @@
 //! that (their secrets came from a fast, predictable generator) are marked
 //! `rotate` in listings.
 //!
-//! Lookups go through a small in-memory cache (hits and misses, by hash) so a
-//! busy route does not query SQLite per request. An entry lives at most
-//! [`CACHE_TTL`], and a revocation through this store drops it at once, so a
-//! revoked key stops working within a second even when revoked elsewhere.
+//! Valid keys are cached in memory (by hash) so a busy route does not query
+//! SQLite per request. An entry lives at most [`CACHE_TTL`], and a revocation
+//! through this store drops the cache at once, so a revoked key stops working
+//! within a second even when revoked elsewhere. Misses are not cached: a
+//! flood of made-up keys cannot churn the cache (the failed-authentication
+//! limit throttles it before it reaches the store).
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -31,13 +34,15 @@ const SCHEME_CSPRNG: i64 = 2;
 #[derive(Clone)]
 pub struct ApiKeys {
     connection: Arc<Mutex<Connection>>,
-    /// Consumer (or `None`: no such active key) by key hash, and when looked up.
+    /// Consumers of valid keys by key hash, and when they were looked up.
     cache: Arc<Mutex<KeyCache>>,
+    /// Bumped by every revocation: a lookup that started before one does not
+    /// put what it read into the cache.
+    generation: Arc<AtomicU64>,
 }
 
-/// Answers by key hash: the consumer (or `None`: no such active key), and
-/// when it was looked up.
-type KeyCache = HashMap<[u8; 32], (Option<Arc<str>>, Instant)>;
+/// Consumers of valid keys by key hash, and when they were looked up.
+type KeyCache = HashMap<[u8; 32], (Arc<str>, Instant)>;
 
 impl std::fmt::Debug for ApiKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -91,6 +96,7 @@ impl ApiKeys {
         Ok(ApiKeys {
             connection,
             cache: Arc::default(),
+            generation: Arc::default(),
         })
     }
 
@@ -154,6 +160,7 @@ impl ApiKeys {
             .map_err(|e| e.to_string())?;
         drop(connection);
         // The cache is keyed by hash, which the id does not give: start over.
+        self.generation.fetch_add(1, Ordering::SeqCst);
         self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
         Ok(changed > 0)
     }
@@ -170,9 +177,10 @@ impl ApiKeys {
             .get(&digest)
         {
             if now.duration_since(*at) < CACHE_TTL {
-                return Ok(consumer.clone());
+                return Ok(Some(consumer.clone()));
             }
         }
+        let generation = self.generation.load(Ordering::SeqCst);
         let keys = self.clone();
         let found = tokio::task::spawn_blocking(move || {
             let connection = keys.connection.lock().unwrap_or_else(|e| e.into_inner());
@@ -188,14 +196,18 @@ impl ApiKeys {
         .await
         .map_err(|e| format!("the API key lookup failed: {e}"))??
         .map(Arc::<str>::from);
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.len() >= CACHE_CAPACITY {
-            cache.retain(|_, (_, at)| now.duration_since(*at) < CACHE_TTL);
-            if cache.len() >= CACHE_CAPACITY {
-                cache.clear();
+        if let Some(consumer) = &found {
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            if self.generation.load(Ordering::SeqCst) == generation {
+                if cache.len() >= CACHE_CAPACITY {
+                    cache.retain(|_, (_, at)| now.duration_since(*at) < CACHE_TTL);
+                    if cache.len() >= CACHE_CAPACITY {
+                        cache.clear();
+                    }
+                }
+                cache.insert(digest, (consumer.clone(), now));
             }
         }
-        cache.insert(digest, (found.clone(), now));
         Ok(found)
     }
 }
@@ -234,5 +246,29 @@ mod tests {
         assert_ne!(fresh.key, keys.create("new").unwrap().key);
         // Opening again does not try to add the column twice.
         ApiKeys::open(dir.path()).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_key_revoked_by_another_process_stops_working_after_the_cache_ttl() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = ApiKeys::open(dir.path()).unwrap();
+        let key = keys.create("shop").unwrap();
+        assert_eq!(
+            keys.consumer(&key.key).await.unwrap().as_deref(),
+            Some("shop")
+        );
+        // Another Gantry (another connection to the same database) revokes it.
+        let elsewhere = ApiKeys::open(dir.path()).unwrap();
+        assert!(elsewhere.revoke(&key.info.id).unwrap());
+        // This one still has it cached, for at most CACHE_TTL.
+        assert_eq!(
+            keys.consumer(&key.key).await.unwrap().as_deref(),
+            Some("shop")
+        );
+        tokio::time::sleep(CACHE_TTL + Duration::from_millis(50)).await;
+        assert_eq!(keys.consumer(&key.key).await.unwrap(), None);
+        // Made-up keys are not cached.
+        assert_eq!(keys.consumer("gk_made_up").await.unwrap(), None);
+        assert!(!keys.cache.lock().unwrap().contains_key(&hash("gk_made_up")));
     }
 }

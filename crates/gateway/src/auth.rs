@@ -67,9 +67,29 @@ pub(crate) enum Denied {
     Forbidden { missing: Vec<String> },
 }
 
+impl Denied {
+    /// Whether the client sent a token at all.
+    pub(crate) fn token_given(&self) -> bool {
+        match self {
+            Denied::Unauthenticated { token_given, .. } => *token_given,
+            Denied::Forbidden { .. } => true,
+        }
+    }
+}
+
 impl JwtVerifier {
     pub(crate) fn new(config: &JwtConfig) -> Result<JwtVerifier, String> {
         let keys = config.keys.iter().map(load_key).collect::<Result<_, _>>()?;
+        if let Some(url) = &config.jwks_url {
+            let loopback = url
+                .parse::<http::Uri>()
+                .ok()
+                .and_then(|u| u.host().map(str::to_string))
+                .is_some_and(|h| h == "localhost" || h == "127.0.0.1" || h == "[::1]");
+            if url.starts_with("http://") && !loopback {
+                tracing::warn!(target: "gantry::auth", %url, "the JWKS is fetched over plain http: anyone on the path can substitute signing keys; serve it over https");
+            }
+        }
         Ok(JwtVerifier {
             keys,
             jwks: config.jwks_url.clone().map(|url| Jwks {
@@ -241,10 +261,19 @@ fn critical_extensions(token: &str) -> Option<String> {
         .decode(encoded.trim_end_matches('='))
         .ok()?;
     let header: Map<String, Value> = serde_json::from_slice(&bytes).ok()?;
+    // The names are the client's: only token characters are echoed (they
+    // end up in a quoted `WWW-Authenticate` parameter).
+    let printable = |name: &str| -> String {
+        name.chars()
+            .filter(|c| c.is_ascii_alphanumeric() || "-_.+".contains(*c))
+            .take(40)
+            .collect()
+    };
     header.get("crit").map(|crit| match crit {
         Value::Array(names) if !names.is_empty() => names
             .iter()
-            .map(|n| n.as_str().unwrap_or("?"))
+            .take(5)
+            .map(|n| n.as_str().map_or_else(|| "?".to_string(), printable))
             .collect::<Vec<_>>()
             .join(", "),
         _ => "malformed".to_string(),

@@ -56,8 +56,9 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 pub struct Peer {
     pub addr: SocketAddr,
     ip: HeaderValue,
-    /// The address as an RFC 7239 `for=` value (IPv6 quoted and bracketed).
-    forwarded_for: String,
+    /// This hop's RFC 7239 element without the host: `for=ADDR;proto=SCHEME`
+    /// (an IPv6 address quoted and bracketed), made once per connection.
+    forwarded: String,
     /// Set when the connection came over TLS.
     pub tls: Option<Arc<TlsSession>>,
 }
@@ -73,22 +74,29 @@ impl Peer {
     pub fn new(addr: SocketAddr) -> Peer {
         let ip = HeaderValue::from_str(&addr.ip().to_string())
             .expect("an IP address is a valid header value");
-        let forwarded_for = match addr.ip() {
-            std::net::IpAddr::V4(v4) => v4.to_string(),
-            std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
-        };
-        Peer {
+        let mut peer = Peer {
             addr,
             ip,
-            forwarded_for,
+            forwarded: String::new(),
             tls: None,
-        }
+        };
+        peer.forwarded = peer.forwarded_element();
+        peer
     }
 
     /// The same peer, over TLS.
     pub fn with_tls(mut self, session: TlsSession) -> Peer {
         self.tls = Some(Arc::new(session));
+        self.forwarded = self.forwarded_element();
         self
+    }
+
+    fn forwarded_element(&self) -> String {
+        let proto = self.scheme();
+        match self.addr.ip() {
+            std::net::IpAddr::V4(v4) => format!("for={v4};proto={proto}"),
+            std::net::IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto={proto}"),
+        }
     }
 
     /// `https` or `http`: what the client used to reach Gantry.
@@ -153,7 +161,8 @@ pub(crate) fn add_forwarded(
 ) {
     let proto = client.scheme();
     let host_text = host.and_then(|h| h.to_str().ok());
-    let mut element = format!("for={};proto={proto}", client.forwarded_for);
+    let mut element = String::with_capacity(client.forwarded.len() + 40);
+    element.push_str(&client.forwarded);
     if let Some(host) = host_text.filter(|h| !h.contains(['"', '\\'])) {
         element.push_str(";host=\"");
         element.push_str(host);

@@ -302,10 +302,20 @@ impl Gateway {
             .as_ref()
             .filter(|_| route.auth != AuthMode::None);
         let client_addr = client_ip(client, &parts.headers, &table.trusted_proxies);
-        if let Some(limiter) = failures {
-            if let Decision::Limited { retry_after } =
-                limiter.peek(&client_addr.to_string(), Instant::now())
-            {
+        let failure_key = failures.map(|_| failure_key(client_addr));
+        // A request that presents credentials takes one failure token before
+        // they are checked and gives it back if they are good, so concurrent
+        // guesses cannot all slip past the limit; a request without any only
+        // looks (it is refused below, but it is not guessing).
+        let presents_credentials = credentials_presented(route, &parts);
+        if let (Some(limiter), Some(key)) = (failures, &failure_key) {
+            let now = Instant::now();
+            let decision = if presents_credentials {
+                limiter.check(key, now)
+            } else {
+                limiter.peek(key, now)
+            };
+            if let Decision::Limited { retry_after } = decision {
                 let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
                 let detail = format!(
                     "too many failed authentications from {client_addr}; try again in {seconds}s"
@@ -318,14 +328,21 @@ impl Gateway {
             }
         }
 
-        // The route's rate limit, before credentials are checked, unless it
-        // counts by a claim of the credentials.
+        // Headers only Gantry may set (any route's `forward_claims`) are
+        // removed first, whatever happens next: a client cannot send its own
+        // copy to this route's service, nor key a `header:` limit on one.
+        for header in &table.claim_headers {
+            parts.headers.remove(header);
+        }
+
+        // A rate limit by client address runs before credentials are checked;
+        // one by header or claim after (the header may be a forwarded claim).
         let mut rate_headers = None;
-        let by_claim = route
+        let after_auth = route
             .rate_limit
             .as_ref()
-            .is_some_and(|l| matches!(l.policy.key, RateLimitKey::Claim(_)));
-        if !by_claim {
+            .is_some_and(|l| !matches!(l.policy.key, RateLimitKey::Ip));
+        if !after_auth {
             if let Err(response) = self.rate_limit(
                 route,
                 &parts,
@@ -339,29 +356,37 @@ impl Gateway {
             }
         }
 
-        // Authentication. Copies of forwarded-claim headers sent by the client
-        // are removed whatever happens: only Gantry may set them.
-        for (_, header) in &route.forward_claims {
-            parts.headers.remove(header);
-        }
+        // Authentication.
         let claims = match self
             .authenticate(route, &table, &parts, client, &path, &request_id)
             .await
         {
-            Ok(claims) => claims,
-            Err(response) => {
-                if response.status() == http::StatusCode::UNAUTHORIZED {
-                    if let Some(limiter) = failures {
-                        limiter.check(&client_addr.to_string(), Instant::now());
-                    }
+            Ok(claims) => {
+                if let (true, Some(limiter), Some(key)) =
+                    (presents_credentials, failures, &failure_key)
+                {
+                    limiter.refund(key, Instant::now());
                 }
-                return outcome.finish(response, &backend.metrics);
+                claims
+            }
+            Err(refusal) => {
+                // Only credentials that were presented and refused (401) keep
+                // their token: a valid token lacking a scope (403) or a store
+                // failure (503) is not a guess.
+                let guessed = refusal.credentials_given
+                    && refusal.response.status() == http::StatusCode::UNAUTHORIZED;
+                if let (true, false, Some(limiter), Some(key)) =
+                    (presents_credentials, guessed, failures, &failure_key)
+                {
+                    limiter.refund(key, Instant::now());
+                }
+                return outcome.finish(refusal.response, &backend.metrics);
             }
         };
         if let Some(claims) = &claims {
             forward_claims(&mut parts.headers, claims, &route.forward_claims);
         }
-        if by_claim {
+        if after_auth {
             if let Err(response) = self.rate_limit(
                 route,
                 &parts,
@@ -454,6 +479,37 @@ impl Gateway {
             return outcome.finish(response, &backend.metrics);
         }
 
+        // The request as the upstream gets it (from the service, or from a
+        // fallback service if admission refuses it): rewritten path,
+        // hop-by-hop headers gone, forwarding headers set by Gantry.
+        let Some(uri) = route.upstream_uri(&parts.uri, &matched) else {
+            // Only a rewrite can produce this, from captured segments.
+            let detail = "the rewritten upstream path is not a valid URI".to_string();
+            return outcome.finish(
+                Problem::NoRoute.respond(detail, &path, &request_id),
+                &backend.metrics,
+            );
+        };
+        let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        parts.uri = uri;
+        parts.version = Version::HTTP_11;
+        strip_hop_by_hop(&mut parts.headers);
+        let peer_trusted = is_trusted(&table.trusted_proxies, &client.addr.ip());
+        add_forwarded(
+            &mut parts.headers,
+            client,
+            original_host.as_ref(),
+            peer_trusted,
+        );
+        parts.headers.insert(REQUEST_ID, request_id.clone());
+        parts.headers.insert(TRACEPARENT, trace.traceparent());
+        route.shaping.request.apply(&mut parts.headers);
+
         // Phase 3: admission. The bulkhead caps requests in flight to the
         // service (the count also keeps a reload from stopping the service
         // under this request); the breaker refuses while the service fails.
@@ -495,34 +551,6 @@ impl Gateway {
         };
 
         // Phase 4: forward, retrying what may be retried.
-        let Some(uri) = route.upstream_uri(&parts.uri, &matched) else {
-            // Only a rewrite can produce this, from captured segments.
-            let detail = "the rewritten upstream path is not a valid URI".to_string();
-            return outcome.finish(
-                Problem::NoRoute.respond(detail, &path, &request_id),
-                &backend.metrics,
-            );
-        };
-        let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
-        parts.uri = uri;
-        parts.version = Version::HTTP_11;
-        strip_hop_by_hop(&mut parts.headers);
-        let peer_trusted = is_trusted(&table.trusted_proxies, &client.addr.ip());
-        add_forwarded(
-            &mut parts.headers,
-            client,
-            original_host.as_ref(),
-            peer_trusted,
-        );
-        parts.headers.insert(REQUEST_ID, request_id.clone());
-        parts.headers.insert(TRACEPARENT, trace.traceparent());
-        route.shaping.request.apply(&mut parts.headers);
-
         let idempotent = is_idempotent(&parts.method, &parts.headers);
         // A body is read ahead (when small and of known length) if the request
         // may be sent more than once: retried, or mirrored to a shadow.
@@ -650,7 +678,13 @@ impl Gateway {
         client: &Peer,
         path: &str,
         request_id: &HeaderValue,
-    ) -> Result<Option<serde_json::Map<String, serde_json::Value>>, Response<GatewayBody>> {
+    ) -> Result<Option<serde_json::Map<String, serde_json::Value>>, Box<Refusal>> {
+        let refuse = |response: Response<GatewayBody>, credentials_given: bool| {
+            Box::new(Refusal {
+                response,
+                credentials_given,
+            })
+        };
         match route.auth {
             AuthMode::None => Ok(None),
             AuthMode::ApiKey => {
@@ -670,11 +704,12 @@ impl Gateway {
                 let consumer = match (&presented, self.inner.api_keys.get()) {
                     (Some(key), Some(keys)) => keys.consumer(key).await.map_err(|why| {
                         tracing::error!(target: "gantry::gateway", route = %route.label, "{why}");
-                        Problem::StoreUnavailable.respond(
+                        let response = Problem::StoreUnavailable.respond(
                             "the API key store cannot be read; try again shortly".into(),
                             path,
                             request_id,
-                        )
+                        );
+                        refuse(response, false)
                     })?,
                     _ => None,
                 };
@@ -690,7 +725,7 @@ impl Gateway {
                         header::WWW_AUTHENTICATE,
                         HeaderValue::from_static("ApiKey realm=\"gantry\""),
                     );
-                    return Err(response);
+                    return Err(refuse(response, presented.is_some()));
                 };
                 let mut verified = serde_json::Map::new();
                 verified.insert("sub".into(), consumer.as_ref().into());
@@ -699,11 +734,15 @@ impl Gateway {
             AuthMode::Jwt => {
                 let Some(verifier) = &table.jwt else {
                     let detail = "the route needs JWTs but no [jwt] keys are loaded".to_string();
-                    return Err(Problem::Unauthenticated.respond(detail, path, request_id));
+                    let response = Problem::Unauthenticated.respond(detail, path, request_id);
+                    return Err(refuse(response, false));
                 };
                 match verifier.check(&parts.headers, &route.scopes).await {
                     Ok(verified) => Ok(Some(verified)),
-                    Err(denied) => Err(deny(denied, path, request_id)),
+                    Err(denied) => {
+                        let given = denied.token_given();
+                        Err(refuse(deny(denied, path, request_id), given))
+                    }
                 }
             }
             AuthMode::Mtls => {
@@ -714,7 +753,9 @@ impl Gateway {
                     } else {
                         "this route needs a client certificate, over https"
                     };
-                    return Err(Problem::Unauthenticated.respond(detail.into(), path, request_id));
+                    let response =
+                        Problem::Unauthenticated.respond(detail.into(), path, request_id);
+                    return Err(refuse(response, false));
                 };
                 Ok(Some(crate::auth::certificate_claims(identity)))
             }
@@ -775,6 +816,44 @@ impl Gateway {
                 headers.insert(RATELIMIT, rate_limit_header(0, retry_after));
                 Err(Box::new(response))
             }
+        }
+    }
+}
+
+/// Whether the request carries the credentials its route asks for (checked
+/// or not): an API key in its place, or an `Authorization` header.
+fn credentials_presented(route: &CompiledRoute, parts: &http::request::Parts) -> bool {
+    match route.auth {
+        AuthMode::ApiKey => match &route.api_key_from {
+            ApiKeySource::Header(name) => parts.headers.contains_key(name.as_str()),
+            ApiKeySource::Query(name) => parts.uri.query().is_some_and(|q| {
+                q.split('&')
+                    .any(|pair| pair.split_once('=').is_some_and(|(k, _)| k == name))
+            }),
+        },
+        AuthMode::Jwt => parts.headers.contains_key(header::AUTHORIZATION),
+        // A client certificate was verified in the handshake already.
+        AuthMode::Mtls | AuthMode::None => false,
+    }
+}
+
+/// Why [`Gateway::authenticate`] refused a request.
+struct Refusal {
+    /// The 401, 403 or 503 to answer.
+    response: Response<GatewayBody>,
+    /// Whether the client presented credentials (which were refused), as
+    /// opposed to sending none.
+    credentials_given: bool,
+}
+
+/// What failed authentications are counted by: the client's address, and for
+/// IPv6 its /64 (one host usually holds a whole /64 and could rotate within it).
+fn failure_key(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
         }
     }
 }

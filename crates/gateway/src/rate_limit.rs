@@ -74,35 +74,40 @@ impl RateLimiter {
     /// Whether a request of `key` at `now` would be allowed, without counting it.
     pub(crate) fn peek(&self, key: &str, now: Instant) -> Decision {
         let shard = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
-        let tat = shard
-            .keys
-            .get(key)
-            .copied()
-            .filter(|tat| *tat > now)
-            .unwrap_or(now);
-        let fill = (tat + self.interval).duration_since(now);
-        if fill > self.capacity {
-            Decision::Limited {
-                retry_after: fill - self.capacity,
-            }
-        } else {
-            Decision::Allowed {
-                remaining: ((self.capacity - fill).as_nanos() / self.interval.as_nanos().max(1))
-                    as u32,
-                reset: fill,
-            }
-        }
-    }
-
-    fn shard(&self, key: &str) -> &Mutex<Shard> {
-        let mut hasher = DefaultHasher::new();
-        key.hash(&mut hasher);
-        &self.shards[hasher.finish() as usize % SHARDS]
+        self.decide(&shard, key, now).0
     }
 
     /// Counts a request of `key` at `now`, if the limit allows it.
     pub(crate) fn check(&self, key: &str, now: Instant) -> Decision {
         let mut shard = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
+        let (decision, next) = self.decide(&shard, key, now);
+        if let Decision::Allowed { .. } = decision {
+            shard.keys.insert(key.to_string(), next);
+            if shard.keys.len() > shard.sweep_at {
+                shard.keys.retain(|_, tat| *tat > now);
+                shard.sweep_at = (shard.keys.len() * 2).max(SWEEP_AT);
+            }
+        }
+        decision
+    }
+
+    /// Gives back what one allowed request of `key` took (it turned out not
+    /// to count, e.g. its credentials were good).
+    pub(crate) fn refund(&self, key: &str, now: Instant) {
+        let mut shard = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tat) = shard.keys.get_mut(key) {
+            match tat.checked_sub(self.interval) {
+                Some(earlier) if earlier > now => *tat = earlier,
+                _ => {
+                    shard.keys.remove(key);
+                }
+            }
+        }
+    }
+
+    /// The decision for a request of `key` at `now`, and the key's TAT if
+    /// the request is counted.
+    fn decide(&self, shard: &Shard, key: &str, now: Instant) -> (Decision, Instant) {
         let tat = shard
             .keys
             .get(key)
@@ -112,22 +117,24 @@ impl RateLimiter {
         let next = tat + self.interval;
         // The request fits if the bucket, after it, holds at most `capacity`.
         let fill = next.duration_since(now);
-        if fill > self.capacity {
-            return Decision::Limited {
+        let decision = if fill > self.capacity {
+            Decision::Limited {
                 retry_after: fill - self.capacity,
-            };
-        }
-        shard.keys.insert(key.to_string(), next);
-        if shard.keys.len() > shard.sweep_at {
-            shard.keys.retain(|_, tat| *tat > now);
-            shard.sweep_at = (shard.keys.len() * 2).max(SWEEP_AT);
-        }
-        let remaining =
-            ((self.capacity - fill).as_nanos() / self.interval.as_nanos().max(1)) as u32;
-        Decision::Allowed {
-            remaining,
-            reset: fill,
-        }
+            }
+        } else {
+            Decision::Allowed {
+                remaining: ((self.capacity - fill).as_nanos() / self.interval.as_nanos().max(1))
+                    as u32,
+                reset: fill,
+            }
+        };
+        (decision, next)
+    }
+
+    fn shard(&self, key: &str) -> &Mutex<Shard> {
+        let mut hasher = DefaultHasher::new();
+        key.hash(&mut hasher);
+        &self.shards[hasher.finish() as usize % SHARDS]
     }
 
     /// The `RateLimit-Policy` header value.
@@ -210,5 +217,28 @@ mod tests {
             limiter.check(&format!("other-{i}"), later);
         }
         assert!(limiter.keys() < 150_000, "{} keys kept", limiter.keys());
+    }
+
+    #[test]
+    fn a_refund_gives_back_one_request() {
+        let limiter = RateLimiter::new(RateLimitPolicy {
+            requests: 2,
+            per: Duration::from_secs(60),
+            burst: 2,
+            key: gantry_manifest::RateLimitKey::Ip,
+        });
+        let now = Instant::now();
+        assert!(matches!(limiter.check("a", now), Decision::Allowed { .. }));
+        assert!(matches!(limiter.check("a", now), Decision::Allowed { .. }));
+        assert!(matches!(limiter.peek("a", now), Decision::Limited { .. }));
+        limiter.refund("a", now);
+        assert!(matches!(limiter.peek("a", now), Decision::Allowed { .. }));
+        assert!(matches!(limiter.check("a", now), Decision::Allowed { .. }));
+        assert!(matches!(limiter.check("a", now), Decision::Limited { .. }));
+        limiter.refund("b", now); // unknown keys are left alone
+        limiter.refund("a", now);
+        limiter.refund("a", now);
+        limiter.refund("a", now);
+        assert_eq!(limiter.keys(), 0, "a fully refunded key is forgotten");
     }
 }

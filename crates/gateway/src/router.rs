@@ -91,6 +91,9 @@ pub struct RouteTable {
     pub(crate) trusted_proxies: Vec<ipnet::IpNet>,
     /// What happens before routing, from `[platform]`.
     pub(crate) edge: Edge,
+    /// Every header some route's `forward_claims` sets: removed from every
+    /// request, so no client can pose as a verified identity on any route.
+    pub(crate) claim_headers: Vec<HeaderName>,
     /// Checks tokens for routes with `auth = "jwt"`.
     pub(crate) jwt: Option<Arc<JwtVerifier>>,
     /// Breakers and retry budgets by service name.
@@ -311,7 +314,14 @@ impl RouteTable {
         }
         let mut services: Vec<_> = services.values().cloned().collect();
         services.sort_by(|a, b| a.name().cmp(b.name()));
+        let mut claim_headers: Vec<HeaderName> = Vec::new();
+        for (_, header) in compiled.iter().flat_map(|r| &r.forward_claims) {
+            if !claim_headers.contains(header) {
+                claim_headers.push(header.clone());
+            }
+        }
         Ok(RouteTable {
+            claim_headers,
             routes: compiled,
             trusted_proxies: Vec::new(),
             edge: Edge::default(),
@@ -522,6 +532,8 @@ fn host_matches(wanted: &str, host: &str) -> bool {
             host
         }
     });
+    // `shop.test.` is the same host as `shop.test` (a fully qualified name).
+    let host = host.strip_suffix('.').unwrap_or(host);
     match wanted.strip_prefix('*') {
         Some(suffix) => host.len() > suffix.len() && ends_with_ignore_case(host, suffix),
         None => host.eq_ignore_ascii_case(wanted),
@@ -603,6 +615,11 @@ mod tests {
         assert!(!host_matches("shop.test", "api.shop.test"));
         assert!(host_matches("*.shop.test", "api.shop.test"));
         assert!(!host_matches("*.shop.test", "shop.test"));
+        assert!(
+            host_matches("shop.test", "shop.test.:8080"),
+            "a trailing dot"
+        );
+        assert!(host_matches("*.shop.test", "api.shop.test."));
     }
 
     #[test]

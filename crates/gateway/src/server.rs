@@ -39,6 +39,15 @@ pub async fn serve(
         .timer(TokioTimer::new())
         // A client that opens a connection and never sends a request head is dropped.
         .header_read_timeout(Duration::from_secs(30));
+    // HTTP/2 (by ALPN over TLS, or prior knowledge): a bounded number of
+    // streams per connection, and pings that drop connections whose peer
+    // has gone away.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
     let graceful = GracefulShutdown::new();
     while let Some((stream, client)) = accept(&listener, &shutdown).await {
         let builder = builder.clone();
@@ -193,15 +202,26 @@ fn redirect<B>(request: &http::Request<B>, https_port: u16) -> Response<Full<Byt
         return response;
     };
     let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    if !path.starts_with('/') {
+        // `OPTIONS *` and the like have no https equivalent to point to.
+        let mut response = Response::new(Full::new(Bytes::from_static(
+            b"this address only redirects requests for a path to https\n",
+        )));
+        *response.status_mut() = StatusCode::BAD_REQUEST;
+        return response;
+    }
     let location = if https_port == 443 {
         format!("https://{host}{path}")
     } else {
         format!("https://{host}:{https_port}{path}")
     };
     let mut response = Response::new(Full::new(Bytes::new()));
-    *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
-    if let Ok(value) = HeaderValue::from_str(&location) {
-        response.headers_mut().insert(header::LOCATION, value);
+    match HeaderValue::from_str(&location) {
+        Ok(value) => {
+            *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
+            response.headers_mut().insert(header::LOCATION, value);
+        }
+        Err(_) => *response.status_mut() = StatusCode::BAD_REQUEST,
     }
     response
 }
@@ -239,5 +259,6 @@ mod tests {
         );
         assert_eq!(location("evil.test/x", "/", 443), None);
         assert_eq!(location("", "/", 443), None);
+        assert_eq!(location("shop.test", "*", 443), None);
     }
 }

@@ -182,9 +182,10 @@ impl tokio::io::AsyncWrite for Stream {
     }
 }
 
-/// Which pool a connection belongs to: its instance's address, and whether
-/// it speaks TLS.
-type PoolKey = (Authority, bool);
+/// Which pool a connection belongs to: its instance's address, and for TLS
+/// the client configuration it was verified with (services with another `ca`
+/// never share a connection).
+type PoolKey = (Authority, usize);
 
 /// Idle connections by instance address. Cheap to clone.
 #[derive(Clone, Default)]
@@ -209,7 +210,11 @@ impl UpstreamPool {
         instance: &Instance,
         mut request: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let key: PoolKey = (instance.authority.clone(), instance.tls.is_some());
+        let tls = instance
+            .tls
+            .as_ref()
+            .map_or(0, |tls| Arc::as_ptr(&tls.config) as usize);
+        let key: PoolKey = (instance.authority.clone(), tls);
         // A pooled connection may have been closed by the upstream while idle;
         // if the request could not even be written, it is safe to resend it on
         // a fresh connection. A fresh connection is not retried.

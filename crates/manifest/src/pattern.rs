@@ -115,7 +115,11 @@ impl PathPattern {
                 _ => return None,
             }
             if Some(i) == last {
-                return (self.prefix || after.is_empty()).then_some(PathMatch {
+                // An exact pattern also takes one trailing slash: most
+                // upstream frameworks serve `/admin/` as `/admin`, so it must
+                // meet `/admin`'s policies, not fall through to a catch-all.
+                let exact = after.is_empty() || after == "/";
+                return (self.prefix || exact).then_some(PathMatch {
                     params,
                     rest: after,
                 });
@@ -170,6 +174,12 @@ mod tests {
     fn exact_paths_match_only_themselves() {
         assert!(p("/health").matches("/health").is_some());
         assert!(p("/health").matches("/health/x").is_none());
+        assert!(
+            p("/health").matches("/health/").is_some(),
+            "one trailing slash"
+        );
+        assert!(p("/health").matches("/health//").is_none());
+        assert!(p("/users/{id}").matches("/users/7/").is_some());
         assert!(p("/health").matches("/healthz").is_none());
         assert!(p("/").matches("/").is_some());
         assert!(p("/").matches("/a").is_none());

@@ -148,8 +148,14 @@ impl ServiceHandle {
                         Some(rest) => (true, rest),
                         None => (false, url.strip_prefix("http://").ok_or_else(bad_url)?),
                     };
-                    let authority =
+                    let mut authority =
                         Authority::try_from(rest.trim_end_matches('/')).map_err(|_| bad_url())?;
+                    if authority.port().is_none() {
+                        // The scheme's port, as a browser would use.
+                        let port = if secure { 443 } else { 80 };
+                        authority = Authority::try_from(format!("{authority}:{port}"))
+                            .map_err(|_| bad_url())?;
+                    }
                     let tls = match (&tls_config, secure) {
                         (Some((config, client)), true) => {
                             let host = authority
