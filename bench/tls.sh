@@ -10,6 +10,8 @@
 # --workers 1, nginx worker_processes 1), upstream and wrk on core 1:
 # - keep-alive: requests/s over CONNS kept-alive TLS connections (TLS 1.3,
 #   HTTP/1.1), 1 KiB answers;
+# - keep-alive over cleartext HTTP too ("gantry-plain", "nginx-plain": the
+#   same processes' configuration without TLS), so TLS's own cost shows;
 # - handshakes: `Connection: close` on every request, so each request is a
 #   new TCP connection and a full TLS 1.3 handshake (wrk does not resume
 #   sessions): new handshakes (and requests) per second.
@@ -27,19 +29,21 @@ CONNS=${CONNS:-64}
 HS_CONNS=${HS_CONNS:-16}
 UPSTREAM_PORT=19200 GANTRY_PORT=19201 GANTRY_ADMIN=19202 GANTRY_API=19203 NGINX_PORT=19204
 TRACED_PORT=19205 TRACED_ADMIN=19206 TRACED_API=19207
+PLAIN_PORT=19208 PLAIN_ADMIN=19209 PLAIN_API=19210 NGINX_PLAIN=19211
 
 for tool in nginx wrk taskset python3 openssl curl; do
   command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install nginx-light wrk openssl curl)" >&2; exit 1; }
 done
-for port in $UPSTREAM_PORT $GANTRY_PORT $GANTRY_ADMIN $GANTRY_API $NGINX_PORT $TRACED_PORT $TRACED_ADMIN $TRACED_API; do
+for port in $UPSTREAM_PORT $GANTRY_PORT $GANTRY_ADMIN $GANTRY_API $NGINX_PORT $TRACED_PORT $TRACED_ADMIN $TRACED_API \
+    $PLAIN_PORT $PLAIN_ADMIN $PLAIN_API $NGINX_PLAIN; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "bench: port $port is already in use; stop what listens there first" >&2; exit 1
   fi
 done
 WORK=$(mktemp -d /tmp/gantry-bench-tls.XXXXXX)
-GANTRY_PID= TRACED_PID=
+GANTRY_PID= TRACED_PID= PLAIN_PID=
 cleanup() {
-  for pid in $GANTRY_PID $TRACED_PID; do kill "$pid" 2>/dev/null || true; done
+  for pid in $GANTRY_PID $TRACED_PID $PLAIN_PID; do kill "$pid" 2>/dev/null || true; done
   for pidfile in "$WORK/upstream.pid" "$WORK/nginx.pid"; do
     [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
   done
@@ -73,6 +77,7 @@ http {
   upstream app { server 127.0.0.1:$UPSTREAM_PORT; keepalive 128; }
   server {
     listen 127.0.0.1:$NGINX_PORT ssl;
+    listen 127.0.0.1:$NGINX_PLAIN;
     ssl_certificate $WORK/certs/cert.pem;
     ssl_certificate_key $WORK/certs/key.pem;
     ssl_protocols TLSv1.2 TLSv1.3;
@@ -116,6 +121,11 @@ CONF
 sed -e "s/$GANTRY_PORT/$TRACED_PORT/; s/$GANTRY_ADMIN/$TRACED_ADMIN/; s/$GANTRY_API/$TRACED_API/" \
     -e 's/^data_dir = "state"/data_dir = "state-traced"/' -e '/^\[telemetry\]/,/^traces = false/d' \
     "$WORK/gantry.toml" > "$WORK/traced.toml"
+sed -e "s/$GANTRY_PORT/$PLAIN_PORT/; s/$GANTRY_ADMIN/$PLAIN_ADMIN/; s/$GANTRY_API/$PLAIN_API/" \
+    -e 's/^data_dir = "state"/data_dir = "state-plain"/' -e '/^\[platform.tls\]/,/^key = /d' \
+    "$WORK/gantry.toml" > "$WORK/plain.toml"
+GANTRY_LOG=warn taskset -c 0 "$GANTRY" up --workers 1 -f "$WORK/plain.toml" > "$WORK/logs/plain.log" 2>&1 &
+PLAIN_PID=$!
 GANTRY_LOG=warn taskset -c 0 "$GANTRY" up --workers 1 -f "$WORK/gantry.toml" > "$WORK/logs/gantry.log" 2>&1 &
 GANTRY_PID=$!
 GANTRY_LOG=warn taskset -c 0 "$GANTRY" up --workers 1 -f "$WORK/traced.toml" > "$WORK/logs/traced.log" 2>&1 &
@@ -128,16 +138,24 @@ for port in $GANTRY_PORT $TRACED_PORT $NGINX_PORT; do
 done
 
 nginx_worker() { pgrep -P "$(cat "$WORK/nginx.pid")" | head -1; }
-declare -A PID_OF=([gantry]=$GANTRY_PID [gantry-traced]=$TRACED_PID [nginx]=$(nginx_worker))
-declare -A PORT_OF=([gantry]=$GANTRY_PORT [gantry-traced]=$TRACED_PORT [nginx]=$NGINX_PORT)
+for _ in $(seq 100); do curl -fsS -o /dev/null "http://127.0.0.1:$PLAIN_PORT/" 2>/dev/null && break; sleep 0.1; done
+declare -A PID_OF=([gantry]=$GANTRY_PID [gantry-traced]=$TRACED_PID [nginx]=$(nginx_worker)
+                   [gantry-plain]=$PLAIN_PID [nginx-plain]=$(nginx_worker))
+declare -A PORT_OF=([gantry]=$GANTRY_PORT [gantry-traced]=$TRACED_PORT [nginx]=$NGINX_PORT
+                    [gantry-plain]=$PLAIN_PORT [nginx-plain]=$NGINX_PLAIN)
 HZ=$(getconf CLK_TCK)
 cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
 
 RESULTS="$WORK/results.tsv"
 for run in $(seq "$RUNS"); do
   for mode in keepalive handshake; do
-    for target in gantry gantry-traced nginx; do
-      url="https://127.0.0.1:${PORT_OF[$target]}/"
+    targets=(gantry gantry-traced nginx)
+    # Cleartext baselines, to tell TLS's cost from the rest of the request path.
+    [ "$mode" = keepalive ] && targets+=(gantry-plain nginx-plain)
+    for target in "${targets[@]}"; do
+      scheme=https
+      case "$target" in *-plain) scheme=http ;; esac
+      url="$scheme://127.0.0.1:${PORT_OF[$target]}/"
       if [ "$mode" = keepalive ]; then
         args=(-t1 -c"$CONNS")
       else
@@ -181,8 +199,9 @@ for mode, title in (("keepalive", f"HTTPS keep-alive, {conns} connections, TLS 1
     print(f"### {title}\n")
     print("| proxy | req/s | spread | p50 ms | p99 ms | CPU-s per 1k req | errors |")
     print("|---|---|---|---|---|---|---|")
-    for target in ("gantry", "gantry-traced", "nginx"):
+    for target in ("gantry", "gantry-traced", "nginx", "gantry-plain", "nginx-plain"):
         r = rows[(mode, target)]
+        if not r: continue
         rps = [x[0] for x in r]
         print(f"| {target} | {med(rps):.0f} | {min(rps):.0f}-{max(rps):.0f} | {med([x[1] for x in r]):.3f} | {med([x[2] for x in r]):.3f} | {med([x[3] for x in r]):.4f} | {sum(x[4] for x in r)} |")
     n = rows[(mode, "nginx")]
@@ -191,5 +210,11 @@ for mode, title in (("keepalive", f"HTTPS keep-alive, {conns} connections, TLS 1
         g = rows[(mode, name)]
         print(f"{name}/nginx: throughput {med([x[0] for x in g]) / med([x[0] for x in n]):.2f}x, "
               f"p99 {med([x[2] for x in g]) / med([x[2] for x in n]):.2f}x")
+    if rows[(mode, "gantry-plain")]:
+        for name in ("gantry", "nginx"):
+            tls, plain = rows[(mode, name)], rows[(mode, name + "-plain")]
+            print(f"{name}: https/http throughput {med([x[0] for x in tls]) / med([x[0] for x in plain]):.2f}x")
+        g, n = rows[(mode, "gantry-plain")], rows[(mode, "nginx-plain")]
+        print(f"gantry-plain/nginx-plain: throughput {med([x[0] for x in g]) / med([x[0] for x in n]):.2f}x")
     print()
 PY
