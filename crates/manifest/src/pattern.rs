@@ -28,6 +28,33 @@ pub struct PathMatch<'p> {
     pub rest: &'p str,
 }
 
+/// Why a literal segment could never equal a normalised request path's
+/// segment: an escape of an unreserved character (requests have it decoded),
+/// lowercase hex (requests have it uppercase), or a malformed `%`.
+fn not_normal_escape(part: &str) -> Option<&'static str> {
+    let bytes = part.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = |b: Option<&u8>| b.and_then(|b| (*b as char).to_digit(16));
+            let (Some(high), Some(low)) = (hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) else {
+                return Some("has a `%` without two hex digits; write `%25` for a literal `%`");
+            };
+            if bytes[i + 1..i + 3].iter().any(u8::is_ascii_lowercase) {
+                return Some("must write escapes in uppercase hex (`%2F`, not `%2f`), as requests are normalised");
+            }
+            let value = (high * 16 + low) as u8;
+            if value.is_ascii_alphanumeric() || b"-._~".contains(&value) {
+                return Some("escapes a character that needs none; write it plainly (requests have it decoded)");
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    None
+}
+
 impl PathPattern {
     /// Parses a pattern, or says what is wrong with it.
     pub fn parse(raw: &str) -> Result<PathPattern, String> {
@@ -74,6 +101,12 @@ impl PathPattern {
                     ));
                 } else if part.is_empty() && i != last {
                     return Err(format!("`{raw}` has an empty segment (`//`)"));
+                } else if part == "." || part == ".." {
+                    return Err(format!(
+                        "`{raw}` has a `{part}` segment, which no request path has once the gateway normalises it"
+                    ));
+                } else if let Some(why) = not_normal_escape(part) {
+                    return Err(format!("`{part}` in `{raw}` {why}"));
                 } else {
                     segments.push(Segment::Literal(part.to_string()));
                 }
@@ -229,6 +262,19 @@ mod tests {
         assert!(PathPattern::parse("/u/x{id}")
             .unwrap_err()
             .contains("whole segment"));
+        assert!(PathPattern::parse("/a/../b")
+            .unwrap_err()
+            .contains("`..` segment"));
+        assert!(PathPattern::parse("/%7Euser/*")
+            .unwrap_err()
+            .contains("needs none"));
+        assert!(PathPattern::parse("/a%2fb")
+            .unwrap_err()
+            .contains("uppercase"));
+        assert!(PathPattern::parse("/100%")
+            .unwrap_err()
+            .contains("two hex digits"));
+        assert!(PathPattern::parse("/a%20b").is_ok());
         assert!(PathPattern::parse("/a//b")
             .unwrap_err()
             .contains("empty segment"));
