@@ -375,3 +375,48 @@ async fn a_slow_attempt_is_abandoned_and_retried_within_the_deadline() {
         .unwrap();
     assert!(left < 2000 && left > 1000, "deadline left: {left} ms");
 }
+
+#[tokio::test]
+async fn a_fallback_service_gets_the_request_as_the_gateway_prepared_it() {
+    // The bulkhead refuses the second request while the first holds the only
+    // slot: the fallback service must see Gantry's forwarding headers and the
+    // rewritten path, not what the client sent.
+    let slow = Upstream::start(Behaviour::Slow(Duration::from_secs(2))).await;
+    let backup = Upstream::start(Behaviour::Echo).await;
+    let manifest = format!(
+        "[services.app]\nurls = [\"{}\"]\nmax_concurrent = 1\n[services.backup]\nurls = [\"{}\"]\n\n[[routes]]\nname = \"app\"\npath = \"/api/*\"\nto = \"app\"\nstrip_prefix = \"/api\"\nfallback = {{ to = \"backup\" }}\n",
+        slow.url(),
+        backup.url()
+    );
+    let gw = TestGateway::start(&manifest).await;
+    let first = tokio::spawn(client().get(gw.url("/api/hold")).send());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while slow.requests.load(std::sync::atomic::Ordering::SeqCst) == 0
+        && slow.connections.load(std::sync::atomic::Ordering::SeqCst) == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first request never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let response = client()
+        .get(gw.url("/api/items"))
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("x-forwarded-proto", "https")
+        .header("connection", "x-private")
+        .header("x-private", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-gantry-fallback"], "bulkhead-full");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["upstream"], backup.addr.to_string());
+    assert_eq!(body["uri"], "/items");
+    assert_eq!(body["headers"]["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(body["headers"]["x-forwarded-proto"], "http");
+    assert!(body["headers"].get("x-private").is_none(), "{body}");
+    assert!(body["headers"].get("x-request-id").is_some(), "{body}");
+    let _ = first.await;
+}
