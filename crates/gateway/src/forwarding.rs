@@ -211,7 +211,8 @@ pub(crate) fn add_forwarded(
             }
         }
     }
-    match HeaderValue::from_str(&element) {
+    // The String's buffer becomes the header's: no second copy.
+    match HeaderValue::from_maybe_shared(bytes::Bytes::from(element)) {
         Ok(value) => {
             headers.insert(header::FORWARDED, value);
         }

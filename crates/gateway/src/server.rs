@@ -125,7 +125,8 @@ async fn accept(
 #[derive(Clone)]
 struct GatewayService {
     gateway: Gateway,
-    peer: Peer,
+    /// Shared by the connection's requests: cloned per request as a pointer.
+    peer: std::sync::Arc<Peer>,
 }
 
 impl hyper::service::Service<http::Request<hyper::body::Incoming>> for GatewayService {
@@ -143,7 +144,10 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for GatewaySe
 }
 
 fn service(gateway: Gateway, peer: Peer) -> GatewayService {
-    GatewayService { gateway, peer }
+    GatewayService {
+        gateway,
+        peer: std::sync::Arc::new(peer),
+    }
 }
 
 /// Answers every plain-HTTP request on `listener` with a 308 to the same
