@@ -50,33 +50,13 @@ echo "building gantry (release)..." >&2
 # build unifies features differently and rebuilds wasmtime.
 (cd "$ROOT" && cargo build --release -q)
 GANTRY="$ROOT/target/release/gantry"
-source "$ROOT/bench/lib.sh"   # start_upstream
+source "$ROOT/bench/lib.sh"   # start_upstream, start_nginx_proxy
 
 mkdir -p "$WORK/logs"
 start_upstream "$WORK" "$UPSTREAM_PORT"
 
 # nginx as the peer proxy, on core 0.
-cat > "$WORK/nginx.conf" <<CONF
-worker_processes 1;
-pid $WORK/nginx.pid;
-error_log $WORK/logs/nginx.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  upstream app { server 127.0.0.1:$UPSTREAM_PORT; keepalive 128; }
-  server {
-    listen 127.0.0.1:$NGINX_PORT;
-    location / {
-      proxy_pass http://app;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-    }
-  }
-}
-CONF
-taskset -c 0 nginx -p "$WORK" -c "$WORK/nginx.conf"
+start_nginx_proxy "$WORK" "$UPSTREAM_PORT" "listen 127.0.0.1:$NGINX_PORT;"
 
 # HAProxy as a second peer, when installed.
 HAVE_HAPROXY=0

@@ -44,3 +44,32 @@ http {
 CONF
   taskset -c 1 nginx -p "$work" -c "$work/upstream.conf"
 }
+
+# nginx as the peer proxy: one worker pinned to core 0, keep-alive to the
+# upstream on 127.0.0.1:$2, access log off; $3 is the server block's own
+# directives (its `listen` lines, TLS settings). Pid in $1/nginx.pid.
+start_nginx_proxy() {
+  local work=$1 upstream=$2 server=$3
+  mkdir -p "$work/logs"
+  cat > "$work/nginx.conf" <<CONF
+worker_processes 1;
+pid $work/nginx.pid;
+error_log $work/logs/nginx.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream app { server 127.0.0.1:$upstream; keepalive 128; }
+  server {
+    $server
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    }
+  }
+}
+CONF
+  taskset -c 0 nginx -p "$work" -c "$work/nginx.conf"
+}

@@ -57,7 +57,7 @@ trap cleanup EXIT
 echo "building gantry (release)..." >&2
 (cd "$ROOT" && cargo build --release -q)
 GANTRY="$ROOT/target/release/gantry"
-source "$ROOT/bench/lib.sh"   # start_upstream
+source "$ROOT/bench/lib.sh"   # start_upstream, start_nginx_proxy
 
 # One ECDSA P-256 certificate for both (rcgen, via `gantry certs dev`).
 "$GANTRY" certs dev --out "$WORK/certs" --name localhost --name 127.0.0.1 >/dev/null 2>&1
@@ -66,33 +66,14 @@ openssl x509 -in "$WORK/certs/cert.pem" -noout -text | grep -q "prime256v1" \
 
 start_upstream "$WORK" "$UPSTREAM_PORT"
 
-cat > "$WORK/nginx.conf" <<CONF
-worker_processes 1;
-pid $WORK/nginx.pid;
-error_log $WORK/logs/nginx.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  upstream app { server 127.0.0.1:$UPSTREAM_PORT; keepalive 128; }
-  server {
+start_nginx_proxy "$WORK" "$UPSTREAM_PORT" "
     listen 127.0.0.1:$NGINX_PORT ssl;
     listen 127.0.0.1:$NGINX_PLAIN;
     ssl_certificate $WORK/certs/cert.pem;
     ssl_certificate_key $WORK/certs/key.pem;
     ssl_protocols TLSv1.2 TLSv1.3;
     ssl_session_cache off;
-    ssl_session_tickets off;
-    location / {
-      proxy_pass http://app;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-    }
-  }
-}
-CONF
-taskset -c 0 nginx -p "$WORK" -c "$WORK/nginx.conf"
+    ssl_session_tickets off;"
 
 cat > "$WORK/gantry.toml" <<CONF
 [platform]
