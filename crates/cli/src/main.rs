@@ -432,6 +432,10 @@ fn keys(command: KeysCommand) -> ExitCode {
 fn dev_certs(out: &Path, names: &[String]) -> ExitCode {
     match gantry_tls::dev_certs(out, names) {
         Ok(made) => {
+            // Absolute in the snippet: a manifest resolves relative paths
+            // against its own directory, not the one this ran in.
+            let absolute = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+            let (cert, key) = (absolute(&made.cert), absolute(&made.key));
             let ca = made.ca_cert.display();
             if made.created_ca {
                 eprintln!("created a development CA: {ca} (its key beside it; keep it private)");
@@ -445,8 +449,8 @@ fn dev_certs(out: &Path, names: &[String]) -> ExitCode {
                     names.join(", "),
                     made.cert.display(),
                     made.key.display(),
-                    made.cert.display(),
-                    made.key.display(),
+                    cert.display(),
+                    key.display(),
                 );
             }
             ExitCode::SUCCESS

@@ -112,3 +112,46 @@ fn help_describes_every_command() {
         assert!(sub.status.success());
     }
 }
+
+#[test]
+fn certs_dev_makes_a_ca_and_a_certificate_and_says_how_to_use_them() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let out = gantry(
+        &["certs", "dev", "--out", "certs", "--name", "shop.test"],
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("created a development CA"), "{stderr}");
+    // The snippet names absolute paths, which work from any manifest.
+    let cert = dir.path().canonicalize().unwrap().join("certs/cert.pem");
+    assert!(stdout.contains("[platform.tls]"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("cert = \"{}\"", cert.display())),
+        "{stdout}"
+    );
+    assert!(stdout.contains("--cacert"), "{stdout}");
+    for key in ["certs/key.pem", "certs/ca-key.pem"] {
+        let mode = std::fs::metadata(dir.path().join(key))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{key}");
+    }
+    let sans = Command::new("openssl")
+        .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&sans.stdout).contains("DNS:shop.test"));
+    // A second run reuses the CA.
+    let again = gantry(&["certs", "dev", "--out", "certs"], dir.path());
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("reused"));
+}
