@@ -22,6 +22,18 @@ pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwar
 pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub(crate) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// Headers only a proxy may set, which some upstream frameworks believe
+/// (IIS and Symfony route on `X-Original-URL`/`X-Rewrite-URL`; others read
+/// the client address from `X-Real-IP`): dropped when an untrusted client
+/// sends them.
+const PROXY_ONLY: [HeaderName; 5] = [
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-prefix"),
+];
+
 /// Removes hop-by-hop headers, including any the `Connection` header names.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none: one pass over the names is cheaper than a
@@ -200,6 +212,9 @@ pub(crate) fn add_forwarded(
             element = format!("{chain}, {element}");
         }
     } else {
+        for name in &PROXY_ONLY {
+            headers.remove(name);
+        }
         headers.insert(X_FORWARDED_FOR, client.ip.clone());
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
         match host {
@@ -268,6 +283,8 @@ mod tests {
             header::FORWARDED,
             HeaderValue::from_static("for=10.0.0.1;proto=https"),
         );
+        h.insert("x-original-url", HeaderValue::from_static("/admin/secret"));
+        h.insert("x-real-ip", HeaderValue::from_static("10.0.0.1"));
         h
     }
 
@@ -287,6 +304,10 @@ mod tests {
             h[header::FORWARDED],
             "for=10.0.0.1;proto=https, for=127.0.0.1;proto=http;host=\"shop.test\""
         );
+        assert_eq!(
+            h["x-original-url"], "/admin/secret",
+            "a trusted proxy's own"
+        );
     }
 
     #[test]
@@ -305,6 +326,8 @@ mod tests {
             h[header::FORWARDED],
             "for=\"[2001:db8::1]\";proto=http;host=\"shop.test:8080\""
         );
+        assert!(!h.contains_key("x-original-url"));
+        assert!(!h.contains_key("x-real-ip"));
         let mut h = spoofed();
         add_forwarded(
             &mut h,
