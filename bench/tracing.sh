@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The cost of tracing on the gateway: the same Gantry proxy run with tracing
-# off, with sampling at 0 (only failing and slow traces kept), 10% and 100%,
-# beside nginx proxying the same upstream, in one run.
+# The cost of tracing on the gateway: the same Gantry proxy run with the
+# default sampling (5%), tracing off, and sampling at 0 (only failing and
+# slow traces kept), 10% and 100% (the default before 2026-12), beside nginx
+# proxying the same upstream, in one run.
 #
 #   bash bench/tracing.sh               # needs nginx and wrk (apt-get install nginx-light wrk)
 #   RUNS=5 DURATION=15s bash bench/tracing.sh
@@ -11,8 +12,7 @@
 # keep-alive) on core 1 with the load generator; each proxy pinned to core 0
 # with one worker (Gantry --workers 1, so its span writer thread shares the
 # core); access logs off. Every request is healthy, so at ratio 0 nothing is
-# stored: the cost left is building the spans and holding them for the
-# tail-sampling decision. Targets take turns, round after round, so drift
+# stored, and the gateway builds no span for a request it did not sample. Targets take turns, round after round, so drift
 # hits them alike. Each Gantry records two spans per request (the gateway's
 # and the upstream attempt's); the table shows what became of them, from
 # `gantry_trace_spans_total` (spans still held for sampling at the end are in
@@ -25,14 +25,15 @@ DURATION=${DURATION:-10s}
 CONNS=${CONNS:-64}
 UPSTREAM_PORT=19200 NGINX_PORT=19201
 # Each Gantry listens on PORT (gateway), PORT+1 (admin) and PORT+2 (platform API).
-declare -A PORT_OF=([off]=19210 [ratio-0]=19213 [ratio-0.1]=19216 [ratio-1]=19219 [nginx]=$NGINX_PORT)
+declare -A PORT_OF=([off]=19210 [ratio-0]=19213 [ratio-0.1]=19216 [ratio-1]=19219 [default]=19228 [nginx]=$NGINX_PORT)
 declare -A TELEMETRY=(
+  [default]='# the default sampling (5%, failing and slow traces always kept)'
   [off]='traces = false'
   [ratio-0]='sample_ratio = 0'
   [ratio-0.1]='sample_ratio = 0.1'
   [ratio-1]='sample_ratio = 1'
 )
-GANTRY_TARGETS=(off ratio-0 ratio-0.1 ratio-1)
+GANTRY_TARGETS=(default off ratio-0 ratio-0.1 ratio-1)
 # An older gantry binary to compare with, in the same run (BASELINE=path).
 BASELINE=${BASELINE:-}
 if [ -n "$BASELINE" ]; then
@@ -66,7 +67,9 @@ cleanup() {
 trap cleanup EXIT
 
 echo "building gantry (release)..." >&2
-(cd "$ROOT" && cargo build --release -q -p gantry-cli)
+# Built as the README builds it (whole workspace): a `-p` build unifies
+# features differently and rebuilds wasmtime.
+(cd "$ROOT" && cargo build --release -q)
 GANTRY="$ROOT/target/release/gantry"
 mkdir -p "$WORK/logs"
 BODY=$(head -c 1024 /dev/zero | tr '\0' 'x')

@@ -29,9 +29,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gantry_admin::ReloadRequest;
-use gantry_events::{EventBus, ServiceDirectory};
+use gantry_events::EventBus;
 use gantry_gateway::{ApiKeys, Gateway, GatewayMetrics, IdempotencyStore};
 use gantry_manifest::{LoadError, Manifest};
+use gantry_services::ServiceDirectory;
+use gantry_telemetry::context::HexId;
 use gantry_telemetry::traces::{unix_nanos, AttrValue, Attributes, Span, TraceStore};
 use gantry_telemetry::Metrics;
 use gantry_workflows::Engine;
@@ -126,7 +128,7 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
         api_url: api_url.clone(),
     }));
     let scheduler = gantry_functions::Scheduler::new(&platform.data_dir, functions.clone());
-    let buckets = gantry_events::objects::Buckets::new(&platform.data_dir, bus.clone());
+    let buckets = gantry_buckets::Buckets::new(&platform.data_dir, bus.clone());
     let traces = TraceStore::open(&platform.data_dir).map_err(AppError::Start)?;
     // OTLP export, when a collector is configured; flushed at shutdown.
     let export_stop = CancellationToken::new();
@@ -227,7 +229,7 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
     let api_task = tokio::spawn({
         let servers = servers.clone();
         let router = gantry_workflows::api::platform_router(workflows.clone())
-            .merge(gantry_events::objects::platform_router(buckets.clone()))
+            .merge(gantry_buckets::platform_router(buckets.clone()))
             .merge(gantry_events::api::platform_router(bus.clone()));
         async move {
             axum::serve(api_listener, router)
@@ -311,18 +313,29 @@ struct Observer {
 }
 
 impl gantry_gateway::RequestObserver for Observer {
-    fn keeps_trace(&self, trace_id: u128, status: u16, duration: Duration) -> bool {
-        self.traces.keeps(trace_id, status >= 500, duration)
+    fn sample(&self, trace_id: u128) -> bool {
+        self.traces.sample(trace_id)
     }
 
-    fn attempt(&self, a: &gantry_gateway::Attempt<'_>) {
-        if self.traces.enabled() {
-            self.traces.record(self.attempt_span(a));
+    fn keeps_trace(&self, sampled: bool, status: u16, duration: Duration) -> bool {
+        self.traces.keeps(sampled, status >= 500, duration)
+    }
+
+    fn attempt(&self, a: &gantry_gateway::Attempt<'_>) -> bool {
+        let error = a.error.is_some() || a.status.is_some_and(|s| s >= 500);
+        // Spans of traces that are neither sampled nor notable are never
+        // built: at the default ratio that is almost every request.
+        let keep = self.traces.keeps(a.sampled, error, a.duration);
+        if keep {
+            self.traces.record(attempt_span(a, error));
+        } else {
+            self.traces.sampled_out();
         }
+        keep && !a.sampled
     }
 
     fn observe(&self, r: &gantry_gateway::Observation<'_>) {
-        let trace_id = format!("{:032x}", r.trace_id);
+        let trace_id = HexId::trace(r.trace_id);
         self.slos.observe(
             gantry_slo::now(),
             r.route,
@@ -331,62 +344,69 @@ impl gantry_gateway::RequestObserver for Observer {
             r.duration,
             &trace_id,
         );
-        if !self.traces.enabled() {
-            return;
+        if r.keep_span {
+            self.traces.record(request_span(r));
+        } else {
+            self.traces.sampled_out();
         }
-        let mut attributes = Attributes::new();
-        attributes.insert("http.request.method", AttrValue::method(r.method));
-        attributes.insert("http.route", r.route.to_string());
-        attributes.insert("url.path", r.path.to_string());
-        attributes.insert("http.response.status_code", r.status);
-        attributes.insert("gantry.service", r.service.to_string());
-        if let Some(instance) = r.instance {
-            attributes.insert("gantry.instance", instance);
-        }
-        self.traces.record(Span {
-            trace_id,
-            span_id: format!("{:016x}", r.span_id),
-            parent_id: r.parent_id.map(|p| format!("{p:016x}")),
-            name: format!("{} {}", r.method, r.route),
-            kind: "server",
-            service: "gateway".into(),
-            start_ns: unix_nanos(r.started),
-            duration_ns: r.duration.as_nanos() as u64,
-            error: r.status >= 500,
-            attributes,
-        });
     }
 }
 
-impl Observer {
-    /// Also keeps a client span of each upstream attempt, so retries show.
-    fn attempt_span(&self, a: &gantry_gateway::Attempt<'_>) -> Span {
-        let mut attributes = Attributes::new();
-        attributes.insert("http.request.method", AttrValue::method(a.method));
-        attributes.insert("server.address", a.authority.to_string());
-        attributes.insert("gantry.service", a.service.to_string());
-        attributes.insert("gantry.instance", a.instance);
-        if a.number > 1 {
-            attributes.insert("http.request.resend_count", a.number - 1);
-        }
-        if let Some(status) = a.status {
-            attributes.insert("http.response.status_code", status);
-        }
-        if let Some(error) = a.error {
-            attributes.insert("error.type", error);
-        }
-        Span {
-            trace_id: format!("{:032x}", a.trace_id),
-            span_id: format!("{:016x}", a.span_id),
-            parent_id: Some(format!("{:016x}", a.parent_id)),
-            name: format!("{} {}", a.method, a.service),
-            kind: "client",
-            service: "gateway".into(),
-            start_ns: unix_nanos(a.started),
-            duration_ns: a.duration.as_nanos() as u64,
-            error: a.error.is_some() || a.status.is_some_and(|s| s >= 500),
-            attributes,
-        }
+/// The gateway's server span of one request.
+fn request_span(r: &gantry_gateway::Observation<'_>) -> Span {
+    let mut attributes = Attributes::new();
+    attributes.insert("http.request.method", AttrValue::method(r.method));
+    attributes.insert("http.route", r.route.to_string());
+    attributes.insert("url.path", r.path.to_string());
+    attributes.insert("http.response.status_code", r.status);
+    attributes.insert("gantry.service", r.service.to_string());
+    if let Some(instance) = r.instance {
+        attributes.insert("gantry.instance", instance);
+    }
+    Span {
+        trace_id: HexId::trace(r.trace_id).to_string(),
+        span_id: HexId::span(r.span_id).to_string(),
+        parent_id: r.parent_id.map(|p| HexId::span(p).to_string()),
+        name: format!("{} {}", r.method, r.route),
+        kind: "server",
+        service: "gateway".into(),
+        start_ns: unix_nanos(r.started),
+        duration_ns: r.duration.as_nanos() as u64,
+        error: r.status >= 500,
+        attributes,
+        // Recorded only when kept; a kept request span keeps its trace.
+        sampled: true,
+    }
+}
+
+/// A client span of one upstream attempt, so retries show.
+fn attempt_span(a: &gantry_gateway::Attempt<'_>, error: bool) -> Span {
+    let mut attributes = Attributes::new();
+    attributes.insert("http.request.method", AttrValue::method(a.method));
+    attributes.insert("server.address", a.authority.to_string());
+    attributes.insert("gantry.service", a.service.to_string());
+    attributes.insert("gantry.instance", a.instance);
+    if a.number > 1 {
+        attributes.insert("http.request.resend_count", a.number - 1);
+    }
+    if let Some(status) = a.status {
+        attributes.insert("http.response.status_code", status);
+    }
+    if let Some(error) = a.error {
+        attributes.insert("error.type", error);
+    }
+    Span {
+        trace_id: HexId::trace(a.trace_id).to_string(),
+        span_id: HexId::span(a.span_id).to_string(),
+        parent_id: Some(HexId::span(a.parent_id).to_string()),
+        name: format!("{} {}", a.method, a.service),
+        kind: "client",
+        service: "gateway".into(),
+        start_ns: unix_nanos(a.started),
+        duration_ns: a.duration.as_nanos() as u64,
+        error,
+        attributes,
+        sampled: a.sampled,
     }
 }
 

@@ -1,14 +1,15 @@
 //! The live system: the services that run now and how a new manifest is applied.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use gantry_admin::{ReloadRefused, ReloadReport};
-use gantry_events::{EventBus, ServiceDirectory};
+use gantry_events::EventBus;
 use gantry_gateway::{Gateway, GatewayMetrics, RouteTable};
 use gantry_manifest::{Manifest, Platform};
+use gantry_services::ServiceDirectory;
 use gantry_services::ServiceHandle;
 
 use crate::watch::Trigger;
@@ -41,21 +42,22 @@ pub(crate) struct Events {
     /// Cron schedules that invoke functions.
     pub scheduler: gantry_functions::Scheduler,
     /// Upload buckets, which the gateway sees as services named `bucket:NAME`.
-    pub buckets: gantry_events::objects::Buckets,
+    pub buckets: gantry_buckets::Buckets,
     /// Service-level objectives and their alerts.
     pub slos: gantry_slo::Slos,
     /// The trace store, whose sampling follows `[telemetry]`.
     pub traces: gantry_telemetry::traces::TraceStore,
 }
 
-/// The services to run: the manifest's, and one per function.
+/// The services to run: the manifest's, one per function and one per bucket.
 fn service_configs(
     manifest: &Manifest,
-    events: &Events,
-) -> std::collections::BTreeMap<String, gantry_manifest::Service> {
+    functions: BTreeMap<String, gantry_manifest::Service>,
+    buckets: BTreeMap<String, gantry_manifest::Service>,
+) -> BTreeMap<String, gantry_manifest::Service> {
     let mut configs = manifest.services.clone();
-    configs.extend(events.functions.services());
-    configs.extend(events.buckets.services());
+    configs.extend(functions);
+    configs.extend(buckets);
     configs
 }
 
@@ -70,7 +72,12 @@ impl Live {
         events.functions.apply(&manifest).await?;
         events.buckets.apply(&manifest.buckets).await?;
         let mut services = HashMap::new();
-        for (name, config) in &service_configs(&manifest, &events) {
+        let configs = service_configs(
+            &manifest,
+            events.functions.services(),
+            events.buckets.services(),
+        );
+        for (name, config) in &configs {
             let handle = ServiceHandle::start(name, config).map_err(|e| e.to_string())?;
             services.insert(name.clone(), handle);
         }
@@ -149,19 +156,43 @@ impl Live {
             }
         }
 
-        // Functions first: a changed one is swapped in place behind its
-        // listener, so its service entry stays the same.
-        if let Err(error) = self.events.functions.apply(&manifest).await {
-            return Err(self.refuse(trigger, error));
-        }
-        if let Err(error) = self.events.buckets.apply(&manifest.buckets).await {
-            return Err(self.refuse(trigger, error));
-        }
+        // Stage: build everything the manifest asks for beside what runs, and
+        // check it. Nothing running changes until every check has passed;
+        // a refusal at any step undoes what the earlier steps built.
+        let functions = match self.events.functions.stage(&manifest).await {
+            Ok(staged) => staged,
+            Err(error) => return Err(self.refuse(trigger, error)),
+        };
+        let buckets = match self.events.buckets.stage(&manifest.buckets).await {
+            Ok(staged) => staged,
+            Err(error) => {
+                self.events.functions.discard(functions);
+                return Err(self.refuse(trigger, error));
+            }
+        };
+        let mut staged = Staging {
+            live: self,
+            functions: Some(functions),
+            buckets: Some(buckets),
+            fresh: Vec::new(),
+        };
+        let configs = service_configs(
+            &manifest,
+            staged
+                .functions
+                .as_ref()
+                .map(|f| f.services())
+                .unwrap_or_default(),
+            staged
+                .buckets
+                .as_ref()
+                .map(|b| b.services())
+                .unwrap_or_default(),
+        );
         // Start what is new or changed; keep what is the same.
         let mut next = HashMap::new();
-        let mut fresh = Vec::new();
-        for (name, config) in &service_configs(&manifest, &self.events) {
-            match self.services.get(name) {
+        for (name, config) in &configs {
+            match staged.live.services.get(name) {
                 Some(running) if running.config() == config => {
                     report.unchanged.push(name.clone());
                     next.insert(name.clone(), running.clone());
@@ -169,64 +200,71 @@ impl Live {
                 existing => {
                     let handle = match ServiceHandle::start(name, config) {
                         Ok(handle) => handle,
-                        Err(error) => {
-                            stop_all(fresh, Duration::ZERO).await;
-                            return Err(self.refuse(trigger, error.to_string()));
-                        }
+                        Err(error) => return Err(staged.refuse(trigger, error.to_string()).await),
                     };
                     if existing.is_some() {
                         report.restarted.push(name.clone());
                     } else {
                         report.started.push(name.clone());
                     }
-                    fresh.push(handle.clone());
+                    staged.fresh.push(handle.clone());
                     next.insert(name.clone(), handle);
                 }
             }
         }
         // New instances must be healthy before they get traffic.
-        for handle in &fresh {
+        for handle in staged.fresh.clone() {
             if !handle.wait_ready(READY_LIMIT).await {
                 let name = handle.name().to_string();
-                stop_all(fresh, Duration::ZERO).await;
-                return Err(self.refuse(
-                    trigger,
-                    format!("service `{name}` did not become healthy within {READY_LIMIT:?}; check its logs"),
-                ));
+                let why = format!(
+                    "service `{name}` did not become healthy within {READY_LIMIT:?}; check its logs"
+                );
+                return Err(staged.refuse(trigger, why).await);
             }
         }
-        let previous = self.gateway.as_ref().map(Gateway::table);
-        let table =
-            match RouteTable::build(&manifest.routes, &next, &self.metrics, previous.as_deref()) {
-                Ok(table) => match table
-                    .with_platform(&manifest.platform, previous.as_deref())
-                    .with_jwt(manifest.jwt.as_ref())
-                    .await
-                {
-                    Ok(table) => table,
-                    Err(error) => {
-                        stop_all(fresh, Duration::ZERO).await;
-                        return Err(self.refuse(trigger, error));
-                    }
-                },
-                Err(error) => {
-                    stop_all(fresh, Duration::ZERO).await;
-                    return Err(self.refuse(trigger, error.to_string()));
-                }
-            };
-        // Deliveries go to the new services from here on; a refused event
-        // bus change (a breaking schema, say) puts the old ones back.
-        let previous_directory = self.events.directory.swap(Arc::new(next.clone()));
+        let previous = staged.live.gateway.as_ref().map(Gateway::table);
+        let table = match RouteTable::build(
+            &manifest.routes,
+            &next,
+            &staged.live.metrics,
+            previous.as_deref(),
+        ) {
+            Ok(table) => match table
+                .with_platform(&manifest.platform, previous.as_deref())
+                .with_jwt(manifest.jwt.as_ref())
+                .await
+            {
+                Ok(table) => table,
+                Err(error) => return Err(staged.refuse(trigger, error).await),
+            },
+            Err(error) => return Err(staged.refuse(trigger, error.to_string()).await),
+        };
+        // The last check: event schemas against their registered versions.
+        let bus_plan = match staged.live.events.bus.check(&manifest).await {
+            Ok(plan) => plan,
+            Err(error) => return Err(staged.refuse(trigger, error).await),
+        };
+
+        // Commit: every check passed. From here on only a failing store can
+        // stop a step, and it is reported without undoing the others.
+        let (functions, buckets) = staged.commit();
+        self.events.functions.commit(functions);
+        self.events.buckets.commit(buckets);
+        // Deliveries and saga steps go to the new services from here on.
+        self.events.directory.store(Arc::new(next.clone()));
         // New runs use the new definitions; runs in flight keep theirs.
         if let Err(error) = self.events.workflows.register(&manifest).await {
             tracing::error!(target: "gantry::reload", %error, "cannot register the workflows; new runs keep the previous definitions");
+            report
+                .warnings
+                .push(format!("the workflow store failed: {error}"));
         }
-        if let Err(error) = self.events.bus.apply(&manifest).await {
-            self.events.directory.store(previous_directory);
-            stop_all(fresh, Duration::ZERO).await;
-            return Err(self.refuse(trigger, error));
+        if let Err(error) = self.events.bus.commit(bus_plan, &manifest).await {
+            tracing::error!(target: "gantry::reload", %error, "the event store failed while applying topics and subscriptions");
+            report
+                .warnings
+                .push(format!("the event store failed: {error}"));
         }
-
         self.events.scheduler.apply(&manifest.schedules);
         self.events.slos.apply(&manifest.slos);
         self.events.slos.set_alerting(&manifest.alerting);
@@ -334,4 +372,36 @@ async fn stop_all(handles: Vec<Arc<ServiceHandle>>, drain: Duration) {
         stops.spawn(async move { handle.stop(drain).await });
     }
     while stops.join_next().await.is_some() {}
+}
+
+/// A reload between stage and commit: what it built so far, undone by
+/// [`Staging::refuse`].
+struct Staging<'a> {
+    live: &'a Live,
+    functions: Option<gantry_functions::Staged>,
+    buckets: Option<gantry_buckets::StagedBuckets>,
+    /// Services started for the new manifest.
+    fresh: Vec<Arc<ServiceHandle>>,
+}
+
+impl Staging<'_> {
+    /// Undoes the stage and refuses the reload.
+    async fn refuse(mut self, trigger: Trigger, reason: String) -> ReloadRefused {
+        if let Some(functions) = self.functions.take() {
+            self.live.events.functions.discard(functions);
+        }
+        if let Some(buckets) = self.buckets.take() {
+            self.live.events.buckets.discard(buckets);
+        }
+        stop_all(std::mem::take(&mut self.fresh), Duration::ZERO).await;
+        self.live.refuse(trigger, reason)
+    }
+
+    /// The staged functions and buckets, to commit.
+    fn commit(mut self) -> (gantry_functions::Staged, gantry_buckets::StagedBuckets) {
+        (
+            self.functions.take().unwrap_or_default(),
+            self.buckets.take().unwrap_or_default(),
+        )
+    }
 }

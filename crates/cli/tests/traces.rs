@@ -65,6 +65,9 @@ async fn a_request_through_the_gateway_into_a_function_is_one_trace() {
 listen = "127.0.0.1:{GATEWAY}"
 admin = "127.0.0.1:{ADMIN}"
 
+[telemetry]
+sample_ratio = 1
+
 [functions.hello]
 component = "hello.wat"
 executor = "wagi"
@@ -237,6 +240,7 @@ listen = "127.0.0.1:{{GATEWAY}}"
 admin = "127.0.0.1:{{ADMIN}}"
 
 [telemetry]
+sample_ratio = 1
 otlp_endpoint = "http://127.0.0.1:{port}"
 otlp_protocol = "{protocol}"
 
@@ -546,6 +550,9 @@ async fn the_trace_viewer_lists_traces_and_draws_one_as_a_waterfall_in_a_browser
 [platform]
 listen = "127.0.0.1:{GATEWAY}"
 admin = "127.0.0.1:{ADMIN}"
+
+[telemetry]
+sample_ratio = 1
 
 [functions.hello]
 component = "hello.wat"

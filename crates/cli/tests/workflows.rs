@@ -104,6 +104,9 @@ listen = "127.0.0.1:{{GATEWAY}}"
 admin = "127.0.0.1:{{ADMIN}}"
 api = "127.0.0.1:{{API}}"
 
+[telemetry]
+sample_ratio = 1
+
 [services.shop]
 urls = ["{url}"]
 

@@ -1,25 +1,16 @@
 //! Sending one event to a subscriber: an HTTP POST in CloudEvents binary mode
 //! to an instance of the target service.
 
-use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use bytes::Bytes;
 use gantry_manifest::{Endpoint, Subscription};
-use gantry_services::ServiceHandle;
-use http::{HeaderValue, Request};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use gantry_services::outbound::{Call, CallError, Outbound};
+use gantry_services::ServiceDirectory;
+use gantry_telemetry::context::TraceContext;
+use http::{HeaderMap, HeaderValue, Method};
 
 use crate::broker::Pending;
 use crate::cloudevent::CloudEvent;
-
-/// The services events can be delivered to, as the app's latest reload left them.
-pub type ServiceDirectory = Arc<ArcSwap<HashMap<String, Arc<ServiceHandle>>>>;
 
 /// Header with the attempt number (1 for the first delivery of an event).
 pub const ATTEMPT_HEADER: &str = "gantry-delivery-attempt";
@@ -46,10 +37,10 @@ pub trait WorkflowStarter: Send + Sync + std::fmt::Debug {
 /// Where the workflow engine is, once the app has wired it.
 pub(crate) type StarterSlot = Arc<OnceLock<Arc<dyn WorkflowStarter>>>;
 
-/// Delivers events over pooled HTTP/1.1 connections (or starts workflows).
+/// Delivers events through the services' outbound client (or starts workflows).
 #[derive(Debug, Clone)]
 pub(crate) struct Deliverer {
-    client: Client<HttpConnector, Full<Bytes>>,
+    outbound: Outbound,
     services: ServiceDirectory,
     pub starter: StarterSlot,
     /// Where delivery spans go, once the app has wired it.
@@ -58,14 +49,8 @@ pub(crate) struct Deliverer {
 
 impl Deliverer {
     pub fn new(services: ServiceDirectory) -> Deliverer {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
         Deliverer {
-            client,
+            outbound: Outbound::default(),
             services,
             starter: StarterSlot::default(),
             traces: Arc::default(),
@@ -100,33 +85,20 @@ impl Deliverer {
             Endpoint::Service { service, path } => (service, path),
             Endpoint::Workflow { name } => return self.start_workflow(name, pending).await,
         };
-        let handle = self
-            .services
-            .load()
-            .get(service)
-            .cloned()
-            .ok_or_else(|| format!("service `{service}` is not running"))?;
-        let instance = handle
-            .pick(None)
-            .cloned()
-            .ok_or_else(|| format!("no healthy instance of service `{service}`"))?;
-        let _in_flight = handle.track_request();
-        let _load = instance.begin();
-
         let event = CloudEvent::from_stored(&pending.event.json).map_err(|e| e.to_string())?;
         let (headers, body) = event.to_binary();
-        let uri = format!("{}://{}{}", instance.scheme(), instance.authority, path);
-        let mut request = Request::post(uri)
-            .body(Full::new(body))
-            .map_err(|e| format!("cannot build the request: {e}"))?;
-        let out = request.headers_mut();
+        let mut out = HeaderMap::new();
         out.extend(headers);
-        out.insert(http::header::HOST, instance.host_header.clone());
         let started = std::time::SystemTime::now();
         let publisher = event.attribute("traceparent");
-        let delivery = publisher.as_deref().and_then(child_span);
-        if let Some(parent) = &delivery {
-            out.insert("traceparent", parent.clone());
+        // The delivery is a child of the publish span the event carries.
+        let delivery = publisher
+            .as_deref()
+            .and_then(|p| TraceContext::continued(p.as_bytes()));
+        if let Some(context) = &delivery {
+            if let Ok(value) = HeaderValue::from_bytes(&context.traceparent_bytes()) {
+                out.insert("traceparent", value);
+            }
         }
         if let Some(state) = event
             .attribute("tracestate")
@@ -139,55 +111,37 @@ impl Deliverer {
         if let Ok(name) = HeaderValue::from_str(&subscription.name) {
             out.insert(SUBSCRIPTION_HEADER, name);
         }
-
-        let exchange = async {
-            let sent = match &instance.tls {
-                Some(tls) => tls.client.request(request),
-                None => self.client.request(request),
-            };
-            let response = sent.await.map_err(|e| {
-                let mut reason = e.to_string();
-                if let Some(source) = std::error::Error::source(&e) {
-                    reason = format!("{reason}: {source}");
-                }
-                format!("cannot reach {service} at {}: {reason}", instance.authority)
-            })?;
-            let status = response.status();
-            // Read the body so the connection can be reused; keep a little of
-            // it for the error message.
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            if status.is_success() {
-                Ok(())
-            } else {
-                let excerpt = String::from_utf8_lossy(&body[..body.len().min(200)]);
+        // The service's own bulkhead and breaker, shared with the gateway: a
+        // delivery refused by them waits and is retried like a failed one.
+        let call = Call {
+            method: Method::POST,
+            path: path.clone(),
+            headers: out,
+            body,
+            timeout: subscription.timeout,
+        };
+        let outcome = match self.outbound.call(&self.services, service, call).await {
+            Ok(answer) if answer.status.is_success() => Ok(()),
+            Ok(answer) => {
+                let excerpt = String::from_utf8_lossy(&answer.body[..answer.body.len().min(200)]);
                 Err(format!(
-                    "{service} answered {status}{}{}",
+                    "{service} answered {}{}{}",
+                    answer.status,
                     if excerpt.is_empty() { "" } else { ": " },
                     excerpt.trim()
                 ))
             }
-        };
-        let outcome = match tokio::time::timeout(subscription.timeout, exchange).await {
-            Ok(result) => result,
-            Err(_) => Err(format!(
+            Err(CallError::Timeout { .. }) => Err(format!(
                 "{service} did not answer within {:?} (the subscription's `timeout`)",
                 subscription.timeout
             )),
+            Err(error) => Err(error.to_string()),
         };
-        handle.record(&instance, outcome.is_ok());
-        if let (Some(store), Some(publisher), Some(delivery)) =
-            (self.traces.get(), publisher.as_deref(), &delivery)
-        {
+        if let (Some(store), Some(delivery)) = (self.traces.get(), &delivery) {
             record_delivery(
                 store,
                 subscription,
                 &event,
-                publisher,
                 delivery,
                 attempt,
                 started,
@@ -205,17 +159,12 @@ fn record_delivery(
     store: &gantry_telemetry::traces::TraceStore,
     subscription: &Subscription,
     event: &CloudEvent,
-    publisher: &str,
-    delivery: &HeaderValue,
+    delivery: &TraceContext,
     attempt: u32,
     started: std::time::SystemTime,
     outcome: &Result<(), String>,
 ) {
-    let mut ours = delivery.to_str().unwrap_or_default().split('-').skip(1);
-    let (Some(trace_id), Some(span_id)) = (ours.next(), ours.next()) else {
-        return;
-    };
-    let parent_id = publisher.split('-').nth(2).map(str::to_string);
+    let duration = started.elapsed().unwrap_or_default();
     let mut attributes = gantry_telemetry::traces::Attributes::new();
     attributes.insert("messaging.system", "gantry");
     attributes.insert("messaging.operation.type", "deliver");
@@ -231,28 +180,16 @@ fn record_delivery(
         attributes.insert("error.message", error.clone());
     }
     store.record(gantry_telemetry::traces::Span {
-        trace_id: trace_id.to_string(),
-        span_id: span_id.to_string(),
-        parent_id,
+        trace_id: delivery.trace_id_hex(),
+        span_id: delivery.span_id_hex(),
+        parent_id: delivery.parent_id_hex(),
         name: format!("deliver {}", subscription.topic),
         kind: "producer",
         service: "events".into(),
         start_ns: gantry_telemetry::traces::unix_nanos(started),
-        duration_ns: started.elapsed().unwrap_or_default().as_nanos() as u64,
+        duration_ns: duration.as_nanos() as u64,
         error: outcome.is_err(),
         attributes,
+        sampled: delivery.sampled(),
     });
-}
-
-/// A `traceparent` for the delivery hop: the publisher's trace id with a new
-/// span id, so the delivery shows as a child of the publish.
-fn child_span(parent: &str) -> Option<HeaderValue> {
-    let mut parts = parent.split('-');
-    let (version, trace, _span, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    if version.len() != 2 || trace.len() != 32 || flags.len() != 2 {
-        return None;
-    }
-    let span = format!("{:016x}", fastrand::u64(1..));
-    HeaderValue::from_str(&format!("{version}-{trace}-{span}-{flags}")).ok()
 }

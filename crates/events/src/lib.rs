@@ -18,11 +18,11 @@ pub mod cloudevent;
 mod deliver;
 mod dispatch;
 mod metrics;
-pub mod objects;
 mod outbox;
 pub mod schema;
 mod sqlite;
 
+use gantry_services::ServiceDirectory;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,9 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use broker::{Broker, BrokerError, DeadLetter, DeadLetterFilter, Position, Published, Seq};
 pub use cloudevent::{CloudEvent, EventError};
-pub use deliver::{
-    ServiceDirectory, WorkflowStarter, ATTEMPT_HEADER, SEQUENCE_HEADER, SUBSCRIPTION_HEADER,
-};
+pub use deliver::{WorkflowStarter, ATTEMPT_HEADER, SEQUENCE_HEADER, SUBSCRIPTION_HEADER};
 pub use metrics::EventMetrics;
 pub use sqlite::SqliteBroker;
 
@@ -204,10 +202,15 @@ impl EventBus {
     /// changes nothing), then registers new schema versions, and starts,
     /// restarts or stops subscriptions and outbox relays.
     pub async fn apply(&self, manifest: &Manifest) -> Result<ApplyReport, String> {
-        let broker = &self.inner.broker;
-        let mut report = ApplyReport::default();
+        let plan = self.check(manifest).await?;
+        self.commit(plan, manifest).await
+    }
 
-        // 1. Check: every schema compiles and agrees with its previous version.
+    /// The first half of [`EventBus::apply`]: checks every schema (compiles,
+    /// agrees with its previous version) and changes nothing. A reload runs
+    /// every subsystem's check before it commits any of them.
+    pub async fn check(&self, manifest: &Manifest) -> Result<BusPlan, String> {
+        let broker = &self.inner.broker;
         let mut planned = Vec::new();
         for (name, config) in &manifest.topics {
             let schema = match &config.schema {
@@ -251,9 +254,17 @@ impl EventBus {
             };
             planned.push((name.clone(), config.clone(), schema));
         }
+        Ok(BusPlan { planned })
+    }
 
-        // 2. Commit.
+    /// The second half of [`EventBus::apply`]: registers new schema versions,
+    /// then starts, restarts or stops subscriptions and outbox relays. Fails
+    /// only when the store does.
+    pub async fn commit(&self, plan: BusPlan, manifest: &Manifest) -> Result<ApplyReport, String> {
+        let broker = &self.inner.broker;
+        let mut report = ApplyReport::default();
         let mut topics = HashMap::new();
+        let planned = plan.planned;
         for (name, config, schema) in planned {
             broker
                 .create_topic(&name)
@@ -413,26 +424,16 @@ impl EventBus {
             return None;
         }
         let carried = event.attribute("traceparent");
-        let (trace_id, parent_id, flags) = carried
-            .as_deref()
-            .and_then(|t| {
-                let mut parts = t.split('-');
-                let (version, trace, span, flags) =
-                    (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-                (version.len() == 2 && trace.len() == 32 && span.len() == 16 && flags.len() == 2)
-                    .then(|| (trace.to_string(), Some(span.to_string()), flags.to_string()))
-            })
-            .unwrap_or_else(|| (format!("{:032x}", fastrand::u128(1..)), None, "01".into()));
-        let span_id = format!("{:016x}", fastrand::u64(1..));
-        event.set_extension("traceparent", &format!("00-{trace_id}-{span_id}-{flags}"));
+        // The publish span continues the trace the event carries (keeping
+        // its sampling decision), or starts one.
+        let context = store.context(carried.as_deref());
+        event.set_extension("traceparent", &context.traceparent());
         Some(PublishSpan {
             store: store.clone(),
             topic: topic.to_string(),
             id: event.id().to_string(),
             event_type: event.event_type().to_string(),
-            trace_id,
-            span_id,
-            parent_id,
+            context,
         })
     }
 
@@ -456,9 +457,9 @@ impl EventBus {
             }
         }
         span.store.record(gantry_telemetry::traces::Span {
-            trace_id: span.trace_id,
-            span_id: span.span_id,
-            parent_id: span.parent_id,
+            trace_id: span.context.trace_id_hex(),
+            span_id: span.context.span_id_hex(),
+            parent_id: span.context.parent_id_hex(),
             name: format!("publish {}", span.topic),
             kind: "producer",
             service: "events".into(),
@@ -466,6 +467,7 @@ impl EventBus {
             duration_ns: started.elapsed().unwrap_or_default().as_nanos() as u64,
             error: outcome.is_none(),
             attributes,
+            sampled: span.context.sampled(),
         });
     }
 
@@ -600,14 +602,22 @@ impl EventBus {
 
 /// Checks one event against its topic and turns it into what the broker stores.
 /// A publish span waiting for its outcome.
+/// What [`EventBus::check`] found: each topic with its schema, compiled,
+/// and whether it is a new version to register.
+#[derive(Debug)]
+pub struct BusPlan {
+    planned: Vec<PlannedTopic>,
+}
+
+/// A topic's name, settings, and its schema with whether that is a new version.
+type PlannedTopic = (String, gantry_manifest::Topic, Option<(TopicSchema, bool)>);
+
 pub(crate) struct PublishSpan {
     store: gantry_telemetry::traces::TraceStore,
     topic: String,
     id: String,
     event_type: String,
-    trace_id: String,
-    span_id: String,
-    parent_id: Option<String>,
+    context: gantry_telemetry::context::TraceContext,
 }
 
 fn prepare(

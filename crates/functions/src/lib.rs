@@ -34,6 +34,8 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use gantry_manifest::{Function, FunctionKind, Manifest, Service};
+use gantry_telemetry::context::TraceContext;
+use gantry_telemetry::traces::TraceStore;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -166,6 +168,33 @@ struct Slot {
     deployments: std::sync::atomic::AtomicU64,
 }
 
+/// Functions loaded for a manifest but not yet running it
+/// ([`Functions::stage`]).
+#[derive(Default)]
+pub struct Staged {
+    /// Every function of the manifest, by name.
+    slots: HashMap<String, Arc<Slot>>,
+    /// Running functions and the new version each is to serve.
+    swaps: Vec<(Arc<Slot>, Loaded)>,
+    /// Functions new in the manifest, listening already.
+    fresh: Vec<Arc<Slot>>,
+}
+
+impl std::fmt::Debug for Staged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Staged")
+            .field("functions", &self.slots.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Staged {
+    /// The service each staged function is to the gateway and the bus.
+    pub fn services(&self) -> BTreeMap<String, Service> {
+        services_of(&self.slots)
+    }
+}
+
 /// A function as listed by the admin API and `gantry functions list`.
 #[derive(Debug, Clone, Serialize)]
 pub struct FunctionInfo {
@@ -266,13 +295,21 @@ impl Functions {
         Ok(host)
     }
 
-    /// Makes the running functions those of `manifest`: new ones are loaded
-    /// and get a listener, changed ones are swapped in place (same
-    /// listener), removed ones stop. The first function that fails to load
-    /// fails the apply; functions swapped before it keep their new version
-    /// (each is valid on its own) and nothing is removed.
+    /// Makes the running functions those of `manifest` ([`Functions::stage`]
+    /// then [`Functions::commit`]).
     pub async fn apply(&self, manifest: &Manifest) -> Result<(), String> {
-        let mut next = HashMap::new();
+        let staged = self.stage(manifest).await?;
+        self.commit(staged);
+        Ok(())
+    }
+
+    /// Loads what `manifest` changes without changing what runs: a changed
+    /// function's new version is compiled beside the old one, a new function
+    /// gets its listener (known to nobody yet). The first function that fails
+    /// to load fails the stage and undoes it. Then [`Functions::commit`] or
+    /// [`Functions::discard`].
+    pub async fn stage(&self, manifest: &Manifest) -> Result<Staged, String> {
+        let mut staged = Staged::default();
         for (name, config) in &manifest.functions {
             let existing = self
                 .inner
@@ -281,49 +318,75 @@ impl Functions {
                 .unwrap_or_else(|e| e.into_inner())
                 .get(name)
                 .cloned();
-            let slot = match existing {
+            let loaded = match existing {
                 Some(slot) => {
                     if slot.current.load().config != *config {
-                        self.redeploy(&slot, config.clone(), "manifest changed")
-                            .await?;
+                        match self.load(&slot.name, config.clone()).await {
+                            Ok(loaded) => staged.swaps.push((slot.clone(), loaded)),
+                            Err(error) => {
+                                self.discard(staged);
+                                return Err(error);
+                            }
+                        }
                     }
-                    slot
+                    Ok(slot)
                 }
-                None => self.start(name, config.clone()).await?,
+                None => self.start(name, config.clone()).await.inspect(|slot| {
+                    staged.fresh.push(slot.clone());
+                }),
             };
-            next.insert(name.clone(), slot);
+            match loaded {
+                Ok(slot) => {
+                    staged.slots.insert(name.clone(), slot);
+                }
+                Err(error) => {
+                    self.discard(staged);
+                    return Err(error);
+                }
+            }
+        }
+        Ok(staged)
+    }
+
+    /// Makes a staged set the running one: new versions swapped in (requests
+    /// in flight finish on the old), removed functions stopped.
+    pub fn commit(&self, staged: Staged) {
+        for (slot, loaded) in staged.swaps {
+            slot.current.store(Arc::new(loaded));
+            let n = slot
+                .deployments
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1;
+            tracing::info!(target: "gantry::functions", function = %slot.name, deployment = n, why = "manifest changed", "new version deployed");
         }
         let removed: Vec<Arc<Slot>> = {
             let mut slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
             let removed = slots
                 .iter()
-                .filter(|(name, _)| !next.contains_key(*name))
+                .filter(|(name, _)| !staged.slots.contains_key(*name))
                 .map(|(_, slot)| slot.clone())
                 .collect();
-            *slots = next;
+            *slots = staged.slots;
             removed
         };
         for slot in removed {
             tracing::info!(target: "gantry::functions", function = %slot.name, "function removed");
             slot.stop.cancel();
         }
-        Ok(())
+    }
+
+    /// Undoes a stage: new listeners stop, new versions are dropped; what
+    /// runs is as it was.
+    pub fn discard(&self, staged: Staged) {
+        for slot in staged.fresh {
+            slot.stop.cancel();
+        }
     }
 
     /// The service each function is to the gateway and the event bus:
     /// `function:NAME` at its listener.
     pub fn services(&self) -> BTreeMap<String, Service> {
-        let slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
-        slots
-            .iter()
-            .map(|(name, slot)| {
-                let mut service = Service::external(vec![format!("http://{}", slot.addr)]);
-                // The function's own gate bounds concurrency; the service
-                // layer must not refuse before it.
-                service.max_concurrent = 1_000_000;
-                (gantry_manifest::function_target(name), service)
-            })
-            .collect()
+        services_of(&self.inner.slots.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// The base URL of a function's listener.
@@ -589,7 +652,7 @@ async fn serve(
                 let hooks = hooks.clone();
                 async move {
                     let started = SystemTime::now();
-                    let span = SpanStart::of(&mut request);
+                    let span = SpanStart::of(&mut request, hooks.traces.get());
                     // OpenTelemetry's `faas.trigger` values.
                     let headers = request.headers();
                     let trigger = if headers
@@ -780,6 +843,19 @@ async fn invoke_lambda(
     }
 }
 
+fn services_of(slots: &HashMap<String, Arc<Slot>>) -> BTreeMap<String, Service> {
+    slots
+        .iter()
+        .map(|(name, slot)| {
+            let mut service = Service::external(vec![format!("http://{}", slot.addr)]);
+            // The function's own gate bounds concurrency; the service
+            // layer must not refuse before it.
+            service.max_concurrent = 1_000_000;
+            (gantry_manifest::function_target(name), service)
+        })
+        .collect()
+}
+
 /// RFC 3339 in UTC, for listings.
 fn rfc3339(time: SystemTime) -> String {
     chrono::DateTime::<chrono::Utc>::from(time).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
@@ -792,33 +868,28 @@ struct SpanStart {
     trace_id: String,
     span_id: String,
     parent_id: Option<String>,
+    sampled: bool,
 }
 
 impl SpanStart {
-    fn of(request: &mut Request<Incoming>) -> SpanStart {
-        let (high, low) = uuid::Uuid::new_v4().as_u64_pair();
-        let span_id = format!("{:016x}", low | 1);
+    fn of(request: &mut Request<Incoming>, store: Option<&TraceStore>) -> SpanStart {
         let caller = request
             .headers()
             .get("traceparent")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                let mut parts = v.split('-');
-                let (_, trace, parent) = (parts.next()?, parts.next()?, parts.next()?);
-                (trace.len() == 32 && parent.len() == 16)
-                    .then(|| (trace.to_string(), parent.to_string()))
-            });
-        let (trace_id, parent_id) = match caller {
-            Some((trace, parent)) => (trace, Some(parent)),
-            None => (format!("{high:016x}{low:016x}"), None),
-        };
-        if let Ok(value) = format!("00-{trace_id}-{span_id}-01").parse() {
+            .and_then(|v| TraceContext::continued(v.as_bytes()));
+        let context = caller.unwrap_or_else(|| {
+            let mut context = TraceContext::start(true);
+            context.set_sampled(store.is_none_or(|s| s.sample(context.trace_id)));
+            context
+        });
+        if let Ok(value) = http::HeaderValue::from_bytes(&context.traceparent_bytes()) {
             request.headers_mut().insert("traceparent", value);
         }
         SpanStart {
-            trace_id,
-            span_id,
-            parent_id,
+            trace_id: context.trace_id_hex(),
+            span_id: context.span_id_hex(),
+            parent_id: context.parent_id_hex(),
+            sampled: context.sampled(),
         }
     }
 
@@ -847,6 +918,7 @@ impl SpanStart {
             duration_ns: started.elapsed().unwrap_or_default().as_nanos() as u64,
             error: status >= 500,
             attributes,
+            sampled: self.sampled,
         });
     }
 }

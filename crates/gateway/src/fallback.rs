@@ -3,8 +3,8 @@
 use http::header::{self, HeaderValue};
 use http::{Request, Response};
 
+use crate::attempts::FALLBACK;
 use crate::body::GatewayBody;
-use crate::forward::FALLBACK;
 use crate::forwarding::strip_hop_by_hop;
 use crate::problem::Problem;
 use crate::proxy::{Gateway, Outcome};

@@ -20,15 +20,15 @@
 //! instance, 504 upstream timeout.
 
 mod api_keys;
+mod attempts;
 mod auth;
 mod body;
 mod database;
-mod edge_idempotency;
 mod fallback;
-mod forward;
 mod forwarding;
 mod idempotency;
 mod identity;
+mod layers;
 mod metrics;
 mod normalize;
 mod problem;
@@ -66,12 +66,12 @@ pub mod fuzzing {
     /// against an HS256 key. None of them may panic.
     pub fn edge_headers(headers: &HeaderMap) {
         let _ = crate::identity::request_id(headers);
-        let trace = crate::identity::TraceContext::from_headers(headers);
-        let _ = trace.traceparent();
+        let trace = crate::identity::trace_context(headers, |_| true);
+        let _ = crate::identity::traceparent(&trace);
         let peer = crate::forwarding::Peer::new(([10, 0, 0, 1], 1234).into());
         let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().expect("a CIDR")];
         let _ = crate::forwarding::client_ip(&peer, headers, &trusted);
-        let _ = crate::forward::affinity_key(
+        let _ = crate::attempts::affinity_key(
             &gantry_manifest::HashKey::Cookie("session".into()),
             headers,
         );

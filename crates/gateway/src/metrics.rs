@@ -50,8 +50,6 @@ pub struct GatewayMetrics {
     duration: Family<RouteLabels, HistogramWithExemplars<TraceExemplar>>,
     retries: Family<RouteLabels, Counter>,
     shed: Family<ServiceLabels, Counter>,
-    breaker_state: Family<ServiceLabels, Gauge>,
-    breaker_opened: Family<ServiceLabels, Counter>,
     fallbacks: Family<FallbackLabels, Counter>,
 }
 
@@ -90,8 +88,6 @@ impl GatewayMetrics {
         });
         let retries = Family::<RouteLabels, Counter>::default();
         let shed = Family::<ServiceLabels, Counter>::default();
-        let breaker_state = Family::<ServiceLabels, Gauge>::default();
-        let breaker_opened = Family::<ServiceLabels, Counter>::default();
         let fallbacks = Family::<FallbackLabels, Counter>::default();
         metrics.register(|registry| {
             registry.register(
@@ -105,16 +101,6 @@ impl GatewayMetrics {
                 shed.clone(),
             );
             registry.register(
-                "circuit_breaker_state",
-                "Circuit breaker state by service: 0 closed, 1 open, 2 half-open",
-                breaker_state.clone(),
-            );
-            registry.register(
-                "circuit_breaker_opened",
-                "Times a service's circuit breaker opened",
-                breaker_opened.clone(),
-            );
-            registry.register(
                 "fallbacks",
                 "Fallback answers served, by route and reason",
                 fallbacks.clone(),
@@ -125,21 +111,8 @@ impl GatewayMetrics {
             duration,
             retries,
             shed,
-            breaker_state,
-            breaker_opened,
             fallbacks,
         }
-    }
-
-    /// The state gauge and open counter of a service's breaker.
-    pub(crate) fn for_breaker(&self, service: &str) -> (Gauge, Counter) {
-        let labels = ServiceLabels {
-            service: service.to_string(),
-        };
-        (
-            self.breaker_state.get_or_create(&labels).clone(),
-            self.breaker_opened.get_or_create(&labels).clone(),
-        )
     }
 
     pub(crate) fn for_route(&self, route: &str, service: &str) -> RouteMetrics {
@@ -206,6 +179,9 @@ impl RouteMetrics {
 /// Bulkhead use, read at each scrape from the route table in force: requests
 /// in flight per service, beside the service's `max_concurrent`.
 pub(crate) fn register_saturation(metrics: &Metrics, gateway: crate::Gateway) {
+    metrics.register(|registry| {
+        registry.register_collector(Box::new(Breakers(gateway.clone())));
+    });
     let in_flight = Family::<ServiceLabels, Gauge>::default();
     let limit = Family::<ServiceLabels, Gauge>::default();
     metrics.register(|registry| {
@@ -239,4 +215,43 @@ pub(crate) fn register_saturation(metrics: &Metrics, gateway: crate::Gateway) {
             }
         })
     }));
+}
+
+/// `gantry_circuit_breaker_state` and `gantry_circuit_breaker_opened_total`,
+/// read from each running service's breaker at every scrape (the breakers
+/// belong to the services, shared by every caller, not to the gateway).
+#[derive(Debug)]
+struct Breakers(crate::Gateway);
+
+impl prometheus_client::collector::Collector for Breakers {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        let state = Family::<ServiceLabels, Gauge>::default();
+        let opened = Family::<ServiceLabels, Counter>::default();
+        for service in self.0.table().services() {
+            let labels = ServiceLabels {
+                service: service.name().to_string(),
+            };
+            let breaker = service.breaker();
+            state.get_or_create(&labels).set(breaker.state() as i64);
+            opened.get_or_create(&labels).inc_by(breaker.opened_total());
+        }
+        let metric = encoder.encode_descriptor(
+            "circuit_breaker_state",
+            "Circuit breaker state by service: 0 closed, 1 open, 2 half-open",
+            None,
+            state.metric_type(),
+        )?;
+        state.encode(metric)?;
+        let metric = encoder.encode_descriptor(
+            "circuit_breaker_opened",
+            "Times a service's circuit breaker opened",
+            None,
+            opened.metric_type(),
+        )?;
+        opened.encode(metric)
+    }
 }

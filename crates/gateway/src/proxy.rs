@@ -1,33 +1,29 @@
 //! The request path through the gateway; see the crate docs for the phases.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use gantry_manifest::{ApiKeySource, AuthMode, RateLimitKey};
-use http::header::HeaderName;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 
 use crate::api_keys::ApiKeys;
-use crate::auth::{deny, forward_claims};
+use crate::attempts::{buffer_small_body, Forward, Forwarded};
 use crate::body::GatewayBody;
-use crate::forward::{buffer_small_body, limit_body, Forward, Forwarded};
 use crate::forwarding::{add_forwarded, client_ip, is_trusted, strip_hop_by_hop, Peer};
 use crate::idempotency::IdempotencyStore;
 use crate::identity::{request_id, TraceContext, REQUEST_ID, TRACEPARENT};
+use crate::layers::{Exchange, RATELIMIT, RATELIMIT_POLICY};
 use crate::metrics::{GatewayMetrics, RouteMetrics};
 use crate::problem::Problem;
-use crate::rate_limit::{rate_limit_header, Decision};
 use crate::resilience::retry::is_idempotent;
-use crate::router::{CompiledRoute, RouteTable};
+use crate::router::RouteTable;
 use crate::shadow::Tap;
 use crate::upstream::{RequestBody, UpstreamPool};
 
-const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 /// The largest request head accepted (names and values of all headers).
 const MAX_HEADER_BYTES: usize = 32 * 1024;
 
@@ -45,11 +41,23 @@ pub trait RequestObserver: Send + Sync + std::fmt::Debug {
 
     /// One attempt to get an answer from a service instance; a retried
     /// request makes several. Called before [`RequestObserver::observe`].
-    fn attempt(&self, _attempt: &Attempt<'_>) {}
+    /// Returns whether the attempt's span was kept (a failing attempt keeps
+    /// its whole trace, the request's own span included).
+    fn attempt(&self, _attempt: &Attempt<'_>) -> bool {
+        false
+    }
 
-    /// Whether this request's trace is kept, so its id may be the exemplar
-    /// of the latency histogram's bucket.
-    fn keeps_trace(&self, _trace_id: u128, _status: u16, _duration: std::time::Duration) -> bool {
+    /// Head sampling: whether a trace the gateway starts (the client sent
+    /// no `traceparent`) is sampled. The decision travels upstream in the
+    /// `traceparent` flags, so every hop agrees.
+    fn sample(&self, _trace_id: u128) -> bool {
+        true
+    }
+
+    /// Whether a request's span is kept: sampled at the head, or failed, or
+    /// slow (tail). A kept trace's id may be the exemplar of the latency
+    /// histogram's bucket.
+    fn keeps_trace(&self, _sampled: bool, _status: u16, _duration: std::time::Duration) -> bool {
         false
     }
 }
@@ -76,6 +84,8 @@ pub struct Attempt<'a> {
     pub trace_id: u128,
     pub span_id: u64,
     pub parent_id: u64,
+    /// The trace's head sampling decision.
+    pub sampled: bool,
 }
 
 /// One answered request, as observers see it.
@@ -96,6 +106,9 @@ pub struct Observation<'a> {
     pub trace_id: u128,
     pub span_id: u64,
     pub parent_id: Option<u64>,
+    /// Whether this request's span is kept (see [`RequestObserver::keeps_trace`]);
+    /// SLOs count every request either way.
+    pub keep_span: bool,
 }
 
 #[derive(Debug)]
@@ -173,7 +186,10 @@ impl Gateway {
 
         // Phase 1: identify.
         let request_id = request_id(request.headers());
-        let trace = TraceContext::from_headers(request.headers());
+        let observer = self.inner.observer.get().map(|o| o.as_ref());
+        let trace = crate::identity::trace_context(request.headers(), |id| {
+            observer.is_none_or(|o| o.sample(id))
+        });
         let (mut parts, body) = request.into_parts();
         // Paths are normalised before routing, and the upstream gets the
         // normalised one: the path a route matched is the path it serves.
@@ -200,7 +216,8 @@ impl Gateway {
             instance: None,
             request_id: &request_id,
             trace: &trace,
-            observer: self.inner.observer.get().map(|o| o.as_ref()),
+            observer,
+            attempt_kept: std::sync::atomic::AtomicBool::new(false),
             hsts: client.tls.as_ref().and(table.edge.hsts.as_ref()),
         };
         match normalized {
@@ -294,199 +311,46 @@ impl Gateway {
         outcome.route = &route.label;
         outcome.service = service.name();
 
-        // Clients that keep failing to authenticate are refused before their
-        // credentials are even looked at.
-        let failures = table
-            .edge
-            .auth_failures
-            .as_ref()
-            .filter(|_| route.auth != AuthMode::None);
-        let client_addr = client_ip(client, &parts.headers, &table.trusted_proxies);
-        let failure_key = failures.map(|_| failure_key(client_addr));
-        // A request that presents credentials takes one failure token before
-        // they are checked and gives it back if they are good, so concurrent
-        // guesses cannot all slip past the limit; a request without any only
-        // looks (it is refused below, but it is not guessing).
-        let presents_credentials = credentials_presented(route, &parts);
-        if let (Some(limiter), Some(key)) = (failures, &failure_key) {
-            let now = Instant::now();
-            let decision = if presents_credentials {
-                limiter.check(key, now)
-            } else {
-                limiter.peek(key, now)
-            };
-            if let Decision::Limited { retry_after } = decision {
-                let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
-                let detail = format!(
-                    "too many failed authentications from {client_addr}; try again in {seconds}s"
-                );
-                let mut response = Problem::RateLimited.respond(detail, &path, &request_id);
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        // The route's edge policies, in the order `layers::stack` gives.
+        let mut exchange = Exchange {
+            gateway: self,
+            table: &table,
+            route,
+            client,
+            client_addr: client_ip(client, &parts.headers, &table.trusted_proxies),
+            path: &path,
+            request_id: &request_id,
+            parts,
+            body,
+            claims: None,
+            rate_headers: None,
+            claim_guard: None,
+        };
+        for layer in &route.layers {
+            if let ControlFlow::Break(response) = layer.apply(&mut exchange).await {
                 return outcome.finish(response, &backend.metrics);
             }
         }
-
-        // Headers only Gantry may set (any route's `forward_claims`) are
-        // removed first, whatever happens next: a client cannot send its own
-        // copy to this route's service, nor key a `header:` limit on one.
-        for header in &table.claim_headers {
-            parts.headers.remove(header);
-        }
-
-        // A rate limit by client address runs before credentials are checked;
-        // one by header or claim after (the header may be a forwarded claim).
-        let mut rate_headers = None;
-        let after_auth = route
-            .rate_limit
-            .as_ref()
-            .is_some_and(|l| !matches!(l.policy.key, RateLimitKey::Ip));
-        if !after_auth {
-            if let Err(response) = self.rate_limit(
-                route,
-                &parts,
-                None,
-                client_addr,
-                &path,
-                &request_id,
-                &mut rate_headers,
-            ) {
-                return outcome.finish(*response, &backend.metrics);
-            }
-        }
-
-        // Authentication.
-        let claims = match self
-            .authenticate(route, &table, &parts, client, &path, &request_id)
-            .await
-        {
-            Ok(claims) => {
-                if let (true, Some(limiter), Some(key)) =
-                    (presents_credentials, failures, &failure_key)
-                {
-                    limiter.refund(key, Instant::now());
-                }
-                claims
-            }
-            Err(refusal) => {
-                // Only credentials that were presented and refused (401) keep
-                // their token: a valid token lacking a scope (403) or a store
-                // failure (503) is not a guess.
-                let guessed = refusal.credentials_given
-                    && refusal.response.status() == http::StatusCode::UNAUTHORIZED;
-                if let (true, false, Some(limiter), Some(key)) =
-                    (presents_credentials, guessed, failures, &failure_key)
-                {
-                    limiter.refund(key, Instant::now());
-                }
-                return outcome.finish(refusal.response, &backend.metrics);
-            }
-        };
-        if let Some(claims) = &claims {
-            forward_claims(&mut parts.headers, claims, &route.forward_claims);
-        }
-        if after_auth {
-            if let Err(response) = self.rate_limit(
-                route,
-                &parts,
-                claims.as_ref(),
-                client_addr,
-                &path,
-                &request_id,
-                &mut rate_headers,
-            ) {
-                return outcome.finish(*response, &backend.metrics);
-            }
-        }
-
-        // The route's body size limit.
-        let body = match route.shaping.max_body {
-            Some(limit) => match limit_body(body, limit).await {
-                Ok(body) => body,
-                Err(None) => {
-                    let detail = format!(
-                        "route `{}` accepts request bodies of at most {limit} bytes",
-                        route.label
-                    );
-                    return outcome.finish(
-                        Problem::BodyTooLarge.respond(detail, &path, &request_id),
-                        &backend.metrics,
-                    );
-                }
-                Err(Some(error)) => {
-                    let detail = format!("reading the request body failed: {error}");
-                    return outcome.finish(
-                        Problem::BadRequestBody.respond(detail, &path, &request_id),
-                        &backend.metrics,
-                    );
-                }
-            },
-            None => body,
-        };
-
-        // Webhooks: the body must be signed with the route's secret.
-        let body = match &route.webhook {
-            None => body,
-            Some(verifier) => {
-                let limit = route
-                    .shaping
-                    .max_body
-                    .unwrap_or(crate::webhook::DEFAULT_MAX_BODY);
-                let bytes = match crate::forward::read_body(body, limit).await {
-                    Ok(bytes) => bytes,
-                    Err(why) => {
-                        return outcome.finish(
-                            Problem::BadRequestBody.respond(why, &path, &request_id),
-                            &backend.metrics,
-                        )
-                    }
-                };
-                if let Err(why) =
-                    verifier.verify(&parts.headers, &bytes, std::time::SystemTime::now())
-                {
-                    tracing::warn!(target: "gantry::gateway", route = %route.label, request_id = ?request_id, "webhook refused: {why}");
-                    let detail = format!("webhook signature check failed: {why}");
-                    return outcome.finish(
-                        Problem::Unauthenticated.respond(detail, &path, &request_id),
-                        &backend.metrics,
-                    );
-                }
-                crate::upstream::RequestBody::Buffered(Some(bytes))
-            }
-        };
-
-        // Idempotency keys: a repeated request is answered from the store.
-        let mut claim_guard = None;
-        let (body, replayed) = self
-            .idempotency(
-                route,
-                &parts,
-                body,
-                claims.as_ref(),
-                client,
-                &table,
-                &path,
-                &request_id,
-                &mut claim_guard,
-            )
-            .await;
-        if let Some(mut response) = replayed {
-            if let Some((policy, state)) = rate_headers {
-                response.headers_mut().insert(RATELIMIT_POLICY, policy);
-                response.headers_mut().insert(RATELIMIT, state);
-            }
-            return outcome.finish(response, &backend.metrics);
-        }
+        let Exchange {
+            mut parts,
+            body,
+            rate_headers,
+            mut claim_guard,
+            ..
+        } = exchange;
 
         // The request as the upstream gets it (from the service, or from a
         // fallback service if admission refuses it): rewritten path,
         // hop-by-hop headers gone, forwarding headers set by Gantry.
         let Some(uri) = route.upstream_uri(&parts.uri, &matched) else {
-            // Only a rewrite can produce this, from captured segments.
-            let detail = "the rewritten upstream path is not a valid URI".to_string();
+            // Only a rewrite can produce this, from segments of the client's
+            // path: the client's request is at fault, not the route.
+            let detail = format!(
+                "route `{}` rewrites this path into one that is not a valid URI; check the path's segments",
+                route.label
+            );
             return outcome.finish(
-                Problem::NoRoute.respond(detail, &path, &request_id),
+                Problem::BadPath.respond(detail, &path, &request_id),
                 &backend.metrics,
             );
         };
@@ -507,7 +371,9 @@ impl Gateway {
             peer_trusted,
         );
         parts.headers.insert(REQUEST_ID, request_id.clone());
-        parts.headers.insert(TRACEPARENT, trace.traceparent());
+        parts
+            .headers
+            .insert(TRACEPARENT, crate::identity::traceparent(&trace));
         route.shaping.request.apply(&mut parts.headers);
 
         // Phase 3: admission. The bulkhead caps requests in flight to the
@@ -532,7 +398,7 @@ impl Gateway {
                 )
                 .await;
         };
-        let Some(admission) = backend.policies.breaker.admit() else {
+        let Some(admission) = service.breaker().admit() else {
             let detail = format!(
                 "service `{}` is failing and its circuit breaker is open; requests resume after a successful probe",
                 service.name()
@@ -567,7 +433,7 @@ impl Gateway {
             match buffer_small_body(body, limit).await {
                 Ok(body) => body,
                 Err(error) => {
-                    backend.policies.breaker.record(admission, true);
+                    service.breaker().record(admission, true);
                     let detail = format!("reading the request body failed: {error}");
                     return outcome.finish(
                         Problem::BadRequestBody.respond(detail, &path, &request_id),
@@ -601,6 +467,7 @@ impl Gateway {
             deadline: started + route.timeout,
             trace: &trace,
             observer: outcome.observer,
+            attempt_kept: &outcome.attempt_kept,
         }
         .run(parts, body)
         .await;
@@ -667,197 +534,6 @@ impl Gateway {
     }
 }
 
-impl Gateway {
-    /// Checks the credentials a route asks for; the verified claims, or the
-    /// 401/403 (or 503 when the key store fails) to answer.
-    async fn authenticate(
-        &self,
-        route: &CompiledRoute,
-        table: &RouteTable,
-        parts: &http::request::Parts,
-        client: &Peer,
-        path: &str,
-        request_id: &HeaderValue,
-    ) -> Result<Option<serde_json::Map<String, serde_json::Value>>, Box<Refusal>> {
-        let refuse = |response: Response<GatewayBody>, credentials_given: bool| {
-            Box::new(Refusal {
-                response,
-                credentials_given,
-            })
-        };
-        match route.auth {
-            AuthMode::None => Ok(None),
-            AuthMode::ApiKey => {
-                let presented = match &route.api_key_from {
-                    ApiKeySource::Header(name) => parts
-                        .headers
-                        .get(name.as_str())
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_owned),
-                    ApiKeySource::Query(name) => parts.uri.query().and_then(|q| {
-                        q.split('&')
-                            .filter_map(|pair| pair.split_once('='))
-                            .find(|(k, _)| k == name)
-                            .map(|(_, v)| v.to_owned())
-                    }),
-                };
-                let consumer = match (&presented, self.inner.api_keys.get()) {
-                    (Some(key), Some(keys)) => keys.consumer(key).await.map_err(|why| {
-                        tracing::error!(target: "gantry::gateway", route = %route.label, "{why}");
-                        let response = Problem::StoreUnavailable.respond(
-                            "the API key store cannot be read; try again shortly".into(),
-                            path,
-                            request_id,
-                        );
-                        refuse(response, false)
-                    })?,
-                    _ => None,
-                };
-                let Some(consumer) = consumer else {
-                    let reason = if presented.is_some() {
-                        "the API key is not valid"
-                    } else {
-                        "this route needs an API key"
-                    };
-                    let mut response =
-                        Problem::Unauthenticated.respond(reason.to_string(), path, request_id);
-                    response.headers_mut().insert(
-                        header::WWW_AUTHENTICATE,
-                        HeaderValue::from_static("ApiKey realm=\"gantry\""),
-                    );
-                    return Err(refuse(response, presented.is_some()));
-                };
-                let mut verified = serde_json::Map::new();
-                verified.insert("sub".into(), consumer.as_ref().into());
-                Ok(Some(verified))
-            }
-            AuthMode::Jwt => {
-                let Some(verifier) = &table.jwt else {
-                    let detail = "the route needs JWTs but no [jwt] keys are loaded".to_string();
-                    let response = Problem::Unauthenticated.respond(detail, path, request_id);
-                    return Err(refuse(response, false));
-                };
-                match verifier.check(&parts.headers, &route.scopes).await {
-                    Ok(verified) => Ok(Some(verified)),
-                    Err(denied) => {
-                        let given = denied.token_given();
-                        Err(refuse(deny(denied, path, request_id), given))
-                    }
-                }
-            }
-            AuthMode::Mtls => {
-                let identity = client.tls.as_ref().and_then(|tls| tls.client.as_ref());
-                let Some(identity) = identity else {
-                    let detail = if client.tls.is_some() {
-                        "this route needs a client certificate issued by the gateway's `client_ca`; none was presented"
-                    } else {
-                        "this route needs a client certificate, over https"
-                    };
-                    let response =
-                        Problem::Unauthenticated.respond(detail.into(), path, request_id);
-                    return Err(refuse(response, false));
-                };
-                Ok(Some(crate::auth::certificate_claims(identity)))
-            }
-        }
-    }
-
-    /// Counts the request against the route's rate limit, if it has one:
-    /// the 429 to answer when it is over, else the headers to add.
-    #[allow(clippy::too_many_arguments)]
-    fn rate_limit(
-        &self,
-        route: &CompiledRoute,
-        parts: &http::request::Parts,
-        claims: Option<&serde_json::Map<String, serde_json::Value>>,
-        client_addr: std::net::IpAddr,
-        path: &str,
-        request_id: &HeaderValue,
-        rate_headers: &mut Option<(HeaderValue, HeaderValue)>,
-    ) -> Result<(), Box<Response<GatewayBody>>> {
-        let Some(limiter) = &route.rate_limit else {
-            return Ok(());
-        };
-        let key = match &limiter.policy.key {
-            RateLimitKey::Ip => client_addr.to_string(),
-            RateLimitKey::Claim(name) => match claims.and_then(|c| c.get(name.as_str())) {
-                Some(serde_json::Value::String(value)) => format!("claim:{value}"),
-                Some(value) => format!("claim:{value}"),
-                // Without credentials, the client address is the key.
-                None => client_addr.to_string(),
-            },
-            RateLimitKey::Header(name) => parts
-                .headers
-                .get(name.as_str())
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_string(),
-        };
-        match limiter.check(&key, Instant::now()) {
-            Decision::Allowed { remaining, reset } => {
-                *rate_headers = Some((
-                    limiter.policy_header().clone(),
-                    rate_limit_header(remaining, reset),
-                ));
-                Ok(())
-            }
-            Decision::Limited { retry_after } => {
-                let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
-                let detail = format!(
-                    "route `{}` allows {} requests per {} per client; try again in {seconds}s",
-                    route.label,
-                    limiter.policy.requests,
-                    humantime::format_duration(limiter.policy.per)
-                );
-                let mut response = Problem::RateLimited.respond(detail, path, request_id);
-                let headers = response.headers_mut();
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-                headers.insert(RATELIMIT_POLICY, limiter.policy_header().clone());
-                headers.insert(RATELIMIT, rate_limit_header(0, retry_after));
-                Err(Box::new(response))
-            }
-        }
-    }
-}
-
-/// Whether the request carries the credentials its route asks for (checked
-/// or not): an API key in its place, or an `Authorization` header.
-fn credentials_presented(route: &CompiledRoute, parts: &http::request::Parts) -> bool {
-    match route.auth {
-        AuthMode::ApiKey => match &route.api_key_from {
-            ApiKeySource::Header(name) => parts.headers.contains_key(name.as_str()),
-            ApiKeySource::Query(name) => parts.uri.query().is_some_and(|q| {
-                q.split('&')
-                    .any(|pair| pair.split_once('=').is_some_and(|(k, _)| k == name))
-            }),
-        },
-        AuthMode::Jwt => parts.headers.contains_key(header::AUTHORIZATION),
-        // A client certificate was verified in the handshake already.
-        AuthMode::Mtls | AuthMode::None => false,
-    }
-}
-
-/// Why [`Gateway::authenticate`] refused a request.
-struct Refusal {
-    /// The 401, 403 or 503 to answer.
-    response: Response<GatewayBody>,
-    /// Whether the client presented credentials (which were refused), as
-    /// opposed to sending none.
-    credentials_given: bool,
-}
-
-/// What failed authentications are counted by: the client's address, and for
-/// IPv6 its /64 (one host usually holds a whole /64 and could rotate within it).
-fn failure_key(ip: std::net::IpAddr) -> String {
-    match ip {
-        std::net::IpAddr::V4(v4) => v4.to_string(),
-        std::net::IpAddr::V6(v6) => {
-            let s = v6.segments();
-            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-        }
-    }
-}
-
 /// Puts a normalised path (keeping the query, scheme and authority) in `uri`.
 fn replace_path(uri: &mut http::Uri, path: &str) -> Result<(), String> {
     let path_and_query = match uri.query() {
@@ -886,6 +562,9 @@ pub(crate) struct Outcome<'a> {
     pub(crate) request_id: &'a HeaderValue,
     pub(crate) trace: &'a TraceContext,
     pub(crate) observer: Option<&'a dyn RequestObserver>,
+    /// Set when an upstream attempt's span was kept (it failed or was slow),
+    /// which keeps the request's span too.
+    pub(crate) attempt_kept: std::sync::atomic::AtomicBool,
     /// `Strict-Transport-Security` for answers over TLS, when configured.
     pub(crate) hsts: Option<&'a HeaderValue>,
 }
@@ -907,10 +586,12 @@ impl Outcome<'_> {
     ) -> Response<GatewayBody> {
         let elapsed = self.started.elapsed();
         let status = response.status().as_u16();
-        let exemplar = self
+        let sampled =
+            self.trace.sampled() || self.attempt_kept.load(std::sync::atomic::Ordering::Relaxed);
+        let keep_span = self
             .observer
-            .filter(|o| o.keeps_trace(self.trace.trace_id, status, elapsed))
-            .map(|_| self.trace.trace_id);
+            .is_some_and(|o| o.keeps_trace(sampled, status, elapsed));
+        let exemplar = keep_span.then_some(self.trace.trace_id);
         metrics.record(status, elapsed.as_secs_f64(), exemplar);
         if let Some(observer) = self.observer {
             observer.observe(&Observation {
@@ -925,6 +606,7 @@ impl Outcome<'_> {
                 trace_id: self.trace.trace_id,
                 span_id: self.trace.span_id,
                 parent_id: self.trace.parent_id,
+                keep_span,
             });
         }
         response

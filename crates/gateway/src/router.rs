@@ -13,11 +13,10 @@ use http::header::HeaderName;
 use http::{HeaderValue, Method, Uri};
 use serde::Serialize;
 
+use crate::attempts::affinity_key;
 use crate::auth::JwtVerifier;
-use crate::forward::affinity_key;
 use crate::metrics::{GatewayMetrics, RouteMetrics};
 use crate::rate_limit::RateLimiter;
-use crate::resilience::ServicePolicies;
 use crate::shadow::{Shadow, ShadowSummary};
 use crate::shaping::Shaping;
 use crate::split::{Backend, Backends, Weight};
@@ -68,6 +67,8 @@ pub(crate) struct CompiledRoute {
     pub(crate) forward_claims: Vec<(String, HeaderName)>,
     pub(crate) idempotency: Option<gantry_manifest::IdempotencyPolicy>,
     pub(crate) webhook: Option<Arc<crate::webhook::WebhookVerifier>>,
+    /// The edge policies this route has, in order (`layers::stack`).
+    pub(crate) layers: Vec<crate::layers::Layer>,
     config: Route,
 }
 
@@ -96,8 +97,6 @@ pub struct RouteTable {
     pub(crate) claim_headers: Vec<HeaderName>,
     /// Checks tokens for routes with `auth = "jwt"`.
     pub(crate) jwt: Option<Arc<JwtVerifier>>,
-    /// Breakers and retry budgets by service name.
-    policies: HashMap<String, Arc<ServicePolicies>>,
     /// Every service of the manifest this table was built from, routed to or not.
     services: Vec<Arc<ServiceHandle>>,
     pub(crate) unrouted: RouteMetrics,
@@ -141,26 +140,14 @@ pub struct RouteInfo {
 impl RouteTable {
     /// Compiles `routes`, binding each to its service in `services`.
     ///
-    /// A service kept from `previous` (the same running handle) keeps its
-    /// breaker and retry budget; a new or restarted one starts afresh.
+    /// Breakers and retry budgets belong to the running services, so a
+    /// service kept across a reload keeps them; a restarted one starts afresh.
     pub fn build(
         routes: &[Route],
         services: &HashMap<String, Arc<ServiceHandle>>,
         metrics: &GatewayMetrics,
         previous: Option<&RouteTable>,
     ) -> Result<RouteTable, BuildError> {
-        let policies: HashMap<String, Arc<ServicePolicies>> = services
-            .iter()
-            .map(|(name, handle)| {
-                let kept = previous
-                    .and_then(|p| p.policies.get(name))
-                    .filter(|p| Arc::ptr_eq(&p.service, handle))
-                    .cloned();
-                let policies =
-                    kept.unwrap_or_else(|| Arc::new(ServicePolicies::new(handle.clone(), metrics)));
-                (name.clone(), policies)
-            })
-            .collect();
         let mut compiled = Vec::with_capacity(routes.len());
         for route in routes {
             let mut list = Vec::new();
@@ -174,12 +161,7 @@ impl RouteTable {
                             service: name.to_string(),
                         })?;
                 let route_metrics = metrics.for_route(route.label(), name);
-                list.push(Backend::new(
-                    service,
-                    policies[name].clone(),
-                    route_metrics,
-                    weight,
-                ));
+                list.push(Backend::new(service, route_metrics, weight));
             }
             let backends = Backends::new(list, route.sticky.clone());
             if let Some(previous) =
@@ -309,6 +291,7 @@ impl RouteTable {
                     .collect(),
                 idempotency: route.idempotency.clone(),
                 webhook,
+                layers: Vec::new(),
                 config: route.clone(),
             });
         }
@@ -320,17 +303,26 @@ impl RouteTable {
                 claim_headers.push(header.clone());
             }
         }
+        // Each route's edge stack, once the table-wide claim headers are known.
+        for route in &mut compiled {
+            route.layers = crate::layers::stack(route, !claim_headers.is_empty());
+        }
         Ok(RouteTable {
             claim_headers,
             routes: compiled,
             trusted_proxies: Vec::new(),
             edge: Edge::default(),
             jwt: None,
-            policies,
             services,
             // Requests no route matched are counted under route="unmatched".
             unrouted: metrics.for_route("unmatched", "none"),
         })
+    }
+
+    /// Every route, in manifest order.
+    #[cfg(test)]
+    pub(crate) fn routes(&self) -> impl Iterator<Item = &CompiledRoute> {
+        self.routes.iter()
     }
 
     /// The first route matching the request, with the path it matched.
@@ -469,9 +461,10 @@ impl RouteTable {
 
     /// The state of a service's circuit breaker: `closed`, `open` or `half-open`.
     pub fn breaker_state(&self, service: &str) -> Option<&'static str> {
-        self.policies
-            .get(service)
-            .map(|p| p.breaker.state().as_str())
+        self.services
+            .iter()
+            .find(|s| s.name() == service)
+            .map(|s| s.breaker().state().as_str())
     }
 
     /// The methods of routes that would match this request under another

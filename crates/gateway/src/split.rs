@@ -12,15 +12,13 @@ use gantry_services::ServiceHandle;
 use http::HeaderMap;
 use serde::Serialize;
 
-use crate::forward::affinity_key;
+use crate::attempts::affinity_key;
 use crate::metrics::RouteMetrics;
-use crate::resilience::ServicePolicies;
 
 /// One service a route can send to.
 #[derive(Debug)]
 pub(crate) struct Backend {
     pub(crate) service: Arc<ServiceHandle>,
-    pub(crate) policies: Arc<ServicePolicies>,
     pub(crate) metrics: RouteMetrics,
     /// The weight in the manifest.
     configured: u32,
@@ -44,15 +42,9 @@ pub struct Weight {
 }
 
 impl Backend {
-    pub(crate) fn new(
-        service: Arc<ServiceHandle>,
-        policies: Arc<ServicePolicies>,
-        metrics: RouteMetrics,
-        weight: u32,
-    ) -> Backend {
+    pub(crate) fn new(service: Arc<ServiceHandle>, metrics: RouteMetrics, weight: u32) -> Backend {
         Backend {
             service,
-            policies,
             metrics,
             configured: weight,
             weight: AtomicU32::new(weight),

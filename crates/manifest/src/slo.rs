@@ -98,8 +98,8 @@ pub struct Telemetry {
     /// `false` records no spans at all (metrics and logs stay).
     pub traces: bool,
     /// The fraction of traces kept, from 0 to 1 (decided on the trace id,
-    /// so every hop agrees). Traces with an error or a slow span are kept
-    /// whatever the ratio.
+    /// so every hop agrees; default 0.05, `1` keeps every trace). Traces
+    /// with an error or a slow span are kept whatever the ratio.
     pub sample_ratio: f64,
     /// A trace with a span at least this long is always kept.
     #[serde(with = "duration_text")]
@@ -121,7 +121,7 @@ impl Default for Telemetry {
     fn default() -> Self {
         Telemetry {
             traces: true,
-            sample_ratio: 1.0,
+            sample_ratio: 0.05,
             slow: Duration::from_secs(1),
             otlp_endpoint: None,
             otlp_protocol: None,

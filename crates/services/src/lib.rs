@@ -13,8 +13,17 @@
 
 mod health;
 mod instance;
+pub mod outbound;
 mod process;
+pub mod resilience;
 mod service;
 
 pub use instance::{Instance, InstanceLoad, InstanceStatus, UpstreamTls};
 pub use service::{InFlight, ServiceHandle, ServiceStatus, StartError};
+
+/// Every running service by name, as the latest reload left them: what event
+/// deliveries, saga steps and functions' grants resolve a service name with.
+/// The app swaps in a new map with each reload.
+pub type ServiceDirectory = std::sync::Arc<
+    arc_swap::ArcSwap<std::collections::HashMap<String, std::sync::Arc<ServiceHandle>>>,
+>;

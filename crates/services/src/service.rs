@@ -1,5 +1,6 @@
 //! A running service: its instances, their supervision, and instance choice.
 
+use crate::resilience::{CircuitBreaker, RetryBudget};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -42,6 +43,9 @@ pub struct ServiceHandle {
     in_flight: AtomicUsize,
     cancel: CancellationToken,
     tasks: Mutex<JoinSet<()>>,
+    /// Shared by every caller: gateway routes, event deliveries, saga steps.
+    breaker: CircuitBreaker,
+    budget: RetryBudget,
 }
 
 /// A service as shown by `GET /v1/services`.
@@ -191,6 +195,8 @@ impl ServiceHandle {
             }
         }
         Ok(Arc::new(ServiceHandle {
+            breaker: CircuitBreaker::new(&name, config.circuit_breaker.clone()),
+            budget: RetryBudget::new(config.retry_budget),
             name,
             config: config.clone(),
             instances,
@@ -199,6 +205,18 @@ impl ServiceHandle {
             cancel,
             tasks: Mutex::new(tasks),
         }))
+    }
+
+    /// The service's circuit breaker: ask it before sending, tell it how
+    /// the call went.
+    pub fn breaker(&self) -> &CircuitBreaker {
+        &self.breaker
+    }
+
+    /// The service's retry budget: retries add at most `retry_budget` of
+    /// extra load, whoever makes them.
+    pub fn budget(&self) -> &RetryBudget {
+        &self.budget
     }
 
     pub fn name(&self) -> &str {

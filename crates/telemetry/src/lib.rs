@@ -8,6 +8,7 @@
 //! families into, and the admin API renders at `/metrics`.
 
 pub mod attributes;
+pub mod context;
 pub mod otlp;
 pub mod traces;
 

@@ -341,6 +341,7 @@ mod tests {
             duration_ns: 500,
             error: true,
             attributes,
+            sampled: true,
         };
         let request = request("shop", vec![span]);
         let decoded =

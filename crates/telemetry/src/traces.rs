@@ -30,6 +30,13 @@ const QUEUE: usize = 32_768;
 const WRITE_EVERY: Duration = Duration::from_millis(100);
 /// Spans kept at most; the oldest go first.
 const MAX_SPANS: i64 = 200_000;
+/// The store's size on disk at most (table, indexes and write-ahead log
+/// together stay near this); the oldest spans go first.
+const MAX_BYTES: i64 = 64 * 1024 * 1024;
+/// How often the limits are applied. Often enough that a burst cannot grow
+/// the file far past them (SQLite reuses freed pages but never shrinks a
+/// file by itself).
+const TRIM_EVERY: Duration = Duration::from_secs(5);
 /// Spans older than this are removed.
 const MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 /// How long spans of a trace not sampled wait for a failing or slow span
@@ -123,6 +130,11 @@ pub struct Span {
     pub error: bool,
     /// OpenTelemetry semantic-convention attributes (`http.route`, ...).
     pub attributes: Attributes,
+    /// The trace's head sampling decision (the `traceparent` flag). A span
+    /// not sampled is kept only when its trace turns out to matter: a span
+    /// of it failed or was slow.
+    #[serde(skip)]
+    pub sampled: bool,
 }
 
 /// A trace as listed: its root span and totals.
@@ -182,16 +194,27 @@ impl Flush {
 impl TraceStore {
     /// Opens (or creates) `traces.db` in `data_dir` and starts the writer.
     pub fn open(data_dir: &Path) -> Result<TraceStore, String> {
+        TraceStore::open_bounded(data_dir, MAX_SPANS, MAX_BYTES)
+    }
+
+    /// [`TraceStore::open`] with other bounds (tests use small ones).
+    fn open_bounded(data_dir: &Path, max_spans: i64, max_bytes: i64) -> Result<TraceStore, String> {
         let path = data_dir.join("traces.db");
         let fail =
             |e: rusqlite::Error| format!("cannot open the trace store {}: {e}", path.display());
         let writer = Connection::open(&path).map_err(fail)?;
+        // Takes effect on a new file (before its first table): trimmed pages
+        // are then given back to the filesystem.
+        writer
+            .pragma_update(None, "auto_vacuum", "INCREMENTAL")
+            .map_err(fail)?;
         // Traces are diagnostics: a lost last batch on a crash is acceptable,
         // so no fsync per batch.
         writer
             .execute_batch(
                 "PRAGMA journal_mode = WAL;
                  PRAGMA synchronous = NORMAL;
+                 PRAGMA journal_size_limit = 8388608;
                  CREATE TABLE IF NOT EXISTS spans (
                      trace_id TEXT NOT NULL,
                      span_id TEXT NOT NULL,
@@ -215,6 +238,8 @@ impl TraceStore {
         let export = Arc::<OnceLock<tokio::sync::mpsc::Sender<Span>>>::default();
         let flush = Arc::<Flush>::default();
         let writer = Writer {
+            max_spans,
+            max_bytes,
             connection: writer,
             tail: Tail::default(),
             sampling: sampling.clone(),
@@ -268,11 +293,44 @@ impl TraceStore {
         self.enabled.load(Ordering::Relaxed)
     }
 
-    /// Whether a trace with this id, and a span with this outcome, is kept
-    /// (for exemplars: a trace id on a metric must lead somewhere).
-    pub fn keeps(&self, trace_id: u128, error: bool, duration: Duration) -> bool {
+    /// Head sampling: whether a trace that starts here (no caller's
+    /// `traceparent`) is sampled, decided on its id by the ratio.
+    pub fn sample(&self, trace_id: u128) -> bool {
         let sampling = *self.sampling.read().unwrap_or_else(|e| e.into_inner());
-        sampling.enabled && (error || duration >= sampling.slow || sampling.keeps_number(trace_id))
+        sampling.enabled && sampling.keeps_number(trace_id)
+    }
+
+    /// [`TraceStore::sample`] for a trace id in hex: what a hop without the
+    /// caller's flag at hand (a saga run resumed from its journal) decides,
+    /// the same as the gateway did for that trace.
+    pub fn sample_hex(&self, trace_id: &str) -> bool {
+        let sampling = *self.sampling.read().unwrap_or_else(|e| e.into_inner());
+        sampling.enabled && sampling.keeps_id(trace_id)
+    }
+
+    /// Whether a span is worth building and recording: its trace was sampled
+    /// at the head, or the span failed or was slow (which keeps its whole
+    /// trace). Also what exemplars use: a trace id on a metric must lead
+    /// somewhere.
+    pub fn keeps(&self, sampled: bool, error: bool, duration: Duration) -> bool {
+        let sampling = *self.sampling.read().unwrap_or_else(|e| e.into_inner());
+        sampling.enabled && (sampled || error || duration >= sampling.slow)
+    }
+
+    /// A span's trace context: the caller's trace continued when
+    /// `traceparent` is valid, else a new trace sampled by the ratio.
+    pub fn context(&self, traceparent: Option<&str>) -> crate::context::TraceContext {
+        crate::context::TraceContext::continue_or_start(traceparent.map(str::as_bytes), |id| {
+            self.sample(id)
+        })
+    }
+
+    /// Counts a span its producer decided not to build (not sampled, not
+    /// failing, not slow), as if the writer had sampled it out.
+    pub fn sampled_out(&self) {
+        if self.enabled() {
+            self.counts.sampled_out.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Queues a span for sampling, the store and the exporter; never blocks.
@@ -451,6 +509,7 @@ fn spans_of(connection: &Connection, trace_id: &str) -> Result<Vec<Span>, String
                 duration_ns: row.get::<_, i64>(7)? as u64,
                 error: row.get::<_, i64>(8)? != 0,
                 attributes: serde_json::from_str(&attributes).unwrap_or_default(),
+                sampled: true,
             })
         })
         .map_err(|e| e.to_string())?;
@@ -460,6 +519,8 @@ fn spans_of(connection: &Connection, trace_id: &str) -> Result<Vec<Span>, String
 /// The writer thread: samples, stores in batches, exports, trims.
 struct Writer {
     connection: Connection,
+    max_spans: i64,
+    max_bytes: i64,
     tail: Tail,
     sampling: Arc<RwLock<Sampling>>,
     counts: Arc<SpanCounts>,
@@ -512,7 +573,7 @@ impl Writer {
             if stopped {
                 return;
             }
-            if last_trim.elapsed() > Duration::from_secs(60) {
+            if last_trim.elapsed() > TRIM_EVERY {
                 last_trim = Instant::now();
                 self.trim();
             }
@@ -559,8 +620,43 @@ impl Writer {
             .execute("DELETE FROM spans WHERE start_ns < ?1", [horizon]);
         let _ = self.connection.execute(
             "DELETE FROM spans WHERE rowid <= (SELECT MAX(rowid) FROM spans) - ?1",
-            [MAX_SPANS],
+            [self.max_spans],
         );
+        // Over the size limit: the oldest spans go, as large a share as the
+        // excess (aiming a tenth under the limit), until under it.
+        for _ in 0..8 {
+            let used = self.used_bytes();
+            if used <= self.max_bytes {
+                break;
+            }
+            let share = 1.0 - (self.max_bytes as f64 * 0.9) / used as f64;
+            let _ = self.connection.execute(
+                "DELETE FROM spans WHERE rowid <= (SELECT MIN(rowid) + CAST((MAX(rowid) - MIN(rowid)) * ?1 AS INTEGER) FROM spans)",
+                [share],
+            );
+        }
+        // Both pragmas answer with rows, which must be stepped through for
+        // them to finish.
+        for pragma in [
+            "PRAGMA incremental_vacuum",
+            "PRAGMA wal_checkpoint(TRUNCATE)",
+        ] {
+            if let Ok(mut statement) = self.connection.prepare(pragma) {
+                let _ = statement
+                    .query([])
+                    .map(|mut rows| while let Ok(Some(_)) = rows.next() {});
+            }
+        }
+    }
+
+    /// Bytes in use by the store's pages (free pages excluded).
+    fn used_bytes(&self) -> i64 {
+        let pragma = |name: &str| {
+            self.connection
+                .query_row(&format!("PRAGMA {name}"), [], |row| row.get::<_, i64>(0))
+                .unwrap_or(0)
+        };
+        (pragma("page_count") - pragma("freelist_count")) * pragma("page_size")
     }
 }
 
@@ -581,7 +677,7 @@ struct Tail {
 impl Tail {
     /// Decides on `span`: kept spans (and any held ones it keeps) go to `out`.
     fn offer(&mut self, span: Span, sampling: &Sampling, now: Instant, out: &mut Vec<Span>) {
-        if sampling.keeps_id(&span.trace_id) || self.kept.contains_key(&span.trace_id) {
+        if span.sampled || self.kept.contains_key(&span.trace_id) {
             out.push(span);
             return;
         }
@@ -665,6 +761,7 @@ mod tests {
             duration_ns: duration,
             error: false,
             attributes: Attributes::new(),
+            sampled: false,
         }
     }
 
@@ -786,27 +883,71 @@ mod tests {
         assert_eq!(tail.held_spans, MAX_HELD);
     }
 
+    fn sampled(mut span: Span) -> Span {
+        span.sampled = true;
+        span
+    }
+
+    #[test]
+    fn the_store_stays_within_its_size_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TraceStore::open_bounded(dir.path(), 1_000_000, 256 * 1024).unwrap();
+        let mut writer = Writer {
+            connection: Connection::open(dir.path().join("traces.db")).unwrap(),
+            max_spans: 1_000_000,
+            max_bytes: 256 * 1024,
+            tail: Tail::default(),
+            sampling: Arc::default(),
+            counts: Arc::default(),
+            export: Arc::default(),
+        };
+        let spans: Vec<Span> = (0..4_000u32)
+            .map(|n| {
+                let now = unix_nanos(SystemTime::now());
+                let mut s = sampled(span(&format!("{n:032x}"), "a1", None, "GET", now, 1));
+                s.attributes.insert("url.path", "/".repeat(200));
+                s
+            })
+            .collect();
+        writer.store(&spans);
+        assert!(writer.used_bytes() > 256 * 1024);
+        writer.trim();
+        let file = std::fs::metadata(dir.path().join("traces.db"))
+            .unwrap()
+            .len();
+        assert!(writer.used_bytes() <= 256 * 1024, "{}", writer.used_bytes());
+        assert!(file <= 512 * 1024, "the file shrank too: {file} bytes");
+        let left: i64 = writer
+            .connection
+            .query_row("SELECT COUNT(*) FROM spans", [], |r| r.get(0))
+            .unwrap();
+        assert!(left > 0 && left < 4_000, "{left}");
+        // The newest spans are the ones kept.
+        let newest = format!("{:032x}", 3_999);
+        assert_eq!(store.trace(&newest).unwrap().len(), 1);
+    }
+
     #[test]
     fn spans_are_stored_and_read_back_as_traces() {
         let dir = tempfile::tempdir().unwrap();
         let store = TraceStore::open(dir.path()).unwrap();
         let t = "4bf92f3577b34da6a3ce929d0e0e4736";
-        store.record(span(
+        store.record(sampled(span(
             t,
             "00000000000000a1",
             Some("00000000000000ff"),
             "GET place-order",
             1_000,
             5_000,
-        ));
-        store.record(span(
+        )));
+        store.record(sampled(span(
             t,
             "00000000000000a2",
             Some("00000000000000a1"),
             "function confirm",
             2_000,
             1_000,
-        ));
+        )));
         let mut errors = span(
             "11111111111111111111111111111111",
             "00000000000000b1",

@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use gantry_events::{CloudEvent, PublishError};
-use http::{HeaderValue, Request};
-use http_body_util::{BodyExt, Full};
+use gantry_services::outbound::{Call, CallError};
+use http::{HeaderMap, HeaderValue};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::definition::{render, render_string, ActionDef, Context, Definition, StepDef};
-use crate::store::{now_ms, Instance, State, StepRecord};
+use crate::store::{now_ms, Run, State, StepRecord};
 use crate::Inner;
 
 /// Why an attempt did not succeed.
@@ -187,7 +187,7 @@ pub(crate) async fn drive(inner: &Inner, id: &str, stop: &CancellationToken) -> 
 /// journal failing; the inner one is the step failing for good.
 async fn run_step(
     inner: &Inner,
-    instance: &Instance,
+    instance: &Run,
     definition: &Definition,
     idx: usize,
     phase: &str,
@@ -310,7 +310,7 @@ async fn sleep_until(ms: i64) {
 
 /// The idempotency key of a step's call: the same for every attempt and
 /// every replay of it, new after an operator resumes from the step.
-fn idempotency_key(instance: &Instance, step: &str, phase: &str) -> String {
+fn idempotency_key(instance: &Run, step: &str, phase: &str) -> String {
     let suffix = if phase == "undo" { "/compensate" } else { "" };
     if instance.generation == 0 {
         format!("{}/{step}{suffix}", instance.id)
@@ -320,14 +320,14 @@ fn idempotency_key(instance: &Instance, step: &str, phase: &str) -> String {
 }
 
 /// A `traceparent` in the run's trace, with a new span for this hop.
-fn traceparent(instance: &Instance) -> String {
+fn traceparent(instance: &Run) -> String {
     format!("00-{}-{:016x}-01", instance.trace, fastrand::u64(1..))
 }
 
 /// The span id of a run's start span, the parent of every step's span.
 /// Derived from the run (FNV-1a of trace and id) rather than stored, so a
 /// run resumed after a restart still finds it.
-pub(crate) fn run_span_id(instance: &Instance) -> String {
+pub(crate) fn run_span_id(instance: &Run) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in instance
         .trace
@@ -343,7 +343,7 @@ pub(crate) fn run_span_id(instance: &Instance) -> String {
 
 async fn call(
     inner: &Inner,
-    instance: &Instance,
+    instance: &Run,
     ctx: &Context<'_>,
     _idx: usize,
     phase: &str,
@@ -365,95 +365,79 @@ async fn call(
         Some(body) => Some(render(body, ctx).map_err(Failure::Fatal)?),
         None => None,
     };
-    let handle = inner
-        .directory
-        .load()
-        .get(service)
-        .cloned()
-        .ok_or_else(|| Failure::Retryable(format!("service `{service}` is not running")))?;
-    let target = handle
-        .pick(None)
-        .cloned()
-        .ok_or_else(|| Failure::Retryable(format!("no healthy instance of service `{service}`")))?;
-    let _in_flight = handle.track_request();
     let started = std::time::SystemTime::now();
     let parent = traceparent(instance);
-    let mut request = Request::builder()
-        .method(method.as_str())
-        .uri(format!(
-            "{}://{}{}",
-            target.scheme(),
-            target.authority,
-            path
-        ))
-        .header(http::header::HOST, target.host_header.clone())
-        .header(
+    let mut out = HeaderMap::new();
+    let fixed = [
+        (
             IDEMPOTENCY_HEADER,
             idempotency_key(instance, &step.name, phase),
-        )
-        .header("traceparent", parent.as_str())
-        .header("gantry-workflow", instance.workflow.as_str())
-        .header("gantry-workflow-id", instance.id.as_str());
+        ),
+        ("traceparent", parent.clone()),
+        ("gantry-workflow", instance.workflow.clone()),
+        ("gantry-workflow-id", instance.id.clone()),
+    ];
+    for (name, value) in fixed {
+        let value = HeaderValue::from_str(&value)
+            .map_err(|_| Failure::Fatal(format!("header `{name}` has an invalid value")))?;
+        out.insert(name, value);
+    }
     if body.is_some() {
-        request = request.header(http::header::CONTENT_TYPE, "application/json");
+        out.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
     }
     for (name, value) in headers {
         let value = render_string(value, ctx).map_err(Failure::Fatal)?;
         let value = HeaderValue::from_str(&value)
             .map_err(|_| Failure::Fatal(format!("header `{name}` has an invalid value")))?;
-        request = request.header(name.as_str(), value);
+        let name = http::header::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| Failure::Fatal(format!("`{name}` is not a header name")))?;
+        out.insert(name, value);
     }
-    let request = request
-        .body(Full::new(
-            body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string())),
-        ))
-        .map_err(|e| Failure::Fatal(format!("cannot build the request: {e}")))?;
-
-    let exchange = async {
-        let sent = match &target.tls {
-            Some(tls) => tls.client.request(request),
-            None => inner.client.request(request),
-        };
-        let response = sent.await.map_err(|e| {
-            Failure::Retryable(format!(
-                "cannot reach {service} at {}: {e}",
-                target.authority
-            ))
-        })?;
-        let status = response.status();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .map_err(|e| Failure::Retryable(format!("{service} broke off its answer: {e}")))?;
-        let output = serde_json::from_slice::<Value>(&bytes).unwrap_or_else(|_| {
-            if bytes.is_empty() {
-                Value::Null
-            } else {
-                Value::String(String::from_utf8_lossy(&bytes).into_owned())
-            }
-        });
-        if status.is_success() || step.success.contains(&status.as_u16()) {
-            return Ok(output);
-        }
-        let excerpt = String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned();
-        let message = format!("{service} answered {status}: {}", excerpt.trim());
-        if step.retry_on.contains(&status.as_u16()) {
-            Err(Failure::Retryable(message))
-        } else {
-            Err(Failure::Fatal(message))
-        }
+    let method = http::Method::from_bytes(method.as_bytes())
+        .map_err(|_| Failure::Fatal(format!("`{method}` is not an HTTP method")))?;
+    // Through the services' outbound client: the service's bulkhead and
+    // breaker, shared with the gateway, refuse a step to a failing service
+    // before it is sent; it retries after its backoff.
+    let call = Call {
+        method: method.clone(),
+        path: path.clone(),
+        headers: out,
+        body: body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string())),
+        timeout: Duration::from_millis(step.timeout_ms),
     };
-    let outcome = match tokio::time::timeout(Duration::from_millis(step.timeout_ms), exchange).await
-    {
-        Ok(outcome) => outcome,
-        Err(_) => Err(Failure::Retryable(format!(
+    let outcome = match inner.outbound.call(&inner.directory, service, call).await {
+        Ok(answer) => {
+            let bytes = answer.body;
+            let status = answer.status;
+            let output = serde_json::from_slice::<Value>(&bytes).unwrap_or_else(|_| {
+                if bytes.is_empty() {
+                    Value::Null
+                } else {
+                    Value::String(String::from_utf8_lossy(&bytes).into_owned())
+                }
+            });
+            if status.is_success() || step.success.contains(&status.as_u16()) {
+                Ok(output)
+            } else {
+                let excerpt = String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned();
+                let message = format!("{service} answered {status}: {}", excerpt.trim());
+                if step.retry_on.contains(&status.as_u16()) {
+                    Err(Failure::Retryable(message))
+                } else {
+                    Err(Failure::Fatal(message))
+                }
+            }
+        }
+        Err(CallError::Timeout { .. }) => Err(Failure::Retryable(format!(
             "{service} did not answer within {}ms (the step's `timeout`)",
             step.timeout_ms
         ))),
+        Err(error) if error.retryable() => Err(Failure::Retryable(error.to_string())),
+        Err(error) => Err(Failure::Fatal(error.to_string())),
     };
-    handle.record(&target, matches!(outcome, Ok(_) | Err(Failure::Fatal(_))));
     if let Some(store) = inner.traces.get() {
         let mut attributes = gantry_telemetry::traces::Attributes::new();
         attributes.insert("gantry.workflow", instance.workflow.clone());
@@ -477,6 +461,7 @@ async fn call(
             duration_ns: started.elapsed().unwrap_or_default().as_nanos() as u64,
             error: outcome.is_err(),
             attributes,
+            sampled: store.sample_hex(&instance.trace),
         });
     }
     outcome
@@ -484,7 +469,7 @@ async fn call(
 
 async fn publish(
     inner: &Inner,
-    instance: &Instance,
+    instance: &Run,
     ctx: &Context<'_>,
     idx: usize,
     phase: &str,

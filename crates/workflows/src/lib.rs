@@ -21,20 +21,16 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
-use gantry_events::{EventBus, ServiceDirectory};
+use gantry_events::EventBus;
 use gantry_manifest::Manifest;
-use http_body_util::Full;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use gantry_services::ServiceDirectory;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 pub use definition::Definition;
 pub use engine::IDEMPOTENCY_HEADER;
 pub use metrics::WorkflowMetrics;
-pub use store::{Instance, State, StepRecord, Store};
+pub use store::{Run, State, StepRecord, Store};
 
 use store::now_ms;
 
@@ -49,7 +45,8 @@ pub(crate) struct Inner {
     pub store: Store,
     pub bus: EventBus,
     pub directory: ServiceDirectory,
-    pub client: Client<HttpConnector, Full<Bytes>>,
+    /// How steps call services (their bulkhead and breaker included).
+    pub outbound: gantry_services::outbound::Outbound,
     /// The latest version of each workflow: what new runs use.
     current: ArcSwap<HashMap<String, Arc<Definition>>>,
     /// Runs being driven now, with what stops them.
@@ -79,7 +76,7 @@ pub enum WorkflowError {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RunView {
     #[serde(flatten)]
-    pub instance: Instance,
+    pub instance: Run,
     pub steps: Vec<StepRecord>,
 }
 
@@ -90,15 +87,12 @@ impl Engine {
         bus: EventBus,
         directory: ServiceDirectory,
     ) -> Result<Engine, String> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
         Ok(Engine {
             inner: Arc::new(Inner {
                 store: Store::open(data_dir)?,
                 bus,
                 directory,
-                client: Client::builder(TokioExecutor::new()).build(connector),
+                outbound: gantry_services::outbound::Outbound::default(),
                 current: ArcSwap::default(),
                 running: Mutex::default(),
                 shutdown: CancellationToken::new(),
@@ -180,7 +174,7 @@ impl Engine {
         id: Option<String>,
         input: Value,
         traceparent: Option<&str>,
-    ) -> Result<(Instance, bool), WorkflowError> {
+    ) -> Result<(Run, bool), WorkflowError> {
         let started = SystemTime::now();
         let definition = self
             .inner
@@ -209,10 +203,9 @@ impl Engine {
         }
         // The run continues the caller's trace, or starts one.
         let trace = traceparent
-            .and_then(|t| t.split('-').nth(1))
-            .filter(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()))
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("{:032x}", fastrand::u128(1..)));
+            .and_then(|t| gantry_telemetry::context::TraceContext::continued(t.as_bytes()))
+            .unwrap_or_else(|| gantry_telemetry::context::TraceContext::start(true))
+            .trace_id_hex();
         // Where each waited topic stands now: a wait sees events from here on.
         let mut wait_from = BTreeMap::new();
         for topic in definition.waited_topics() {
@@ -226,7 +219,7 @@ impl Engine {
             wait_from.insert(topic.to_string(), last + 1);
         }
         let now = now_ms();
-        let instance = Instance {
+        let instance = Run {
             id: id.clone(),
             workflow: workflow.to_string(),
             version: definition.version,
@@ -263,15 +256,14 @@ impl Engine {
 
     /// The run's start span: under the caller's span (the request or the
     /// delivery that started it), and the parent of every step's span.
-    fn record_start(&self, instance: &Instance, traceparent: Option<&str>, started: SystemTime) {
+    fn record_start(&self, instance: &Run, traceparent: Option<&str>, started: SystemTime) {
         let Some(store) = self.inner.traces.get() else {
             return;
         };
-        let caller = traceparent.and_then(|t| {
-            let mut parts = t.split('-');
-            let (trace, span) = (parts.nth(1)?, parts.next()?);
-            (trace == instance.trace && span.len() == 16).then(|| span.to_string())
-        });
+        let caller = traceparent
+            .and_then(|t| gantry_telemetry::context::TraceContext::continued(t.as_bytes()))
+            .filter(|caller| caller.trace_id_hex() == instance.trace)
+            .and_then(|caller| caller.parent_id_hex());
         let mut attributes = gantry_telemetry::traces::Attributes::new();
         attributes.insert("gantry.workflow", instance.workflow.clone());
         attributes.insert("gantry.workflow.run", instance.id.clone());
@@ -287,6 +279,7 @@ impl Engine {
             duration_ns: started.elapsed().unwrap_or_default().as_nanos() as u64,
             error: false,
             attributes,
+            sampled: store.sample_hex(&instance.trace),
         });
     }
 

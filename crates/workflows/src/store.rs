@@ -115,7 +115,7 @@ impl State {
 
 /// One workflow run.
 #[derive(Debug, Clone, Serialize)]
-pub struct Instance {
+pub struct Run {
     pub id: String,
     pub workflow: String,
     pub version: u32,
@@ -296,7 +296,7 @@ impl Store {
 
     /// Creates a run unless one with this id exists; returns the run and
     /// whether it was created.
-    pub async fn create(&self, instance: Instance) -> Result<(Instance, bool)> {
+    pub async fn create(&self, instance: Run) -> Result<(Run, bool)> {
         self.with(move |conn| {
             let tx = conn.savepoint()?;
             if let Some(existing) = load(&tx, &instance.id)? {
@@ -322,7 +322,7 @@ impl Store {
         .await
     }
 
-    pub async fn get(&self, id: &str) -> Result<Option<Instance>> {
+    pub async fn get(&self, id: &str) -> Result<Option<Run>> {
         let id = id.to_string();
         self.with(move |conn| load(conn, &id)).await
     }
@@ -333,7 +333,7 @@ impl Store {
         state: Option<State>,
         workflow: Option<String>,
         limit: usize,
-    ) -> Result<Vec<Instance>> {
+    ) -> Result<Vec<Run>> {
         self.with(move |conn| {
             let mut statement = conn.prepare(
                 "SELECT id FROM instances WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR workflow = ?2)
@@ -579,14 +579,14 @@ impl Store {
     }
 }
 
-fn load(conn: &Connection, id: &str) -> rusqlite::Result<Option<Instance>> {
+fn load(conn: &Connection, id: &str) -> rusqlite::Result<Option<Run>> {
     conn.query_row(
         "SELECT id, workflow, version, input, state, position, generation, cancel_requested, error,
                 trace, wait_from, created_ms, updated_ms
          FROM instances WHERE id = ?1",
         [id],
         |r| {
-            Ok(Instance {
+            Ok(Run {
                 id: r.get(0)?,
                 workflow: r.get(1)?,
                 version: r.get(2)?,

@@ -9,8 +9,9 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::routing::any;
 use axum::{Json, Router};
-use gantry_events::{EventBus, ServiceDirectory};
+use gantry_events::EventBus;
 use gantry_manifest::Manifest;
+use gantry_services::ServiceDirectory;
 use gantry_services::ServiceHandle;
 use gantry_workflows::{Engine, State as RunState};
 use serde_json::{json, Value};
@@ -644,4 +645,52 @@ async fn a_cancel_during_a_call_lets_it_finish_and_compensates_it() {
             "DELETE /reservations/reservations-1"
         ]
     );
+}
+
+#[tokio::test]
+async fn a_step_to_a_service_whose_breaker_is_open_is_not_sent() {
+    let (shop, url) = Shop::start().await;
+    let text = CHECKOUT.replace(
+        "urls = [\"{SHOP}\"]",
+        "urls = [\"{SHOP}\"]\ncircuit_breaker = { consecutive_failures = 2, open_for = \"1s\" }",
+    );
+    let rig = Rig::start(&text, &url).await;
+    // Other callers (the gateway, say) saw the service fail: the breaker,
+    // which belongs to the service, is open for every caller.
+    let shop_service = rig.directory.load()["shop"].clone();
+    for _ in 0..2 {
+        let admission = shop_service.breaker().admit().unwrap();
+        shop_service.breaker().record(admission, false);
+    }
+    assert_eq!(shop_service.breaker().state().as_str(), "open");
+    rig.engine
+        .start(
+            "checkout",
+            Some("b".into()),
+            json!({"order_id": 9, "sku": 1}),
+            None,
+        )
+        .await
+        .unwrap();
+    // The first step keeps being refused by the breaker, never sent.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        shop.keys.lock().unwrap().is_empty(),
+        "nothing reached the service while its breaker was open"
+    );
+    let run = rig.engine.get("b").await.unwrap();
+    let reserve = run.steps.iter().find(|s| s.name == "reserve").unwrap();
+    assert!(
+        reserve
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("circuit breaker is open")),
+        "{reserve:?}"
+    );
+    // After `open_for` a probe goes through; the service is fine, the
+    // breaker closes and the saga goes on.
+    rig.dispatch(9).await;
+    rig.wait_state("b", RunState::Completed).await;
+    assert_eq!(shop_service.breaker().state().as_str(), "closed");
+    assert!(shop.keys.lock().unwrap().contains(&"b/reserve".to_string()));
 }

@@ -11,8 +11,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
-use gantry_events::{EventBus, ServiceDirectory};
+use gantry_events::EventBus;
 use gantry_manifest::Manifest;
+use gantry_services::ServiceDirectory;
 use gantry_services::ServiceHandle;
 
 /// One delivery as the subscriber saw it.

@@ -1,38 +1,61 @@
-//! Phase 2b, idempotency keys: a repeated request is answered from the store
-//! (see `idempotency.rs` for the records themselves).
+//! Idempotency keys: a repeated request is answered from the store (see
+//! `crate::idempotency` for the records themselves), a concurrent one gets
+//! 409, a different request under the same key 422.
 
 use http::header::{HeaderName, HeaderValue};
 use http::Response;
 
+use std::ops::ControlFlow;
+
+use super::{Exchange, Verdict, RATELIMIT, RATELIMIT_POLICY};
+use crate::attempts::{buffer_small_body, limit_body};
 use crate::body::GatewayBody;
-use crate::forward::{buffer_small_body, limit_body};
-use crate::forwarding::{client_ip, Peer};
+use crate::forwarding::client_ip;
 use crate::idempotency::{fingerprint, Claim, ClaimGuard, RecordKey};
 use crate::problem::Problem;
-use crate::proxy::Gateway;
-use crate::router::{CompiledRoute, RouteTable};
+use crate::router::CompiledRoute;
 use crate::upstream::RequestBody;
 
 pub(crate) const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
-impl Gateway {
-    /// Handles a route's idempotency key: claims it, or answers for it (a
-    /// replay, 409, 422, 400 or 413). Returns the body (read whole when a key
-    /// is given, to fingerprint it) and, when the request is answered here,
-    /// the response.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn idempotency(
-        &self,
-        route: &CompiledRoute,
-        parts: &http::request::Parts,
-        body: RequestBody,
-        claims: Option<&serde_json::Map<String, serde_json::Value>>,
-        client: &Peer,
-        table: &RouteTable,
-        path: &str,
-        request_id: &HeaderValue,
-        guard: &mut Option<ClaimGuard>,
-    ) -> (RequestBody, Option<Response<GatewayBody>>) {
+/// Claims the request's idempotency key, or answers for it (a replay with
+/// the rate-limit headers, 409, 422, 400 or 413). The body is read whole
+/// when a key is given, to fingerprint it.
+pub(super) async fn apply(exchange: &mut Exchange<'_>) -> Verdict {
+    let body = exchange.take_body();
+    let (body, answer) = claim(exchange, body).await;
+    exchange.body = body;
+    match answer {
+        None => ControlFlow::Continue(()),
+        Some(mut response) => {
+            if let (Some((policy, state)), true) = (
+                &exchange.rate_headers,
+                response.headers().contains_key(REPLAYED),
+            ) {
+                response
+                    .headers_mut()
+                    .insert(RATELIMIT_POLICY, policy.clone());
+                response.headers_mut().insert(RATELIMIT, state.clone());
+            }
+            ControlFlow::Break(response)
+        }
+    }
+}
+
+async fn claim(
+    exchange: &mut Exchange<'_>,
+    body: RequestBody,
+) -> (RequestBody, Option<Response<GatewayBody>>) {
+    let route: &CompiledRoute = exchange.route;
+    let parts = &exchange.parts;
+    let path = exchange.path;
+    let request_id = exchange.request_id;
+    let claims = exchange.claims.as_ref();
+    let client = exchange.client;
+    let table = exchange.table;
+    let gateway = exchange.gateway;
+    let guard = &mut exchange.claim_guard;
+    {
         let Some(policy) = &route.idempotency else {
             return (body, None);
         };
@@ -59,7 +82,7 @@ impl Gateway {
                 }
             },
         };
-        let Some(store) = self.inner.idempotency.get() else {
+        let Some(store) = gateway.inner.idempotency.get() else {
             let detail =
                 "idempotency keys need the data directory's store, which is not open".to_string();
             return (body, answer(Problem::StoreUnavailable, detail));
@@ -151,5 +174,43 @@ impl Gateway {
                 )
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::Rig;
+    use super::*;
+
+    #[tokio::test]
+    async fn a_key_is_claimed_once_and_a_concurrent_repeat_is_refused() {
+        let rig = Rig::new(
+            "[[routes]]\nname = \"pay\"\npath = \"/pay\"\nto = \"app\"\nidempotency = { header = \"idempotency-key\", required = true }\n",
+        )
+        .await;
+        let mut missing = rig.exchange("pay", "POST", "/pay", &[], "{}");
+        let ControlFlow::Break(response) = apply(&mut missing).await else {
+            panic!("a request without its required key passed");
+        };
+        assert_eq!(response.status(), 400);
+
+        let key = [("idempotency-key", "k-1")];
+        let mut first = rig.exchange("pay", "POST", "/pay", &key, "{}");
+        assert!(apply(&mut first).await.is_continue());
+        assert!(
+            first.claim_guard.is_some(),
+            "the key is claimed for the answer"
+        );
+        // While the first is in flight (its guard alive), a repeat waits its turn.
+        let mut repeat = rig.exchange("pay", "POST", "/pay", &key, "{}");
+        let ControlFlow::Break(response) = apply(&mut repeat).await else {
+            panic!("a concurrent repeat passed");
+        };
+        assert_eq!(response.status(), 409);
+        let mut different = rig.exchange("pay", "POST", "/pay", &key, "{\"other\": 1}");
+        let ControlFlow::Break(response) = apply(&mut different).await else {
+            panic!("another request under the same key passed");
+        };
+        assert_eq!(response.status(), 422);
     }
 }

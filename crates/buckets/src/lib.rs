@@ -28,8 +28,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::cloudevent::CloudEvent;
-use crate::EventBus;
+use gantry_events::{CloudEvent, EventBus};
 
 type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
 
@@ -61,6 +60,42 @@ struct Inner {
 /// and what stops it.
 type Listener = (SocketAddr, Arc<Mutex<Bucket>>, CancellationToken);
 
+/// Buckets prepared for a manifest but not yet served ([`Buckets::stage`]).
+#[derive(Default)]
+pub struct StagedBuckets {
+    listeners: HashMap<String, Listener>,
+    /// Running buckets and their settings to be.
+    settings: Vec<(Arc<Mutex<Bucket>>, Bucket)>,
+    /// Listeners started for new buckets.
+    fresh: Vec<CancellationToken>,
+}
+
+impl std::fmt::Debug for StagedBuckets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StagedBuckets")
+            .field("buckets", &self.listeners.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl StagedBuckets {
+    /// The service each staged bucket is to the gateway.
+    pub fn services(&self) -> BTreeMap<String, Service> {
+        services_of(&self.listeners)
+    }
+}
+
+fn services_of(listeners: &HashMap<String, Listener>) -> BTreeMap<String, Service> {
+    listeners
+        .iter()
+        .map(|(name, (addr, _, _))| {
+            let mut service = Service::external(vec![format!("http://{addr}")]);
+            service.max_concurrent = 1_000_000;
+            (format!("bucket:{name}"), service)
+        })
+        .collect()
+}
+
 impl std::fmt::Debug for Buckets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Buckets").finish_non_exhaustive()
@@ -78,66 +113,102 @@ impl Buckets {
         }
     }
 
-    /// Serves exactly the buckets of `buckets` (settings change in place).
+    /// Serves exactly the buckets of `buckets` ([`Buckets::stage`] then
+    /// [`Buckets::commit`]).
     pub async fn apply(&self, buckets: &BTreeMap<String, Bucket>) -> Result<(), String> {
-        let mut listeners = self
+        let staged = self.stage(buckets).await?;
+        self.commit(staged);
+        Ok(())
+    }
+
+    /// Prepares `buckets` without changing what is served: a new bucket gets
+    /// its directory and a listener (known to nobody yet); settings of the
+    /// others wait for [`Buckets::commit`]. A failure undoes the stage.
+    pub async fn stage(&self, buckets: &BTreeMap<String, Bucket>) -> Result<StagedBuckets, String> {
+        let running = self
             .inner
             .listeners
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        listeners.retain(|name, (_, _, stop)| {
-            let keep = buckets.contains_key(name);
-            if !keep {
-                stop.cancel();
-            }
-            keep
-        });
+        let mut staged = StagedBuckets::default();
         for (name, config) in buckets {
-            if let Some((_, current, _)) = listeners.get(name) {
-                *current.lock().unwrap_or_else(|e| e.into_inner()) = config.clone();
+            if let Some((addr, current, stop)) = running.get(name) {
+                staged
+                    .listeners
+                    .insert(name.clone(), (*addr, current.clone(), stop.clone()));
+                staged.settings.push((current.clone(), config.clone()));
                 continue;
             }
-            std::fs::create_dir_all(self.inner.root.join(name))
-                .map_err(|e| format!("bucket `{name}`: cannot create its directory: {e}"))?;
-            let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-                .await
-                .map_err(|e| format!("bucket `{name}`: cannot listen on loopback: {e}"))?;
-            let addr = listener.local_addr().map_err(|e| e.to_string())?;
-            let config = Arc::new(Mutex::new(config.clone()));
-            let stop = CancellationToken::new();
-            tokio::spawn(serve(
-                listener,
-                self.clone(),
-                name.clone(),
-                config.clone(),
-                stop.clone(),
-            ));
-            listeners.insert(name.clone(), (addr, config, stop));
+            match self.listen(name, config).await {
+                Ok(listener) => {
+                    staged.fresh.push(listener.2.clone());
+                    staged.listeners.insert(name.clone(), listener);
+                }
+                Err(error) => {
+                    self.discard(staged);
+                    return Err(error);
+                }
+            }
         }
-        *self
-            .inner
-            .listeners
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = listeners;
-        Ok(())
+        Ok(staged)
     }
 
-    /// The service each bucket is to the gateway: `bucket:NAME`.
-    pub fn services(&self) -> BTreeMap<String, Service> {
-        let listeners = self
+    /// Makes a staged set the one served: new settings in place, removed
+    /// buckets stopped.
+    pub fn commit(&self, staged: StagedBuckets) {
+        for (current, config) in staged.settings {
+            *current.lock().unwrap_or_else(|e| e.into_inner()) = config;
+        }
+        let mut listeners = self
             .inner
             .listeners
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        listeners
-            .iter()
-            .map(|(name, (addr, _, _))| {
-                let mut service = Service::external(vec![format!("http://{addr}")]);
-                service.max_concurrent = 1_000_000;
-                (format!("bucket:{name}"), service)
-            })
-            .collect()
+        for (name, (_, _, stop)) in listeners.iter() {
+            if !staged.listeners.contains_key(name) {
+                stop.cancel();
+            }
+        }
+        *listeners = staged.listeners;
+    }
+
+    /// Undoes a stage: new listeners stop.
+    pub fn discard(&self, staged: StagedBuckets) {
+        for stop in staged.fresh {
+            stop.cancel();
+        }
+    }
+
+    /// A new bucket's directory and listener.
+    async fn listen(&self, name: &str, config: &Bucket) -> Result<Listener, String> {
+        std::fs::create_dir_all(self.inner.root.join(name))
+            .map_err(|e| format!("bucket `{name}`: cannot create its directory: {e}"))?;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .map_err(|e| format!("bucket `{name}`: cannot listen on loopback: {e}"))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let config = Arc::new(Mutex::new(config.clone()));
+        let stop = CancellationToken::new();
+        tokio::spawn(serve(
+            listener,
+            self.clone(),
+            name.to_string(),
+            config.clone(),
+            stop.clone(),
+        ));
+        Ok((addr, config, stop))
+    }
+
+    /// The service each bucket is to the gateway: `bucket:NAME`.
+    pub fn services(&self) -> BTreeMap<String, Service> {
+        services_of(
+            &self
+                .inner
+                .listeners
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
     }
 
     pub fn stop(&self) {

@@ -26,10 +26,10 @@ use crate::identity::{TraceContext, TRACEPARENT};
 use crate::problem::Problem;
 use crate::proxy::{Attempt, RequestObserver};
 use crate::resilience::retry::backoff;
-use crate::resilience::Admission;
 use crate::router::{CompiledFallback, CompiledRoute};
 use crate::split::Backend;
 use crate::upstream::{RequestBody, UpstreamBody, UpstreamError, UpstreamPool};
+use gantry_services::resilience::Admission;
 
 /// Set on a response that a fallback produced; its value is the reason.
 pub(crate) const FALLBACK: HeaderName = HeaderName::from_static("x-gantry-fallback");
@@ -62,6 +62,8 @@ pub(crate) struct Forward<'a> {
     /// Each attempt is a span under this one.
     pub(crate) trace: &'a TraceContext,
     pub(crate) observer: Option<&'a dyn RequestObserver>,
+    /// Set when an attempt's span is kept.
+    pub(crate) attempt_kept: &'a std::sync::atomic::AtomicBool,
 }
 
 /// What a request is rebuilt from for another attempt.
@@ -87,7 +89,7 @@ impl Forward<'_> {
         let route = self.route;
         let service = &self.backend.service;
         let policy = &route.retry;
-        self.backend.policies.budget.deposit();
+        self.backend.service.budget().deposit();
         // Only requests that may be resent after a response keep a template.
         // Only requests that may be sent again (a retry after a response or a
         // timeout, or to a fallback service) keep a template.
@@ -140,7 +142,7 @@ impl Forward<'_> {
             let headers = request.headers_mut();
             headers.insert(header::HOST, instance.host_header.clone());
             headers.insert(DEADLINE, HeaderValue::from(remaining.as_millis() as u64));
-            headers.insert(TRACEPARENT, hop.traceparent());
+            headers.insert(TRACEPARENT, crate::identity::traceparent(&hop));
             let attempt_started = (std::time::SystemTime::now(), Instant::now());
             let limit = route
                 .attempt_timeout
@@ -158,7 +160,7 @@ impl Forward<'_> {
                     Ok(Err(UpstreamError::Http(_))) => (None, Some("reset")),
                     Err(_) => (None, Some("timeout")),
                 };
-                observer.attempt(&Attempt {
+                let kept = observer.attempt(&Attempt {
                     service: service.name(),
                     instance: instance.index,
                     authority: instance.authority.as_str(),
@@ -171,14 +173,19 @@ impl Forward<'_> {
                     trace_id: hop.trace_id,
                     span_id: hop.span_id,
                     parent_id: self.trace.span_id,
+                    sampled: hop.sampled(),
                 });
+                if kept {
+                    self.attempt_kept
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                }
             }
             match sent {
                 Ok(Ok(response)) => {
                     let status = response.status();
                     self.backend
-                        .policies
-                        .breaker
+                        .service
+                        .breaker()
                         .record(admitted, !status.is_server_error());
                     let retryable = template.is_some() && policy.on.contains(&status.as_u16());
                     if retryable && !last && self.back_off(attempt).await {
@@ -187,7 +194,7 @@ impl Forward<'_> {
                     return Forwarded::Response(response, instance.index, load);
                 }
                 Ok(Err(UpstreamError::Connect(error, unsent))) => {
-                    self.backend.policies.breaker.record(admitted, false);
+                    self.backend.service.breaker().record(admitted, false);
                     tracing::debug!(target: "gantry::proxy", service = service.name(), instance = instance.index, %error, "connect failed");
                     // No budget is spent: a connection that never opened put no
                     // load on the service.
@@ -209,7 +216,7 @@ impl Forward<'_> {
                     };
                 }
                 Ok(Err(UpstreamError::Http(error))) => {
-                    self.backend.policies.breaker.record(admitted, false);
+                    self.backend.service.breaker().record(admitted, false);
                     tracing::debug!(target: "gantry::proxy", service = service.name(), instance = instance.index, %error, "upstream exchange failed");
                     let detail = format!(
                         "`{}` instance {} closed the connection before answering",
@@ -224,7 +231,7 @@ impl Forward<'_> {
                     };
                 }
                 Err(_elapsed) => {
-                    self.backend.policies.breaker.record(admitted, false);
+                    self.backend.service.breaker().record(admitted, false);
                     let attempt_timed_out = limit < remaining;
                     let retryable =
                         attempt_timed_out && template.is_some() && policy.on.contains(&504);
@@ -243,7 +250,7 @@ impl Forward<'_> {
     async fn back_off(&self, attempt: u32) -> bool {
         let route = self.route;
         let wait = backoff(attempt - 1, route.retry.backoff, route.retry.max_backoff);
-        if Instant::now() + wait >= self.deadline || !self.backend.policies.budget.withdraw() {
+        if Instant::now() + wait >= self.deadline || !self.backend.service.budget().withdraw() {
             return false;
         }
         self.sleep(wait).await
@@ -318,8 +325,10 @@ pub(crate) async fn limit_body(
     body: RequestBody,
     limit: u64,
 ) -> Result<RequestBody, Option<hyper::Error>> {
-    let RequestBody::Streaming(body) = body else {
-        return Ok(body);
+    let body = match body {
+        RequestBody::Streaming(body) => body,
+        RequestBody::Buffered(Some(bytes)) if bytes.len() as u64 > limit => return Err(None),
+        buffered => return Ok(buffered),
     };
     if let Some(length) = body.size_hint().exact() {
         return if length > limit {

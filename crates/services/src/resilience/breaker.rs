@@ -1,14 +1,13 @@
 //! Circuit breaker: stops sending to a failing service so it can recover, and
-//! answers clients at once meanwhile.
+//! answers callers at once meanwhile. One per running service, shared by
+//! everything that calls it (gateway routes, event deliveries, saga steps).
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use gantry_manifest::CircuitBreakerPolicy;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::gauge::Gauge;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::metrics::GatewayMetrics;
+use gantry_manifest::CircuitBreakerPolicy;
 
 /// Outcomes are counted in this many slices of the window, so old ones age out
 /// smoothly.
@@ -16,14 +15,14 @@ const SLICES: usize = 10;
 
 /// The state a breaker is in; the value is also the metric's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum BreakerState {
+pub enum BreakerState {
     Closed = 0,
     Open = 1,
     HalfOpen = 2,
 }
 
 impl BreakerState {
-    pub(crate) fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             BreakerState::Closed => "closed",
             BreakerState::Open => "open",
@@ -34,19 +33,19 @@ impl BreakerState {
 
 /// Permission to send one request; report its outcome with [`CircuitBreaker::record`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Admission {
+pub enum Admission {
     Normal,
     /// The single trial request of a half-open breaker.
     Probe,
 }
 
 #[derive(Debug)]
-pub(crate) struct CircuitBreaker {
+pub struct CircuitBreaker {
     service: String,
     policy: CircuitBreakerPolicy,
     inner: Mutex<Inner>,
-    state_gauge: Gauge,
-    opened: Counter,
+    /// How many times it opened, for `gantry_circuit_breaker_opened_total`.
+    opened: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -57,16 +56,14 @@ struct Inner {
     consecutive_failures: u32,
     open_until: Instant,
     probe_in_flight: bool,
+    /// When the probe in flight was let through: a probe whose caller gave
+    /// up without reporting (its future dropped) is forgotten after
+    /// `open_for`, so the breaker cannot stay half-open for good.
+    probe_started: Instant,
 }
 
 impl CircuitBreaker {
-    pub(crate) fn new(
-        service: &str,
-        policy: CircuitBreakerPolicy,
-        metrics: &GatewayMetrics,
-    ) -> CircuitBreaker {
-        let (state_gauge, opened) = metrics.for_breaker(service);
-        state_gauge.set(0);
+    pub fn new(service: &str, policy: CircuitBreakerPolicy) -> CircuitBreaker {
         let now = Instant::now();
         CircuitBreaker {
             service: service.to_string(),
@@ -77,18 +74,23 @@ impl CircuitBreaker {
                 consecutive_failures: 0,
                 open_until: now,
                 probe_in_flight: false,
+                probe_started: now,
             }),
-            state_gauge,
-            opened,
+            opened: AtomicU64::new(0),
         }
     }
 
-    pub(crate) fn state(&self) -> BreakerState {
+    /// How many times the breaker has opened.
+    pub fn opened_total(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
+    }
+
+    pub fn state(&self) -> BreakerState {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).state
     }
 
     /// Whether a request may go to the service now.
-    pub(crate) fn admit(&self) -> Option<Admission> {
+    pub fn admit(&self) -> Option<Admission> {
         if !self.policy.enabled {
             return Some(Admission::Normal);
         }
@@ -98,11 +100,16 @@ impl CircuitBreaker {
             BreakerState::Open if Instant::now() >= inner.open_until => {
                 self.transition(&mut inner, BreakerState::HalfOpen);
                 inner.probe_in_flight = true;
+                inner.probe_started = Instant::now();
                 Some(Admission::Probe)
             }
             BreakerState::Open => None,
-            BreakerState::HalfOpen if !inner.probe_in_flight => {
+            BreakerState::HalfOpen
+                if !inner.probe_in_flight
+                    || inner.probe_started.elapsed() >= self.policy.open_for =>
+            {
                 inner.probe_in_flight = true;
+                inner.probe_started = Instant::now();
                 Some(Admission::Probe)
             }
             BreakerState::HalfOpen => None,
@@ -110,7 +117,7 @@ impl CircuitBreaker {
     }
 
     /// Records how an admitted request went.
-    pub(crate) fn record(&self, admission: Admission, success: bool) {
+    pub fn record(&self, admission: Admission, success: bool) {
         if !self.policy.enabled {
             return;
         }
@@ -165,7 +172,7 @@ impl CircuitBreaker {
         inner.open_until = now + self.policy.open_for;
         inner.consecutive_failures = 0;
         inner.slices = [(now, 0, 0); SLICES];
-        self.opened.inc();
+        self.opened.fetch_add(1, Ordering::Relaxed);
         self.transition(inner, BreakerState::Open);
     }
 
@@ -173,7 +180,6 @@ impl CircuitBreaker {
         if inner.state != to {
             tracing::info!(target: "gantry::breaker", service = %self.service, from = inner.state.as_str(), to = to.as_str(), "circuit breaker state changed");
             inner.state = to;
-            self.state_gauge.set(to as i64);
         }
     }
 }

@@ -10,10 +10,10 @@ use std::time::Instant;
 
 /// Retries a quiet service may make per second regardless of its traffic (and
 /// the burst it starts with), as Linkerd's default budget allows.
-pub(crate) const FLOOR_PER_SECOND: f64 = 10.0;
+pub const FLOOR_PER_SECOND: f64 = 10.0;
 
 #[derive(Debug)]
-pub(crate) struct RetryBudget {
+pub struct RetryBudget {
     ratio: f64,
     state: Mutex<State>,
 }
@@ -25,7 +25,7 @@ struct State {
 }
 
 impl RetryBudget {
-    pub(crate) fn new(ratio: f64) -> RetryBudget {
+    pub fn new(ratio: f64) -> RetryBudget {
         RetryBudget {
             ratio,
             state: Mutex::new(State {
@@ -41,13 +41,13 @@ impl RetryBudget {
     }
 
     /// An original request: adds to the budget.
-    pub(crate) fn deposit(&self) {
+    pub fn deposit(&self) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.tokens = (state.tokens + self.ratio).min(self.cap());
     }
 
     /// Takes one retry from the budget, if there is one.
-    pub(crate) fn withdraw(&self) -> bool {
+    pub fn withdraw(&self) -> bool {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         let elapsed = now.duration_since(state.refilled).as_secs_f64();

@@ -1,0 +1,229 @@
+//! The one way Gantry's own subsystems call a service: event deliveries and
+//! saga steps (the gateway's proxy path has its own streaming pool in
+//! `gateway/src/upstream.rs`, but the same service state).
+//!
+//! A call resolves the service in the [`ServiceDirectory`], passes its
+//! bulkhead and circuit breaker (shared with gateway routes), picks a healthy
+//! instance, sends on a pooled connection (plain, or TLS with the service's
+//! client for `https://` instances) within the call's timeout, reads the
+//! answer up to [`MAX_ANSWER`], and reports the outcome to the breaker and
+//! the instance's outlier detection. Failures are a [`CallError`] that says
+//! who is to blame and whether calling again later may help.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::{Instance, ServiceDirectory, ServiceHandle};
+
+/// The largest answer read from a service; more is an error, not a stall.
+pub const MAX_ANSWER: usize = 8 * 1024 * 1024;
+
+/// One request to a service: a method, a path (the instance supplies scheme
+/// and authority), headers, a whole body and how long to wait for it all.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub method: Method,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub timeout: Duration,
+}
+
+/// A service's answer, read whole.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: Bytes,
+    /// The instance that answered.
+    pub instance: u32,
+}
+
+/// Who a failed call is to blame on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    /// The service: it failed, is failing, or is too busy.
+    Service,
+    /// Whoever built the call (a template that renders a bad header, say).
+    Caller,
+    /// Gantry's own configuration: the service is not running.
+    Gantry,
+}
+
+/// Why a call got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("service `{0}` is not running")]
+    NotRunning(String),
+    #[error("no healthy instance of service `{0}`")]
+    NoHealthyInstance(String),
+    #[error("service `{service}` already has {limit} requests in flight (its `max_concurrent`)")]
+    Bulkhead { service: String, limit: u32 },
+    #[error("service `{0}` is failing and its circuit breaker is open; the call was not sent")]
+    BreakerOpen(String),
+    #[error("cannot build the request to `{service}`: {reason}")]
+    BadRequest { service: String, reason: String },
+    #[error("cannot reach {service} at {authority}: {reason}")]
+    Unreachable {
+        service: String,
+        authority: String,
+        reason: String,
+    },
+    #[error("{service} did not answer within {timeout:?}")]
+    Timeout { service: String, timeout: Duration },
+    #[error("{service} broke off its answer (or sent more than {MAX_ANSWER} bytes): {reason}")]
+    BrokenAnswer { service: String, reason: String },
+}
+
+impl CallError {
+    pub fn blame(&self) -> Blame {
+        match self {
+            CallError::NotRunning(_) => Blame::Gantry,
+            CallError::BadRequest { .. } => Blame::Caller,
+            _ => Blame::Service,
+        }
+    }
+
+    /// Whether the same call may succeed later: everything but a call that
+    /// cannot be built. (Nothing was sent when the breaker or the bulkhead
+    /// refused; a timeout or a broken answer may have had effects, so the
+    /// call must carry an idempotency key to be sent again, as saga steps do.)
+    pub fn retryable(&self) -> bool {
+        self.blame() != Blame::Caller
+    }
+}
+
+/// The pooled client for plain-HTTP instances. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    plain: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for Outbound {
+    fn default() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        Outbound {
+            plain: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build(connector),
+        }
+    }
+}
+
+impl Outbound {
+    /// Calls `service` as the directory has it now.
+    pub async fn call(
+        &self,
+        directory: &ServiceDirectory,
+        service: &str,
+        call: Call,
+    ) -> Result<Answer, CallError> {
+        let handle = directory
+            .load()
+            .get(service)
+            .cloned()
+            .ok_or_else(|| CallError::NotRunning(service.to_string()))?;
+        self.call_handle(&handle, call).await
+    }
+
+    /// Calls a running service.
+    pub async fn call_handle(
+        &self,
+        handle: &Arc<ServiceHandle>,
+        call: Call,
+    ) -> Result<Answer, CallError> {
+        let service = handle.name();
+        let _in_flight = handle
+            .try_track_request()
+            .ok_or_else(|| CallError::Bulkhead {
+                service: service.to_string(),
+                limit: handle.config().max_concurrent,
+            })?;
+        let instance = handle
+            .pick(None)
+            .cloned()
+            .ok_or_else(|| CallError::NoHealthyInstance(service.to_string()))?;
+        let request = build(&instance, &call).map_err(|reason| CallError::BadRequest {
+            service: service.to_string(),
+            reason,
+        })?;
+        // Asked last, with nothing between it and its `record` that returns
+        // early: an admitted probe must always be reported.
+        let admission = handle
+            .breaker()
+            .admit()
+            .ok_or_else(|| CallError::BreakerOpen(service.to_string()))?;
+        let _load = instance.begin();
+        let exchange = async {
+            let sent = match &instance.tls {
+                Some(tls) => tls.client.request(request).await,
+                None => self.plain.request(request).await,
+            };
+            let response = sent.map_err(|e| {
+                let mut reason = e.to_string();
+                if let Some(source) = std::error::Error::source(&e) {
+                    reason = format!("{reason}: {source}");
+                }
+                CallError::Unreachable {
+                    service: service.to_string(),
+                    authority: instance.authority.to_string(),
+                    reason,
+                }
+            })?;
+            let status = response.status();
+            let body = Limited::new(response.into_body(), MAX_ANSWER)
+                .collect()
+                .await
+                .map_err(|e| CallError::BrokenAnswer {
+                    service: service.to_string(),
+                    reason: e.to_string(),
+                })?
+                .to_bytes();
+            Ok(Answer {
+                status,
+                body,
+                instance: instance.index,
+            })
+        };
+        let outcome = match tokio::time::timeout(call.timeout, exchange).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(CallError::Timeout {
+                service: service.to_string(),
+                timeout: call.timeout,
+            }),
+        };
+        // A 4xx is the service working; only 5xx and no answer count
+        // against it (as for gateway routes).
+        let healthy = matches!(&outcome, Ok(answer) if !answer.status.is_server_error());
+        handle.record(&instance, healthy);
+        handle.breaker().record(admission, healthy);
+        outcome
+    }
+}
+
+fn build(instance: &Instance, call: &Call) -> Result<Request<Full<Bytes>>, String> {
+    let uri = format!(
+        "{}://{}{}",
+        instance.scheme(),
+        instance.authority,
+        call.path
+    );
+    let mut request = Request::builder()
+        .method(call.method.clone())
+        .uri(uri)
+        .body(Full::new(call.body.clone()))
+        .map_err(|e| e.to_string())?;
+    *request.headers_mut() = call.headers.clone();
+    request
+        .headers_mut()
+        .insert(http::header::HOST, instance.host_header.clone());
+    Ok(request)
+}
