@@ -282,16 +282,7 @@ async fn reload(State(state): State<AdminState>) -> Response {
 }
 
 fn problem(status: StatusCode, detail: &str) -> Response {
-    let body = json!({
-        "type": "about:blank",
-        "title": status.canonical_reason().unwrap_or("error"),
-        "status": status.as_u16(),
-        "detail": detail,
-    });
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/problem+json")],
-        body.to_string(),
-    )
-        .into_response()
+    gantry_problem::Problem::plain(status)
+        .detail(detail)
+        .respond()
 }

@@ -66,6 +66,8 @@ pub enum AppError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Workflows(#[from] gantry_workflows::JournalError),
     #[error("{0}")]
     Start(String),
 }
@@ -117,8 +119,7 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
     let gateway_metrics = GatewayMetrics::register(&metrics);
     let directory: ServiceDirectory = Arc::default();
     let bus = EventBus::open(&platform.data_dir, directory.clone()).map_err(AppError::Start)?;
-    let workflows = Engine::open(&platform.data_dir, bus.clone(), directory.clone())
-        .map_err(AppError::Start)?;
+    let workflows = Engine::open(&platform.data_dir, bus.clone(), directory.clone())?;
     bus.set_workflow_starter(Arc::new(workflows.clone()));
     bus.register_metrics(&metrics);
     let functions = gantry_functions::Functions::new(&platform.data_dir);

@@ -93,7 +93,11 @@ impl Live {
             .await?;
         events.directory.store(Arc::new(services.clone()));
         // Workflows first, so a subscription that starts them finds them.
-        let registered = events.workflows.register(&manifest).await?;
+        let registered = events
+            .workflows
+            .register(&manifest)
+            .await
+            .map_err(|e| e.to_string())?;
         let applied = events.bus.apply(&manifest).await?;
         tracing::info!(
             target: "gantry::events",
@@ -102,7 +106,11 @@ impl Live {
             schemas_registered = ?applied.schemas_registered,
             "event bus ready"
         );
-        events.workflows.resume_all().await?;
+        events
+            .workflows
+            .resume_all()
+            .await
+            .map_err(|e| e.to_string())?;
         events.scheduler.apply(&manifest.schedules);
         if !registered.is_empty() {
             tracing::info!(target: "gantry::workflows", workflows = ?registered, "workflows ready");

@@ -308,14 +308,14 @@ fn answer(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Res
         })
 }
 
-fn problem(status: StatusCode, kind: &str, title: &str, detail: String) -> Response<Body> {
-    let body = serde_json::json!({
-        "type": format!("https://gantry.dev/problems/{kind}"),
-        "title": title,
-        "status": status.as_u16(),
-        "detail": detail,
-    });
-    answer(status, "application/problem+json", body.to_string())
+fn problem(status: StatusCode, kind: &str, title: &'static str, detail: String) -> Response<Body> {
+    gantry_problem::Problem::new(status, kind, title)
+        .detail(detail)
+        .respond_with(|json| {
+            Full::new(json)
+                .map_err(|never| match never {})
+                .boxed_unsync()
+        })
 }
 
 async fn handle(

@@ -30,6 +30,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use gantry_problem::{Explain, Problem};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -84,19 +85,13 @@ pub fn admin_router(bus: EventBus) -> Router {
 }
 
 /// An RFC 9457 problem response.
-fn problem(status: StatusCode, kind: &str, title: &str, detail: impl Into<String>) -> Response {
-    let body = json!({
-        "type": format!("https://gantry.dev/problems/{kind}"),
-        "title": title,
-        "status": status.as_u16(),
-        "detail": detail.into(),
-    });
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/problem+json")],
-        body.to_string(),
-    )
-        .into_response()
+fn problem(
+    status: StatusCode,
+    kind: &str,
+    title: &'static str,
+    detail: impl Into<String>,
+) -> Response {
+    Problem::new(status, kind, title).detail(detail).respond()
 }
 
 async fn openapi() -> Response {
@@ -161,63 +156,11 @@ async fn publish(
 }
 
 fn publish_problem(error: PublishError) -> Response {
-    let detail = error.to_string();
-    match error {
-        PublishError::UnknownTopic { .. } => problem(
-            StatusCode::NOT_FOUND,
-            "unknown-topic",
-            "Unknown topic",
-            detail,
-        ),
-        PublishError::Malformed(_) => problem(
-            StatusCode::BAD_REQUEST,
-            "invalid-event",
-            "Invalid CloudEvent",
-            detail,
-        ),
-        PublishError::TooLarge { .. } => problem(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "event-too-large",
-            "Event too large",
-            detail,
-        ),
-        PublishError::Schema { .. } => problem(
-            StatusCode::BAD_REQUEST,
-            "schema-violation",
-            "Event does not match the topic's schema",
-            detail,
-        ),
-        PublishError::Storage(_) => problem(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "storage-unavailable",
-            "The event was not stored",
-            format!("{detail}; nothing was published, retry later"),
-        ),
-    }
+    error.problem().respond()
 }
 
 fn operation_problem(error: OperationError) -> Response {
-    let detail = error.to_string();
-    match error {
-        OperationError::UnknownSubscription(_) => problem(
-            StatusCode::NOT_FOUND,
-            "unknown-subscription",
-            "Unknown subscription",
-            detail,
-        ),
-        OperationError::UnknownTopic(_) => problem(
-            StatusCode::NOT_FOUND,
-            "unknown-topic",
-            "Unknown topic",
-            detail,
-        ),
-        OperationError::Storage(_) => problem(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "storage-unavailable",
-            "Event storage failed",
-            detail,
-        ),
-    }
+    error.problem().respond()
 }
 
 async fn topics(State(bus): State<EventBus>) -> Response {

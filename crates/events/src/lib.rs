@@ -28,7 +28,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use axum::http::StatusCode;
 use gantry_manifest::{Compatibility, Manifest, Outbox, StartAt, Subscription, Topic};
+use gantry_problem::{Blame, Explain, Problem};
 use serde::Serialize;
 use tokio::sync::{oneshot, Mutex};
 use tokio_util::sync::CancellationToken;
@@ -110,6 +112,76 @@ impl From<BrokerError> for OperationError {
             BrokerError::UnknownSubscription(name) => OperationError::UnknownSubscription(name),
             other => OperationError::Storage(other),
         }
+    }
+}
+
+impl Explain for PublishError {
+    fn blame(&self) -> Blame {
+        match self {
+            PublishError::Storage(_) => Blame::Gantry,
+            _ => Blame::Caller,
+        }
+    }
+
+    fn problem(&self) -> Problem {
+        let detail = self.to_string();
+        let (status, name, title) = match self {
+            PublishError::UnknownTopic { .. } => {
+                (StatusCode::NOT_FOUND, "unknown-topic", "Unknown topic")
+            }
+            PublishError::Malformed(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid-event",
+                "Invalid CloudEvent",
+            ),
+            PublishError::TooLarge { .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "event-too-large",
+                "Event too large",
+            ),
+            PublishError::Schema { .. } => (
+                StatusCode::BAD_REQUEST,
+                "schema-violation",
+                "Event does not match the topic's schema",
+            ),
+            PublishError::Storage(_) => {
+                return Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage-unavailable",
+                    "The event was not stored",
+                )
+                .detail(format!("{detail}; nothing was published, retry later"))
+            }
+        };
+        Problem::new(status, name, title).detail(detail)
+    }
+}
+
+impl Explain for OperationError {
+    fn blame(&self) -> Blame {
+        match self {
+            OperationError::Storage(_) => Blame::Gantry,
+            _ => Blame::Caller,
+        }
+    }
+
+    fn problem(&self) -> Problem {
+        let (status, name, title) = match self {
+            OperationError::UnknownSubscription(_) => (
+                StatusCode::NOT_FOUND,
+                "unknown-subscription",
+                "Unknown subscription",
+            ),
+            OperationError::UnknownTopic(_) => {
+                (StatusCode::NOT_FOUND, "unknown-topic", "Unknown topic")
+            }
+            OperationError::Storage(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage-unavailable",
+                "Event storage failed",
+            ),
+        };
+        Problem::new(status, name, title).detail(self.to_string())
     }
 }
 

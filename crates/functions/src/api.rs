@@ -41,18 +41,20 @@ async fn list(State(functions): State<Functions>) -> Json<serde_json::Value> {
 
 fn not_found(functions: &Functions, name: &str) -> Response {
     let names: Vec<String> = functions.list().into_iter().map(|f| f.name).collect();
-    (
+    let declared = if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
+    };
+    gantry_problem::Problem::new(
         StatusCode::NOT_FOUND,
-        [("content-type", "application/problem+json")],
-        json!({
-            "type": "https://gantry.dev/problems/unknown-function",
-            "title": "No such function",
-            "status": 404,
-            "detail": format!("there is no function `{name}`; declared: {}", if names.is_empty() { "none".to_string() } else { names.join(", ") }),
-        })
-        .to_string(),
+        "unknown-function",
+        "No such function",
     )
-        .into_response()
+    .detail(format!(
+        "there is no function `{name}`; declared: {declared}"
+    ))
+    .respond()
 }
 
 #[derive(Debug, Deserialize)]

@@ -34,6 +34,7 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use gantry_manifest::{Function, FunctionKind, Manifest, Service};
+use gantry_problem::Problem;
 use gantry_telemetry::context::TraceContext;
 use gantry_telemetry::traces::TraceStore;
 use http::{Request, Response, StatusCode};
@@ -109,29 +110,11 @@ impl Failure {
                 why.clone(),
             ),
         };
-        problem(status, kind, title, &detail, request_id)
+        Problem::new(status, kind, title)
+            .detail(detail)
+            .request_id(request_id)
+            .respond_with(full)
     }
-}
-
-fn problem(
-    status: StatusCode,
-    kind: &str,
-    title: &str,
-    detail: &str,
-    request_id: &str,
-) -> Response<FnBody> {
-    let body = serde_json::json!({
-        "type": format!("https://gantry.dev/problems/{kind}"),
-        "title": title,
-        "status": status.as_u16(),
-        "detail": detail,
-        "request_id": request_id,
-    });
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/problem+json")
-        .body(full(Bytes::from(body.to_string())))
-        .unwrap_or_else(|_| Response::new(full(Bytes::new())))
 }
 
 fn full(bytes: Bytes) -> FnBody {
@@ -729,18 +712,11 @@ async fn invoke(
                 ),
             };
             metrics.invoked(&slot.name, "throttled", status.as_u16(), 0.0);
-            let mut response = problem(
-                status,
-                "function-busy",
-                "Function busy",
-                &detail,
-                &request_id,
-            );
-            response.headers_mut().insert(
-                http::header::RETRY_AFTER,
-                http::HeaderValue::from_static("1"),
-            );
-            return response;
+            return Problem::new(status, "function-busy", "Function busy")
+                .detail(detail)
+                .request_id(request_id.as_str())
+                .retry_after(1)
+                .respond_with(full);
         }
     };
     let wasm_instance = !matches!(loaded.exec, Exec::Lambda(_));
@@ -827,13 +803,11 @@ async fn invoke_lambda(
     match pool.invoke(event, request_id, trace, cold).await? {
         Ok(result) => Ok(lambda::response_for(&result)?.map(full)),
         Err(error) => {
-            let mut response = problem(
-                StatusCode::BAD_GATEWAY,
-                "function-error",
-                "Function failed",
-                &String::from_utf8_lossy(&error),
-                request_id,
-            );
+            let mut response =
+                Problem::new(StatusCode::BAD_GATEWAY, "function-error", "Function failed")
+                    .detail(String::from_utf8_lossy(&error))
+                    .request_id(request_id)
+                    .respond_with(full);
             response.headers_mut().insert(
                 "x-gantry-function-error",
                 http::HeaderValue::from_static("Unhandled"),

@@ -1,7 +1,7 @@
 //! Errors the gateway answers itself, as RFC 9457 problem details.
 
-use http::{header, HeaderValue, Response, StatusCode};
-use serde::Serialize;
+use gantry_problem::Blame;
+use http::{HeaderValue, Response, StatusCode};
 
 use crate::body::GatewayBody;
 
@@ -31,21 +31,48 @@ pub(crate) enum Problem {
     BadPath,
 }
 
-#[derive(Serialize)]
-struct ProblemDetails<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    title: &'static str,
-    status: u16,
-    detail: String,
-    instance: &'a str,
-    request_id: &'a str,
-}
-
 impl Problem {
-    /// The short name used as the `reason` of fallback metrics and headers.
+    /// The short name: the last part of the `type` URN
+    /// (`urn:gantry:problem:NAME`), and the `reason` of fallback metrics and
+    /// headers.
     pub(crate) fn reason(self) -> &'static str {
-        self.kind().trim_start_matches("urn:gantry:problem:")
+        match self {
+            Problem::NoRoute => "no-route",
+            Problem::NoHealthyInstance => "no-healthy-instance",
+            Problem::UpstreamRefused => "upstream-refused",
+            Problem::UpstreamReset => "upstream-reset",
+            Problem::UpstreamTimeout => "upstream-timeout",
+            Problem::CircuitOpen => "circuit-open",
+            Problem::BulkheadFull => "bulkhead-full",
+            Problem::BadRequestBody => "bad-request-body",
+            Problem::RateLimited => "rate-limited",
+            Problem::MethodNotAllowed => "method-not-allowed",
+            Problem::BodyTooLarge => "body-too-large",
+            Problem::OriginNotAllowed => "origin-not-allowed",
+            Problem::Unauthenticated => "unauthenticated",
+            Problem::Forbidden => "forbidden",
+            Problem::IdempotencyKeyMissing => "idempotency-key-missing",
+            Problem::IdempotencyConflict => "idempotency-key-in-use",
+            Problem::IdempotencyMismatch => "idempotency-key-reused",
+            Problem::StoreUnavailable => "store-unavailable",
+            Problem::HeadersTooLarge => "headers-too-large",
+            Problem::BadPath => "bad-path",
+        }
+    }
+
+    /// Who the refusal is to blame on: the caller (4xx), the service it was
+    /// for, or Gantry's own store.
+    pub(crate) fn blame(self) -> Blame {
+        match self {
+            Problem::NoHealthyInstance
+            | Problem::UpstreamRefused
+            | Problem::UpstreamReset
+            | Problem::UpstreamTimeout
+            | Problem::CircuitOpen
+            | Problem::BulkheadFull => Blame::Upstream,
+            Problem::StoreUnavailable => Blame::Gantry,
+            _ => Blame::Caller,
+        }
     }
 
     pub(crate) fn status(self) -> StatusCode {
@@ -68,31 +95,6 @@ impl Problem {
             Problem::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Problem::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Problem::BadPath => StatusCode::BAD_REQUEST,
-        }
-    }
-
-    fn kind(self) -> &'static str {
-        match self {
-            Problem::NoRoute => "urn:gantry:problem:no-route",
-            Problem::NoHealthyInstance => "urn:gantry:problem:no-healthy-instance",
-            Problem::UpstreamRefused => "urn:gantry:problem:upstream-refused",
-            Problem::UpstreamReset => "urn:gantry:problem:upstream-reset",
-            Problem::UpstreamTimeout => "urn:gantry:problem:upstream-timeout",
-            Problem::CircuitOpen => "urn:gantry:problem:circuit-open",
-            Problem::BulkheadFull => "urn:gantry:problem:bulkhead-full",
-            Problem::BadRequestBody => "urn:gantry:problem:bad-request-body",
-            Problem::RateLimited => "urn:gantry:problem:rate-limited",
-            Problem::MethodNotAllowed => "urn:gantry:problem:method-not-allowed",
-            Problem::BodyTooLarge => "urn:gantry:problem:body-too-large",
-            Problem::OriginNotAllowed => "urn:gantry:problem:origin-not-allowed",
-            Problem::Unauthenticated => "urn:gantry:problem:unauthenticated",
-            Problem::Forbidden => "urn:gantry:problem:forbidden",
-            Problem::IdempotencyKeyMissing => "urn:gantry:problem:idempotency-key-missing",
-            Problem::IdempotencyConflict => "urn:gantry:problem:idempotency-key-in-use",
-            Problem::IdempotencyMismatch => "urn:gantry:problem:idempotency-key-reused",
-            Problem::StoreUnavailable => "urn:gantry:problem:store-unavailable",
-            Problem::HeadersTooLarge => "urn:gantry:problem:headers-too-large",
-            Problem::BadPath => "urn:gantry:problem:bad-path",
         }
     }
 
@@ -128,29 +130,24 @@ impl Problem {
         path: &str,
         request_id: &HeaderValue,
     ) -> Response<GatewayBody> {
-        let body = ProblemDetails {
-            kind: self.kind(),
-            title: self.title(),
-            status: self.status().as_u16(),
-            detail,
-            instance: path,
-            request_id: request_id.to_str().unwrap_or_default(),
-        };
-        let json = serde_json::to_vec(&body).expect("problem details always serialize");
-        let mut response = Response::new(GatewayBody::local(json));
-        *response.status_mut() = self.status();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
+        tracing::debug!(
+            target: "gantry::gateway",
+            problem = self.reason(),
+            blame = ?self.blame(),
+            path,
+            "refused: {detail}"
         );
+        let mut problem = gantry_problem::Problem::edge(self.status(), self.reason(), self.title())
+            .detail(detail)
+            .instance(path)
+            .request_id(request_id.to_str().unwrap_or_default());
         if matches!(
             self,
             Problem::NoHealthyInstance | Problem::CircuitOpen | Problem::BulkheadFull
         ) {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            // Nothing was sent and the service may have room in a moment.
+            problem = problem.retry_after(1);
         }
-        response
+        problem.respond_with(GatewayBody::local)
     }
 }

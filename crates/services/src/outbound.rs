@@ -20,6 +20,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use gantry_problem::{Blame, Explain};
+
 use crate::{Instance, ServiceDirectory, ServiceHandle};
 
 /// The largest answer read from a service; more is an error, not a stall.
@@ -43,17 +45,6 @@ pub struct Answer {
     pub body: Bytes,
     /// The instance that answered.
     pub instance: u32,
-}
-
-/// Who a failed call is to blame on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Blame {
-    /// The service: it failed, is failing, or is too busy.
-    Service,
-    /// Whoever built the call (a template that renders a bad header, say).
-    Caller,
-    /// Gantry's own configuration: the service is not running.
-    Gantry,
 }
 
 /// Why a call got no answer.
@@ -81,22 +72,19 @@ pub enum CallError {
     BrokenAnswer { service: String, reason: String },
 }
 
-impl CallError {
-    pub fn blame(&self) -> Blame {
+impl Explain for CallError {
+    fn blame(&self) -> Blame {
         match self {
             CallError::NotRunning(_) => Blame::Gantry,
             CallError::BadRequest { .. } => Blame::Caller,
-            _ => Blame::Service,
+            _ => Blame::Upstream,
         }
     }
 
-    /// Whether the same call may succeed later: everything but a call that
-    /// cannot be built. (Nothing was sent when the breaker or the bulkhead
-    /// refused; a timeout or a broken answer may have had effects, so the
-    /// call must carry an idempotency key to be sent again, as saga steps do.)
-    pub fn retryable(&self) -> bool {
-        self.blame() != Blame::Caller
-    }
+    // Retryable: everything but a call that cannot be built. (Nothing was
+    // sent when the breaker or the bulkhead refused; a timeout or a broken
+    // answer may have had effects, so the call must carry an idempotency key
+    // to be sent again, as saga steps do.)
 }
 
 /// The pooled client for plain-HTTP instances. Cheap to clone.

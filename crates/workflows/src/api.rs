@@ -14,12 +14,14 @@
 //! | `POST /v1/workflows/{id}/cancel` | cancel: compensate what completed, end `cancelled` |
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
+
+use gantry_problem::{Explain, Problem};
 
 use crate::{Engine, WorkflowError};
 
@@ -39,50 +41,12 @@ pub fn admin_router(engine: Engine) -> Router {
         .with_state(engine)
 }
 
-fn problem(status: StatusCode, kind: &str, title: &str, detail: String) -> Response {
-    let body = json!({
-        "type": format!("https://gantry.dev/problems/{kind}"),
-        "title": title,
-        "status": status.as_u16(),
-        "detail": detail,
-    });
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/problem+json")],
-        body.to_string(),
-    )
-        .into_response()
+fn problem(status: StatusCode, kind: &str, title: &'static str, detail: String) -> Response {
+    Problem::new(status, kind, title).detail(detail).respond()
 }
 
 fn refusal(error: WorkflowError) -> Response {
-    let detail = error.to_string();
-    match error {
-        WorkflowError::UnknownWorkflow { .. } => problem(
-            StatusCode::NOT_FOUND,
-            "unknown-workflow",
-            "Unknown workflow",
-            detail,
-        ),
-        WorkflowError::UnknownRun(_) => problem(
-            StatusCode::NOT_FOUND,
-            "unknown-run",
-            "Unknown workflow run",
-            detail,
-        ),
-        WorkflowError::Conflict(_) => problem(StatusCode::CONFLICT, "conflict", "Conflict", detail),
-        WorkflowError::Invalid(_) => problem(
-            StatusCode::BAD_REQUEST,
-            "invalid-request",
-            "Invalid request",
-            detail,
-        ),
-        WorkflowError::Storage(_) => problem(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "storage-unavailable",
-            "The workflow journal failed",
-            detail,
-        ),
-    }
+    error.problem().respond()
 }
 
 #[derive(Debug, Deserialize)]
@@ -160,7 +124,7 @@ async fn list(State(engine): State<Engine>, Query(query): Query<ListQuery>) -> R
         .await
     {
         Ok(runs) => Json(json!({ "runs": runs })).into_response(),
-        Err(error) => refusal(WorkflowError::Storage(error)),
+        Err(error) => refusal(WorkflowError::Journal(error)),
     }
 }
 

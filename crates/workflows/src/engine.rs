@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use gantry_events::{CloudEvent, PublishError};
+use gantry_problem::Explain;
 use gantry_services::outbound::{Call, CallError};
 use http::{HeaderMap, HeaderValue};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::definition::{render, render_string, ActionDef, Context, Definition, StepDef};
-use crate::store::{now_ms, Run, State, StepRecord};
+use crate::store::{now_ms, JournalError, Run, State, StepRecord};
 use crate::Inner;
 
 /// Why an attempt did not succeed.
@@ -28,21 +29,35 @@ enum Failure {
 /// The header that makes a step's call safe to repeat.
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 
+/// Why a run could not be driven on. Gantry's own trouble in every case;
+/// the driver tries again a moment later.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DriveError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("no workflow run `{0}` in the journal")]
+    NoRun(String),
+    #[error("definition {workflow} v{version} is missing from the journal")]
+    NoDefinition { workflow: String, version: u32 },
+}
+
 /// Drives one run until it ends, parks, or `stop` fires (shutdown or a
 /// cancel request; the journal lets a later run pick up where this one was).
-pub(crate) async fn drive(inner: &Inner, id: &str, stop: &CancellationToken) -> Result<(), String> {
+pub(crate) async fn drive(
+    inner: &Inner,
+    id: &str,
+    stop: &CancellationToken,
+) -> Result<(), DriveError> {
     let Some(mut instance) = inner.store.get(id).await? else {
-        return Err(format!("no workflow run `{id}`"));
+        return Err(DriveError::NoRun(id.to_string()));
     };
     let definition = inner
         .store
         .definition(&instance.workflow, instance.version)
         .await?
-        .ok_or_else(|| {
-            format!(
-                "definition {} v{} is missing",
-                instance.workflow, instance.version
-            )
+        .ok_or_else(|| DriveError::NoDefinition {
+            workflow: instance.workflow.clone(),
+            version: instance.version,
         })?;
     loop {
         // An operator may have asked to cancel since the last step.
@@ -193,7 +208,7 @@ async fn run_step(
     phase: &str,
     action: &ActionDef,
     step: &StepDef,
-) -> Result<Result<Value, String>, String> {
+) -> Result<Result<Value, String>, JournalError> {
     let id = &instance.id;
     let records = inner.store.steps(id).await?;
     let record = records.iter().find(|r| r.idx == idx && r.phase == phase);

@@ -21,8 +21,10 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
+use axum::http::StatusCode;
 use gantry_events::EventBus;
 use gantry_manifest::Manifest;
+use gantry_problem::{Blame, Explain, Problem};
 use gantry_services::ServiceDirectory;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -30,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 pub use definition::Definition;
 pub use engine::IDEMPOTENCY_HEADER;
 pub use metrics::WorkflowMetrics;
-pub use store::{Run, State, StepRecord, Store};
+pub use store::{JournalError, Run, State, StepRecord, Store};
 
 use store::now_ms;
 
@@ -70,6 +72,44 @@ pub enum WorkflowError {
     Invalid(String),
     #[error("{0}")]
     Storage(String),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+impl Explain for WorkflowError {
+    fn blame(&self) -> Blame {
+        match self {
+            WorkflowError::Storage(_) | WorkflowError::Journal(_) => Blame::Gantry,
+            _ => Blame::Caller,
+        }
+    }
+
+    fn problem(&self) -> Problem {
+        let problem = match self {
+            WorkflowError::UnknownWorkflow { .. } => Problem::new(
+                StatusCode::NOT_FOUND,
+                "unknown-workflow",
+                "Unknown workflow",
+            ),
+            WorkflowError::UnknownRun(_) => {
+                Problem::new(StatusCode::NOT_FOUND, "unknown-run", "Unknown workflow run")
+            }
+            WorkflowError::Conflict(_) => {
+                Problem::new(StatusCode::CONFLICT, "conflict", "Conflict")
+            }
+            WorkflowError::Invalid(_) => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-request",
+                "Invalid request",
+            ),
+            WorkflowError::Storage(_) | WorkflowError::Journal(_) => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage-unavailable",
+                "The workflow journal failed",
+            ),
+        };
+        problem.detail(self.to_string())
+    }
 }
 
 /// A run as the APIs show it.
@@ -86,7 +126,7 @@ impl Engine {
         data_dir: &std::path::Path,
         bus: EventBus,
         directory: ServiceDirectory,
-    ) -> Result<Engine, String> {
+    ) -> Result<Engine, JournalError> {
         Ok(Engine {
             inner: Arc::new(Inner {
                 store: Store::open(data_dir)?,
@@ -133,7 +173,7 @@ impl Engine {
 
     /// Registers the manifest's workflows and resumes every run the journal
     /// says was going ([`Engine::register`] then [`Engine::resume_all`]).
-    pub async fn apply(&self, manifest: &Manifest) -> Result<Vec<String>, String> {
+    pub async fn apply(&self, manifest: &Manifest) -> Result<Vec<String>, JournalError> {
         let registered = self.register(manifest).await?;
         self.resume_all().await?;
         Ok(registered)
@@ -141,7 +181,7 @@ impl Engine {
 
     /// Registers the manifest's workflows: a changed one gets a new version;
     /// runs in flight keep theirs.
-    pub async fn register(&self, manifest: &Manifest) -> Result<Vec<String>, String> {
+    pub async fn register(&self, manifest: &Manifest) -> Result<Vec<String>, JournalError> {
         let mut current = HashMap::new();
         let mut registered = Vec::new();
         for (name, workflow) in &manifest.workflows {
@@ -159,7 +199,7 @@ impl Engine {
 
     /// Drives every run the journal says was going (after a start, once the
     /// event bus is ready for their publishes and waits).
-    pub async fn resume_all(&self) -> Result<(), String> {
+    pub async fn resume_all(&self) -> Result<(), JournalError> {
         for id in self.inner.store.active().await? {
             self.spawn(&id);
         }
@@ -239,7 +279,7 @@ impl Engine {
             .store
             .create(instance)
             .await
-            .map_err(WorkflowError::Storage)?;
+            .map_err(WorkflowError::Journal)?;
         if !created && (instance.workflow != workflow || instance.input != input) {
             return Err(WorkflowError::Conflict(format!(
                 "a run with id `{id}` already exists with another workflow or input; choose another id"
@@ -290,14 +330,14 @@ impl Engine {
             .store
             .get(id)
             .await
-            .map_err(WorkflowError::Storage)?
+            .map_err(WorkflowError::Journal)?
             .ok_or_else(|| WorkflowError::UnknownRun(id.to_string()))?;
         let steps = self
             .inner
             .store
             .steps(id)
             .await
-            .map_err(WorkflowError::Storage)?;
+            .map_err(WorkflowError::Journal)?;
         Ok(RunView { instance, steps })
     }
 
@@ -314,7 +354,7 @@ impl Engine {
             .store
             .retry(id)
             .await
-            .map_err(WorkflowError::Storage)?;
+            .map_err(WorkflowError::Journal)?;
         self.spawn(id);
         self.get(id).await
     }
@@ -334,7 +374,7 @@ impl Engine {
             .store
             .definition(&run.instance.workflow, run.instance.version)
             .await
-            .map_err(WorkflowError::Storage)?
+            .map_err(WorkflowError::Journal)?
             .ok_or_else(|| WorkflowError::Storage("the run's definition is missing".into()))?;
         let index = definition.step_index(from).ok_or_else(|| {
             let names: Vec<&str> = definition.steps.iter().map(|s| s.name.as_str()).collect();
@@ -371,7 +411,7 @@ impl Engine {
             .store
             .resume(id, index)
             .await
-            .map_err(WorkflowError::Storage)?;
+            .map_err(WorkflowError::Journal)?;
         self.spawn(id);
         self.get(id).await
     }
@@ -388,7 +428,7 @@ impl Engine {
                     .store
                     .request_cancel(id)
                     .await
-                    .map_err(WorkflowError::Storage)?;
+                    .map_err(WorkflowError::Journal)?;
                 if run.instance.state == State::Waiting {
                     let token = self
                         .inner
@@ -412,7 +452,7 @@ impl Engine {
                         Some("cancelled by an operator".into()),
                     )
                     .await
-                    .map_err(WorkflowError::Storage)?;
+                    .map_err(WorkflowError::Journal)?;
             }
             other => {
                 return Err(WorkflowError::Conflict(format!(

@@ -21,7 +21,7 @@ use crate::definition::Definition;
 const MAX_BATCH: usize = 512;
 
 /// Runs after the transaction that held the job commits (or fails to).
-type Finish = Box<dyn FnOnce(std::result::Result<(), String>) + Send>;
+type Finish = Box<dyn FnOnce(std::result::Result<(), JournalError>) + Send>;
 /// A unit of work for the writer thread.
 type Job = Box<dyn FnOnce(&mut Connection) -> Finish + Send>;
 
@@ -185,7 +185,7 @@ fn run_writer(mut conn: Connection, mut jobs: mpsc::Receiver<Job>) {
             .collect();
         let committed = begun
             .and_then(|_| conn.execute_batch("COMMIT"))
-            .map_err(|e| format!("workflow journal: {e}"));
+            .map_err(JournalError::sql);
         if committed.is_err() && !conn.is_autocommit() {
             let _ = conn.execute_batch("ROLLBACK");
         }
@@ -201,28 +201,47 @@ pub(crate) fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-type Result<T> = std::result::Result<T, String>;
+/// Why the journal could not do what was asked. Always Gantry's own
+/// failure (its disk, its shutdown), never the caller's; worth retrying
+/// later.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum JournalError {
+    #[error("cannot open the workflow journal {path}: {reason}")]
+    Open { path: String, reason: String },
+    #[error("workflow journal: {0}")]
+    Sql(String),
+    #[error("the workflow journal has stopped (Gantry is shutting down)")]
+    Stopped,
+}
+
+impl JournalError {
+    // rusqlite's error is not Clone, and one commit's failure is answered to
+    // every job of its batch: keep its message.
+    fn sql(error: rusqlite::Error) -> JournalError {
+        JournalError::Sql(error.to_string())
+    }
+}
+
+type Result<T> = std::result::Result<T, JournalError>;
 
 impl Store {
     pub fn open(data_dir: &Path) -> Result<Store> {
         let path = data_dir.join("workflows.db");
-        let conn = Connection::open(&path)
-            .map_err(|e| format!("cannot open the workflow journal {}: {e}", path.display()))?;
+        let open_failed = |reason: String| JournalError::Open {
+            path: path.display().to_string(),
+            reason,
+        };
+        let conn = Connection::open(&path).map_err(|e| open_failed(e.to_string()))?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
         )
         .and_then(|_| conn.execute_batch(SCHEMA))
-        .map_err(|e| {
-            format!(
-                "cannot prepare the workflow journal {}: {e}",
-                path.display()
-            )
-        })?;
+        .map_err(|e| open_failed(e.to_string()))?;
         let (jobs, rx) = mpsc::channel(4 * MAX_BATCH);
         std::thread::Builder::new()
             .name("gantry-workflows-db".into())
             .spawn(move || run_writer(conn, rx))
-            .map_err(|e| format!("cannot start the workflow journal thread: {e}"))?;
+            .map_err(|e| open_failed(format!("cannot start its thread: {e}")))?;
         Ok(Store { jobs })
     }
 
@@ -233,14 +252,16 @@ impl Store {
     ) -> Result<T> {
         let (reply, answer) = oneshot::channel();
         let job: Job = Box::new(move |conn: &mut Connection| {
-            let outcome = work(conn).map_err(|e| format!("workflow journal: {e}"));
-            Box::new(move |committed: std::result::Result<(), String>| {
+            let outcome = work(conn).map_err(JournalError::sql);
+            Box::new(move |committed: std::result::Result<(), JournalError>| {
                 let _ = reply.send(committed.and(outcome));
             })
         });
-        let stopped = || "the workflow journal has stopped".to_string();
-        self.jobs.send(job).await.map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| JournalError::Stopped)?;
+        answer.await.map_err(|_| JournalError::Stopped)?
     }
 
     /// Stores `definition` as a new version unless the latest one has the
