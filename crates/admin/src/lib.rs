@@ -28,6 +28,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use gantry_gateway::Gateway;
+use gantry_problem::Explain;
 use gantry_telemetry::Metrics;
 use serde::Serialize;
 use serde_json::json;
@@ -223,7 +224,7 @@ async fn create_key(State(state): State<AdminState>, body: axum::body::Bytes) ->
             tracing::info!(target: "gantry::keys", id = %created.info.id, consumer = %created.info.consumer, "API key created");
             (StatusCode::CREATED, Json(created)).into_response()
         }
-        Err(reason) => problem(StatusCode::INTERNAL_SERVER_ERROR, &reason),
+        Err(error) => error.problem().respond(),
     }
 }
 
@@ -231,7 +232,7 @@ async fn create_key(State(state): State<AdminState>, body: axum::body::Bytes) ->
 async fn list_keys(State(state): State<AdminState>) -> Response {
     match state.gateway.api_keys().map(|keys| keys.list()) {
         Some(Ok(keys)) => Json(json!({ "keys": keys })).into_response(),
-        Some(Err(reason)) => problem(StatusCode::INTERNAL_SERVER_ERROR, &reason),
+        Some(Err(error)) => error.problem().respond(),
         None => problem(
             StatusCode::SERVICE_UNAVAILABLE,
             "the API key store is not open",
@@ -250,7 +251,7 @@ async fn revoke_key(State(state): State<AdminState>, Path(id): Path<String>) -> 
             StatusCode::NOT_FOUND,
             &format!("no API key has the id `{id}`; `gantry keys list` shows them"),
         ),
-        Some(Err(reason)) => problem(StatusCode::INTERNAL_SERVER_ERROR, &reason),
+        Some(Err(error)) => error.problem().respond(),
         None => problem(
             StatusCode::SERVICE_UNAVAILABLE,
             "the API key store is not open",

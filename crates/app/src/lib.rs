@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use gantry_admin::ReloadRequest;
 use gantry_events::EventBus;
-use gantry_gateway::{ApiKeys, Gateway, GatewayMetrics, IdempotencyStore};
+use gantry_gateway::{ApiKeys, Gateway, GatewayMetrics, GatewayParts, IdempotencyStore};
 use gantry_manifest::{LoadError, Manifest};
 use gantry_services::ServiceDirectory;
 use gantry_telemetry::context::HexId;
@@ -68,6 +68,8 @@ pub enum AppError {
     },
     #[error(transparent)]
     Workflows(#[from] gantry_workflows::JournalError),
+    #[error(transparent)]
+    Store(#[from] gantry_gateway::StoreError),
     #[error("{0}")]
     Start(String),
 }
@@ -115,26 +117,18 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
     let api_url = platform_url(platform.api);
     give_platform_env(&mut manifest, &api_url);
 
+    // Each subsystem is built whole from its configuration and what it
+    // needs (the trace store and the SLOs first, since most of the others
+    // report to them); none is changed after it is built, except the bus's
+    // workflow starter (the two need each other; see EventBus).
     let metrics = Metrics::new();
     let gateway_metrics = GatewayMetrics::register(&metrics);
     let directory: ServiceDirectory = Arc::default();
-    let bus = EventBus::open(&platform.data_dir, directory.clone()).map_err(AppError::Start)?;
-    let workflows = Engine::open(&platform.data_dir, bus.clone(), directory.clone())?;
-    bus.set_workflow_starter(Arc::new(workflows.clone()));
-    bus.register_metrics(&metrics);
-    let functions = gantry_functions::Functions::new(&platform.data_dir);
-    functions.metrics().register(&metrics);
-    functions.set_resolver(Arc::new(Grants {
-        directory: directory.clone(),
-        api_url: api_url.clone(),
-    }));
-    let scheduler = gantry_functions::Scheduler::new(&platform.data_dir, functions.clone());
-    let buckets = gantry_buckets::Buckets::new(&platform.data_dir, bus.clone());
     let traces = TraceStore::open(&platform.data_dir).map_err(AppError::Start)?;
-    // OTLP export, when a collector is configured; flushed at shutdown.
-    let export_stop = CancellationToken::new();
     traces.set_sampling(sampling(&manifest.telemetry));
     traces.register_metrics(&metrics);
+    // OTLP export, when a collector is configured; flushed at shutdown.
+    let export_stop = CancellationToken::new();
     let exporter = gantry_telemetry::otlp::target(
         manifest.telemetry.otlp_endpoint.as_deref(),
         manifest
@@ -150,13 +144,38 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
             traces.export_to(sender);
             task
         });
-    functions.set_trace_store(traces.clone());
-    bus.set_trace_store(traces.clone());
-    workflows.set_trace_store(traces.clone());
     let slos = gantry_slo::Slos::open(&platform.data_dir).map_err(AppError::Start)?;
     slos.apply(&manifest.slos);
     slos.set_alerting(&manifest.alerting);
+    let observer = Arc::new(Observer {
+        slos: slos.clone(),
+        traces: traces.clone(),
+    });
+    let bus = EventBus::open(&platform.data_dir, directory.clone(), Some(traces.clone()))
+        .map_err(AppError::Start)?;
+    let workflows = Engine::open(
+        &platform.data_dir,
+        bus.clone(),
+        directory.clone(),
+        Some(traces.clone()),
+    )?;
+    bus.set_workflow_starter(Arc::new(workflows.clone()));
+    bus.register_metrics(&metrics);
     workflows.register_metrics(&metrics);
+    let functions = gantry_functions::Functions::with_parts(
+        &platform.data_dir,
+        gantry_functions::FunctionsParts {
+            resolve: Some(Arc::new(Grants {
+                directory: directory.clone(),
+                api_url: api_url.clone(),
+            })),
+            traces: Some(traces.clone()),
+            observer: Some(observer.clone()),
+        },
+    );
+    functions.metrics().register(&metrics);
+    let scheduler = gantry_functions::Scheduler::new(&platform.data_dir, functions.clone());
+    let buckets = gantry_buckets::Buckets::new(&platform.data_dir, bus.clone());
     let (live, table) = Live::start(
         path,
         manifest,
@@ -175,19 +194,18 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
     )
     .await
     .map_err(AppError::Start)?;
-    let gateway = Gateway::new(table, gateway_metrics);
-    gateway.register_saturation(&metrics);
-    // Idempotency records live in the data directory and outlive restarts.
-    gateway.use_idempotency_store(
-        IdempotencyStore::open(&platform.data_dir).map_err(AppError::Start)?,
+    let gateway = Gateway::with_parts(
+        table,
+        gateway_metrics,
+        GatewayParts {
+            // Idempotency records and API keys live in the data directory
+            // and outlive restarts.
+            idempotency: Some(IdempotencyStore::open(&platform.data_dir)?),
+            api_keys: Some(ApiKeys::open(&platform.data_dir)?),
+            observer: Some(observer),
+        },
     );
-    gateway.use_api_keys(ApiKeys::open(&platform.data_dir).map_err(AppError::Start)?);
-    let observer = Arc::new(Observer {
-        slos: slos.clone(),
-        traces: traces.clone(),
-    });
-    gateway.observe_with(observer.clone());
-    functions.observe_with(observer);
+    gateway.register_saturation(&metrics);
     let mut live = live.with_gateway(gateway.clone());
 
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(8);

@@ -43,17 +43,20 @@ pub(crate) struct Deliverer {
     outbound: Outbound,
     services: ServiceDirectory,
     pub starter: StarterSlot,
-    /// Where delivery spans go, once the app has wired it.
-    pub traces: Arc<OnceLock<gantry_telemetry::traces::TraceStore>>,
+    /// Where delivery spans go.
+    pub traces: Option<gantry_telemetry::traces::TraceStore>,
 }
 
 impl Deliverer {
-    pub fn new(services: ServiceDirectory) -> Deliverer {
+    pub fn new(
+        services: ServiceDirectory,
+        traces: Option<gantry_telemetry::traces::TraceStore>,
+    ) -> Deliverer {
         Deliverer {
-            outbound: Outbound::default(),
+            outbound: Outbound::shared().clone(),
             services,
             starter: StarterSlot::default(),
-            traces: Arc::default(),
+            traces,
         }
     }
 
@@ -137,7 +140,7 @@ impl Deliverer {
             )),
             Err(error) => Err(error.to_string()),
         };
-        if let (Some(store), Some(delivery)) = (self.traces.get(), &delivery) {
+        if let (Some(store), Some(delivery)) = (&self.traces, &delivery) {
             record_delivery(
                 store,
                 subscription,

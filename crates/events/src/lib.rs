@@ -31,6 +31,7 @@ use arc_swap::ArcSwap;
 use axum::http::StatusCode;
 use gantry_manifest::{Compatibility, Manifest, Outbox, StartAt, Subscription, Topic};
 use gantry_problem::{Blame, Explain, Problem};
+use gantry_telemetry::traces::TraceStore;
 use serde::Serialize;
 use tokio::sync::{oneshot, Mutex};
 use tokio_util::sync::CancellationToken;
@@ -199,19 +200,26 @@ impl EventBus {
     pub fn open(
         data_dir: &std::path::Path,
         services: ServiceDirectory,
+        traces: Option<TraceStore>,
     ) -> Result<EventBus, String> {
         Ok(EventBus::with_broker(
             Arc::new(SqliteBroker::open(data_dir)?),
             services,
+            traces,
         ))
     }
 
-    /// The bus on any broker. Starts the retention task.
-    pub fn with_broker(broker: Arc<dyn Broker>, services: ServiceDirectory) -> EventBus {
+    /// The bus on any broker, keeping a span of every delivery attempt of a
+    /// traced event in `traces`. Starts the retention task.
+    pub fn with_broker(
+        broker: Arc<dyn Broker>,
+        services: ServiceDirectory,
+        traces: Option<TraceStore>,
+    ) -> EventBus {
         let bus = EventBus {
             inner: Arc::new(Inner {
                 broker,
-                deliverer: Deliverer::new(services),
+                deliverer: Deliverer::new(services, traces),
                 topics: ArcSwap::default(),
                 runners: Mutex::default(),
                 relays: Mutex::default(),
@@ -247,14 +255,12 @@ impl EventBus {
         }));
     }
 
-    /// Lets subscriptions with `to = "workflow:NAME"` start runs.
+    /// Lets subscriptions with `to = "workflow:NAME"` start runs. The one
+    /// setter left on a built subsystem, because the two need each other:
+    /// the workflow engine publishes on the bus (so it is built from it),
+    /// and the bus starts workflows. Set once, before `apply`.
     pub fn set_workflow_starter(&self, starter: Arc<dyn WorkflowStarter>) {
         let _ = self.inner.deliverer.starter.set(starter);
-    }
-
-    /// Keeps a span of every delivery attempt of a traced event in `store`.
-    pub fn set_trace_store(&self, store: gantry_telemetry::traces::TraceStore) {
-        let _ = self.inner.deliverer.traces.set(store);
     }
 
     pub fn broker(&self) -> &Arc<dyn Broker> {
@@ -491,7 +497,7 @@ impl EventBus {
     /// publish. The span is recorded by [`EventBus::record_publish`] once
     /// the outcome is known.
     pub(crate) fn publish_span(&self, topic: &str, event: &mut CloudEvent) -> Option<PublishSpan> {
-        let store = self.inner.deliverer.traces.get()?;
+        let store = self.inner.deliverer.traces.as_ref()?;
         if !store.enabled() {
             return None;
         }

@@ -215,7 +215,7 @@ struct Inner {
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     metrics: FunctionMetrics,
     logs: LogBook,
-    resolve: Mutex<Option<Arc<dyn Resolve>>>,
+    resolve: Option<Arc<dyn Resolve>>,
     hooks: Arc<Hooks>,
 }
 
@@ -227,7 +227,14 @@ impl std::fmt::Debug for Functions {
 
 impl Functions {
     /// No functions yet; compiled wasm is cached under `data_dir/functions/cache`.
+    /// Functions with no grants resolver, span store or observer (tests).
     pub fn new(data_dir: &Path) -> Functions {
+        Functions::with_parts(data_dir, FunctionsParts::default())
+    }
+
+    /// Functions keeping their compiled code and state under `data_dir`,
+    /// with `parts`.
+    pub fn with_parts(data_dir: &Path, parts: FunctionsParts) -> Functions {
         Functions {
             inner: Arc::new(Inner {
                 data_dir: data_dir.to_path_buf(),
@@ -235,30 +242,17 @@ impl Functions {
                 slots: Mutex::new(HashMap::new()),
                 metrics: FunctionMetrics::default(),
                 logs: LogBook::default(),
-                resolve: Mutex::new(None),
-                hooks: Arc::default(),
+                resolve: parts.resolve,
+                hooks: Arc::new(Hooks {
+                    traces: parts.traces,
+                    observer: parts.observer,
+                }),
             }),
         }
     }
 
     pub fn metrics(&self) -> &FunctionMetrics {
         &self.inner.metrics
-    }
-
-    /// How granted services and the platform API are found (set before
-    /// the first `apply`; without it, grants resolve to nothing).
-    pub fn set_resolver(&self, resolve: Arc<dyn Resolve>) {
-        *self.inner.resolve.lock().unwrap_or_else(|e| e.into_inner()) = Some(resolve);
-    }
-
-    /// Keeps a span of every invocation in `store` (set once, before `apply`).
-    pub fn set_trace_store(&self, store: gantry_telemetry::traces::TraceStore) {
-        let _ = self.inner.hooks.traces.set(store);
-    }
-
-    /// Shows every invocation, whatever triggered it, to `observer` (set once).
-    pub fn observe_with(&self, observer: Arc<dyn InvocationObserver>) {
-        let _ = self.inner.hooks.observer.set(observer);
     }
 
     /// Recent guest output, by function.
@@ -492,12 +486,7 @@ impl Functions {
                 ),
                 services: Arc::new(config.services.clone()),
                 publish: Arc::new(config.publish.clone()),
-                resolve: self
-                    .inner
-                    .resolve
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone(),
+                resolve: self.inner.resolve.clone(),
             },
             logs: self.inner.logs.clone(),
         };
@@ -635,7 +624,7 @@ async fn serve(
                 let hooks = hooks.clone();
                 async move {
                     let started = SystemTime::now();
-                    let span = SpanStart::of(&mut request, hooks.traces.get());
+                    let span = SpanStart::of(&mut request, hooks.traces.as_ref());
                     // OpenTelemetry's `faas.trigger` values.
                     let headers = request.headers();
                     let trigger = if headers
@@ -649,7 +638,7 @@ async fn serve(
                         "http"
                     };
                     let response = invoke(&slot, &metrics, request).await;
-                    if let Some(observer) = hooks.observer.get() {
+                    if let Some(observer) = &hooks.observer {
                         observer.invoked(
                             &slot.name,
                             response.status().as_u16(),
@@ -657,7 +646,7 @@ async fn serve(
                             &span.trace_id,
                         );
                     }
-                    if let Some(store) = hooks.traces.get() {
+                    if let Some(store) = &hooks.traces {
                         span.record(
                             store,
                             &slot.name,
@@ -767,11 +756,33 @@ pub trait InvocationObserver: Send + Sync {
     fn invoked(&self, function: &str, status: u16, duration: Duration, trace_id: &str);
 }
 
-/// What invocations are shown to, set once by the app.
+/// What functions are built from besides their data directory. Given once,
+/// at construction.
 #[derive(Default)]
+pub struct FunctionsParts {
+    /// How granted services and the platform API are found; without it,
+    /// grants resolve to nothing.
+    pub resolve: Option<Arc<dyn Resolve>>,
+    /// Where a span of every invocation goes.
+    pub traces: Option<TraceStore>,
+    /// Shown every invocation, whatever triggered it.
+    pub observer: Option<Arc<dyn InvocationObserver>>,
+}
+
+impl std::fmt::Debug for FunctionsParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FunctionsParts")
+            .field("resolve", &self.resolve.is_some())
+            .field("traces", &self.traces.is_some())
+            .field("observer", &self.observer.is_some())
+            .finish()
+    }
+}
+
+/// What invocations are shown to.
 struct Hooks {
-    traces: std::sync::OnceLock<gantry_telemetry::traces::TraceStore>,
-    observer: std::sync::OnceLock<Arc<dyn InvocationObserver>>,
+    traces: Option<TraceStore>,
+    observer: Option<Arc<dyn InvocationObserver>>,
 }
 
 /// Marks a response whose invocation started a new Lambda process.

@@ -20,6 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::database::StoreError;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -72,7 +74,7 @@ pub struct NewApiKey {
 }
 
 impl ApiKeys {
-    pub fn open(data_dir: &Path) -> Result<ApiKeys, String> {
+    pub fn open(data_dir: &Path) -> Result<ApiKeys, StoreError> {
         let connection = crate::database::open(
             data_dir,
             "CREATE TABLE IF NOT EXISTS api_keys (
@@ -85,12 +87,12 @@ impl ApiKeys {
             let has_scheme = db
                 .prepare("SELECT 1 FROM pragma_table_info('api_keys') WHERE name = 'scheme'")
                 .and_then(|mut s| s.exists([]))
-                .map_err(|e| format!("cannot read the api_keys table: {e}"))?;
+                .map_err(StoreError::sql("cannot read the api_keys table"))?;
             if !has_scheme {
                 db.execute_batch(
                     "ALTER TABLE api_keys ADD COLUMN scheme INTEGER NOT NULL DEFAULT 1;",
                 )
-                .map_err(|e| format!("cannot upgrade the api_keys table: {e}"))?;
+                .map_err(StoreError::sql("cannot upgrade the api_keys table"))?;
             }
         }
         Ok(ApiKeys {
@@ -102,10 +104,9 @@ impl ApiKeys {
 
     /// Creates a key for `consumer`: `gk_<id>_<secret>`, a 64-bit id and a
     /// 256-bit secret, both from the OS CSPRNG.
-    pub fn create(&self, consumer: &str) -> Result<NewApiKey, String> {
+    pub fn create(&self, consumer: &str) -> Result<NewApiKey, StoreError> {
         let mut random = [0u8; 40];
-        getrandom::fill(&mut random)
-            .map_err(|e| format!("the OS random number generator failed: {e}"))?;
+        getrandom::fill(&mut random).map_err(|e| StoreError::Random(e.to_string()))?;
         let id = hex::encode(&random[..8]);
         let key = format!("gk_{id}_{}", hex::encode(&random[8..]));
         let created_ms = SystemTime::now()
@@ -117,7 +118,7 @@ impl ApiKeys {
                 "INSERT INTO api_keys (id, consumer, hash, created_ms, scheme) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![id, consumer, hash(&key).as_slice(), created_ms, SCHEME_CSPRNG],
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(StoreError::sql("API keys"))?;
         Ok(NewApiKey {
             info: ApiKeyInfo {
                 id,
@@ -130,13 +131,13 @@ impl ApiKeys {
         })
     }
 
-    pub fn list(&self) -> Result<Vec<ApiKeyInfo>, String> {
+    pub fn list(&self) -> Result<Vec<ApiKeyInfo>, StoreError> {
         let connection = self.connection.lock().unwrap_or_else(|e| e.into_inner());
         let mut statement = connection
             .prepare(
                 "SELECT id, consumer, created_ms, revoked, scheme FROM api_keys ORDER BY created_ms",
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(StoreError::sql("API keys"))?;
         let rows = statement
             .query_map([], |row| {
                 let revoked: bool = row.get(3)?;
@@ -148,16 +149,17 @@ impl ApiKeys {
                     rotate: !revoked && row.get::<_, i64>(4)? < SCHEME_CSPRNG,
                 })
             })
-            .map_err(|e| e.to_string())?;
-        rows.collect::<Result<_, _>>().map_err(|e| e.to_string())
+            .map_err(StoreError::sql("API keys"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(StoreError::sql("API keys"))
     }
 
     /// Revokes a key; `false` when there is no such key.
-    pub fn revoke(&self, id: &str) -> Result<bool, String> {
+    pub fn revoke(&self, id: &str) -> Result<bool, StoreError> {
         let connection = self.connection.lock().unwrap_or_else(|e| e.into_inner());
         let changed = connection
             .execute("UPDATE api_keys SET revoked = 1 WHERE id = ?1", params![id])
-            .map_err(|e| e.to_string())?;
+            .map_err(StoreError::sql("API keys"))?;
         drop(connection);
         // The cache is keyed by hash, which the id does not give: start over.
         self.generation.fetch_add(1, Ordering::SeqCst);
@@ -167,7 +169,7 @@ impl ApiKeys {
 
     /// The consumer a presented key belongs to, if it is valid and not
     /// revoked; `Err` when the store cannot be read.
-    pub(crate) async fn consumer(&self, presented: &str) -> Result<Option<Arc<str>>, String> {
+    pub(crate) async fn consumer(&self, presented: &str) -> Result<Option<Arc<str>>, StoreError> {
         let digest = hash(presented);
         let now = Instant::now();
         if let Some((consumer, at)) = self
@@ -191,10 +193,9 @@ impl ApiKeys {
                     |row| row.get::<_, String>(0),
                 )
                 .optional()
-                .map_err(|e| format!("cannot read API keys: {e}"))
+                .map_err(StoreError::sql("cannot read API keys"))
         })
-        .await
-        .map_err(|e| format!("the API key lookup failed: {e}"))??
+        .await??
         .map(Arc::<str>::from);
         if let Some(consumer) = &found {
             let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());

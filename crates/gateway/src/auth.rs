@@ -14,9 +14,6 @@ use bytes::Bytes;
 use gantry_manifest::{JwtConfig, JwtKey};
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Response};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
@@ -345,21 +342,16 @@ fn load_key(key: &JwtKey) -> Result<Key, String> {
 }
 
 async fn fetch_jwks(url: &str) -> Result<Vec<Key>, String> {
-    let client: Client<_, Empty<Bytes>> =
-        Client::builder(TokioExecutor::new()).build(gantry_tls::https_connector());
-    let uri: http::Uri = url.parse().map_err(|e| format!("{e}"))?;
-    let response = tokio::time::timeout(Duration::from_secs(5), client.get(uri))
+    let request = http::Request::get(url)
+        .body(http_body_util::Full::new(Bytes::new()))
+        .map_err(|e| format!("`{url}` is not a usable URL: {e}"))?;
+    let (status, body) = gantry_services::outbound::Outbound::shared()
+        .fetch(request, Duration::from_secs(5), 1024 * 1024)
         .await
-        .map_err(|_| "timed out".to_string())?
         .map_err(|e| e.to_string())?;
-    if !response.status().is_success() {
-        return Err(format!("status {}", response.status()));
+    if !status.is_success() {
+        return Err(format!("status {status}"));
     }
-    let body = http_body_util::Limited::new(response.into_body(), 1024 * 1024)
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
     let set: JwkSet =
         serde_json::from_slice(&body).map_err(|e| format!("not a JWKS document: {e}"))?;
     Ok(set

@@ -2,21 +2,70 @@
 //! data directory, shared by the stores that must survive a restart
 //! (idempotency records, API key hashes).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use gantry_problem::{Blame, Explain, Problem};
+use http::StatusCode;
 use rusqlite::Connection;
+
+/// Why `gantry.db` could not do what was asked: always Gantry's own trouble
+/// (its disk, its threads), never the caller's, and worth retrying. It is
+/// answered as 503 `store-unavailable`, never as an auth failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("{context}: {source}")]
+    Sql {
+        context: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("the OS random number generator failed: {0}")]
+    Random(String),
+    #[error("the store's worker thread failed: {0}")]
+    Worker(#[from] tokio::task::JoinError),
+}
+
+impl StoreError {
+    /// Wraps a SQLite error with what was being done.
+    pub(crate) fn sql(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+        move |source| StoreError::Sql { context, source }
+    }
+}
+
+impl Explain for StoreError {
+    fn blame(&self) -> Blame {
+        Blame::Gantry
+    }
+
+    fn problem(&self) -> Problem {
+        Problem::edge(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store-unavailable",
+            "Gantry's store is unavailable",
+        )
+        .detail(format!("{self}; try again shortly"))
+        .retry_after(1)
+    }
+}
 
 /// A connection to `gantry.db`, with `schema` (idempotent `CREATE ... IF NOT
 /// EXISTS` statements) applied.
-pub(crate) fn open(data_dir: &Path, schema: &str) -> Result<Arc<Mutex<Connection>>, String> {
+pub(crate) fn open(data_dir: &Path, schema: &str) -> Result<Arc<Mutex<Connection>>, StoreError> {
     let path = data_dir.join("gantry.db");
-    let connection =
-        Connection::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    connection
-        .execute_batch(&format!(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; {schema}"
-        ))
-        .map_err(|e| format!("cannot prepare {}: {e}", path.display()))?;
+    let opened = Connection::open(&path).and_then(|connection| {
+        connection
+            .execute_batch(&format!(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; {schema}"
+            ))
+            .map(|_| connection)
+    });
+    let connection = opened.map_err(|source| StoreError::Open { path, source })?;
     Ok(Arc::new(Mutex::new(connection)))
 }

@@ -14,6 +14,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::database::StoreError;
 use sha2::{Digest, Sha256};
 
 /// The durable store of idempotency records. Cheap to clone.
@@ -59,7 +61,7 @@ pub(crate) struct RecordKey {
 
 impl IdempotencyStore {
     /// Opens (or creates) `idempotency.db` in `data_dir`.
-    pub fn open(data_dir: &Path) -> Result<IdempotencyStore, String> {
+    pub fn open(data_dir: &Path) -> Result<IdempotencyStore, StoreError> {
         let connection = crate::database::open(
             data_dir,
             "CREATE TABLE IF NOT EXISTS idempotency (
@@ -79,13 +81,12 @@ impl IdempotencyStore {
         fingerprint: [u8; 32],
         ttl: Duration,
         running_timeout: Duration,
-    ) -> Result<Claim, String> {
+    ) -> Result<Claim, StoreError> {
         let store = self.clone();
         tokio::task::spawn_blocking(move || {
             store.claim_now(&record, &fingerprint, ttl, running_timeout)
         })
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
     }
 
     fn claim_now(
@@ -94,9 +95,11 @@ impl IdempotencyStore {
         fingerprint: &[u8; 32],
         ttl: Duration,
         running_timeout: Duration,
-    ) -> Result<Claim, String> {
+    ) -> Result<Claim, StoreError> {
         let mut connection = self.connection.lock().unwrap_or_else(|e| e.into_inner());
-        let tx = connection.transaction().map_err(|e| e.to_string())?;
+        let tx = connection
+            .transaction()
+            .map_err(StoreError::sql("idempotency records"))?;
         let now = now_ms();
         let existing = tx
             .query_row(
@@ -116,7 +119,7 @@ impl IdempotencyStore {
                 },
             )
             .optional()
-            .map_err(|e| e.to_string())?;
+            .map_err(StoreError::sql("idempotency records"))?;
         let claim = match existing {
             Some((stored_fingerprint, running, started, expires, status, headers, body)) => {
                 let expired = expires <= now;
@@ -152,11 +155,12 @@ impl IdempotencyStore {
                      VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6)",
                     params![record.route, record.consumer, record.key, fingerprint.as_slice(), now, now + ttl.as_millis() as i64],
                 )
-                .map_err(|e| e.to_string())?;
+                .map_err(StoreError::sql("idempotency records"))?;
                 Claim::Proceed
             }
         };
-        tx.commit().map_err(|e| e.to_string())?;
+        tx.commit()
+            .map_err(StoreError::sql("idempotency records"))?;
         Ok(claim)
     }
 

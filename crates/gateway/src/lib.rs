@@ -45,10 +45,11 @@ mod webhook;
 
 pub use api_keys::{ApiKeyInfo, ApiKeys, NewApiKey};
 pub use body::GatewayBody;
+pub use database::StoreError;
 pub use forwarding::{Peer, TlsSession};
 pub use idempotency::IdempotencyStore;
 pub use metrics::GatewayMetrics;
-pub use proxy::{Attempt, Gateway, Observation, RequestObserver};
+pub use proxy::{Attempt, Gateway, GatewayParts, Observation, RequestObserver};
 pub use router::{BuildError, RouteInfo, RouteTable};
 pub use server::{redirect_to_https, serve};
 pub use shadow::{Difference, ShadowSummary, Side};

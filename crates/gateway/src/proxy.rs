@@ -114,47 +114,51 @@ pub struct Observation<'a> {
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub(crate) table: ArcSwap<RouteTable>,
-    pub(crate) observer: std::sync::OnceLock<Arc<dyn RequestObserver>>,
-    /// Opened once by the app, from the data directory.
-    pub(crate) idempotency: std::sync::OnceLock<IdempotencyStore>,
-    pub(crate) api_keys: std::sync::OnceLock<ApiKeys>,
+    pub(crate) observer: Option<Arc<dyn RequestObserver>>,
+    pub(crate) idempotency: Option<IdempotencyStore>,
+    pub(crate) api_keys: Option<ApiKeys>,
     pub(crate) upstreams: UpstreamPool,
     pub(crate) metrics: GatewayMetrics,
 }
 
+/// What a gateway is built from besides its route table and metrics: the
+/// stores it reads on the request path and who watches its answers. Given
+/// once, at construction; nothing is set on a running gateway.
+#[derive(Debug, Default)]
+pub struct GatewayParts {
+    /// Idempotency records (`idempotency = ...` on routes); without it such
+    /// routes answer 503 `store-unavailable`.
+    pub idempotency: Option<IdempotencyStore>,
+    /// API keys (`auth = "api_key"` routes); without it no key is valid.
+    pub api_keys: Option<ApiKeys>,
+    /// Shown every answered request (SLO counts, spans).
+    pub observer: Option<Arc<dyn RequestObserver>>,
+}
+
 impl Gateway {
-    /// A gateway serving `table`, with a pool of keep-alive upstream connections.
+    /// A gateway serving `table`, with a pool of keep-alive upstream
+    /// connections and no stores (tests, benchmarks).
     pub fn new(table: RouteTable, metrics: GatewayMetrics) -> Gateway {
+        Gateway::with_parts(table, metrics, GatewayParts::default())
+    }
+
+    /// A gateway serving `table` with `parts`.
+    pub fn with_parts(table: RouteTable, metrics: GatewayMetrics, parts: GatewayParts) -> Gateway {
         Gateway {
             inner: Arc::new(Inner {
                 table: ArcSwap::from_pointee(table),
-                idempotency: std::sync::OnceLock::new(),
-                observer: std::sync::OnceLock::new(),
-                api_keys: std::sync::OnceLock::new(),
+                idempotency: parts.idempotency,
+                observer: parts.observer,
+                api_keys: parts.api_keys,
                 upstreams: UpstreamPool::default(),
                 metrics,
             }),
         }
     }
 
-    /// Shows every answered request to `observer` (set once).
-    pub fn observe_with(&self, observer: Arc<dyn RequestObserver>) {
-        let _ = self.inner.observer.set(observer);
-    }
-
-    /// Uses `store` for idempotency keys (set once; later calls are ignored).
-    pub fn use_idempotency_store(&self, store: IdempotencyStore) {
-        let _ = self.inner.idempotency.set(store);
-    }
-
-    /// Uses `keys` for `auth = "api_key"` routes (set once).
-    pub fn use_api_keys(&self, keys: ApiKeys) {
-        let _ = self.inner.api_keys.set(keys);
-    }
-
     /// The API key store, for the admin API.
     pub fn api_keys(&self) -> Option<&ApiKeys> {
-        self.inner.api_keys.get()
+        self.inner.api_keys.as_ref()
     }
 
     /// The metric families route tables register into.
@@ -186,7 +190,7 @@ impl Gateway {
 
         // Phase 1: identify.
         let request_id = request_id(request.headers());
-        let observer = self.inner.observer.get().map(|o| o.as_ref());
+        let observer = self.inner.observer.as_deref();
         let trace = crate::identity::trace_context(request.headers(), |id| {
             observer.is_none_or(|o| o.sample(id))
         });

@@ -1,6 +1,8 @@
 //! The one way Gantry's own subsystems call a service: event deliveries and
 //! saga steps (the gateway's proxy path has its own streaming pool in
-//! `gateway/src/upstream.rs`, but the same service state).
+//! `gateway/src/upstream.rs`, but the same service state), and the one way
+//! they fetch an outside URL (JWKS documents, alert webhooks): see
+//! [`Outbound::fetch`]. One process-wide pool, [`Outbound::shared`].
 //!
 //! A call resolves the service in the [`ServiceDirectory`], passes its
 //! bulkhead and circuit breaker (shared with gateway routes), picks a healthy
@@ -87,10 +89,40 @@ impl Explain for CallError {
     // to be sent again, as saga steps do.)
 }
 
-/// The pooled client for plain-HTTP instances. Cheap to clone.
+/// Why an outside URL gave no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("`{url}` is not a usable URL: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("cannot reach {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("{url} did not answer within {timeout:?}")]
+    Timeout { url: String, timeout: Duration },
+    #[error("{url} broke off its answer (or sent more than {limit} bytes): {reason}")]
+    BrokenAnswer {
+        url: String,
+        limit: usize,
+        reason: String,
+    },
+}
+
+impl Explain for FetchError {
+    fn blame(&self) -> Blame {
+        match self {
+            // The URL comes from the manifest.
+            FetchError::BadUrl { .. } => Blame::Gantry,
+            _ => Blame::Upstream,
+        }
+    }
+}
+
+/// The pooled clients: plain HTTP for service instances, and HTTPS (the
+/// system's roots) for outside URLs. Cheap to clone; every clone shares the
+/// pools.
 #[derive(Debug, Clone)]
 pub struct Outbound {
     plain: Client<HttpConnector, Full<Bytes>>,
+    external: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl Default for Outbound {
@@ -102,11 +134,66 @@ impl Default for Outbound {
             plain: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(30))
                 .build(connector),
+            external: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build(gantry_tls::https_connector()),
         }
     }
 }
 
 impl Outbound {
+    /// The process's pools, shared by every subsystem (hyper's client is
+    /// made to be shared: one pool of connections per destination).
+    pub fn shared() -> &'static Outbound {
+        static SHARED: std::sync::OnceLock<Outbound> = std::sync::OnceLock::new();
+        SHARED.get_or_init(Outbound::default)
+    }
+
+    /// Sends `request` to an outside URL (its URI is absolute, http or
+    /// https; https is verified against the system's roots) and reads the
+    /// answer, up to `limit` bytes, all within `timeout`.
+    pub async fn fetch(
+        &self,
+        request: Request<Full<Bytes>>,
+        timeout: Duration,
+        limit: usize,
+    ) -> Result<(StatusCode, Bytes), FetchError> {
+        let url = request.uri().to_string();
+        if request.uri().scheme().is_none() || request.uri().authority().is_none() {
+            return Err(FetchError::BadUrl {
+                url,
+                reason: "it needs a scheme and a host (https://host/path)".into(),
+            });
+        }
+        let exchange = async {
+            let response = self.external.request(request).await.map_err(|e| {
+                let mut reason = e.to_string();
+                if let Some(source) = std::error::Error::source(&e) {
+                    reason = format!("{reason}: {source}");
+                }
+                FetchError::Unreachable {
+                    url: url.clone(),
+                    reason,
+                }
+            })?;
+            let status = response.status();
+            let body = Limited::new(response.into_body(), limit)
+                .collect()
+                .await
+                .map_err(|e| FetchError::BrokenAnswer {
+                    url: url.clone(),
+                    limit,
+                    reason: e.to_string(),
+                })?
+                .to_bytes();
+            Ok((status, body))
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(FetchError::Timeout { url, timeout }),
+        }
+    }
+
     /// Calls `service` as the directory has it now.
     pub async fn call(
         &self,

@@ -4,9 +4,8 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use gantry_services::outbound::Outbound;
 use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use tokio_util::sync::CancellationToken;
 
 use crate::{Notification, Slos};
@@ -18,9 +17,6 @@ const ATTEMPTS: u32 = 3;
 /// every alert that fires or resolves and posting it to `[alerting] webhook`
 /// when there is one. Both settings are read afresh each time (reloads).
 pub async fn run(slos: Slos, stop: CancellationToken) {
-    // Webhooks over https are verified against the system's roots.
-    let client: Client<_, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build(gantry_tls::https_connector());
     loop {
         let every = slos.alerting().evaluate_every;
         tokio::select! {
@@ -43,20 +39,15 @@ pub async fn run(slos: Slos, stop: CancellationToken) {
                 tracing::info!(target: "gantry::slo", slo = %note.slo, severity = note.severity, long = %note.windows.long, "SLO alert resolved");
             }
             if let Some(url) = &webhook {
-                send(&client, url, &note).await;
+                send(url, &note).await;
             }
         }
     }
 }
 
-async fn send(
-    client: &Client<
-        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-        Full<Bytes>,
-    >,
-    url: &str,
-    note: &Notification,
-) {
+/// Posts `note` to the webhook, up to [`ATTEMPTS`] times (webhooks over
+/// https are verified against the system's roots).
+async fn send(url: &str, note: &Notification) {
     let body = Bytes::from(serde_json::to_vec(note).unwrap_or_default());
     for attempt in 1..=ATTEMPTS {
         let request = match http::Request::post(url)
@@ -69,16 +60,16 @@ async fn send(
                 return;
             }
         };
-        match tokio::time::timeout(Duration::from_secs(5), client.request(request)).await {
-            Ok(Ok(response)) if response.status().is_success() => return,
-            Ok(Ok(response)) => {
-                tracing::warn!(target: "gantry::slo", %url, status = %response.status(), attempt, "the alert webhook refused a notification")
+        match Outbound::shared()
+            .fetch(request, Duration::from_secs(5), 64 * 1024)
+            .await
+        {
+            Ok((status, _)) if status.is_success() => return,
+            Ok((status, _)) => {
+                tracing::warn!(target: "gantry::slo", %url, %status, attempt, "the alert webhook refused a notification")
             }
-            Ok(Err(error)) => {
-                tracing::warn!(target: "gantry::slo", %url, %error, attempt, "cannot reach the alert webhook")
-            }
-            Err(_) => {
-                tracing::warn!(target: "gantry::slo", %url, attempt, "the alert webhook did not answer in 5s")
+            Err(error) => {
+                tracing::warn!(target: "gantry::slo", %url, %error, attempt, "cannot deliver to the alert webhook")
             }
         }
         tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;

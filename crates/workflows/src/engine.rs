@@ -453,7 +453,7 @@ async fn call(
         Err(error) if error.retryable() => Err(Failure::Retryable(error.to_string())),
         Err(error) => Err(Failure::Fatal(error.to_string())),
     };
-    if let Some(store) = inner.traces.get() {
+    if let Some(store) = &inner.traces {
         let mut attributes = gantry_telemetry::traces::Attributes::new();
         attributes.insert("gantry.workflow", instance.workflow.clone());
         attributes.insert("gantry.workflow.run", instance.id.clone());

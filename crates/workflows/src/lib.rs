@@ -55,8 +55,8 @@ pub(crate) struct Inner {
     running: Mutex<HashMap<String, CancellationToken>>,
     shutdown: CancellationToken,
     pub metrics: WorkflowMetrics,
-    /// Where step spans go, once the app has wired it.
-    pub traces: std::sync::OnceLock<gantry_telemetry::traces::TraceStore>,
+    /// Where step spans go.
+    pub traces: Option<gantry_telemetry::traces::TraceStore>,
 }
 
 /// Why a workflow operation was refused.
@@ -121,30 +121,27 @@ pub struct RunView {
 }
 
 impl Engine {
-    /// Opens the journal in `data_dir`.
+    /// Opens the journal in `data_dir`; step calls and compensations leave a
+    /// span in `traces`.
     pub fn open(
         data_dir: &std::path::Path,
         bus: EventBus,
         directory: ServiceDirectory,
+        traces: Option<gantry_telemetry::traces::TraceStore>,
     ) -> Result<Engine, JournalError> {
         Ok(Engine {
             inner: Arc::new(Inner {
                 store: Store::open(data_dir)?,
                 bus,
                 directory,
-                outbound: gantry_services::outbound::Outbound::default(),
+                outbound: gantry_services::outbound::Outbound::shared().clone(),
                 current: ArcSwap::default(),
                 running: Mutex::default(),
                 shutdown: CancellationToken::new(),
                 metrics: WorkflowMetrics::default(),
-                traces: std::sync::OnceLock::new(),
+                traces,
             }),
         })
-    }
-
-    /// Keeps a span of every step call and compensation in `store`.
-    pub fn set_trace_store(&self, store: gantry_telemetry::traces::TraceStore) {
-        let _ = self.inner.traces.set(store);
     }
 
     /// The engine's metric families, to register in the process's registry.
@@ -297,7 +294,7 @@ impl Engine {
     /// The run's start span: under the caller's span (the request or the
     /// delivery that started it), and the parent of every step's span.
     fn record_start(&self, instance: &Run, traceparent: Option<&str>, started: SystemTime) {
-        let Some(store) = self.inner.traces.get() else {
+        let Some(store) = &self.inner.traces else {
             return;
         };
         let caller = traceparent

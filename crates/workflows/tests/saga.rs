@@ -192,9 +192,9 @@ impl Rig {
     }
 
     async fn open(dir: tempfile::TempDir, directory: ServiceDirectory, manifest: Manifest) -> Rig {
-        let bus = EventBus::open(dir.path(), directory.clone()).unwrap();
+        let bus = EventBus::open(dir.path(), directory.clone(), None).unwrap();
         bus.apply(&manifest).await.unwrap();
-        let engine = Engine::open(dir.path(), bus.clone(), directory.clone()).unwrap();
+        let engine = Engine::open(dir.path(), bus.clone(), directory.clone(), None).unwrap();
         bus.set_workflow_starter(Arc::new(engine.clone()));
         engine.apply(&manifest).await.unwrap();
         Rig {

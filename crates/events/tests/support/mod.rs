@@ -156,7 +156,7 @@ impl TestBus {
             services.insert(name.clone(), ServiceHandle::start(name, config).unwrap());
         }
         directory.store(Arc::new(services));
-        let bus = EventBus::open(dir.path(), directory.clone()).unwrap();
+        let bus = EventBus::open(dir.path(), directory.clone(), None).unwrap();
         bus.apply(manifest).await.unwrap();
         TestBus {
             bus,
@@ -176,7 +176,7 @@ impl TestBus {
         drop(bus);
         // The writer thread of the old store exits once its last sender is gone.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let bus = EventBus::open(dir.path(), directory.clone()).unwrap();
+        let bus = EventBus::open(dir.path(), directory.clone(), None).unwrap();
         bus.apply(manifest).await.unwrap();
         TestBus {
             bus,

@@ -115,7 +115,7 @@ async fn check(
                         .map(|(_, v)| v.to_owned())
                 }),
             };
-            let consumer = match (&presented, gateway.inner.api_keys.get()) {
+            let consumer = match (&presented, gateway.inner.api_keys.as_ref()) {
                 (Some(key), Some(keys)) => keys.consumer(key).await.map_err(|why| {
                     tracing::error!(target: "gantry::gateway", route = %route.label, "{why}");
                     let response = Problem::StoreUnavailable.respond(

@@ -82,7 +82,7 @@ async fn claim(
                 }
             },
         };
-        let Some(store) = gateway.inner.idempotency.get() else {
+        let Some(store) = gateway.inner.idempotency.as_ref() else {
             let detail =
                 "idempotency keys need the data directory's store, which is not open".to_string();
             return (body, answer(Problem::StoreUnavailable, detail));

@@ -43,9 +43,12 @@ impl Rig {
             .with_jwt(manifest.jwt.as_ref())
             .await
             .unwrap();
-        let gateway = Gateway::new(table, metrics);
         let data = tempfile::tempdir().unwrap();
-        gateway.use_idempotency_store(crate::IdempotencyStore::open(data.path()).unwrap());
+        let parts = crate::GatewayParts {
+            idempotency: Some(crate::IdempotencyStore::open(data.path()).unwrap()),
+            ..Default::default()
+        };
+        let gateway = Gateway::with_parts(table, metrics, parts);
         Rig {
             _data: data,
             table: gateway.table(),

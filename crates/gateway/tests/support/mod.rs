@@ -229,9 +229,12 @@ impl TestGateway {
             .with_jwt(manifest.jwt.as_ref())
             .await
             .unwrap();
-        let gateway = Gateway::new(table, gateway_metrics);
+        let parts = gantry_gateway::GatewayParts {
+            idempotency: Some(gantry_gateway::IdempotencyStore::open(data_dir).unwrap()),
+            ..Default::default()
+        };
+        let gateway = Gateway::with_parts(table, gateway_metrics, parts);
         gateway.register_saturation(&metrics);
-        gateway.use_idempotency_store(gantry_gateway::IdempotencyStore::open(data_dir).unwrap());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
