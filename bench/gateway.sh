@@ -25,11 +25,12 @@ CONNS=${CONNS:-64}
 RATE=${RATE:-10000}
 UPSTREAM_PORT=19100 GANTRY_PORT=19101 GANTRY_ADMIN=19102 NGINX_PORT=19103 HAPROXY_PORT=19104
 BARE_PORT=19105 BARE_ADMIN=19106 EDGE_PORT=19107 EDGE_ADMIN=19108
+GANTRY_API=19109 BARE_API=19110 EDGE_API=19111
 
 for tool in nginx wrk taskset python3; do
   command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install nginx-light wrk haproxy)" >&2; exit 1; }
 done
-for port in $UPSTREAM_PORT $GANTRY_PORT $GANTRY_ADMIN $NGINX_PORT $HAPROXY_PORT $BARE_PORT $BARE_ADMIN $EDGE_PORT $EDGE_ADMIN; do
+for port in $UPSTREAM_PORT $GANTRY_PORT $GANTRY_ADMIN $NGINX_PORT $HAPROXY_PORT $BARE_PORT $BARE_ADMIN $EDGE_PORT $EDGE_ADMIN $GANTRY_API $BARE_API $EDGE_API; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "bench: port $port is already in use; stop what listens there first" >&2; exit 1
   fi
@@ -94,6 +95,7 @@ cat > "$WORK/gantry.toml" <<CONF
 name = "bench"
 listen = "127.0.0.1:$GANTRY_PORT"
 admin = "127.0.0.1:$GANTRY_ADMIN"
+api = "127.0.0.1:$GANTRY_API"
 data_dir = "state"
 watch = false
 
@@ -114,6 +116,7 @@ cat > "$WORK/bare.toml" <<CONF
 name = "bench-bare"
 listen = "127.0.0.1:$BARE_PORT"
 admin = "127.0.0.1:$BARE_ADMIN"
+api = "127.0.0.1:$BARE_API"
 data_dir = "state-bare"
 watch = false
 
@@ -136,6 +139,7 @@ cat > "$WORK/edge.toml" <<CONF
 name = "bench-edge"
 listen = "127.0.0.1:$EDGE_PORT"
 admin = "127.0.0.1:$EDGE_ADMIN"
+api = "127.0.0.1:$EDGE_API"
 data_dir = "state-edge"
 watch = false
 
