@@ -186,7 +186,7 @@ print()
 print("| target | req/s | vs tracing off | p50 ms | p99 ms | CPU ms / 1k req | requests | spans kept / sampled out / dropped |")
 print("|---|---|---|---|---|---|---|---|")
 base = statistics.median(r[0] for r in rows["off"])
-for target in ["off", "ratio-0", "ratio-0.1", "ratio-1", "base-ratio-0", "base-ratio-1", "nginx"]:
+for target in ["default", "off", "ratio-0", "ratio-0.1", "ratio-1", "base-ratio-0", "base-ratio-1", "nginx"]:
     if target not in rows:
         continue
     r = rows[target]
@@ -194,7 +194,7 @@ for target in ["off", "ratio-0", "ratio-0.1", "ratio-1", "base-ratio-0", "base-r
     total = sum(x[4] for x in r)
     n = spans.get(target)
     kept = f"{n['kept']:,} / {n['sampled_out']:,} / {n['dropped']:,}" if n else "—"
-    name = {"off": "gantry, traces = false", "ratio-0": "gantry, sample_ratio = 0",
+    name = {"default": "gantry, default (sample_ratio = 0.05)", "off": "gantry, traces = false", "ratio-0": "gantry, sample_ratio = 0",
             "ratio-0.1": "gantry, sample_ratio = 0.1", "ratio-1": "gantry, sample_ratio = 1",
             "base-ratio-0": "baseline build, sample_ratio = 0",
             "base-ratio-1": "baseline build, sample_ratio = 1",
