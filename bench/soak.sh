@@ -103,6 +103,10 @@ rss = [int(r[1]) for r in rows]
 disk = [int(r[2]) for r in rows]
 print(f"\nsoak: {duration} at {rate} req/s, oha --latency-correction")
 print(f"requests: {sum(codes.values())}, non-2xx or failed: {errors}, req/s: {summary['requestsPerSec']:.0f}")
+for kind, n in sorted(codes.items()):
+    print(f"  status {kind}: {n}")
+for kind, n in sorted(data.get("errorDistribution", {}).items()):
+    print(f"  error {kind!r}: {n}")
 print(f"latency p50 {pct['p50']*1000:.3f} ms, p99 {pct['p99']*1000:.3f} ms")
 print(f"RSS MB: first {rss[0]}, last {rss[-1]}, max {max(rss)}")
 print(f"data directory MB: first {disk[0]}, last {disk[-1]}, max {max(disk)}")
