@@ -215,10 +215,8 @@ fn failure_key(ip: std::net::IpAddr) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::Rig;
+    use super::super::testing::{Rig, JWT_SECRET as SECRET};
     use super::*;
-
-    const SECRET: &str = "a-test-secret-of-enough-length-0123456789";
 
     fn token(secret: &str) -> String {
         let exp = std::time::SystemTime::now()

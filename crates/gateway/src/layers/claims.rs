@@ -14,19 +14,15 @@ pub(super) fn strip(exchange: &mut Exchange<'_>) -> Verdict {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::Rig;
+    use super::super::testing::{Rig, JWT_SECTION};
     use super::*;
 
     #[tokio::test]
     async fn forged_claim_headers_are_removed_on_every_route() {
         let rig = Rig::new(
-            r#"
-[jwt]
-[[jwt.keys]]
-kid = "k"
-algorithm = "HS256"
-secret = "a-test-secret-of-enough-length-0123456789"
-
+            &[
+                JWT_SECTION,
+                r#"
 [[routes]]
 name = "open"
 path = "/open"
@@ -39,6 +35,8 @@ to = "app"
 auth = "jwt"
 forward_claims = { sub = "x-user-id" }
 "#,
+            ]
+            .concat(),
         )
         .await;
         let mut exchange = rig.exchange("open", "GET", "/open", &[("x-user-id", "admin")], "");

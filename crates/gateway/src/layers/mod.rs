@@ -160,7 +160,7 @@ pub(crate) fn stack(route: &CompiledRoute, strip_claim_headers: bool) -> Vec<Lay
 
 #[cfg(test)]
 mod tests {
-    use super::testing::Rig;
+    use super::testing::{Rig, JWT_SECTION};
     use super::*;
 
     fn names(layers: &[Layer]) -> Vec<&'static str> {
@@ -180,13 +180,9 @@ mod tests {
     #[tokio::test]
     async fn a_route_gets_only_its_policies_in_the_written_order() {
         let rig = Rig::new(
-            r#"
-[jwt]
-[[jwt.keys]]
-kid = "k"
-algorithm = "HS256"
-secret = "a-test-secret-of-enough-length-0123456789"
-
+            &[
+                JWT_SECTION,
+                r#"
 [[routes]]
 name = "bare"
 path = "/bare"
@@ -209,6 +205,8 @@ forward_claims = { sub = "x-user" }
 rate_limit = { requests = 5, per = "1s", key = "claim:sub" }
 idempotency = { header = "idempotency-key" }
 "#,
+            ]
+            .concat(),
         )
         .await;
         // Every route strips the claim headers some route sets.

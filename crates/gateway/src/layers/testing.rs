@@ -13,6 +13,18 @@ use crate::proxy::Gateway;
 use crate::router::{CompiledRoute, RouteTable};
 use crate::upstream::RequestBody;
 
+/// The HS256 secret of the layers' tests' `[jwt]` key, `k`.
+pub(crate) const JWT_SECRET: &str = "a-test-secret-of-enough-length-0123456789";
+
+/// A `[jwt]` section with that one key, to put before a snippet's routes.
+pub(crate) const JWT_SECTION: &str = r#"
+[jwt]
+[[jwt.keys]]
+kid = "k"
+algorithm = "HS256"
+secret = "a-test-secret-of-enough-length-0123456789"
+"#;
+
 pub(crate) struct Rig {
     gateway: Gateway,
     table: Arc<RouteTable>,
