@@ -6,9 +6,17 @@
 //! refused. `exp` is required; `nbf`, `iss` and `aud` are checked with a small
 //! leeway. A token whose header lists `crit` extensions is refused (RFC 7515
 //! §4.1.11: Gantry understands none), and `[jwt] typ` pins the header's `typ`.
+//!
+//! A token that verified is remembered by its SHA-256 digest, with its
+//! claims, until its `exp` and for at most [`VERIFIED_FOR`]: a client sends
+//! the same token with every request, and decoding and checking it again is
+//! most of what the edge costs (Envoy's `jwt_authn` caches for the same
+//! reason). Only the exact bytes that verified hit the cache; scopes are
+//! checked per route every time; a JWKS refresh forgets every verdict.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use gantry_manifest::{JwtConfig, JwtKey};
@@ -17,12 +25,25 @@ use http::{HeaderMap, Response};
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 
 use crate::body::GatewayBody;
 use crate::problem::Problem;
 
 /// An unknown `kid` refetches the JWKS at most this often.
 const JWKS_REFRESH_EVERY: Duration = Duration::from_secs(30);
+/// How long a verified token's verdict is kept at most (less when it
+/// expires sooner).
+const VERIFIED_FOR: Duration = Duration::from_secs(60);
+/// Verdicts kept at most; when full, the cache starts over.
+const VERIFIED_MAX: usize = 8_192;
+
+/// A token that verified: its claims, and until when (Unix seconds) that
+/// holds.
+struct Verified {
+    claims: Map<String, Value>,
+    until: u64,
+}
 
 struct Key {
     kid: Option<String>,
@@ -39,6 +60,8 @@ pub(crate) struct JwtVerifier {
     leeway: Duration,
     /// The required `typ`, lowercase and without `application/`.
     typ: Option<String>,
+    /// Tokens that verified, by SHA-256 of the token.
+    verified: Mutex<HashMap<[u8; 32], Verified>>,
 }
 
 struct Jwks {
@@ -98,6 +121,7 @@ impl JwtVerifier {
             audience: config.audience.clone(),
             leeway: config.leeway,
             typ: config.typ.as_deref().map(media_type),
+            verified: Mutex::default(),
         })
     }
 
@@ -129,6 +153,61 @@ impl JwtVerifier {
             .ok_or_else(|| {
                 unauthenticated("the Authorization header must be `Bearer <token>`", true)
             })?;
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let claims = match self.remembered(&digest) {
+            Some(claims) => claims,
+            None => {
+                let claims = self.verify_token(token).await?;
+                self.remember(digest, &claims);
+                claims
+            }
+        };
+        let granted = granted_scopes(&claims);
+        let missing: Vec<String> = scopes
+            .iter()
+            .filter(|s| !granted.contains(&s.as_str()))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            return Err(Denied::Forbidden { missing });
+        }
+        Ok(claims)
+    }
+
+    /// The claims of a token that verified before, if its verdict holds.
+    fn remembered(&self, digest: &[u8; 32]) -> Option<Map<String, Value>> {
+        let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        let found = verified.get(digest)?;
+        (unix_now() < found.until).then(|| found.claims.clone())
+    }
+
+    /// Keeps a verified token's claims until its `exp`, for at most
+    /// [`VERIFIED_FOR`].
+    fn remember(&self, digest: [u8; 32], claims: &Map<String, Value>) {
+        let Some(exp) = claims.get("exp").and_then(Value::as_u64) else {
+            return;
+        };
+        let until = exp.min(unix_now() + VERIFIED_FOR.as_secs());
+        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if verified.len() >= VERIFIED_MAX {
+            verified.clear();
+        }
+        verified.insert(
+            digest,
+            Verified {
+                claims: claims.clone(),
+                until,
+            },
+        );
+    }
+
+    /// Everything about a token but the route's scopes: its form, header,
+    /// key, signature and claims.
+    async fn verify_token(&self, token: &str) -> Result<Map<String, Value>, Denied> {
+        let unauthenticated = |reason: &str, token_given: bool| Denied::Unauthenticated {
+            reason: reason.to_string(),
+            token_given,
+        };
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| unauthenticated("the token is not a well-formed JWT", true))?;
         if let Some(extensions) = critical_extensions(token) {
@@ -147,17 +226,7 @@ impl JwtVerifier {
                 });
             }
         }
-        let claims = self.verify(token, &header).await?;
-        let granted = granted_scopes(&claims);
-        let missing: Vec<String> = scopes
-            .iter()
-            .filter(|s| !granted.contains(&s.as_str()))
-            .cloned()
-            .collect();
-        if !missing.is_empty() {
-            return Err(Denied::Forbidden { missing });
-        }
-        Ok(claims)
+        self.verify(token, &header).await
     }
 
     async fn verify(
@@ -238,6 +307,11 @@ impl JwtVerifier {
             Ok(keys) => {
                 tracing::info!(target: "gantry::auth", url = %jwks.url, keys = keys.len(), "loaded JWKS");
                 *jwks.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+                // A key may have gone: verdicts made with it no longer hold.
+                self.verified
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clear();
                 true
             }
             Err(error) => {
@@ -246,6 +320,12 @@ impl JwtVerifier {
             }
         }
     }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// The `crit` list of a token's protected header, if it has one (RFC 7515

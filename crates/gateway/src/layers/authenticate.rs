@@ -219,11 +219,16 @@ mod tests {
     use super::*;
 
     fn token(secret: &str) -> String {
+        token_for(secret, 300)
+    }
+
+    /// A token for `user-7` that expires in `seconds`.
+    fn token_for(secret: &str, seconds: u64) -> String {
         let exp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs()
-            + 300;
+            + seconds;
         let header = jsonwebtoken::Header {
             kid: Some("k".into()),
             ..jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256)
@@ -268,6 +273,53 @@ forward_claims = {{ sub = "x-user" }}
         assert!(apply(&mut exchange).await.is_continue());
         assert_eq!(exchange.parts.headers["x-user"], "user-7");
         assert_eq!(exchange.claims.unwrap()["sub"], "user-7");
+    }
+
+    #[tokio::test]
+    async fn a_remembered_token_still_needs_its_scopes_and_still_expires() {
+        let rig = Rig::new(&format!(
+            r#"
+[jwt]
+leeway = "1s"
+[[jwt.keys]]
+kid = "k"
+algorithm = "HS256"
+secret = "{SECRET}"
+
+[[routes]]
+name = "r"
+path = "/"
+to = "app"
+auth = "jwt"
+
+[[routes]]
+name = "admin"
+path = "/admin"
+to = "app"
+auth = "jwt"
+scopes = ["admin"]
+"#
+        ))
+        .await;
+        let bearer = format!("Bearer {}", token_for(SECRET, 2));
+        // Verified once, then answered from the verdict kept for it.
+        for _ in 0..2 {
+            let mut exchange = rig.exchange("r", "GET", "/", &[("authorization", &bearer)], "");
+            assert!(apply(&mut exchange).await.is_continue());
+            assert_eq!(exchange.claims.unwrap()["sub"], "user-7");
+        }
+        let mut admin = rig.exchange("admin", "GET", "/admin", &[("authorization", &bearer)], "");
+        let ControlFlow::Break(response) = apply(&mut admin).await else {
+            panic!("a remembered token got a scope it does not have");
+        };
+        assert_eq!(response.status(), 403);
+        // Past `exp` and the one second of leeway.
+        tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+        let mut late = rig.exchange("r", "GET", "/", &[("authorization", &bearer)], "");
+        let ControlFlow::Break(response) = apply(&mut late).await else {
+            panic!("a remembered token outlived its exp");
+        };
+        assert_eq!(response.status(), 401);
     }
 
     #[tokio::test]
