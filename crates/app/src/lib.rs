@@ -378,6 +378,10 @@ fn request_span(r: &gantry_gateway::Observation<'_>) -> Span {
     attributes.insert("http.route", r.route.to_string());
     attributes.insert("url.path", r.path.to_string());
     attributes.insert("http.response.status_code", r.status);
+    if let Some(code) = r.grpc_status {
+        attributes.insert("rpc.system", "grpc");
+        attributes.insert("rpc.grpc.status_code", u16::from(code));
+    }
     attributes.insert("gantry.service", r.service.to_string());
     if let Some(instance) = r.instance {
         attributes.insert("gantry.instance", instance);

@@ -28,7 +28,7 @@ use crate::proxy::{Attempt, RequestObserver};
 use crate::resilience::retry::backoff;
 use crate::router::{CompiledFallback, CompiledRoute};
 use crate::split::Backend;
-use crate::upstream::{RequestBody, UpstreamBody, UpstreamError, UpstreamPool};
+use crate::upstream::{Replay, RequestBody, UpstreamBody, UpstreamError, UpstreamPool};
 use gantry_services::resilience::Admission;
 
 /// Set on a response that a fallback produced; its value is the reason.
@@ -58,6 +58,9 @@ pub(crate) struct Forward<'a> {
     pub(crate) backend: &'a Backend,
     pub(crate) admission: Admission,
     pub(crate) idempotent: bool,
+    /// A gRPC call: the time left also goes upstream as `grpc-timeout`, and
+    /// gRPC statuses in `retry.on` are retried.
+    pub(crate) grpc: bool,
     pub(crate) deadline: Instant,
     /// Each attempt is a span under this one.
     pub(crate) trace: &'a TraceContext,
@@ -71,16 +74,22 @@ struct Template {
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: RequestBody,
+    body: Replay,
 }
 
 impl Template {
-    fn build(&self) -> Request<RequestBody> {
-        let mut request = Request::new(self.body.replay().unwrap_or(RequestBody::Buffered(None)));
+    /// The request again, if its body can be sent again: a recorded body
+    /// must have ended within its limit.
+    fn build(&self) -> Option<Request<RequestBody>> {
+        let mut request = Request::new(self.body.body()?);
         *request.method_mut() = self.method.clone();
         *request.uri_mut() = self.uri.clone();
         *request.headers_mut() = self.headers.clone();
-        request
+        Some(request)
+    }
+
+    fn can_build(&self) -> bool {
+        self.body.ready()
     }
 }
 
@@ -95,7 +104,7 @@ impl Forward<'_> {
         // timeout, or to a fallback service) keep a template.
         let may_resend = (policy.attempts > 1 && !policy.on.is_empty())
             || matches!(route.fallback, Some(CompiledFallback::Service(_)));
-        let template = match body.replay() {
+        let template = match body.replay_later() {
             Some(replay) if self.idempotent && may_resend => Some(Template {
                 method: parts.method.clone(),
                 uri: parts.uri.clone(),
@@ -119,7 +128,10 @@ impl Forward<'_> {
             let remaining = self.deadline.saturating_duration_since(Instant::now());
             let mut request = match (pending.take(), &template) {
                 (Some(request), _) => request,
-                (None, Some(template)) => template.build(),
+                (None, Some(template)) => match template.build() {
+                    Some(request) => request,
+                    None => unreachable_retry(),
+                },
                 (None, None) => unreachable_retry(),
             };
             if remaining.is_zero() {
@@ -142,6 +154,12 @@ impl Forward<'_> {
             let headers = request.headers_mut();
             headers.insert(header::HOST, instance.host_header.clone());
             headers.insert(DEADLINE, HeaderValue::from(remaining.as_millis() as u64));
+            if self.grpc {
+                headers.insert(
+                    crate::grpc::GRPC_TIMEOUT,
+                    crate::grpc::encode_timeout(remaining),
+                );
+            }
             headers.insert(TRACEPARENT, crate::identity::traceparent(&hop));
             let attempt_started = (std::time::SystemTime::now(), Instant::now());
             let limit = route
@@ -150,8 +168,11 @@ impl Forward<'_> {
             let admitted = admission.take().unwrap_or(Admission::Normal);
             let load = instance.begin();
             let sent = tokio::time::timeout(limit, self.upstreams.send(&instance, request)).await;
-            let succeeded =
-                matches!(&sent, Ok(Ok(response)) if !response.status().is_server_error());
+            // A gRPC server's failure (UNAVAILABLE, INTERNAL...) comes with
+            // HTTP 200: it counts against the instance and the breaker too.
+            let succeeded = matches!(&sent, Ok(Ok(response))
+                if !(response.status().is_server_error()
+                    || self.grpc && crate::grpc::server_failed(response.headers())));
             service.record(&instance, succeeded);
             if let Some(observer) = self.observer {
                 let (status, error) = match &sent {
@@ -183,11 +204,12 @@ impl Forward<'_> {
             match sent {
                 Ok(Ok(response)) => {
                     let status = response.status();
-                    self.backend
-                        .service
-                        .breaker()
-                        .record(admitted, !status.is_server_error());
-                    let retryable = template.is_some() && policy.on.contains(&status.as_u16());
+                    self.backend.service.breaker().record(admitted, succeeded);
+                    let grpc_retry = self.grpc
+                        && crate::grpc::status_in(response.headers())
+                            .is_some_and(|code| policy.retries_grpc(code));
+                    let retryable = template.as_ref().is_some_and(Template::can_build)
+                        && (policy.retries_status(status.as_u16()) || grpc_retry);
                     if retryable && !last && self.back_off(attempt).await {
                         continue;
                     }
@@ -233,13 +255,16 @@ impl Forward<'_> {
                 Err(_elapsed) => {
                     self.backend.service.breaker().record(admitted, false);
                     let attempt_timed_out = limit < remaining;
-                    let retryable =
-                        attempt_timed_out && template.is_some() && policy.on.contains(&504);
+                    let retryable = attempt_timed_out
+                        && template.as_ref().is_some_and(Template::can_build)
+                        && policy.retries_status(504);
                     if retryable && !last && self.back_off(attempt).await {
                         continue;
                     }
-                    return self
-                        .timed_out(Some(instance.index), template.as_ref().map(Template::build));
+                    return self.timed_out(
+                        Some(instance.index),
+                        template.as_ref().and_then(Template::build),
+                    );
                 }
             }
         }
@@ -354,7 +379,7 @@ pub(crate) async fn limit_body(
 pub(crate) async fn read_body(body: RequestBody, limit: u64) -> Result<bytes::Bytes, String> {
     match body {
         RequestBody::Buffered(bytes) => Ok(bytes.unwrap_or_default()),
-        RequestBody::Streaming(body) => {
+        RequestBody::Streaming(body) | RequestBody::Recorded { body, .. } => {
             match http_body_util::Limited::new(body, limit as usize)
                 .collect()
                 .await
@@ -387,6 +412,11 @@ pub(crate) async fn buffer_small_body(
             let bytes: Bytes = body.collect().await?.to_bytes();
             Ok(RequestBody::Buffered(Some(bytes)))
         }
-        _ => Ok(RequestBody::Streaming(body)),
+        Some(_) => Ok(RequestBody::Streaming(body)),
+        // Of unknown length (chunked, or HTTP/2 without `content-length`, as
+        // gRPC sends): not waited for, which could stall a client that sends
+        // its next message only after an answer, but recorded on its way.
+        None if limit > 0 => Ok(RequestBody::recorded(body, limit)),
+        None => Ok(RequestBody::Streaming(body)),
     }
 }

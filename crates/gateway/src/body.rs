@@ -9,6 +9,7 @@ use gantry_services::{InFlight, InstanceLoad};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 
+use crate::metrics::RouteMetrics;
 use crate::shadow::{poll_tapped, Tap};
 use crate::upstream::UpstreamBody;
 
@@ -22,6 +23,9 @@ pub enum GatewayBody {
         guard: Option<(InFlight, Option<InstanceLoad>)>,
         /// Copies the body for a shadow comparison.
         tap: Option<Box<Tap>>,
+        /// For a gRPC call: where its status is counted when the trailers
+        /// carrying it pass.
+        grpc: Option<Box<RouteMetrics>>,
     },
     /// A body written by Gantry (problem details, mostly).
     Local(Full<Bytes>),
@@ -42,8 +46,18 @@ impl Body for GatewayBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            GatewayBody::Upstream { body, guard, tap } => {
+            GatewayBody::Upstream {
+                body,
+                guard,
+                tap,
+                grpc,
+            } => {
                 let polled = poll_tapped(Pin::new(body), tap, cx);
+                if let (Some(metrics), Poll::Ready(Some(Ok(frame)))) = (grpc.as_ref(), &polled) {
+                    if let Some(code) = frame.trailers_ref().and_then(crate::grpc::status_in) {
+                        metrics.record_grpc(code);
+                    }
+                }
                 if let Poll::Ready(None) = polled {
                     guard.take();
                 }

@@ -74,6 +74,7 @@ impl Gateway {
                                         body,
                                         guard: Some((in_flight, None)),
                                         tap: None,
+                                        grpc: None,
                                     },
                                 )
                             }

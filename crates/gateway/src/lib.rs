@@ -26,6 +26,7 @@ mod body;
 mod database;
 mod fallback;
 mod forwarding;
+mod grpc;
 mod idempotency;
 mod identity;
 mod layers;

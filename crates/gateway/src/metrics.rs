@@ -38,6 +38,12 @@ struct ServiceLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GrpcLabels {
+    route: String,
+    code: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FallbackLabels {
     route: String,
     reason: &'static str,
@@ -51,17 +57,19 @@ pub struct GatewayMetrics {
     retries: Family<RouteLabels, Counter>,
     shed: Family<ServiceLabels, Counter>,
     fallbacks: Family<FallbackLabels, Counter>,
+    grpc: Family<GrpcLabels, Counter>,
 }
 
 /// The metric handles of one route (or of unrouted requests).
 #[derive(Debug, Clone)]
-pub(crate) struct RouteMetrics {
+pub struct RouteMetrics {
     by_class: [Counter; 5],
     duration: HistogramWithExemplars<TraceExemplar>,
     pub(crate) retries: Counter,
     /// Requests shed by the service's bulkhead.
     pub(crate) shed: Counter,
     fallbacks: Family<FallbackLabels, Counter>,
+    grpc: Family<GrpcLabels, Counter>,
     route: String,
 }
 
@@ -89,7 +97,13 @@ impl GatewayMetrics {
         let retries = Family::<RouteLabels, Counter>::default();
         let shed = Family::<ServiceLabels, Counter>::default();
         let fallbacks = Family::<FallbackLabels, Counter>::default();
+        let grpc = Family::<GrpcLabels, Counter>::default();
         metrics.register(|registry| {
+            registry.register(
+                "grpc_responses",
+                "gRPC calls through the gateway by route and gRPC status (`rpc.grpc.status_code`), when the status is in the answer's head",
+                grpc.clone(),
+            );
             registry.register(
                 "http_retries",
                 "Retried upstream attempts, by route",
@@ -112,6 +126,7 @@ impl GatewayMetrics {
             retries,
             shed,
             fallbacks,
+            grpc,
         }
     }
 
@@ -147,6 +162,7 @@ impl GatewayMetrics {
                 })
                 .clone(),
             fallbacks: self.fallbacks.clone(),
+            grpc: self.grpc.clone(),
             route: route.to_string(),
         }
     }
@@ -158,6 +174,19 @@ impl RouteMetrics {
             .get_or_create(&FallbackLabels {
                 route: self.route.clone(),
                 reason,
+            })
+            .inc();
+    }
+
+    /// Counts a gRPC call's status.
+    pub(crate) fn record_grpc(&self, code: u8) {
+        let code = gantry_manifest::GrpcCode::ALL
+            .get(usize::from(code))
+            .map_or("out_of_range_code", |c| c.name());
+        self.grpc
+            .get_or_create(&GrpcLabels {
+                route: self.route.clone(),
+                code,
             })
             .inc();
     }

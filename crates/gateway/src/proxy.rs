@@ -106,6 +106,9 @@ pub struct Observation<'a> {
     pub trace_id: u128,
     pub span_id: u64,
     pub parent_id: Option<u64>,
+    /// A gRPC call's status, when the answer's head carries it (Gantry's own
+    /// refusals and trailers-only answers; a status in trailers comes after).
+    pub grpc_status: Option<u8>,
     /// Whether this request's span is kept (see [`RequestObserver::keeps_trace`]);
     /// SLOs count every request either way.
     pub keep_span: bool,
@@ -223,6 +226,7 @@ impl Gateway {
             observer,
             attempt_kept: std::sync::atomic::AtomicBool::new(false),
             hsts: client.tls.as_ref().and(table.edge.hsts.as_ref()),
+            grpc: crate::grpc::is_grpc(&parts.headers),
         };
         match normalized {
             Ok(None) => {}
@@ -366,7 +370,21 @@ impl Gateway {
         });
         parts.uri = uri;
         parts.version = Version::HTTP_11;
+        // A gRPC call's own deadline, when shorter than the route's.
+        let timeout = match parts.headers.get(crate::grpc::GRPC_TIMEOUT) {
+            Some(value) if outcome.grpc => {
+                crate::grpc::parse_timeout(value).map_or(route.timeout, |t| t.min(route.timeout))
+            }
+            _ => route.timeout,
+        };
         strip_hop_by_hop(&mut parts.headers);
+        if outcome.grpc {
+            // `TE: trailers` is hop-by-hop, but gRPC servers require it on
+            // every hop: it says the client reads trailers (the status).
+            parts
+                .headers
+                .insert(header::TE, HeaderValue::from_static("trailers"));
+        }
         let peer_trusted = is_trusted(&table.trusted_proxies, &client.addr.ip());
         add_forwarded(
             &mut parts.headers,
@@ -421,7 +439,10 @@ impl Gateway {
         };
 
         // Phase 4: forward, retrying what may be retried.
-        let idempotent = is_idempotent(&parts.method, &parts.headers);
+        // A gRPC call is sent again only on the gRPC statuses the route's
+        // `retry.on` names (UNAVAILABLE: the server did not take it).
+        let idempotent = is_idempotent(&parts.method, &parts.headers)
+            || (outcome.grpc && route.retry.retries_any_grpc());
         // A body is read ahead (when small and of known length) if the request
         // may be sent more than once: retried, or mirrored to a shadow.
         // A request the split already sent to the shadow's service is not mirrored.
@@ -468,7 +489,8 @@ impl Gateway {
             backend,
             admission,
             idempotent,
-            deadline: started + route.timeout,
+            grpc: outcome.grpc,
+            deadline: started + timeout,
             trace: &trace,
             observer: outcome.observer,
             attempt_kept: &outcome.attempt_kept,
@@ -500,10 +522,15 @@ impl Gateway {
                         tap.observe(None);
                     }
                 }
+                // A gRPC status in the trailers is counted as they pass (one
+                // in the head is counted when the answer is recorded).
+                let grpc = (outcome.grpc && crate::grpc::status_in(&parts.headers).is_none())
+                    .then(|| Box::new(backend.metrics.clone()));
                 let body = GatewayBody::Upstream {
                     body,
                     guard: Some((in_flight, Some(load))),
                     tap,
+                    grpc,
                 };
                 Response::from_parts(parts, body)
             }
@@ -571,6 +598,8 @@ pub(crate) struct Outcome<'a> {
     pub(crate) attempt_kept: std::sync::atomic::AtomicBool,
     /// `Strict-Transport-Security` for answers over TLS, when configured.
     pub(crate) hsts: Option<&'a HeaderValue>,
+    /// The request is a gRPC call: Gantry's refusals are answered as gRPC statuses.
+    pub(crate) grpc: bool,
 }
 
 impl Outcome<'_> {
@@ -590,6 +619,25 @@ impl Outcome<'_> {
     ) -> Response<GatewayBody> {
         let elapsed = self.started.elapsed();
         let status = response.status().as_u16();
+        // A gRPC client cannot read a problem document: Gantry's refusals
+        // become gRPC statuses. Metrics and spans keep the HTTP status the
+        // refusal had, so a 401 counts as a 4xx whatever the protocol.
+        let grpc_status = if self.grpc {
+            if response
+                .extensions()
+                .get::<gantry_problem::Detail>()
+                .is_some()
+            {
+                response = crate::grpc::refusal(response);
+            }
+            let code = crate::grpc::status_in(response.headers());
+            if let Some(code) = code {
+                metrics.record_grpc(code);
+            }
+            code
+        } else {
+            None
+        };
         let sampled =
             self.trace.sampled() || self.attempt_kept.load(std::sync::atomic::Ordering::Relaxed);
         let keep_span = self
@@ -610,6 +658,7 @@ impl Outcome<'_> {
                 trace_id: self.trace.trace_id,
                 span_id: self.trace.span_id,
                 parent_id: self.trace.parent_id,
+                grpc_status,
                 keep_span,
             });
         }

@@ -1,5 +1,8 @@
 //! Connections to service instances: HTTP/1.1, kept alive, pooled per
-//! instance, and driven by the request that uses them.
+//! instance, and driven by the request that uses them; or, for services with
+//! `protocol = "h2"` / `"h2c"`, one multiplexed HTTP/2 connection per instance
+//! that every request to it shares (driven by a task of its own, as HTTP/2
+//! must answer pings and window updates whoever is waiting).
 //!
 //! hyper-util's pooled client gives every upstream connection its own task and
 //! passes each request and response through channels between that task and the
@@ -23,7 +26,7 @@ use http::uri::Authority;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
+use hyper::client::conn::{http1, http2};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
@@ -34,13 +37,120 @@ pub enum RequestBody {
     Streaming(Incoming),
     /// A small body read ahead so the request can be sent again (retries).
     Buffered(Option<Bytes>),
+    /// A body of unknown length (chunked, or HTTP/2 as gRPC sends it)
+    /// streamed through while a copy is kept, up to a limit: the request can
+    /// be sent again once the body has ended within the limit.
+    Recorded {
+        body: Incoming,
+        record: Arc<Mutex<Record>>,
+    },
+}
+
+/// The copy a [`RequestBody::Recorded`] keeps.
+#[derive(Debug)]
+pub(crate) struct Record {
+    chunks: Vec<Bytes>,
+    size: u64,
+    limit: u64,
+    state: Recording,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recording {
+    Open,
+    /// The whole body is in `chunks`.
+    Complete,
+    /// Past the limit (or with trailers): it cannot be sent again.
+    Abandoned,
+}
+
+impl Record {
+    fn observe(&mut self, frame: Option<&Frame<Bytes>>) {
+        if self.state != Recording::Open {
+            return;
+        }
+        match frame.map(Frame::data_ref) {
+            None => self.state = Recording::Complete,
+            Some(Some(data)) => {
+                self.size += data.len() as u64;
+                if self.size > self.limit {
+                    self.state = Recording::Abandoned;
+                    self.chunks = Vec::new();
+                } else {
+                    self.chunks.push(data.clone());
+                }
+            }
+            Some(None) => {
+                self.state = Recording::Abandoned;
+                self.chunks = Vec::new();
+            }
+        }
+    }
+}
+
+/// How a request's body is sent again: bytes read ahead, or the copy a
+/// recorded body keeps (usable only once its body has ended).
+#[derive(Debug)]
+pub(crate) enum Replay {
+    Bytes(Option<Bytes>),
+    Record(Arc<Mutex<Record>>),
+}
+
+impl Replay {
+    /// Whether [`Replay::body`] has a body to give now.
+    pub(crate) fn ready(&self) -> bool {
+        match self {
+            Replay::Bytes(_) => true,
+            Replay::Record(record) => {
+                record.lock().unwrap_or_else(|e| e.into_inner()).state == Recording::Complete
+            }
+        }
+    }
+
+    /// The body for another attempt, if there is one to send.
+    pub(crate) fn body(&self) -> Option<RequestBody> {
+        match self {
+            Replay::Bytes(bytes) => Some(RequestBody::Buffered(bytes.clone())),
+            Replay::Record(record) => {
+                let record = record.lock().unwrap_or_else(|e| e.into_inner());
+                (record.state == Recording::Complete).then(|| {
+                    let bytes = match record.chunks.as_slice() {
+                        [] => None,
+                        [one] => Some(one.clone()),
+                        many => Some(Bytes::from(many.concat())),
+                    };
+                    RequestBody::Buffered(bytes)
+                })
+            }
+        }
+    }
 }
 
 impl RequestBody {
-    /// A copy for another attempt, if this body can be sent again.
+    /// Streams `body` through while keeping a copy of up to `limit` bytes.
+    pub(crate) fn recorded(body: Incoming, limit: u64) -> RequestBody {
+        let record = Record {
+            chunks: Vec::new(),
+            size: 0,
+            limit,
+            state: Recording::Open,
+        };
+        RequestBody::Recorded {
+            body,
+            record: Arc::new(Mutex::new(record)),
+        }
+    }
+
+    /// A copy for another attempt, if this body can be sent again now.
     pub(crate) fn replay(&self) -> Option<RequestBody> {
+        self.replay_later()?.body()
+    }
+
+    /// How this body can be sent again, perhaps only once it has ended.
+    pub(crate) fn replay_later(&self) -> Option<Replay> {
         match self {
-            RequestBody::Buffered(bytes) => Some(RequestBody::Buffered(bytes.clone())),
+            RequestBody::Buffered(bytes) => Some(Replay::Bytes(bytes.clone())),
+            RequestBody::Recorded { record, .. } => Some(Replay::Record(record.clone())),
             RequestBody::Streaming(_) => None,
         }
     }
@@ -56,6 +166,24 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             RequestBody::Streaming(body) => Pin::new(body).poll_frame(cx),
+            RequestBody::Recorded { body, record } => {
+                let polled = Pin::new(&mut *body).poll_frame(cx);
+                let ended = body.is_end_stream();
+                if let Poll::Ready(frame) = &polled {
+                    let mut record = record.lock().unwrap_or_else(|e| e.into_inner());
+                    match frame {
+                        Some(Ok(frame)) => {
+                            record.observe(Some(frame));
+                            if ended {
+                                record.observe(None);
+                            }
+                        }
+                        Some(Err(_)) => record.state = Recording::Abandoned,
+                        None => record.observe(None),
+                    }
+                }
+                polled
+            }
             RequestBody::Buffered(bytes) => Poll::Ready(
                 bytes
                     .take()
@@ -67,14 +195,16 @@ impl Body for RequestBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            RequestBody::Streaming(body) => body.is_end_stream(),
+            RequestBody::Streaming(body) | RequestBody::Recorded { body, .. } => {
+                body.is_end_stream()
+            }
             RequestBody::Buffered(bytes) => bytes.as_ref().is_none_or(Bytes::is_empty),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            RequestBody::Streaming(body) => body.size_hint(),
+            RequestBody::Streaming(body) | RequestBody::Recorded { body, .. } => body.size_hint(),
             RequestBody::Buffered(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
@@ -193,6 +323,8 @@ pub(crate) struct UpstreamPool {
     // Boxed so a checkout moves a pointer, not the connection's large state.
     #[allow(clippy::vec_box)]
     idle: Arc<Mutex<HashMap<PoolKey, Vec<Box<Connection>>>>>,
+    /// The HTTP/2 connection of each instance of an HTTP/2 service.
+    shared: Arc<Mutex<HashMap<PoolKey, http2::SendRequest<RequestBody>>>>,
 }
 
 impl std::fmt::Debug for UpstreamPool {
@@ -215,6 +347,9 @@ impl UpstreamPool {
             .as_ref()
             .map_or(0, |tls| Arc::as_ptr(&tls.config) as usize);
         let key: PoolKey = (instance.authority.clone(), tls);
+        if instance.protocol.is_h2() {
+            return self.send_h2(instance, key, request).await;
+        }
         // A pooled connection may have been closed by the upstream while idle;
         // if the request could not even be written, it is safe to resend it on
         // a fresh connection. A fresh connection is not retried.
@@ -260,6 +395,73 @@ impl UpstreamPool {
         }
     }
 
+    /// Sends `request` on the instance's shared HTTP/2 connection, opening it
+    /// when there is none (or it was closed, by a GOAWAY or an idle timeout).
+    async fn send_h2(
+        &self,
+        instance: &Instance,
+        key: PoolKey,
+        mut request: Request<RequestBody>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        // HTTP/2 carries the scheme and authority as pseudo-headers; `Host`
+        // would say the same thing twice.
+        request.headers_mut().remove(http::header::HOST);
+        *request.version_mut() = http::Version::HTTP_2;
+        let mut uri = std::mem::take(request.uri_mut()).into_parts();
+        uri.scheme = Some(if instance.tls.is_some() {
+            http::uri::Scheme::HTTPS
+        } else {
+            http::uri::Scheme::HTTP
+        });
+        uri.authority = Some(instance.authority.clone());
+        if uri.path_and_query.is_none() {
+            uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        }
+        *request.uri_mut() = http::Uri::from_parts(uri).expect("scheme, authority and path");
+
+        let existing = {
+            let shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+            shared.get(&key).filter(|s| !s.is_closed()).cloned()
+        };
+        let mut sender = match existing {
+            Some(sender) => sender,
+            None => match connect_h2(instance).await {
+                Ok(sender) => {
+                    let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+                    // Two first requests may both have connected: keep one.
+                    match shared.get(&key).filter(|s| !s.is_closed()) {
+                        Some(other) => other.clone(),
+                        None => {
+                            shared.insert(key, sender.clone());
+                            sender
+                        }
+                    }
+                }
+                Err(error) => return Err(UpstreamError::Connect(error, Box::new(request))),
+            },
+        };
+        if sender.ready().await.is_err() {
+            // Closed between the lookup and now: nothing was sent.
+            let error = std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "the HTTP/2 connection closed before the request was sent",
+            );
+            return Err(UpstreamError::Connect(error, Box::new(request)));
+        }
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(UpstreamError::Http)?;
+        let (parts, body) = response.into_parts();
+        let body = UpstreamBody {
+            body,
+            connection: None,
+            pool: self.clone(),
+            key: (instance.authority.clone(), 0),
+        };
+        Ok(Response::from_parts(parts, body))
+    }
+
     /// An idle connection to `authority` that can take a request now.
     async fn checkout(&self, key: &PoolKey) -> Option<Box<Connection>> {
         loop {
@@ -296,7 +498,45 @@ impl UpstreamPool {
     }
 }
 
+/// Opens an HTTP/2 connection to `instance` and starts the task that drives it.
+async fn connect_h2(instance: &Instance) -> std::io::Result<http2::SendRequest<RequestBody>> {
+    let stream = open(instance).await?;
+    let (sender, driver) = http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        // A dead peer is noticed even while no request is waiting.
+        .keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(std::io::Error::other)?;
+    let authority = instance.authority.clone();
+    tokio::spawn(async move {
+        if let Err(error) = driver.await {
+            tracing::debug!(target: "gantry::proxy", %authority, %error, "HTTP/2 upstream connection ended");
+        }
+    });
+    Ok(sender)
+}
+
 async fn connect(instance: &Instance) -> std::io::Result<Box<Connection>> {
+    let stream = open(instance).await?;
+    let (sender, driver) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(std::io::Error::other)?;
+    // Boxed: the connection state is large and moves between the pool, the
+    // request future and the response body.
+    Ok(Box::new(Connection {
+        sender,
+        driver,
+        closed: false,
+        idle_since: Instant::now(),
+    }))
+}
+
+/// A socket to `instance`: TCP, and TLS for an `https://` instance, within
+/// the connect timeout.
+async fn open(instance: &Instance) -> std::io::Result<Stream> {
     let opening = async {
         let tcp = TcpStream::connect(instance.authority.as_str()).await?;
         let _ = tcp.set_nodelay(true);
@@ -310,21 +550,9 @@ async fn connect(instance: &Instance) -> std::io::Result<Box<Connection>> {
         }
     };
     // The handshake counts against the connect timeout.
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, opening)
+    tokio::time::timeout(CONNECT_TIMEOUT, opening)
         .await
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-    let (sender, driver) = http1::Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(std::io::Error::other)?;
-    // Boxed: the connection state is large and moves between the pool, the
-    // request future and the response body.
-    Ok(Box::new(Connection {
-        sender,
-        driver,
-        closed: false,
-        idle_since: Instant::now(),
-    }))
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
 }
 
 /// An upstream response body. Polling it also drives its connection; when the

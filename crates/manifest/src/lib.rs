@@ -43,9 +43,9 @@ pub use model::{
 };
 pub use pattern::{PathMatch, PathPattern};
 pub use policy::{
-    CircuitBreakerPolicy, CorsPolicy, Deprecation, Fallback, HashKey, HeaderEdits,
-    IdempotencyPolicy, LoadBalancer, OutlierEjection, RateLimitKey, RateLimitPolicy, RetryPolicy,
-    ShadowPolicy,
+    CircuitBreakerPolicy, CorsPolicy, Deprecation, Fallback, GrpcCode, HashKey, HeaderEdits,
+    IdempotencyPolicy, LoadBalancer, OutlierEjection, RateLimitKey, RateLimitPolicy, RetryOn,
+    RetryPolicy, ShadowPolicy, UpstreamProtocol,
 };
 pub use slo::{Alerting, OtlpProtocol, Slo, SloTarget, Telemetry};
 pub use workflows::{Action, Step, StepSpans, Workflow};

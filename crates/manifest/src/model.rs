@@ -211,6 +211,11 @@ pub struct Service {
     /// instead of the system's roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<PathBuf>,
+    /// The HTTP version spoken to instances: `http1` (the default), `h2`
+    /// (HTTP/2 over TLS, for `https://` urls) or `h2c` (HTTP/2 without TLS, as
+    /// gRPC servers speak it).
+    #[serde(default)]
+    pub protocol: policy::UpstreamProtocol,
     /// The program and its arguments, for a service Gantry runs. Each instance
     /// gets a free port in `PORT`, and `GANTRY_SERVICE` and `GANTRY_INSTANCE`.
     /// A program path with a `/` is relative to the manifest's directory.
@@ -225,7 +230,9 @@ pub struct Service {
     /// Extra environment variables for the processes.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
-    /// HTTP path answered with 2xx when an instance is ready, e.g. `/healthz`.
+    /// HTTP path answered with 2xx when an instance is ready, e.g. `/healthz`;
+    /// or `grpc` for an HTTP/2 service: the gRPC health checking protocol
+    /// (`grpc.health.v1.Health/Check`, answered `SERVING`).
     /// Without it an instance counts as healthy once its port accepts connections
     /// (for `command`) or always (for `urls`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -295,6 +302,7 @@ impl Service {
             owner: None,
             urls,
             ca: None,
+            protocol: Default::default(),
             command: Vec::new(),
             instances: 1,
             workdir: None,

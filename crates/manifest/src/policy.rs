@@ -22,10 +22,12 @@ pub struct RetryPolicy {
     /// Attempts in all, the first included (1 disables retries).
     #[serde(default = "defaults::attempts")]
     pub attempts: u32,
-    /// Response statuses that are retried, besides connection failures.
+    /// What is retried besides connection failures: HTTP statuses (`503`) and,
+    /// for gRPC calls, gRPC status names (`"unavailable"`), which match a
+    /// `grpc-status` the upstream answers before any message.
     /// Defaults to `[502, 503, 504]` when a `retry` table is written.
     #[serde(default)]
-    pub on: Vec<u16>,
+    pub on: Vec<RetryOn>,
     /// Backoff before the first retry; it doubles each time, with full jitter.
     #[serde(default = "defaults::backoff", with = "duration_text")]
     #[schemars(with = "String")]
@@ -53,11 +55,141 @@ impl RetryPolicy {
     pub fn written() -> RetryPolicy {
         RetryPolicy {
             attempts: defaults::attempts(),
-            on: vec![502, 503, 504],
+            on: vec![
+                RetryOn::Status(502),
+                RetryOn::Status(503),
+                RetryOn::Status(504),
+            ],
             backoff: defaults::backoff(),
             max_backoff: defaults::max_backoff(),
             max_body: defaults::max_body(),
         }
+    }
+}
+
+impl RetryPolicy {
+    /// Whether an answer with this HTTP status is retried.
+    pub fn retries_status(&self, status: u16) -> bool {
+        self.on.contains(&RetryOn::Status(status))
+    }
+
+    /// Whether an answer with this gRPC status code is retried.
+    pub fn retries_grpc(&self, code: u8) -> bool {
+        self.on
+            .iter()
+            .any(|on| matches!(on, RetryOn::Grpc(c) if *c as u8 == code))
+    }
+
+    /// Whether any gRPC status is retried.
+    pub fn retries_any_grpc(&self) -> bool {
+        self.on.iter().any(|on| matches!(on, RetryOn::Grpc(_)))
+    }
+}
+
+/// One entry of `retry.on`: an HTTP status or a gRPC status name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RetryOn {
+    Status(u16),
+    Grpc(GrpcCode),
+}
+
+/// A gRPC status code (the `grpc-status` trailer), by its name in the gRPC
+/// specification, written in lower case in the manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum GrpcCode {
+    Ok = 0,
+    Cancelled = 1,
+    Unknown = 2,
+    InvalidArgument = 3,
+    DeadlineExceeded = 4,
+    NotFound = 5,
+    AlreadyExists = 6,
+    PermissionDenied = 7,
+    ResourceExhausted = 8,
+    FailedPrecondition = 9,
+    Aborted = 10,
+    OutOfRange = 11,
+    Unimplemented = 12,
+    Internal = 13,
+    Unavailable = 14,
+    DataLoss = 15,
+    Unauthenticated = 16,
+}
+
+impl GrpcCode {
+    /// Every code, in numeric order.
+    pub const ALL: [GrpcCode; 17] = [
+        GrpcCode::Ok,
+        GrpcCode::Cancelled,
+        GrpcCode::Unknown,
+        GrpcCode::InvalidArgument,
+        GrpcCode::DeadlineExceeded,
+        GrpcCode::NotFound,
+        GrpcCode::AlreadyExists,
+        GrpcCode::PermissionDenied,
+        GrpcCode::ResourceExhausted,
+        GrpcCode::FailedPrecondition,
+        GrpcCode::Aborted,
+        GrpcCode::OutOfRange,
+        GrpcCode::Unimplemented,
+        GrpcCode::Internal,
+        GrpcCode::Unavailable,
+        GrpcCode::DataLoss,
+        GrpcCode::Unauthenticated,
+    ];
+
+    /// The manifest's name: `unavailable`, `deadline_exceeded`...
+    pub fn name(self) -> &'static str {
+        match self {
+            GrpcCode::Ok => "ok",
+            GrpcCode::Cancelled => "cancelled",
+            GrpcCode::Unknown => "unknown",
+            GrpcCode::InvalidArgument => "invalid_argument",
+            GrpcCode::DeadlineExceeded => "deadline_exceeded",
+            GrpcCode::NotFound => "not_found",
+            GrpcCode::AlreadyExists => "already_exists",
+            GrpcCode::PermissionDenied => "permission_denied",
+            GrpcCode::ResourceExhausted => "resource_exhausted",
+            GrpcCode::FailedPrecondition => "failed_precondition",
+            GrpcCode::Aborted => "aborted",
+            GrpcCode::OutOfRange => "out_of_range",
+            GrpcCode::Unimplemented => "unimplemented",
+            GrpcCode::Internal => "internal",
+            GrpcCode::Unavailable => "unavailable",
+            GrpcCode::DataLoss => "data_loss",
+            GrpcCode::Unauthenticated => "unauthenticated",
+        }
+    }
+
+    /// A code by name, in either case (`unavailable` or `UNAVAILABLE`).
+    pub fn from_name(name: &str) -> Option<GrpcCode> {
+        GrpcCode::ALL
+            .into_iter()
+            .find(|code| code.name().eq_ignore_ascii_case(name))
+    }
+}
+
+/// `protocol` of a service: the HTTP version Gantry speaks to its instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1, pooled keep-alive connections.
+    #[default]
+    Http1,
+    /// HTTP/2 over TLS (ALPN `h2`), for `https://` instances: one multiplexed
+    /// connection per instance.
+    H2,
+    /// HTTP/2 without TLS ("prior knowledge"), for `http://` instances, as
+    /// gRPC servers speak it.
+    H2c,
+}
+
+impl UpstreamProtocol {
+    pub fn is_h2(self) -> bool {
+        matches!(self, UpstreamProtocol::H2 | UpstreamProtocol::H2c)
     }
 }
 

@@ -520,3 +520,37 @@ fn edge_and_tls_mistakes_are_explained() {
     );
     assert_reports(&d, "`ca` in [services.app] applies to `https://` urls");
 }
+
+#[test]
+fn upstream_protocols_and_grpc_retries_are_checked() {
+    // HTTP/2 over TLS needs https urls; h2c needs plain ones.
+    let d = errors("[services.api]\nurls = [\"http://127.0.0.1:9000\"]\nprotocol = \"h2\"\n");
+    assert_reports(
+        &d,
+        "gantry.toml:3:12: error[M006]: `protocol = \"h2\"` in [services.api] is HTTP/2 over TLS",
+    );
+    assert_reports(&d, "use `protocol = \"h2c\"`");
+    let d = errors("[services.api]\nurls = [\"https://api.test\"]\nprotocol = \"h2c\"\n");
+    assert_reports(&d, "use `protocol = \"h2\"` for `https://` instances");
+    let d = errors("[services.api]\nurls = [\"http://127.0.0.1:9000\"]\nprotocol = \"http2\"\n");
+    assert_reports(&d, "unknown protocol `http2` in [services.api]");
+    // The gRPC health check only exists over HTTP/2.
+    let d = errors("[services.api]\nurls = [\"http://127.0.0.1:9000\"]\nhealth = \"grpc\"\n");
+    assert_reports(&d, "`health = \"grpc\"` in [services.api] needs an HTTP/2 service");
+    // gRPC status names in `retry.on`, with a suggestion for a misspelling.
+    let d = errors(&format!(
+        "{SERVICES}\n[[routes]]\npath = \"/*\"\nto = \"orders\"\nretry = {{ on = [503, \"unavailble\"] }}\n"
+    ));
+    assert_reports(&d, "gantry.toml:8:22: error[M006]: `unavailble` in `on`");
+    assert_reports(&d, "did you mean `unavailable`?");
+    let ok = parse(
+        &format!(
+            "{SERVICES}protocol = \"h2c\"\nhealth = \"grpc\"\n[[routes]]\npath = \"/*\"\nto = \"orders\"\nretry = {{ on = [\"UNAVAILABLE\", 502] }}\n"
+        ),
+        Path::new("gantry.toml"),
+        Path::new("/srv/app"),
+    )
+    .expect("a gRPC service with retries on UNAVAILABLE is valid");
+    let retry = &ok.routes[0].retry.on;
+    assert_eq!(retry.len(), 2);
+}

@@ -176,6 +176,11 @@ impl Problem {
     pub fn respond_with<B>(&self, body: impl FnOnce(Bytes) -> B) -> Response<B> {
         let mut response = Response::new(body(self.to_json()));
         *response.status_mut() = self.status;
+        // For answers in another shape than JSON (a gRPC status): the
+        // sentence a client reads, without the JSON around it.
+        response
+            .extensions_mut()
+            .insert(Detail(self.detail.clone()));
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
@@ -193,6 +198,12 @@ impl Problem {
         self.respond_with(B::from)
     }
 }
+
+/// The `detail` of a problem answer, kept in the response's extensions so a
+/// server that must answer in another shape (a gRPC status and message) can
+/// say the same thing.
+#[derive(Debug, Clone)]
+pub struct Detail(pub String);
 
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

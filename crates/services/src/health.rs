@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use gantry_tls::rustls::ClientConfig;
-use http_body_util::Empty;
+use http_body_util::{BodyExt, Empty, Full};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
@@ -26,8 +26,64 @@ pub(crate) enum Probe {
         path: String,
         client: Box<HttpClient>,
     },
+    /// The gRPC health checking protocol over HTTP/2: `grpc.health.v1.Health/Check`
+    /// for the whole server must answer `SERVING`.
+    Grpc { client: Box<GrpcClient> },
     /// The port must accept a TCP connection (processes without a `health` path).
     Tcp,
+}
+
+pub(crate) type GrpcClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// The client of a gRPC service's health checks: HTTP/2 only (prior
+/// knowledge for `http://`, ALPN `h2` for `https://`).
+pub(crate) fn grpc_client(tls: Option<Arc<ClientConfig>>) -> GrpcClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector(tls))
+}
+
+/// A gRPC `HealthCheckRequest` for the whole server (`service = ""`): an
+/// empty message behind the 5-byte gRPC frame header.
+const HEALTH_CHECK_REQUEST: [u8; 5] = [0, 0, 0, 0, 0];
+
+/// Whether a `HealthCheckResponse` body (gRPC framed) says `SERVING`: field 1
+/// (`status`, a varint) equal to 1. Written by hand because the message has
+/// one field; a protobuf library would be a large dependency for it.
+pub(crate) fn grpc_serving(body: &[u8]) -> bool {
+    let Some(message) = body.get(5..) else {
+        return false;
+    };
+    if body[0] != 0 {
+        return false; // compressed: we asked for none
+    }
+    let mut at = 0;
+    let mut status = 0u64;
+    while at < message.len() {
+        let tag = message[at];
+        at += 1;
+        let mut value = 0u64;
+        let mut shift = 0;
+        match tag & 7 {
+            0 => loop {
+                let Some(byte) = message.get(at) else {
+                    return false;
+                };
+                at += 1;
+                value |= u64::from(byte & 0x7f) << shift;
+                shift += 7;
+                if byte & 0x80 == 0 || shift > 63 {
+                    break;
+                }
+            },
+            _ => return false, // HealthCheckResponse has only varint fields
+        }
+        if tag >> 3 == 1 {
+            status = value;
+        }
+    }
+    status == 1
 }
 
 pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
@@ -35,15 +91,18 @@ pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>
 /// The client of a service's health checks; `https://` instances are
 /// verified with `tls` (the service's roots).
 pub(crate) fn http_client(tls: Option<Arc<ClientConfig>>) -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector(tls))
+}
+
+fn connector(tls: Option<Arc<ClientConfig>>) -> HttpsConnector<HttpConnector> {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(Duration::from_secs(1)));
     connector.enforce_http(false);
     let config = tls.unwrap_or_else(|| Arc::new(plain_only()));
-    let connector = HttpsConnector::from((connector, config));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build(connector)
+    HttpsConnector::from((connector, config))
 }
 
 /// A client config for services with no `https://` instance: never used for
@@ -71,6 +130,34 @@ impl Probe {
                         Ok(response) => response.status().is_success(),
                         Err(_) => false,
                     }
+                }
+                Probe::Grpc { client } => {
+                    let uri = format!(
+                        "{}://{}/grpc.health.v1.Health/Check",
+                        instance.scheme(),
+                        instance.authority
+                    );
+                    let Ok(request) = http::Request::post(uri)
+                        .header(http::header::CONTENT_TYPE, "application/grpc")
+                        .header(http::header::TE, "trailers")
+                        .body(Full::new(Bytes::from_static(&HEALTH_CHECK_REQUEST)))
+                    else {
+                        return false;
+                    };
+                    let Ok(response) = client.request(request).await else {
+                        return false;
+                    };
+                    if !response.status().is_success() {
+                        return false;
+                    }
+                    let Ok(body) = response.into_body().collect().await else {
+                        return false;
+                    };
+                    let ok = body
+                        .trailers()
+                        .and_then(|t| t.get("grpc-status"))
+                        .is_some_and(|s| s == "0");
+                    ok && grpc_serving(&body.to_bytes())
                 }
                 Probe::Tcp => TcpStream::connect(instance.authority.as_str())
                     .await
@@ -140,5 +227,22 @@ pub(crate) async fn watch(
                 instance.set_healthy(false);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grpc_serving;
+
+    #[test]
+    fn a_health_answer_is_serving_only_when_its_status_field_is_1() {
+        // HealthCheckResponse { status: SERVING } framed: no compression, length 2.
+        assert!(grpc_serving(&[0, 0, 0, 0, 2, 0x08, 0x01]));
+        // NOT_SERVING (2), UNKNOWN (field absent), a truncated varint, a compressed frame.
+        assert!(!grpc_serving(&[0, 0, 0, 0, 2, 0x08, 0x02]));
+        assert!(!grpc_serving(&[0, 0, 0, 0, 0]));
+        assert!(!grpc_serving(&[0, 0, 0, 0, 2, 0x08, 0x81]));
+        assert!(!grpc_serving(&[1, 0, 0, 0, 2, 0x08, 0x01]));
+        assert!(!grpc_serving(&[]));
     }
 }

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gantry_manifest::OutlierEjection;
+use gantry_manifest::{OutlierEjection, UpstreamProtocol};
 
 use http::uri::Authority;
 use http::HeaderValue;
@@ -21,6 +21,8 @@ pub struct Instance {
     pub host_header: HeaderValue,
     /// Set for an `https://` instance: how to verify it.
     pub tls: Option<UpstreamTls>,
+    /// The HTTP version its service speaks (`protocol` in the manifest).
+    pub protocol: UpstreamProtocol,
     healthy: AtomicBool,
     pid: AtomicU32,
     restarts: AtomicU32,
@@ -33,7 +35,8 @@ pub struct Instance {
 /// How Gantry talks TLS to an `https://` instance.
 #[derive(Clone)]
 pub struct UpstreamTls {
-    /// Roots (the system's, or the service's `ca`), ALPN `http/1.1`.
+    /// Roots (the system's, or the service's `ca`), ALPN `http/1.1`, or
+    /// `h2` for a service with `protocol = "h2"`.
     pub config: Arc<gantry_tls::rustls::ClientConfig>,
     /// The name sent as SNI and checked against the certificate.
     pub server_name: gantry_tls::rustls::pki_types::ServerName<'static>,
@@ -98,6 +101,7 @@ impl Instance {
         index: u32,
         authority: Authority,
         tls: Option<UpstreamTls>,
+        protocol: UpstreamProtocol,
         healthy: bool,
         state: &'static str,
     ) -> Self {
@@ -108,6 +112,7 @@ impl Instance {
             host_header,
             authority,
             tls,
+            protocol,
             healthy: AtomicBool::new(healthy),
             pid: AtomicU32::new(0),
             restarts: AtomicU32::new(0),

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gantry_manifest::{LoadBalancer, Service, ServiceKind};
+use gantry_manifest::{LoadBalancer, Service, ServiceKind, UpstreamProtocol};
 use http::uri::Authority;
 use serde::Serialize;
 use tokio::task::JoinSet;
@@ -73,14 +73,17 @@ impl ServiceHandle {
         let mut tasks = JoinSet::new();
         let mut instances = Vec::new();
         // `https://` instances are verified against the system's roots or `ca`.
+        let alpn: &[&[u8]] = match config.protocol {
+            UpstreamProtocol::H2 => &[b"h2"],
+            _ => &[b"http/1.1"],
+        };
         let tls_config = if config.urls.iter().any(|u| u.starts_with("https://")) {
-            let config =
-                gantry_tls::client_config(config.ca.as_deref(), &[b"http/1.1"]).map_err(|e| {
-                    StartError::Tls {
-                        service: name.to_string(),
-                        why: e.to_string(),
-                    }
-                })?;
+            let config = gantry_tls::client_config(config.ca.as_deref(), alpn).map_err(|e| {
+                StartError::Tls {
+                    service: name.to_string(),
+                    why: e.to_string(),
+                }
+            })?;
             let client =
                 hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                     .pool_idle_timeout(std::time::Duration::from_secs(30))
@@ -89,11 +92,18 @@ impl ServiceHandle {
         } else {
             None
         };
-        let probe = config.health.clone().map(|path| Probe::Http {
-            path,
-            client: Box::new(health::http_client(
-                tls_config.as_ref().map(|(c, _)| c.clone()),
-            )),
+        let probe_tls = tls_config.as_ref().map(|(c, _)| c.clone());
+        let probe = config.health.clone().map(|path| {
+            if path == "grpc" && config.protocol.is_h2() {
+                Probe::Grpc {
+                    client: Box::new(health::grpc_client(probe_tls.clone())),
+                }
+            } else {
+                Probe::Http {
+                    path,
+                    client: Box::new(health::http_client(probe_tls.clone())),
+                }
+            }
         });
 
         // The health-check loop of one instance.
@@ -126,8 +136,14 @@ impl ServiceHandle {
                     })?;
                     let authority = Authority::try_from(format!("127.0.0.1:{port}"))
                         .expect("an IP and a port form an authority");
-                    let instance =
-                        Arc::new(Instance::new(index, authority, None, false, "starting"));
+                    let instance = Arc::new(Instance::new(
+                        index,
+                        authority,
+                        None,
+                        config.protocol,
+                        false,
+                        "starting",
+                    ));
                     let spec = ProcessSpec {
                         service: name.clone(),
                         command: command.to_vec(),
@@ -184,6 +200,7 @@ impl ServiceHandle {
                         index as u32,
                         authority,
                         tls,
+                        config.protocol,
                         probe.is_none(),
                         "external",
                     ));

@@ -112,7 +112,7 @@ async fn claim(
         };
         let bytes = match &body {
             RequestBody::Buffered(bytes) => bytes.clone().unwrap_or_default(),
-            RequestBody::Streaming(_) => bytes::Bytes::new(),
+            RequestBody::Streaming(_) | RequestBody::Recorded { .. } => bytes::Bytes::new(),
         };
         let consumer = match claims.and_then(|c| c.get("sub")).and_then(|s| s.as_str()) {
             Some(subject) => format!("sub:{subject}"),

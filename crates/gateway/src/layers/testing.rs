@@ -111,7 +111,9 @@ impl Rig {
     pub(crate) async fn body_text(&self, exchange: Exchange<'_>) -> String {
         let bytes = match exchange.body {
             RequestBody::Buffered(bytes) => bytes.unwrap_or_default(),
-            RequestBody::Streaming(body) => body.collect().await.unwrap().to_bytes(),
+            RequestBody::Streaming(body) | RequestBody::Recorded { body, .. } => {
+                body.collect().await.unwrap().to_bytes()
+            }
         };
         String::from_utf8(bytes.to_vec()).unwrap()
     }

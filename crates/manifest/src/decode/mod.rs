@@ -64,6 +64,7 @@ pub(crate) const SERVICE_KEYS: &[&str] = &[
     "owner",
     "urls",
     "ca",
+    "protocol",
     "command",
     "instances",
     "workdir",
@@ -521,14 +522,24 @@ impl<'a> Decoder<'a> {
             }
         }
 
+        let protocol = self.protocol(s, &urls);
         let health = self.string(s, "health");
         if let Some(path) = &health {
-            if !path.starts_with('/') {
+            if path == "grpc" {
+                if !protocol.is_h2() {
+                    self.bad_value(
+                        s,
+                        "health",
+                        format!("`health = \"grpc\"` in {} needs an HTTP/2 service", s.name),
+                        "add `protocol = \"h2c\"` (or `\"h2\"` for https urls), or give an HTTP health path",
+                    );
+                }
+            } else if !path.starts_with('/') {
                 self.bad_value(
                     s,
                     "health",
                     format!("health path `{path}` must start with `/`"),
-                    "e.g. `health = \"/healthz\"`",
+                    "e.g. `health = \"/healthz\"`, or `health = \"grpc\"` for a gRPC service",
                 );
             }
         }
@@ -563,6 +574,7 @@ impl<'a> Decoder<'a> {
             owner: self.string(s, "owner"),
             urls,
             ca,
+            protocol,
             command,
             instances: instances.unwrap_or(1) as u32,
             workdir: Some(resolve(

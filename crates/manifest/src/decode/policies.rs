@@ -7,6 +7,7 @@ use crate::policy::{
     defaults, CircuitBreakerPolicy, Fallback, HashKey, LoadBalancer, OutlierEjection, RateLimitKey,
     RateLimitPolicy, RetryPolicy, ShadowPolicy,
 };
+use crate::policy::{GrpcCode, RetryOn, UpstreamProtocol};
 
 pub(crate) const RETRY_KEYS: &[&str] = &["attempts", "on", "backoff", "max_backoff", "max_body"];
 pub(crate) const BREAKER_KEYS: &[&str] = &[
@@ -42,10 +43,7 @@ impl Decoder<'_> {
         };
         self.unknown_keys(&s, RETRY_KEYS);
         let written = RetryPolicy::written();
-        let on = match self.integer_list(&s, "on", 100, 599) {
-            Some(statuses) => statuses.into_iter().map(|n| n as u16).collect(),
-            None => written.on,
-        };
+        let on = self.retry_on(&s).unwrap_or(written.on);
         let policy = RetryPolicy {
             attempts: self
                 .integer(&s, "attempts", 1, 10)
@@ -102,6 +100,98 @@ impl Decoder<'_> {
             base: self.duration(&s, "base").unwrap_or(d.base),
             max: self.duration(&s, "max").unwrap_or(d.max),
         }
+    }
+
+    /// `retry.on`: HTTP statuses and gRPC status names.
+    fn retry_on(&mut self, s: &Section<'_>) -> Option<Vec<RetryOn>> {
+        let value = self.value(s, "on", "a list of statuses")?;
+        let Some(array) = value.as_array() else {
+            self.wrong_type(s, "on", "a list of statuses", value.type_name());
+            return None;
+        };
+        let mut out = Vec::new();
+        for element in array.iter() {
+            if let Some(n) = element.as_integer() {
+                if (100..=599).contains(&n) {
+                    out.push(RetryOn::Status(n as u16));
+                    continue;
+                }
+            } else if let Some(name) = element.as_str() {
+                if let Some(code) = GrpcCode::from_name(name) {
+                    out.push(RetryOn::Grpc(code));
+                    continue;
+                }
+                let names: Vec<&str> = GrpcCode::ALL.iter().map(|c| c.name()).collect();
+                let hint = match suggest(&name.to_ascii_lowercase(), &names) {
+                    Some(close) => format!("did you mean `{close}`?"),
+                    None => format!("gRPC statuses are {}", names.join(", ")),
+                };
+                self.sink.push(
+                    ErrorCode::BadValue,
+                    element.span(),
+                    format!("`{name}` in `on` in {} is not a gRPC status", s.name),
+                    Some(hint),
+                );
+                continue;
+            }
+            self.sink.push(
+                ErrorCode::BadValue,
+                element.span(),
+                format!(
+                    "`on` in {} must hold HTTP statuses from 100 to 599 or gRPC status names",
+                    s.name
+                ),
+                Some("e.g. `on = [502, 503, 504]` or `on = [\"unavailable\"]`".into()),
+            );
+        }
+        Some(out)
+    }
+
+    /// `protocol` of a service, checked against its urls.
+    pub(super) fn protocol(&mut self, s: &Section<'_>, urls: &[String]) -> UpstreamProtocol {
+        const NAMES: &[&str] = &["http1", "h2", "h2c"];
+        let protocol = match self.string(s, "protocol").as_deref() {
+            None | Some("http1") => return UpstreamProtocol::Http1,
+            Some("h2") => UpstreamProtocol::H2,
+            Some("h2c") => UpstreamProtocol::H2c,
+            Some(other) => {
+                let hint = match suggest(other, NAMES) {
+                    Some(close) => format!("did you mean `{close}`?"),
+                    None => format!("use one of {}", NAMES.join(", ")),
+                };
+                self.bad_value(
+                    s,
+                    "protocol",
+                    format!("unknown protocol `{other}` in {}", s.name),
+                    hint,
+                );
+                return UpstreamProtocol::Http1;
+            }
+        };
+        let plain = urls.iter().any(|u| u.starts_with("http://"));
+        let tls = urls.iter().any(|u| u.starts_with("https://"));
+        match protocol {
+            UpstreamProtocol::H2 if plain || urls.is_empty() => self.bad_value(
+                s,
+                "protocol",
+                format!(
+                    "`protocol = \"h2\"` in {} is HTTP/2 over TLS, for `https://` urls",
+                    s.name
+                ),
+                "use `protocol = \"h2c\"` for plain `http://` instances and processes Gantry runs",
+            ),
+            UpstreamProtocol::H2c if tls => self.bad_value(
+                s,
+                "protocol",
+                format!(
+                    "`protocol = \"h2c\"` in {} is HTTP/2 without TLS, and it has `https://` urls",
+                    s.name
+                ),
+                "use `protocol = \"h2\"` for `https://` instances",
+            ),
+            _ => {}
+        }
+        protocol
     }
 
     /// `load_balancer` and `hash_on`, which go together.
