@@ -353,6 +353,18 @@ impl gantry_gateway::RequestObserver for Observer {
         keep && !a.sampled
     }
 
+    fn socket(&self, s: &gantry_gateway::SocketClosed<'_>) {
+        // Kept with its trace: sampled at the handshake, or failed.
+        if self
+            .traces
+            .keeps(s.sampled, s.reason == "error", Duration::ZERO)
+        {
+            self.traces.record(socket_span(s));
+        } else {
+            self.traces.sampled_out();
+        }
+    }
+
     fn observe(&self, r: &gantry_gateway::Observation<'_>) {
         let trace_id = HexId::trace(r.trace_id);
         self.slos.observe(
@@ -368,6 +380,31 @@ impl gantry_gateway::RequestObserver for Observer {
         } else {
             self.traces.sampled_out();
         }
+    }
+}
+
+/// The span of one WebSocket, from the upgrade to its close.
+fn socket_span(s: &gantry_gateway::SocketClosed<'_>) -> Span {
+    let mut attributes = Attributes::new();
+    attributes.insert("http.route", s.route.to_string());
+    attributes.insert("gantry.service", s.service.to_string());
+    attributes.insert("gantry.websocket.close_reason", s.reason);
+    attributes.insert("gantry.websocket.bytes_in", s.bytes_in);
+    attributes.insert("gantry.websocket.bytes_out", s.bytes_out);
+    attributes.insert("gantry.websocket.frames_in", s.frames_in);
+    attributes.insert("gantry.websocket.frames_out", s.frames_out);
+    Span {
+        trace_id: HexId::trace(s.trace_id).to_string(),
+        span_id: HexId::span(s.span_id).to_string(),
+        parent_id: Some(HexId::span(s.parent_id).to_string()),
+        name: format!("WebSocket {}", s.route),
+        kind: "internal",
+        service: "gateway".into(),
+        start_ns: unix_nanos(s.started),
+        duration_ns: s.duration.as_nanos() as u64,
+        error: s.reason == "error",
+        attributes,
+        sampled: true,
     }
 }
 

@@ -43,6 +43,7 @@ mod shaping;
 mod split;
 mod upstream;
 mod webhook;
+mod websocket;
 
 pub use api_keys::{ApiKeyInfo, ApiKeys, NewApiKey};
 pub use body::GatewayBody;
@@ -56,6 +57,7 @@ pub use server::{redirect_to_https, serve};
 pub use shadow::{Difference, ShadowSummary, Side};
 pub use split::Weight;
 pub use upstream::UpstreamBody;
+pub use websocket::SocketClosed;
 
 /// Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`); not an API.
 #[cfg(feature = "fuzzing")]

@@ -58,6 +58,7 @@ pub struct GatewayMetrics {
     shed: Family<ServiceLabels, Counter>,
     fallbacks: Family<FallbackLabels, Counter>,
     grpc: Family<GrpcLabels, Counter>,
+    pub(crate) sockets: crate::websocket::SocketMetrics,
 }
 
 /// The metric handles of one route (or of unrouted requests).
@@ -127,6 +128,7 @@ impl GatewayMetrics {
             shed,
             fallbacks,
             grpc,
+            sockets: crate::websocket::SocketMetrics::register(metrics),
         }
     }
 

@@ -60,6 +60,10 @@ pub trait RequestObserver: Send + Sync + std::fmt::Debug {
     fn keeps_trace(&self, _sampled: bool, _status: u16, _duration: std::time::Duration) -> bool {
         false
     }
+
+    /// A WebSocket the gateway relayed has closed (one span per socket,
+    /// under its handshake's span).
+    fn socket(&self, _socket: &crate::websocket::SocketClosed<'_>) {}
 }
 
 /// One upstream attempt, as observers see it.
@@ -122,6 +126,8 @@ pub(crate) struct Inner {
     pub(crate) api_keys: Option<ApiKeys>,
     pub(crate) upstreams: UpstreamPool,
     pub(crate) metrics: GatewayMetrics,
+    /// WebSockets relayed after their handshake.
+    pub(crate) sockets: crate::websocket::Sockets,
 }
 
 /// What a gateway is built from besides its route table and metrics: the
@@ -154,9 +160,16 @@ impl Gateway {
                 observer: parts.observer,
                 api_keys: parts.api_keys,
                 upstreams: UpstreamPool::default(),
+                sockets: crate::websocket::Sockets::new(metrics.sockets.clone()),
                 metrics,
             }),
         }
+    }
+
+    /// At shutdown, after the last request: WebSockets still open get until
+    /// `drain` to end, then a close frame (1001, going away).
+    pub async fn close_sockets(&self, drain: std::time::Duration) {
+        self.inner.sockets.close_all(drain).await;
     }
 
     /// The API key store, for the admin API.
@@ -368,6 +381,17 @@ impl Gateway {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
+        // A WebSocket handshake keeps its upgrade (and goes upstream on a
+        // connection of its own); the client's side of the upgrade is taken
+        // here, before the request is sent.
+        let websocket = crate::websocket::is_upgrade(&parts)
+            && route.websocket().enabled
+            && !service.config().protocol.is_h2();
+        let client_upgrade = if websocket {
+            parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+        } else {
+            None
+        };
         parts.uri = uri;
         parts.version = Version::HTTP_11;
         // A gRPC call's own deadline, when shorter than the route's.
@@ -378,6 +402,9 @@ impl Gateway {
             _ => route.timeout,
         };
         strip_hop_by_hop(&mut parts.headers);
+        if websocket {
+            crate::websocket::restore_upgrade_headers(&mut parts.headers);
+        }
         if outcome.grpc {
             // `TE: trailers` is hop-by-hop, but gRPC servers require it on
             // every hop: it says the client reads trailers (the status).
@@ -502,6 +529,46 @@ impl Gateway {
                 outcome.instance = Some(instance);
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
+                if parts.status == http::StatusCode::SWITCHING_PROTOCOLS {
+                    let upstream_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+                    match (client_upgrade, upstream_upgrade) {
+                        (Some(client), Some(upstream)) => {
+                            crate::websocket::restore_upgrade_headers(&mut parts.headers);
+                            self.inner.sockets.open(
+                                client,
+                                upstream,
+                                crate::websocket::Opened {
+                                    route: route.label.clone(),
+                                    service: service.name().to_string(),
+                                    trace,
+                                    policy: route.websocket().clone(),
+                                    observer: self.inner.observer.clone(),
+                                },
+                            );
+                        }
+                        _ => {
+                            // A 101 to a request that did not ask for one.
+                            let detail = format!(
+                                "service `{}` switched protocols on a request that did not ask to",
+                                service.name()
+                            );
+                            return outcome.finish(
+                                Problem::UpstreamReset.respond(detail, &path, &request_id),
+                                &backend.metrics,
+                            );
+                        }
+                    }
+                    let response = Response::from_parts(
+                        parts,
+                        GatewayBody::Upstream {
+                            body,
+                            guard: None,
+                            tap: None,
+                            grpc: None,
+                        },
+                    );
+                    return outcome.finish(response, &backend.metrics);
+                }
                 let mut tap = mirrored.map(|mirror| mirror.tap(parts.status, &parts.headers));
                 if let Some(guard) = claim_guard.take() {
                     // A 5xx is not stored: the guard drops and the key is freed.

@@ -72,6 +72,13 @@ pub(crate) struct CompiledRoute {
     config: Route,
 }
 
+impl CompiledRoute {
+    /// Whether and how WebSocket upgrades pass on this route.
+    pub(crate) fn websocket(&self) -> &gantry_manifest::WebSocketPolicy {
+        &self.config.websocket
+    }
+}
+
 /// A route's fallback, ready to serve.
 #[derive(Debug)]
 pub(crate) enum CompiledFallback {

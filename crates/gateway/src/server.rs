@@ -12,15 +12,31 @@ use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::forwarding::{Peer, TlsSession};
 use crate::proxy::Gateway;
 
 /// A client has this long to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves one connection until it ends, or until `shutdown` fires: then it
+/// is asked to finish gracefully and served until it has.
+macro_rules! drive {
+    ($connection:expr, $shutdown:expr) => {{
+        let connection = $connection;
+        tokio::pin!(connection);
+        tokio::select! {
+            result = connection.as_mut() => result,
+            _ = $shutdown.cancelled() => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        }
+    }};
+}
 
 /// Serves `gateway` on `listener` until `shutdown` fires, then stops accepting
 /// and gives in-flight requests up to `drain` to finish. With `tls`, every
@@ -48,19 +64,24 @@ pub async fn serve(
         .max_concurrent_streams(256)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
-    let graceful = GracefulShutdown::new();
+    // Every connection is a tracked task: at shutdown each is asked to finish
+    // (hyper's graceful shutdown: in-flight requests complete, keep-alive
+    // ends), and the drain time bounds the wait. Connections are served
+    // with upgrades, so WebSocket handshakes can hand their socket over.
+    let connections = TaskTracker::new();
     while let Some((stream, client)) = accept(&listener, &shutdown).await {
         let builder = builder.clone();
         let gateway = gateway.clone();
-        let watcher = graceful.watcher();
+        let shutdown = shutdown.clone();
         let tls = tls.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let peer = Peer::new(client);
             let result = match tls {
                 None => {
                     let service = service(gateway, peer);
-                    let connection = builder.serve_connection(TokioIo::new(stream), service);
-                    watcher.watch(connection.into_owned()).await
+                    let connection =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    drive!(connection, shutdown)
                 }
                 Some(tls) => {
                     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream))
@@ -80,8 +101,9 @@ pub async fn serve(
                         client: gantry_tls::client_identity(stream.get_ref().1),
                     };
                     let service = service(gateway, peer.with_tls(session));
-                    let connection = builder.serve_connection(TokioIo::new(stream), service);
-                    watcher.watch(connection.into_owned()).await
+                    let connection =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    drive!(connection, shutdown)
                 }
             };
             if let Err(error) = result {
@@ -90,15 +112,21 @@ pub async fn serve(
         });
     }
     drop(listener);
+    let started = tokio::time::Instant::now();
+    connections.close();
     tokio::select! {
-        _ = graceful.shutdown() => {}
+        _ = connections.wait() => {}
         _ = tokio::time::sleep(drain) => {
             tracing::warn!(target: "gantry::gateway", ?drain, "drain time is over; closing the remaining connections");
         }
     }
+    // WebSockets outlive their connections' requests: they get what is
+    // left of the drain time, then a close frame.
+    gateway
+        .close_sockets(drain.saturating_sub(started.elapsed()))
+        .await;
 }
 
-/// The next connection, or `None` once `shutdown` fires.
 async fn accept(
     listener: &TcpListener,
     shutdown: &CancellationToken,

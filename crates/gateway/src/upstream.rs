@@ -347,6 +347,9 @@ impl UpstreamPool {
             .as_ref()
             .map_or(0, |tls| Arc::as_ptr(&tls.config) as usize);
         let key: PoolKey = (instance.authority.clone(), tls);
+        if request.headers().contains_key(http::header::UPGRADE) {
+            return self.send_upgrade(instance, key, request).await;
+        }
         if instance.protocol.is_h2() {
             return self.send_h2(instance, key, request).await;
         }
@@ -393,6 +396,44 @@ impl UpstreamPool {
                 },
             }
         }
+    }
+
+    /// Sends an upgrade request (a WebSocket handshake) on a new connection of
+    /// its own: after a 101 the connection belongs to the socket, and the
+    /// answer's extensions hold the upstream's side of the upgrade.
+    async fn send_upgrade(
+        &self,
+        instance: &Instance,
+        key: PoolKey,
+        request: Request<RequestBody>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let handshake = async {
+            let stream = open(instance).await?;
+            http1::Builder::new()
+                .handshake(TokioIo::new(stream))
+                .await
+                .map_err(std::io::Error::other)
+        };
+        let (mut sender, driver) = match handshake.await {
+            Ok(connection) => connection,
+            Err(error) => return Err(UpstreamError::Connect(error, Box::new(request))),
+        };
+        tokio::spawn(async move {
+            // Ends when the exchange ends, or hands the socket to the upgrade.
+            let _ = driver.with_upgrades().await;
+        });
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(UpstreamError::Http)?;
+        let (parts, body) = response.into_parts();
+        let body = UpstreamBody {
+            body,
+            connection: None,
+            pool: self.clone(),
+            key,
+        };
+        Ok(Response::from_parts(parts, body))
     }
 
     /// Sends `request` on the instance's shared HTTP/2 connection, opening it

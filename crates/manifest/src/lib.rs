@@ -45,7 +45,7 @@ pub use pattern::{PathMatch, PathPattern};
 pub use policy::{
     CircuitBreakerPolicy, CorsPolicy, Deprecation, Fallback, GrpcCode, HashKey, HeaderEdits,
     IdempotencyPolicy, LoadBalancer, OutlierEjection, RateLimitKey, RateLimitPolicy, RetryOn,
-    RetryPolicy, ShadowPolicy, UpstreamProtocol,
+    RetryPolicy, ShadowPolicy, UpstreamProtocol, WebSocketPolicy,
 };
 pub use slo::{Alerting, OtlpProtocol, Slo, SloTarget, Telemetry};
 pub use workflows::{Action, Step, StepSpans, Workflow};

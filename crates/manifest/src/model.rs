@@ -435,6 +435,10 @@ pub struct Route {
     /// Requests must carry a valid HMAC signature (a webhook), or get 401.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<crate::functions::WebhookPolicy>,
+    /// WebSocket upgrades through this route: on by default, with an idle
+    /// timeout; `websocket = false` passes none.
+    #[serde(default)]
+    pub websocket: policy::WebSocketPolicy,
     /// The parsed `path`.
     #[serde(skip)]
     pub pattern: PathPattern,
@@ -549,7 +553,7 @@ pub(crate) mod defaults {
     }
 }
 
-mod duration_option {
+pub(crate) mod duration_option {
     use std::time::Duration;
 
     pub fn serialize<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {

@@ -172,6 +172,39 @@ impl GrpcCode {
     }
 }
 
+/// `websocket` on a route: whether WebSocket upgrades pass, and how long a
+/// socket may live. `websocket = false` refuses upgrades (the request goes
+/// upstream as a plain request).
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebSocketPolicy {
+    /// Set to `false` to pass no upgrades on this route.
+    #[serde(default = "defaults::yes")]
+    pub enabled: bool,
+    /// A socket with no bytes either way for this long is closed (1001).
+    #[serde(default = "defaults::websocket_idle", with = "duration_text")]
+    #[schemars(with = "String")]
+    pub idle_timeout: Duration,
+    /// A socket is closed (1001) after this long whatever it does; none by default.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::model::duration_option"
+    )]
+    #[schemars(with = "Option<String>")]
+    pub max_duration: Option<Duration>,
+}
+
+impl Default for WebSocketPolicy {
+    fn default() -> Self {
+        WebSocketPolicy {
+            enabled: true,
+            idle_timeout: defaults::websocket_idle(),
+            max_duration: None,
+        }
+    }
+}
+
 /// `protocol` of a service: the HTTP version Gantry speaks to its instances.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -502,6 +535,10 @@ pub(crate) mod defaults {
     pub fn max_concurrent() -> u32 {
         1024
     }
+    pub fn websocket_idle() -> Duration {
+        Duration::from_secs(300)
+    }
+
     pub fn retry_budget() -> f64 {
         0.2
     }

@@ -536,7 +536,10 @@ fn upstream_protocols_and_grpc_retries_are_checked() {
     assert_reports(&d, "unknown protocol `http2` in [services.api]");
     // The gRPC health check only exists over HTTP/2.
     let d = errors("[services.api]\nurls = [\"http://127.0.0.1:9000\"]\nhealth = \"grpc\"\n");
-    assert_reports(&d, "`health = \"grpc\"` in [services.api] needs an HTTP/2 service");
+    assert_reports(
+        &d,
+        "`health = \"grpc\"` in [services.api] needs an HTTP/2 service",
+    );
     // gRPC status names in `retry.on`, with a suggestion for a misspelling.
     let d = errors(&format!(
         "{SERVICES}\n[[routes]]\npath = \"/*\"\nto = \"orders\"\nretry = {{ on = [503, \"unavailble\"] }}\n"

@@ -90,8 +90,10 @@ pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>
 
 /// The client of a service's health checks; `https://` instances are
 /// verified with `tls` (the service's roots).
-pub(crate) fn http_client(tls: Option<Arc<ClientConfig>>) -> HttpClient {
+/// HTTP/2 services (`protocol = "h2" | "h2c"`) are checked over HTTP/2.
+pub(crate) fn http_client(tls: Option<Arc<ClientConfig>>, http2: bool) -> HttpClient {
     Client::builder(TokioExecutor::new())
+        .http2_only(http2)
         .pool_idle_timeout(Duration::from_secs(30))
         .build(connector(tls))
 }

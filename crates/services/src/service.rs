@@ -101,7 +101,10 @@ impl ServiceHandle {
             } else {
                 Probe::Http {
                     path,
-                    client: Box::new(health::http_client(probe_tls.clone())),
+                    client: Box::new(health::http_client(
+                        probe_tls.clone(),
+                        config.protocol.is_h2(),
+                    )),
                 }
             }
         });

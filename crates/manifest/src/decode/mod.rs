@@ -111,6 +111,7 @@ pub(crate) const ROUTE_KEYS: &[&str] = &[
     "idempotency",
     "api_key_from",
     "webhook",
+    "websocket",
 ];
 pub(super) const METHODS: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT",

@@ -7,7 +7,7 @@ use crate::policy::{
     defaults, CircuitBreakerPolicy, Fallback, HashKey, LoadBalancer, OutlierEjection, RateLimitKey,
     RateLimitPolicy, RetryPolicy, ShadowPolicy,
 };
-use crate::policy::{GrpcCode, RetryOn, UpstreamProtocol};
+use crate::policy::{GrpcCode, RetryOn, UpstreamProtocol, WebSocketPolicy};
 
 pub(crate) const RETRY_KEYS: &[&str] = &["attempts", "on", "backoff", "max_backoff", "max_body"];
 pub(crate) const BREAKER_KEYS: &[&str] = &[
@@ -28,6 +28,7 @@ pub(crate) const SHADOW_KEYS: &[&str] = &[
     "max_body",
 ];
 pub(crate) const RATE_LIMIT_KEYS: &[&str] = &["requests", "per", "burst", "key"];
+pub(crate) const WEBSOCKET_KEYS: &[&str] = &["enabled", "idle_timeout", "max_duration"];
 pub(crate) const FALLBACK_KEYS: &[&str] = &["to", "status", "body", "content_type"];
 
 impl Decoder<'_> {
@@ -100,6 +101,32 @@ impl Decoder<'_> {
             base: self.duration(&s, "base").unwrap_or(d.base),
             max: self.duration(&s, "max").unwrap_or(d.max),
         }
+    }
+
+    /// `websocket = false`, or `websocket = { idle_timeout = "5m", max_duration = "1h" }`.
+    pub(super) fn websocket(&mut self, route: &Section<'_>) -> WebSocketPolicy {
+        let d = WebSocketPolicy::default();
+        if let Some(enabled) = route.table.get("websocket").and_then(|item| item.as_bool()) {
+            return WebSocketPolicy { enabled, ..d };
+        }
+        let Some(s) = self.nested(route, "websocket") else {
+            return d;
+        };
+        self.unknown_keys(&s, WEBSOCKET_KEYS);
+        let policy = WebSocketPolicy {
+            enabled: self.boolean(&s, "enabled").unwrap_or(d.enabled),
+            idle_timeout: self.duration(&s, "idle_timeout").unwrap_or(d.idle_timeout),
+            max_duration: self.duration(&s, "max_duration"),
+        };
+        if policy.idle_timeout.is_zero() {
+            self.bad_value(
+                &s,
+                "idle_timeout",
+                format!("`idle_timeout` in {} is zero", s.name),
+                "give a duration such as \"5m\", or `websocket = false` to pass no upgrades",
+            );
+        }
+        policy
     }
 
     /// `retry.on`: HTTP statuses and gRPC status names.

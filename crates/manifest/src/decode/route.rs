@@ -255,6 +255,7 @@ impl Decoder<'_> {
             idempotency,
             api_key_from,
             webhook,
+            websocket: self.websocket(s),
             pattern: pattern?,
             spans,
         })
