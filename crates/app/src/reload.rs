@@ -296,6 +296,9 @@ impl Live {
             }
         }
         let drain = self.platform.drain_timeout;
+        if let Some(gateway) = &self.gateway {
+            gateway.retire_sockets(&retired, drain);
+        }
         tokio::spawn(async move {
             // A request that read the old route table just before the swap may
             // not have registered as in flight yet, but it holds that table,

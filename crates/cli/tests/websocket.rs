@@ -55,6 +55,17 @@ fn token() -> String {
 }
 
 fn manifest(upstream: SocketAddr, platform_extra: &str, extra_route: &str) -> String {
+    manifest_with(upstream, platform_extra, extra_route, "")
+}
+
+/// `chat_extra` goes in `[services.chat]`; `[services.stable]` is the same
+/// upstream under another name, which reloads leave as it is.
+fn manifest_with(
+    upstream: SocketAddr,
+    platform_extra: &str,
+    extra_route: &str,
+    chat_extra: &str,
+) -> String {
     format!(
         r#"
 [platform]
@@ -71,6 +82,14 @@ secret = "{SECRET_KEY}"
 
 [services.chat]
 urls = ["http://{upstream}"]
+{chat_extra}
+
+[services.stable]
+urls = ["http://{upstream}"]
+
+[[routes]]
+path = "/stable/*"
+to = "stable"
 
 [[routes]]
 path = "/private/*"
@@ -205,38 +224,54 @@ async fn messages_pass_both_ways_with_auth_at_the_handshake_and_an_idle_timeout(
 }
 
 #[tokio::test]
-async fn a_reload_leaves_open_sockets_alone_and_shutdown_says_going_away() {
+async fn reloads_leave_sockets_to_kept_services_alone_and_shutdown_says_going_away() {
     let upstream = echo_server().await;
     let mut gantry = Gantry::start(&manifest(upstream, "", "")).await;
-    let mut socket = open(&gantry, "/chat", &[]).await.unwrap();
-    round_trip(&mut socket, Message::text("before the reload")).await;
+    let mut chat = open(&gantry, "/chat", &[]).await.unwrap();
+    let mut stable = open(&gantry, "/stable/chat", &[]).await.unwrap();
+    round_trip(&mut chat, Message::text("before the reload")).await;
+    round_trip(&mut stable, Message::text("before the reload")).await;
+    let reload = || async {
+        let response = client()
+            .post(gantry.admin_url("/v1/reload"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    };
 
-    // A reload that changes the routes: the open socket carries on.
+    // A reload that adds a route and keeps both services: sockets carry on.
     gantry.rewrite_manifest(&manifest(
         upstream,
         "",
         "[[routes]]\npath = \"/new/*\"\nto = \"chat\"\n",
     ));
-    let reloaded = client()
-        .post(gantry.admin_url("/v1/reload"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(reloaded.status(), 200, "{}", reloaded.text().await.unwrap());
-    round_trip(&mut socket, Message::text("after the reload")).await;
+    reload().await;
+    round_trip(&mut chat, Message::text("after the reload")).await;
+    round_trip(&mut stable, Message::text("after the reload")).await;
     let mut fresh = open(&gantry, "/new/chat", &[]).await.unwrap();
     round_trip(&mut fresh, Message::text("on the new route")).await;
 
-    // Shutdown: the sockets get the drain time, then a close frame (1001).
-    gantry.signal("TERM");
-    assert_eq!(close_code(&mut socket).await, CloseCode::Away);
+    // A reload that replaces `chat`: its sockets get the drain time (1 s),
+    // then 1001; the socket to `stable` is not touched.
+    gantry.rewrite_manifest(&manifest_with(upstream, "", "", "owner = \"team-b\""));
+    reload().await;
+    round_trip(&mut stable, Message::text("still here")).await;
+    assert_eq!(close_code(&mut chat).await, CloseCode::Away);
     assert_eq!(close_code(&mut fresh).await, CloseCode::Away);
+    round_trip(&mut stable, Message::text("still here after the drain")).await;
+
+    // Shutdown: open sockets get the drain time, then a close frame (1001).
+    gantry.signal("TERM");
+    assert_eq!(close_code(&mut stable).await, CloseCode::Away);
     let status = gantry.child.take().unwrap().wait().unwrap();
     assert!(
         status.success(),
         "gantry exited with {status}:\n{}",
         gantry.log()
     );
+    let log = gantry.log();
+    assert!(log.contains("they close after the drain time"), "{log}");
 }
 
 #[tokio::test]

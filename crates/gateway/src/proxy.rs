@@ -172,6 +172,18 @@ impl Gateway {
         self.inner.sockets.close_all(drain).await;
     }
 
+    /// After a reload: WebSockets to the services it replaced or removed get
+    /// until `drain` to end, then a close frame (1001). Sockets to services
+    /// the reload kept are left alone.
+    pub fn retire_sockets(
+        &self,
+        replaced: &[Arc<gantry_services::ServiceHandle>],
+        drain: std::time::Duration,
+    ) {
+        let handles: Vec<usize> = replaced.iter().map(|h| Arc::as_ptr(h) as usize).collect();
+        self.inner.sockets.retire(&handles, drain);
+    }
+
     /// The API key store, for the admin API.
     pub fn api_keys(&self) -> Option<&ApiKeys> {
         self.inner.api_keys.as_ref()
@@ -540,6 +552,7 @@ impl Gateway {
                                 crate::websocket::Opened {
                                     route: route.label.clone(),
                                     service: service.name().to_string(),
+                                    handle: Arc::as_ptr(service) as usize,
                                     trace,
                                     policy: route.websocket().clone(),
                                     observer: self.inner.observer.clone(),

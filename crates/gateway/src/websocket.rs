@@ -12,8 +12,9 @@
 //! than in the middle of one. A WebSocket library would parse and re-mask
 //! every message for that; the header arithmetic is all it takes.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gantry_manifest::WebSocketPolicy;
@@ -70,6 +71,9 @@ pub(crate) enum Closed {
     MaxDuration,
     /// Gantry shut down and the drain time was over.
     Shutdown,
+    /// A reload replaced or removed the socket's service, and the drain
+    /// time was over.
+    Reload,
     /// A connection failed (reset, or an upgrade that did not complete).
     Error,
 }
@@ -82,6 +86,7 @@ impl Closed {
             Closed::Idle => "idle_timeout",
             Closed::MaxDuration => "max_duration",
             Closed::Shutdown => "shutdown",
+            Closed::Reload => "reload",
             Closed::Error => "error",
         }
     }
@@ -100,7 +105,7 @@ pub struct SocketClosed<'a> {
     pub started: std::time::SystemTime,
     pub duration: Duration,
     /// `client_closed`, `upstream_closed`, `idle_timeout`, `max_duration`,
-    /// `shutdown` or `error`.
+    /// `shutdown`, `reload` or `error`.
     pub reason: &'static str,
     /// Bytes and frames from the client to the upstream, and back.
     pub bytes_in: u64,
@@ -144,7 +149,7 @@ impl SocketMetrics {
             );
             registry.register(
                 "websocket_connections_closed",
-                "WebSockets closed, by route and reason (client_closed, upstream_closed, idle_timeout, max_duration, shutdown, error)",
+                "WebSockets closed, by route and reason (client_closed, upstream_closed, idle_timeout, max_duration, shutdown, reload, error)",
                 families.closed.clone(),
             );
         });
@@ -160,12 +165,19 @@ pub(crate) struct Sockets {
     /// Cancelled when Gantry ends the sockets still open at shutdown.
     closing: CancellationToken,
     metrics: SocketMetrics,
+    /// Each open socket's service (by the address of its handle) and the
+    /// token that ends it when a reload retires that service.
+    open: Arc<Mutex<HashMap<u64, (usize, CancellationToken)>>>,
+    next_id: Arc<AtomicU64>,
 }
 
 /// What a socket's relay needs to know about where it came from.
 pub(crate) struct Opened {
     pub(crate) route: Arc<str>,
     pub(crate) service: String,
+    /// `Arc::as_ptr` of the service's handle: a reload that replaces the
+    /// service retires its sockets.
+    pub(crate) handle: usize,
     /// The handshake's trace context: the socket's span is a child of it.
     pub(crate) trace: crate::identity::TraceContext,
     pub(crate) policy: WebSocketPolicy,
@@ -185,7 +197,13 @@ impl Sockets {
     pub(crate) fn open(&self, client: OnUpgrade, upstream: OnUpgrade, opened: Opened) {
         let closing = self.closing.clone();
         let metrics = self.metrics.clone();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let retire = CancellationToken::new();
+        self.registry().insert(id, (opened.handle, retire.clone()));
+        let registry = self.open.clone();
         self.tasks.spawn(async move {
+            // Out of the registry however the task ends.
+            let _registered = Deregister { registry, id };
             let route = RouteLabel {
                 route: opened.route.to_string(),
             };
@@ -208,7 +226,7 @@ impl Sockets {
             metrics.opened.get_or_create(&route).inc();
             let open = metrics.open.get_or_create(&route).clone();
             open.inc();
-            let outcome = relay(client, upstream, &opened.policy, &closing).await;
+            let outcome = relay(client, upstream, &opened.policy, &closing, &retire).await;
             open.dec();
             metrics
                 .closed
@@ -235,6 +253,31 @@ impl Sockets {
                     frames_in: outcome.inbound.frames,
                     frames_out: outcome.outbound.frames,
                 });
+            }
+        });
+    }
+
+    fn registry(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (usize, CancellationToken)>> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// After a reload: sockets to a service it replaced or removed (by the
+    /// address of the old handle) get until `drain` to end, then a 1001.
+    pub(crate) fn retire(&self, handles: &[usize], drain: Duration) {
+        let retiring: Vec<CancellationToken> = self
+            .registry()
+            .values()
+            .filter(|(handle, _)| handles.contains(handle))
+            .map(|(_, token)| token.clone())
+            .collect();
+        if retiring.is_empty() {
+            return;
+        }
+        tracing::info!(target: "gantry::websocket", sockets = retiring.len(), ?drain, "a reload replaced the service of open WebSockets; they close after the drain time");
+        tokio::spawn(async move {
+            tokio::time::sleep(drain).await;
+            for token in retiring {
+                token.cancel();
             }
         });
     }
@@ -277,11 +320,27 @@ enum Toward {
     Client,
 }
 
+/// Takes a socket out of the registry when its task ends.
+struct Deregister {
+    registry: Arc<Mutex<HashMap<u64, (usize, CancellationToken)>>>,
+    id: u64,
+}
+
+impl Drop for Deregister {
+    fn drop(&mut self) {
+        self.registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
+}
+
 async fn relay(
     client: Upgraded,
     upstream: Upgraded,
     policy: &WebSocketPolicy,
     closing: &CancellationToken,
+    retire: &CancellationToken,
 ) -> Outcome {
     let started = Instant::now();
     // Milliseconds since `started` of the last byte either way.
@@ -314,6 +373,7 @@ async fn relay(
             tokio::select! {
                 _ = tokio::time::sleep_until(wake.into()) => {}
                 _ = closing.cancelled() => return Closed::Shutdown,
+                _ = retire.cancelled() => return Closed::Reload,
             }
             let now = Instant::now();
             if max.is_some_and(|max| now >= max) {
