@@ -460,39 +460,37 @@ impl UpstreamPool {
         }
         *request.uri_mut() = http::Uri::from_parts(uri).expect("scheme, authority and path");
 
-        let existing = {
-            let shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-            shared.get(&key).filter(|s| !s.is_closed()).cloned()
-        };
-        let mut sender = match existing {
-            Some(sender) => sender,
-            None => match connect_h2(instance).await {
-                Ok(sender) => {
-                    let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-                    // Two first requests may both have connected: keep one.
-                    match shared.get(&key).filter(|s| !s.is_closed()) {
-                        Some(other) => other.clone(),
-                        None => {
-                            shared.insert(key, sender.clone());
-                            sender
-                        }
-                    }
-                }
+        // A connection the upstream is closing (GOAWAY: HTTP/2 servers do
+        // it every N requests) may refuse a request it never processed;
+        // that request goes once more, on a new connection.
+        let mut fresh = false;
+        let response = loop {
+            let mut sender = match self.h2_sender(instance, &key, fresh).await {
+                Ok(sender) => sender,
                 Err(error) => return Err(UpstreamError::Connect(error, Box::new(request))),
-            },
+            };
+            if sender.ready().await.is_err() {
+                if fresh {
+                    let error = std::io::Error::new(
+                        std::io::ErrorKind::ConnectionReset,
+                        "the HTTP/2 connection closed before the request was sent",
+                    );
+                    return Err(UpstreamError::Connect(error, Box::new(request)));
+                }
+                fresh = true;
+                continue;
+            }
+            match sender.try_send_request(request).await {
+                Ok(response) => break response,
+                Err(mut failed) => match failed.take_message() {
+                    Some(unsent) if !fresh => {
+                        request = unsent;
+                        fresh = true;
+                    }
+                    _ => return Err(UpstreamError::Http(failed.into_error())),
+                },
+            }
         };
-        if sender.ready().await.is_err() {
-            // Closed between the lookup and now: nothing was sent.
-            let error = std::io::Error::new(
-                std::io::ErrorKind::ConnectionReset,
-                "the HTTP/2 connection closed before the request was sent",
-            );
-            return Err(UpstreamError::Connect(error, Box::new(request)));
-        }
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(UpstreamError::Http)?;
         let (parts, body) = response.into_parts();
         let body = UpstreamBody {
             body,
@@ -501,6 +499,33 @@ impl UpstreamPool {
             key: (instance.authority.clone(), 0),
         };
         Ok(Response::from_parts(parts, body))
+    }
+
+    /// The instance's shared HTTP/2 connection; a new one when there is none
+    /// open, or when `fresh` (the last one refused a request).
+    async fn h2_sender(
+        &self,
+        instance: &Instance,
+        key: &PoolKey,
+        fresh: bool,
+    ) -> std::io::Result<http2::SendRequest<RequestBody>> {
+        if !fresh {
+            let shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(sender) = shared.get(key).filter(|s| !s.is_closed()) {
+                return Ok(sender.clone());
+            }
+        }
+        let sender = connect_h2(instance).await?;
+        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        // Two requests may both have connected: keep the first, unless this
+        // one is meant to replace it.
+        match shared.get(key).filter(|s| !s.is_closed() && !fresh) {
+            Some(other) => Ok(other.clone()),
+            None => {
+                shared.insert(key.clone(), sender.clone());
+                Ok(sender)
+            }
+        }
     }
 
     /// An idle connection to `authority` that can take a request now.
