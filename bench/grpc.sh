@@ -54,7 +54,7 @@ error_log $WORK/logs/upstream.err warn;
 events { worker_connections 4096; }
 http {
   access_log off;
-  http2_max_requests 100000000;
+  keepalive_requests 100000000;
   server {
     listen 127.0.0.1:$UPSTREAM_PORT http2;
     location / {
@@ -74,7 +74,7 @@ error_log $WORK/logs/nginx.err warn;
 events { worker_connections 4096; }
 http {
   access_log off;
-  http2_max_requests 100000000;
+  keepalive_requests 100000000;
   upstream app { server 127.0.0.1:$UPSTREAM_PORT; keepalive 128; }
   server {
     listen 127.0.0.1:$NGINX_PORT http2;
@@ -127,6 +127,8 @@ for run in $(seq "$RUNS"); do
     before=$(cpu_ticks "${PID_OF[$target]}")
     out=$(call "${PORT_OF[$target]}" -c "$CONNS" -m "$STREAMS" -D "$DURATION" --warm-up-time=1 2>&1)
     after=$(cpu_ticks "${PID_OF[$target]}")
+    echo "$out" > "$WORK/logs/h2load-$target-$run.txt"
+    echo "$out" | grep -q '^finished in' || { echo "bench: h2load failed against $target:" >&2; echo "$out" >&2; exit 1; }
     rps=$(echo "$out" | awk '/^finished in/ { for (i = 1; i <= NF; i++) if ($(i+1) ~ /^req\/s/) print $i }' | tr -d ',')
     done_=$(echo "$out" | awk '/^requests:/ { print $2 }')
     ok=$(echo "$out" | awk '/^status codes:/ { print $3 }')

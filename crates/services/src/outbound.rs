@@ -22,6 +22,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use gantry_manifest::UpstreamProtocol;
 use gantry_problem::{Blame, Explain};
 
 use crate::{Instance, ServiceDirectory, ServiceHandle};
@@ -122,6 +123,8 @@ impl Explain for FetchError {
 #[derive(Debug, Clone)]
 pub struct Outbound {
     plain: Client<HttpConnector, Full<Bytes>>,
+    /// HTTP/2 by prior knowledge, for `protocol = "h2c"` services.
+    h2c: Client<HttpConnector, Full<Bytes>>,
     external: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
@@ -132,6 +135,10 @@ impl Default for Outbound {
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
         Outbound {
             plain: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build(connector.clone()),
+            h2c: Client::builder(TokioExecutor::new())
+                .http2_only(true)
                 .pool_idle_timeout(Duration::from_secs(30))
                 .build(connector),
             external: Client::builder(TokioExecutor::new())
@@ -239,7 +246,11 @@ impl Outbound {
         let _load = instance.begin();
         let exchange = async {
             let sent = match &instance.tls {
+                // An `h2` service's client negotiates HTTP/2 by ALPN.
                 Some(tls) => tls.client.request(request).await,
+                None if instance.protocol == UpstreamProtocol::H2c => {
+                    self.h2c.request(request).await
+                }
                 None => self.plain.request(request).await,
             };
             let response = sent.map_err(|e| {
@@ -301,4 +312,55 @@ fn build(instance: &Instance, call: &Call) -> Result<Request<Full<Bytes>>, Strin
         .headers_mut()
         .insert(http::header::HOST, instance.host_header.clone());
     Ok(request)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gantry_manifest::Service;
+
+    /// A server that speaks HTTP/2 only (prior knowledge), as gRPC servers
+    /// do, answering each request with the HTTP version it came in.
+    async fn h2c_server() -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let service = hyper::service::service_fn(
+                    |request: Request<hyper::body::Incoming>| async move {
+                        let version = format!("{:?}", request.version());
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::from(version),
+                        )))
+                    },
+                );
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                );
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn calls_to_an_h2c_service_go_over_http2() {
+        let addr = h2c_server().await;
+        let mut config = Service::external(vec![format!("http://{addr}")]);
+        config.protocol = UpstreamProtocol::H2c;
+        let handle = crate::ServiceHandle::start("grpc-like", &config).unwrap();
+        let call = Call {
+            method: Method::POST,
+            path: "/deliver".into(),
+            headers: HeaderMap::new(),
+            body: Bytes::from_static(b"{}"),
+            timeout: Duration::from_secs(5),
+        };
+        let answer = Outbound::default()
+            .call_handle(&handle, call)
+            .await
+            .unwrap();
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.body, "HTTP/2.0");
+    }
 }
