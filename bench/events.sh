@@ -22,6 +22,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+source "$ROOT/bench/lib.sh"
 RUNS=${RUNS:-3}
 COUNT=${COUNT:-20000}
 CONCURRENCY=${CONCURRENCY:-32}
@@ -38,14 +39,8 @@ case "$NATS_URL" in
 esac
 NATS_PORT=${NATS_URL##*:}
 
-for tool in taskset python3 curl timeout; do
-  command -v "$tool" >/dev/null || { echo "bench: $tool is missing" >&2; exit 1; }
-done
-for port in $LISTEN_PORT $ADMIN_PORT $API_PORT $SINK_PORT; do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    echo "bench: port $port is already in use; stop what listens there first" >&2; exit 1
-  fi
-done
+require_tools "see the top of this script" taskset python3 curl timeout
+require_free_ports $LISTEN_PORT $ADMIN_PORT $API_PORT $SINK_PORT
 if ! (exec 3<>"/dev/tcp/127.0.0.1/$NATS_PORT") 2>/dev/null; then
   echo "bench: nothing listens on 127.0.0.1:$NATS_PORT; start nats-server with JetStream (-js) first" >&2; exit 1
 fi
@@ -55,7 +50,6 @@ NATS_PID=$(pgrep -x nats-server | head -1 || true)
 WORK=$(mktemp -d /tmp/gantry-events-bench.XXXXXX)
 GANTRY_PID=
 LOAD_PID=
-source "$ROOT/bench/lib.sh"   # stop_gantry, cpu_seconds
 cleanup() {
   # The load tool deletes its NATS stream when it gets SIGTERM.
   if [ -n "$LOAD_PID" ]; then

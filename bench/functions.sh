@@ -22,23 +22,17 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+source "$ROOT/bench/lib.sh"
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-16}
 WASMTIME=${WASMTIME:-$(command -v wasmtime || echo /opt/wasmtime-cli/bin/wasmtime)}
 GANTRY_PORT=19301 GANTRY_ADMIN=19302 GANTRY_API=19303 WASMTIME_PORT=19304
-source "$ROOT/bench/lib.sh"
 
-for tool in wrk taskset curl python3; do
-  command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install wrk util-linux curl)" >&2; exit 1; }
-done
+require_tools "apt-get install wrk util-linux curl" wrk taskset curl python3
 [ -x "$WASMTIME" ] || { echo "bench: wasmtime not found; set WASMTIME or install wasmtime-cli 48 (see the top of this script)" >&2; exit 1; }
 "$WASMTIME" --version | grep -q '^wasmtime 48\.' || { echo "bench: need wasmtime 48.x, found $("$WASMTIME" --version)" >&2; exit 1; }
-for port in $GANTRY_PORT $GANTRY_ADMIN $GANTRY_API $WASMTIME_PORT; do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    echo "bench: port $port is already in use; stop what listens there first" >&2; exit 1
-  fi
-done
+require_free_ports $GANTRY_PORT $GANTRY_ADMIN $GANTRY_API $WASMTIME_PORT
 
 WORK=$(mktemp -d /tmp/gantry-fn-bench.XXXXXX)
 PEER_PID=

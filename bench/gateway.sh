@@ -19,6 +19,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+source "$ROOT/bench/lib.sh"
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-64}
@@ -27,14 +28,8 @@ UPSTREAM_PORT=19100 GANTRY_PORT=19101 GANTRY_ADMIN=19102 NGINX_PORT=19103 HAPROX
 BARE_PORT=19105 BARE_ADMIN=19106 EDGE_PORT=19107 EDGE_ADMIN=19108
 GANTRY_API=19109 BARE_API=19110 EDGE_API=19111
 
-for tool in nginx wrk taskset python3; do
-  command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install nginx-light wrk haproxy)" >&2; exit 1; }
-done
-for port in $UPSTREAM_PORT $GANTRY_PORT $GANTRY_ADMIN $NGINX_PORT $HAPROXY_PORT $BARE_PORT $BARE_ADMIN $EDGE_PORT $EDGE_ADMIN $GANTRY_API $BARE_API $EDGE_API; do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    echo "bench: port $port is already in use; stop what listens there first" >&2; exit 1
-  fi
-done
+require_tools "apt-get install nginx-light wrk haproxy" nginx wrk taskset python3
+require_free_ports $UPSTREAM_PORT $GANTRY_PORT $GANTRY_ADMIN $NGINX_PORT $HAPROXY_PORT $BARE_PORT $BARE_ADMIN $EDGE_PORT $EDGE_ADMIN $GANTRY_API $BARE_API $EDGE_API
 WORK=$(mktemp -d /tmp/gantry-bench.XXXXXX)
 PIDS=()
 cleanup() {
@@ -51,7 +46,6 @@ echo "building gantry (release)..." >&2
 # build unifies features differently and rebuilds wasmtime.
 (cd "$ROOT" && cargo build --release -q)
 GANTRY="$ROOT/target/release/gantry"
-source "$ROOT/bench/lib.sh"   # start_upstream, start_nginx_proxy
 
 mkdir -p "$WORK/logs"
 start_upstream "$WORK" "$UPSTREAM_PORT"

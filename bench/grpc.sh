@@ -16,20 +16,15 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+source "$ROOT/bench/lib.sh"
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-10}
 CONNS=${CONNS:-16}
 STREAMS=${STREAMS:-8}
 UPSTREAM_PORT=19300 GANTRY_PORT=19301 GANTRY_ADMIN=19302 GANTRY_API=19303 NGINX_PORT=19304
 
-for tool in nginx h2load taskset; do
-  command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install nginx-light nghttp2-client)" >&2; exit 1; }
-done
-for port in $UPSTREAM_PORT $GANTRY_PORT $GANTRY_ADMIN $GANTRY_API $NGINX_PORT; do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    echo "bench: port $port is already in use; stop what listens there first" >&2; exit 1
-  fi
-done
+require_tools "apt-get install nginx-light nghttp2-client" nginx h2load taskset
+require_free_ports $UPSTREAM_PORT $GANTRY_PORT $GANTRY_ADMIN $GANTRY_API $NGINX_PORT
 WORK=$(mktemp -d /tmp/gantry-grpc.XXXXXX)
 GANTRY_PID=
 cleanup() {

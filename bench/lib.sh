@@ -1,5 +1,23 @@
 # Helpers shared by the benchmark scripts (sourced, not run).
 
+# Exits unless every tool after the first argument is on PATH; the first
+# argument says how to install them.
+require_tools() {
+  local hint=$1; shift
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null || { echo "bench: $tool is missing ($hint)" >&2; exit 1; }
+  done
+}
+
+# Exits if something already listens on one of the ports.
+require_free_ports() {
+  for port in "$@"; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      echo "bench: port $port is already in use; stop what listens there first" >&2; exit 1
+    fi
+  done
+}
+
 # Stops the Gantry started by start_gantry (GANTRY_PID): SIGTERM, then
 # SIGKILL after 15 s.
 stop_gantry() {

@@ -34,6 +34,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+source "$ROOT/bench/lib.sh"
 RUNS=${RUNS:-3}
 COUNT=${COUNT:-3000}
 CONCURRENCY=${CONCURRENCY:-32}
@@ -47,20 +48,13 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/tmp/gantry-bench-target}
 
 tools=(taskset python3 curl timeout)
 [ "$FSYNC_PROBE" = 1 ] && tools+=(perf)
-for tool in "${tools[@]}"; do
-  command -v "$tool" >/dev/null || { echo "bench: $tool is missing (FSYNC_PROBE=0 skips perf)" >&2; exit 1; }
-done
-for port in $LISTEN_PORT $ADMIN_PORT $API_PORT $SINK_PORT; do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    echo "bench: port $port is already in use; stop what listens there first" >&2; exit 1
-  fi
-done
+require_tools "FSYNC_PROBE=0 skips perf" "${tools[@]}"
+require_free_ports $LISTEN_PORT $ADMIN_PORT $API_PORT $SINK_PORT
 
 WORK=$(mktemp -d /tmp/gantry-sagas-bench.XXXXXX)
 GANTRY_PID=
 LOAD_PID=
 PERF_PID=
-source "$ROOT/bench/lib.sh"   # stop_gantry, cpu_seconds
 stop_perf() {
   [ -n "$PERF_PID" ] || return 0
   kill -INT "$PERF_PID" 2>/dev/null || true

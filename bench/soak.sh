@@ -14,19 +14,14 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+source "$ROOT/bench/lib.sh"
 DURATION=${DURATION:-10m}
 RATE=${RATE:-5000}
 CONNS=${CONNS:-32}
 UPSTREAM_PORT=19300 GANTRY_PORT=19301 GANTRY_ADMIN=19302 GANTRY_API=19303
 
-for tool in nginx oha taskset curl strip; do
-  command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install nginx-light binutils; cargo install oha)" >&2; exit 1; }
-done
-for port in $UPSTREAM_PORT $GANTRY_PORT $GANTRY_ADMIN $GANTRY_API; do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    echo "bench: port $port is already in use; stop what listens there first" >&2; exit 1
-  fi
-done
+require_tools "apt-get install nginx-light binutils; cargo install oha" nginx oha taskset curl strip
+require_free_ports $UPSTREAM_PORT $GANTRY_PORT $GANTRY_ADMIN $GANTRY_API
 WORK=$(mktemp -d /tmp/gantry-soak.XXXXXX)
 PIDS=()
 cleanup() {
@@ -41,7 +36,6 @@ echo "building gantry (release)..." >&2
 # Built as the README builds it (whole workspace, same target dir).
 (cd "$ROOT" && cargo build --release -q)
 GANTRY="$ROOT/target/release/gantry"
-source "$ROOT/bench/lib.sh"   # start_upstream
 mkdir -p "$WORK/logs"
 start_upstream "$WORK" "$UPSTREAM_PORT"
 

@@ -23,6 +23,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+source "$ROOT/bench/lib.sh"
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-64}
@@ -31,9 +32,7 @@ UPSTREAM_PORT=19200 GANTRY_PORT=19201 GANTRY_ADMIN=19202 GANTRY_API=19203 NGINX_
 TRACED_PORT=19205 TRACED_ADMIN=19206 TRACED_API=19207
 PLAIN_PORT=19208 PLAIN_ADMIN=19209 PLAIN_API=19210 NGINX_PLAIN=19211
 
-for tool in nginx wrk taskset python3 openssl curl; do
-  command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install nginx-light wrk openssl curl)" >&2; exit 1; }
-done
+require_tools "apt-get install nginx-light wrk openssl curl" nginx wrk taskset python3 openssl curl
 for port in $UPSTREAM_PORT $GANTRY_PORT $GANTRY_ADMIN $GANTRY_API $NGINX_PORT $TRACED_PORT $TRACED_ADMIN $TRACED_API \
     $PLAIN_PORT $PLAIN_ADMIN $PLAIN_API $NGINX_PLAIN; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
@@ -57,7 +56,6 @@ trap cleanup EXIT
 echo "building gantry (release)..." >&2
 (cd "$ROOT" && cargo build --release -q)
 GANTRY="$ROOT/target/release/gantry"
-source "$ROOT/bench/lib.sh"   # start_upstream, start_nginx_proxy
 
 # One ECDSA P-256 certificate for both (rcgen, via `gantry certs dev`).
 "$GANTRY" certs dev --out "$WORK/certs" --name localhost --name 127.0.0.1 >/dev/null 2>&1

@@ -20,6 +20,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+source "$ROOT/bench/lib.sh"
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-64}
@@ -44,9 +45,7 @@ if [ -n "$BASELINE" ]; then
 fi
 TARGETS=("${GANTRY_TARGETS[@]}" nginx)
 
-for tool in nginx wrk taskset python3 curl; do
-  command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install nginx-light wrk)" >&2; exit 1; }
-done
+require_tools "apt-get install nginx-light wrk" nginx wrk taskset python3 curl
 for target in "${TARGETS[@]}"; do
   for port in "${PORT_OF[$target]}" $((PORT_OF[$target] + 1)) $((PORT_OF[$target] + 2)); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then

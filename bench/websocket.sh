@@ -13,20 +13,15 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+source "$ROOT/bench/lib.sh"
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-10}
 CONNS=${CONNS:-32}
 SIZE=${SIZE:-256}
 UPSTREAM_PORT=19400 GANTRY_PORT=19401 GANTRY_ADMIN=19402 GANTRY_API=19403 NGINX_PORT=19404
 
-for tool in nginx taskset python3; do
-  command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install nginx-light python3-venv)" >&2; exit 1; }
-done
-for port in $UPSTREAM_PORT $GANTRY_PORT $GANTRY_ADMIN $GANTRY_API $NGINX_PORT; do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    echo "bench: port $port is already in use; stop what listens there first" >&2; exit 1
-  fi
-done
+require_tools "apt-get install nginx-light python3-venv" nginx taskset python3
+require_free_ports $UPSTREAM_PORT $GANTRY_PORT $GANTRY_ADMIN $GANTRY_API $NGINX_PORT
 WORK=$(mktemp -d /tmp/gantry-ws.XXXXXX)
 PIDS=()
 cleanup() {

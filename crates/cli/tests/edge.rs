@@ -15,16 +15,11 @@ use support::{client, Gantry};
 const SECRET_KEY: &str = "edge-test-secret";
 
 fn token() -> String {
-    let claims = json!({ "sub": "ops", "exp": 4_000_000_000u64 });
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET_KEY.as_bytes()),
-    )
-    .unwrap()
+    support::hs256_token(SECRET_KEY, "ops")
 }
 
 fn protected_manifest(upstream: SocketAddr, platform_extra: &str) -> String {
+    let jwt = support::jwt_section(SECRET_KEY);
     format!(
         r#"
 [platform]
@@ -33,11 +28,7 @@ admin = "127.0.0.1:{{ADMIN}}"
 watch = false
 {platform_extra}
 
-[jwt]
-[[jwt.keys]]
-algorithm = "HS256"
-secret = "{SECRET_KEY}"
-
+{jwt}
 [services.app]
 urls = ["http://{upstream}"]
 

@@ -86,16 +86,11 @@ fn call(python: &Path, target: &str, method: &str, args: &[&str]) -> Value {
 }
 
 fn token() -> String {
-    let claims = json!({ "sub": "grpc-client", "exp": 4_000_000_000u64 });
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET_KEY.as_bytes()),
-    )
-    .unwrap()
+    support::hs256_token(SECRET_KEY, "grpc-client")
 }
 
 fn manifest(server: u16, platform_extra: &str) -> String {
+    let jwt = support::jwt_section(SECRET_KEY);
     format!(
         r#"
 [platform]
@@ -104,11 +99,7 @@ admin = "127.0.0.1:{{ADMIN}}"
 watch = false
 {platform_extra}
 
-[jwt]
-[[jwt.keys]]
-algorithm = "HS256"
-secret = "{SECRET_KEY}"
-
+{jwt}
 [services.echo]
 urls = ["http://127.0.0.1:{server}"]
 protocol = "h2c"

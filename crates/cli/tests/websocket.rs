@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use serde_json::json;
 use support::{client, Gantry};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -45,13 +44,7 @@ async fn echo_server() -> SocketAddr {
 }
 
 fn token() -> String {
-    let claims = json!({ "sub": "ws-client", "exp": 4_000_000_000u64 });
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET_KEY.as_bytes()),
-    )
-    .unwrap()
+    support::hs256_token(SECRET_KEY, "ws-client")
 }
 
 fn manifest(upstream: SocketAddr, platform_extra: &str, extra_route: &str) -> String {
@@ -66,6 +59,7 @@ fn manifest_with(
     extra_route: &str,
     chat_extra: &str,
 ) -> String {
+    let jwt = support::jwt_section(SECRET_KEY);
     format!(
         r#"
 [platform]
@@ -75,11 +69,7 @@ watch = false
 drain_timeout = "1s"
 {platform_extra}
 
-[jwt]
-[[jwt.keys]]
-algorithm = "HS256"
-secret = "{SECRET_KEY}"
-
+{jwt}
 [services.chat]
 urls = ["http://{upstream}"]
 {chat_extra}

@@ -301,3 +301,21 @@ pub fn stripe_signature(secret: &[u8], t: u64, body: &str) -> String {
     mac.update(format!("{t}.{body}").as_bytes());
     format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
 }
+
+/// An HS256 token for `sub` that expires in 2096, signed with `secret`.
+#[allow(dead_code)] // not every test binary signs tokens
+pub fn hs256_token(secret: &str, sub: &str) -> String {
+    let claims = serde_json::json!({ "sub": sub, "exp": 4_000_000_000u64 });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// A manifest's `[jwt]` section trusting HS256 tokens signed with `secret`.
+#[allow(dead_code)]
+pub fn jwt_section(secret: &str) -> String {
+    format!("[jwt]\n[[jwt.keys]]\nalgorithm = \"HS256\"\nsecret = \"{secret}\"\n")
+}
