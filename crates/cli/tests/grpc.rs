@@ -266,14 +266,7 @@ async fn grpc_calls_pass_through_with_their_deadlines_statuses_and_retries() {
     );
 
     // Statuses are counted by route and code.
-    let metrics = client()
-        .get(gantry.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gantry.metrics().await;
     for code in ["ok", "unavailable", "deadline_exceeded", "unauthenticated"] {
         assert!(
             metrics

@@ -196,14 +196,7 @@ async fn messages_pass_both_ways_with_auth_at_the_handshake_and_an_idle_timeout(
     assert_eq!(close_code(&mut idle).await, CloseCode::Away);
     round_trip(&mut private, Message::text("still here")).await;
 
-    let metrics = client()
-        .get(gantry.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gantry.metrics().await;
     for needle in [
         r#"gantry_websocket_connections_closed_total{route="/idle/*",reason="idle_timeout"} 1"#,
         r#"gantry_websocket_connections_opened_total{route="/*"} 1"#,

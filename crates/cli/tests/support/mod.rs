@@ -186,6 +186,19 @@ impl Gantry {
         format!("http://127.0.0.1:{}{}", self.admin, path)
     }
 
+    /// The admin listener's `/metrics`, as text.
+    #[allow(dead_code)]
+    pub async fn metrics(&self) -> String {
+        client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub fn manifest_path(&self) -> PathBuf {
         self.dir.path().join("gantry.toml")
     }
