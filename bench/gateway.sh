@@ -179,8 +179,6 @@ for pid in $GANTRY_PID $BARE_PID $EDGE_PID; do
   kill -0 "$pid" 2>/dev/null || { echo "bench: gantry exited:" >&2; cat "$WORK/logs/gantry.log" "$WORK/logs/bare.log" >&2; exit 1; }
 done
 
-# CPU ticks (user+system) of a process and its children threads.
-cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 nginx_worker() { pgrep -P "$(cat "$WORK/nginx.pid")" | head -1; }
 
 declare -A PID_OF=([gantry]=$GANTRY_PID [gantry-bare]=$BARE_PID [gantry-edge]=$EDGE_PID [nginx]=$(nginx_worker))
@@ -188,7 +186,6 @@ TARGETS=(gantry gantry-bare gantry-edge nginx)
 declare -A PORT_OF=([gantry]=$GANTRY_PORT [gantry-bare]=$BARE_PORT [gantry-edge]=$EDGE_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT)
 if [ "$HAVE_HAPROXY" = 1 ]; then TARGETS+=(haproxy); PID_OF[haproxy]=$HAPROXY_PID; fi
 
-HZ=$(getconf CLK_TCK)
 RESULTS="$WORK/results.tsv"
 for run in $(seq "$RUNS"); do
   for target in "${TARGETS[@]}"; do

@@ -31,6 +31,9 @@ stop_gantry() {
 
 # CPU seconds (user+system, all threads) a process used so far.
 HZ=$(getconf CLK_TCK)
+
+# CPU ticks (user+system, all threads) a process used so far; divide by HZ.
+cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
 cpu_seconds() {
   if [ -n "${1:-}" ] && [ -r "/proc/$1/stat" ]; then
     awk -v hz="$HZ" '{ sub(/^.*\) /, ""); print ($12 + $13) / hz }' "/proc/$1/stat"

@@ -122,8 +122,6 @@ declare -A PID_OF=([gantry]=$GANTRY_PID [gantry-traced]=$TRACED_PID [nginx]=$(ng
                    [gantry-plain]=$PLAIN_PID [nginx-plain]=$(nginx_worker))
 declare -A PORT_OF=([gantry]=$GANTRY_PORT [gantry-traced]=$TRACED_PORT [nginx]=$NGINX_PORT
                     [gantry-plain]=$PLAIN_PORT [nginx-plain]=$NGINX_PLAIN)
-HZ=$(getconf CLK_TCK)
-cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
 
 RESULTS="$WORK/results.tsv"
 for run in $(seq "$RUNS"); do

@@ -129,8 +129,6 @@ for target in "${TARGETS[@]}"; do
   curl -fsS -o /dev/null "$url" || { echo "bench: $target does not answer" >&2; cat "$WORK"/logs/* >&2; exit 1; }
 done
 
-cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
-HZ=$(getconf CLK_TCK)
 RESULTS="$WORK/results.tsv"
 for run in $(seq "$RUNS"); do
   for target in "${TARGETS[@]}"; do

@@ -94,8 +94,6 @@ for port in $UPSTREAM_PORT $NGINX_PORT $GANTRY_PORT; do
   "$PY" "$LOAD" load "ws://127.0.0.1:$port/" 1 0.05 8 | grep -q "errors=0" || { echo "bench: no WebSocket echo through $port" >&2; cat "$WORK"/logs/* >&2; exit 1; }
 done
 
-HZ=$(getconf CLK_TCK)
-cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
 nginx_worker() { pgrep -P "$(cat "$WORK/nginx.pid")" | head -1; }
 declare -A PID_OF=([gantry]=$GANTRY_PID [nginx]=$(nginx_worker))
 declare -A PORT_OF=([gantry]=$GANTRY_PORT [nginx]=$NGINX_PORT)
