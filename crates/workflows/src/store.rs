@@ -1,69 +1,28 @@
-//! The journal: `workflows.db` in the data directory (SQLite, WAL,
-//! `synchronous = FULL`). Every step transition is written here before and
-//! after the step runs; a restart continues from what it says.
+//! The journal: definitions, runs, and every step's attempts, outputs,
+//! errors and timers. Every step transition is written here before and
+//! after the step runs; a restart (or, in cluster mode, another node)
+//! continues from what it says.
 //!
-//! One thread owns the connection. It takes every operation that is waiting
-//! and runs them in one transaction (each multi-statement operation in its
-//! own savepoint), then commits once: concurrent runs share an fsync, as in
-//! the event store.
+//! Two backends behind one API:
+//! - [`Store::open`]: `workflows.db` in the data directory (SQLite), for a
+//!   single node;
+//! - [`Store::postgres`]: the cluster's PostgreSQL, shared by every node.
+//!   There each active run is leased to the node driving it (`owner`,
+//!   `lease_until`), and the writes a driver makes are fenced: they are
+//!   refused with [`JournalError::LeaseLost`] once another node holds the run.
+
+mod postgres;
+mod sqlite;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
 
 use crate::definition::Definition;
-
-/// Operations that may share one commit.
-const MAX_BATCH: usize = 512;
-
-/// Runs after the transaction that held the job commits (or fails to).
-type Finish = Box<dyn FnOnce(std::result::Result<(), JournalError>) + Send>;
-/// A unit of work for the writer thread.
-type Job = Box<dyn FnOnce(&mut Connection) -> Finish + Send>;
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS definitions (
-    workflow TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    json TEXT NOT NULL,
-    created_ms INTEGER NOT NULL,
-    PRIMARY KEY (workflow, version)
-);
-CREATE TABLE IF NOT EXISTS instances (
-    id TEXT PRIMARY KEY,
-    workflow TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    input TEXT NOT NULL,
-    state TEXT NOT NULL,
-    position INTEGER NOT NULL DEFAULT 0,
-    generation INTEGER NOT NULL DEFAULT 0,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    error TEXT,
-    trace TEXT NOT NULL,
-    wait_from TEXT NOT NULL DEFAULT '{}',
-    created_ms INTEGER NOT NULL,
-    updated_ms INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS instances_by_state ON instances (state);
-CREATE TABLE IF NOT EXISTS steps (
-    instance TEXT NOT NULL,
-    idx INTEGER NOT NULL,
-    phase TEXT NOT NULL,
-    name TEXT NOT NULL,
-    status TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    output TEXT,
-    error TEXT,
-    started_ms INTEGER,
-    finished_ms INTEGER,
-    not_before_ms INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (instance, idx, phase)
-);
-";
 
 /// A workflow run's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -154,45 +113,13 @@ pub struct StepRecord {
     pub not_before_ms: i64,
 }
 
-/// The journal.
-#[derive(Clone)]
-pub struct Store {
-    jobs: mpsc::Sender<Job>,
-}
-
-impl std::fmt::Debug for Store {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").finish_non_exhaustive()
-    }
-}
-
-/// The writer thread: group commits until every sender is gone.
-fn run_writer(mut conn: Connection, mut jobs: mpsc::Receiver<Job>) {
-    while let Some(first) = jobs.blocking_recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        let begun = conn.execute_batch("BEGIN IMMEDIATE");
-        // A job that runs with no batch transaction around it (BEGIN failed,
-        // or an error made SQLite roll the batch back) committed on its own.
-        let finishes: Vec<(bool, Finish)> = batch
-            .into_iter()
-            .map(|job| (conn.is_autocommit(), job(&mut conn)))
-            .collect();
-        let committed = begun
-            .and_then(|_| conn.execute_batch("COMMIT"))
-            .map_err(JournalError::sql);
-        if committed.is_err() && !conn.is_autocommit() {
-            let _ = conn.execute_batch("ROLLBACK");
-        }
-        for (alone, finish) in finishes {
-            finish(if alone { Ok(()) } else { committed.clone() });
-        }
-    }
+/// What renewing a run's lease found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Renewal {
+    /// The run's state now.
+    pub state: State,
+    /// An operator asked (possibly on another node) to cancel the run.
+    pub cancel_requested: bool,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -202,14 +129,25 @@ pub(crate) fn now_ms() -> i64 {
 }
 
 /// Why the journal could not do what was asked. Always Gantry's own
-/// failure (its disk, its shutdown), never the caller's; worth retrying
-/// later.
+/// failure (its disk, its database, its shutdown), never the caller's;
+/// worth retrying later.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum JournalError {
     #[error("cannot open the workflow journal {path}: {reason}")]
     Open { path: String, reason: String },
     #[error("workflow journal: {0}")]
     Sql(String),
+    /// PostgreSQL failed (kept behind an `Arc`: one failure may be answered
+    /// to several callers).
+    #[error("workflow journal: {0}")]
+    Postgres(Arc<gantry_cluster::PgError>),
+    /// The journal holds something this Gantry cannot read.
+    #[error("workflow journal: {0}")]
+    Corrupt(String),
+    /// This node no longer holds run `id`'s lease: another node took it
+    /// over, so this node must stop driving it and write nothing more.
+    #[error("this node no longer holds the lease of workflow run `{id}`; another node drives it")]
+    LeaseLost { id: String },
     #[error("the workflow journal has stopped (Gantry is shutting down)")]
     Stopped,
 }
@@ -222,130 +160,97 @@ impl JournalError {
     }
 }
 
+impl From<gantry_cluster::PgError> for JournalError {
+    fn from(error: gantry_cluster::PgError) -> JournalError {
+        JournalError::Postgres(Arc::new(error))
+    }
+}
+
 type Result<T> = std::result::Result<T, JournalError>;
 
-impl Store {
-    pub fn open(data_dir: &Path) -> Result<Store> {
-        let path = data_dir.join("workflows.db");
-        let open_failed = |reason: String| JournalError::Open {
-            path: path.display().to_string(),
-            reason,
+/// The journal. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(sqlite::Sqlite),
+    Postgres(postgres::Pg),
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let backend = match &self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
         };
-        let conn = Connection::open(&path).map_err(|e| open_failed(e.to_string()))?;
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
-        )
-        .and_then(|_| conn.execute_batch(SCHEMA))
-        .map_err(|e| open_failed(e.to_string()))?;
-        let (jobs, rx) = mpsc::channel(4 * MAX_BATCH);
-        std::thread::Builder::new()
-            .name("gantry-workflows-db".into())
-            .spawn(move || run_writer(conn, rx))
-            .map_err(|e| open_failed(format!("cannot start its thread: {e}")))?;
-        Ok(Store { jobs })
+        f.debug_struct("Store")
+            .field("backend", &backend)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Calls the same method on whichever backend the store has.
+macro_rules! dispatch {
+    ($self:ident . $method:ident ( $($arg:expr),* )) => {
+        match &$self.backend {
+            Backend::Sqlite(store) => store.$method($($arg),*).await,
+            Backend::Postgres(store) => store.$method($($arg),*).await,
+        }
+    };
+}
+
+impl Store {
+    /// The embedded journal: `workflows.db` in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Store> {
+        Ok(Store {
+            backend: Backend::Sqlite(sqlite::Sqlite::open(data_dir)?),
+        })
     }
 
-    /// Runs `work` on the writer thread; resolves once it is committed.
-    async fn with<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let (reply, answer) = oneshot::channel();
-        let job: Job = Box::new(move |conn: &mut Connection| {
-            let outcome = work(conn).map_err(JournalError::sql);
-            Box::new(move |committed: std::result::Result<(), JournalError>| {
-                let _ = reply.send(committed.and(outcome));
-            })
-        });
-        self.jobs
-            .send(job)
-            .await
-            .map_err(|_| JournalError::Stopped)?;
-        answer.await.map_err(|_| JournalError::Stopped)?
+    /// The cluster's journal in PostgreSQL, its tables brought up to date.
+    /// `holder` names this process (see `gantry_cluster::Cluster::holder`);
+    /// runs it drives are leased to it for `lease` at a time.
+    pub async fn postgres(
+        pg: &gantry_cluster::Postgres,
+        holder: &str,
+        lease: Duration,
+    ) -> Result<Store> {
+        Ok(Store {
+            backend: Backend::Postgres(postgres::Pg::open(pg, holder, lease).await?),
+        })
+    }
+
+    /// How long a run's lease lasts, in cluster mode; `None` for the
+    /// embedded journal, where this process is the only driver.
+    pub fn lease(&self) -> Option<Duration> {
+        match &self.backend {
+            Backend::Sqlite(_) => None,
+            Backend::Postgres(store) => Some(store.lease()),
+        }
     }
 
     /// Stores `definition` as a new version unless the latest one has the
     /// same steps; returns it with its version.
     pub async fn register(&self, definition: Definition) -> Result<Definition> {
-        self.with(move |conn| {
-            let tx = conn.savepoint()?;
-            let latest: Option<(u32, String)> = tx
-                .query_row(
-                    "SELECT version, json FROM definitions WHERE workflow = ?1 ORDER BY version DESC LIMIT 1",
-                    [&definition.workflow],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?;
-            if let Some((version, json)) = &latest {
-                if let Ok(stored) = serde_json::from_str::<Definition>(json) {
-                    if stored.same_steps(&definition) {
-                        return Ok(Definition { version: *version, ..definition });
-                    }
-                }
-            }
-            let version = latest.map_or(1, |(v, _)| v + 1);
-            let definition = Definition { version, ..definition };
-            tx.execute(
-                "INSERT INTO definitions (workflow, version, json, created_ms) VALUES (?1, ?2, ?3, ?4)",
-                params![
-                    definition.workflow,
-                    version,
-                    serde_json::to_string(&definition).expect("definitions serialize"),
-                    now_ms()
-                ],
-            )?;
-            tx.commit()?;
-            Ok(definition)
-        })
-        .await
+        dispatch!(self.register(definition))
     }
 
     pub async fn definition(&self, workflow: &str, version: u32) -> Result<Option<Definition>> {
-        let workflow = workflow.to_string();
-        self.with(move |conn| {
-            let json: Option<String> = conn
-                .query_row(
-                    "SELECT json FROM definitions WHERE workflow = ?1 AND version = ?2",
-                    params![workflow, version],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
-        })
-        .await
+        dispatch!(self.definition(workflow, version))
     }
 
     /// Creates a run unless one with this id exists; returns the run and
-    /// whether it was created.
+    /// whether it was created. In cluster mode this node takes the new
+    /// run's lease with it.
     pub async fn create(&self, instance: Run) -> Result<(Run, bool)> {
-        self.with(move |conn| {
-            let tx = conn.savepoint()?;
-            if let Some(existing) = load(&tx, &instance.id)? {
-                return Ok((existing, false));
-            }
-            tx.execute(
-                "INSERT INTO instances (id, workflow, version, input, state, trace, wait_from, created_ms, updated_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
-                params![
-                    instance.id,
-                    instance.workflow,
-                    instance.version,
-                    instance.input.to_string(),
-                    instance.state.as_str(),
-                    instance.trace,
-                    serde_json::to_string(&instance.wait_from).expect("a map serializes"),
-                    instance.created_ms,
-                ],
-            )?;
-            tx.commit()?;
-            Ok((instance, true))
-        })
-        .await
+        dispatch!(self.create(instance))
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<Run>> {
-        let id = id.to_string();
-        self.with(move |conn| load(conn, &id)).await
+        dispatch!(self.get(id))
     }
 
     /// Runs, newest first.
@@ -355,70 +260,27 @@ impl Store {
         workflow: Option<String>,
         limit: usize,
     ) -> Result<Vec<Run>> {
-        self.with(move |conn| {
-            let mut statement = conn.prepare(
-                "SELECT id FROM instances WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR workflow = ?2)
-                 ORDER BY created_ms DESC, id LIMIT ?3",
-            )?;
-            let ids: Vec<String> = statement
-                .query_map(
-                    params![state.map(State::as_str), workflow, limit as i64],
-                    |r| r.get(0),
-                )?
-                .collect::<rusqlite::Result<_>>()?;
-            let mut out = Vec::with_capacity(ids.len());
-            for id in ids {
-                out.extend(load(conn, &id)?);
-            }
-            Ok(out)
-        })
-        .await
+        dispatch!(self.list(state, workflow, limit))
     }
 
     /// How many runs of each workflow are in each unfinished state
     /// (running, waiting, compensating, needs_attention).
     pub async fn open_counts(&self) -> Result<Vec<(String, String, u64)>> {
-        self.with(|conn| {
-            conn.prepare(
-                "SELECT workflow, state, COUNT(*) FROM instances
-                 WHERE state IN ('running', 'waiting', 'compensating', 'needs_attention')
-                 GROUP BY workflow, state",
-            )?
-            .query_map([], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
-            })?
-            .collect()
-        })
-        .await
+        dispatch!(self.open_counts())
     }
 
-    /// Every run the engine must drive (after a restart).
+    /// Every run the engine must drive (after a restart), oldest first.
     pub async fn active(&self) -> Result<Vec<String>> {
-        self.with(|conn| {
-            conn.prepare(
-                "SELECT id FROM instances WHERE state IN ('running', 'waiting', 'compensating') ORDER BY created_ms",
-            )?
-            .query_map([], |r| r.get(0))?
-            .collect()
-        })
-        .await
+        dispatch!(self.active())
     }
 
     pub async fn steps(&self, id: &str) -> Result<Vec<StepRecord>> {
-        let id = id.to_string();
-        self.with(move |conn| steps(conn, &id)).await
+        dispatch!(self.steps(id))
     }
 
+    /// Moves the run to `state` (a driver's write: fenced in cluster mode).
     pub async fn set_state(&self, id: &str, state: State, error: Option<String>) -> Result<()> {
-        let id = id.to_string();
-        self.with(move |conn| {
-            conn.execute(
-                "UPDATE instances SET state = ?2, error = COALESCE(?3, error), updated_ms = ?4 WHERE id = ?1",
-                params![id, state.as_str(), error, now_ms()],
-            )
-            .map(|_| ())
-        })
-        .await
+        dispatch!(self.set_state(id, state, error))
     }
 
     /// Records that an attempt is about to run (before its side effect).
@@ -431,20 +293,7 @@ impl Store {
         attempts: u32,
         not_before_ms: i64,
     ) -> Result<()> {
-        let (id, phase, name) = (id.to_string(), phase.to_string(), name.to_string());
-        self.with(move |conn| {
-            let now = now_ms();
-            conn.execute(
-                "INSERT INTO steps (instance, idx, phase, name, status, attempts, started_ms, not_before_ms)
-                 VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6, ?7)
-                 ON CONFLICT DO UPDATE SET status = 'running', attempts = excluded.attempts,
-                    started_ms = COALESCE(steps.started_ms, excluded.started_ms),
-                    not_before_ms = excluded.not_before_ms, finished_ms = NULL",
-                params![id, idx as i64, phase, name, attempts, now, not_before_ms],
-            )
-            .map(|_| ())
-        })
-        .await
+        dispatch!(self.attempt_started(id, idx, phase, name, attempts, not_before_ms))
     }
 
     /// An attempt failed; the next may run at `not_before_ms`.
@@ -456,16 +305,7 @@ impl Store {
         error: &str,
         not_before_ms: i64,
     ) -> Result<()> {
-        let (id, phase, error) = (id.to_string(), phase.to_string(), error.to_string());
-        self.with(move |conn| {
-            conn.execute(
-                "UPDATE steps SET status = 'retrying', error = ?4, not_before_ms = ?5
-                 WHERE instance = ?1 AND idx = ?2 AND phase = ?3",
-                params![id, idx as i64, phase, error, not_before_ms],
-            )
-            .map(|_| ())
-        })
-        .await
+        dispatch!(self.attempt_failed(id, idx, phase, error, not_before_ms))
     }
 
     /// The step finished: `done` with its output, or `failed` for good.
@@ -476,20 +316,7 @@ impl Store {
         phase: &str,
         outcome: std::result::Result<Value, String>,
     ) -> Result<()> {
-        let (id, phase) = (id.to_string(), phase.to_string());
-        self.with(move |conn| {
-            let (status, output, error) = match outcome {
-                Ok(output) => ("done", Some(output.to_string()), None),
-                Err(error) => ("failed", None, Some(error)),
-            };
-            conn.execute(
-                "UPDATE steps SET status = ?4, output = ?5, error = COALESCE(?6, error), finished_ms = ?7
-                 WHERE instance = ?1 AND idx = ?2 AND phase = ?3",
-                params![id, idx as i64, phase, status, output, error, now_ms()],
-            )
-            .map(|_| ())
-        })
-        .await
+        dispatch!(self.finish(id, idx, phase, outcome))
     }
 
     /// A forward step succeeded: its output, the next position and the run's
@@ -501,22 +328,7 @@ impl Store {
         output: Value,
         state: State,
     ) -> Result<()> {
-        let id = id.to_string();
-        self.with(move |conn| {
-            let tx = conn.savepoint()?;
-            let now = now_ms();
-            tx.execute(
-                "UPDATE steps SET status = 'done', output = ?3, finished_ms = ?4
-                 WHERE instance = ?1 AND idx = ?2 AND phase = 'do'",
-                params![id, idx as i64, output.to_string(), now],
-            )?;
-            tx.execute(
-                "UPDATE instances SET position = ?2, state = ?3, updated_ms = ?4 WHERE id = ?1",
-                params![id, idx as i64 + 1, state.as_str(), now],
-            )?;
-            tx.commit()
-        })
-        .await
+        dispatch!(self.complete_step(id, idx, output, state))
     }
 
     /// A step (or compensation) failed for good, and the run moves to
@@ -531,122 +343,66 @@ impl Store {
         state: State,
         run_error: String,
     ) -> Result<()> {
-        let (id, phase) = (id.to_string(), phase.to_string());
-        self.with(move |conn| {
-            let tx = conn.savepoint()?;
-            let now = now_ms();
-            tx.execute(
-                "UPDATE steps SET status = 'failed', error = ?4, finished_ms = ?5
-                 WHERE instance = ?1 AND idx = ?2 AND phase = ?3",
-                params![id, idx as i64, phase, error, now],
-            )?;
-            tx.execute(
-                "UPDATE instances SET state = ?2, error = ?3, updated_ms = ?4 WHERE id = ?1",
-                params![id, state.as_str(), run_error, now],
-            )?;
-            tx.commit()
-        })
-        .await
+        dispatch!(self.fail_step(id, idx, phase, error, state, run_error))
     }
 
     /// An operator retries a parked run: its failed compensation starts over.
     pub async fn retry(&self, id: &str) -> Result<()> {
-        let id = id.to_string();
-        self.with(move |conn| {
-            let tx = conn.savepoint()?;
-            tx.execute(
-                "DELETE FROM steps WHERE instance = ?1 AND phase = 'undo' AND status != 'done'",
-                [&id],
-            )?;
-            tx.execute(
-                "UPDATE instances SET state = 'compensating', updated_ms = ?2 WHERE id = ?1",
-                params![id, now_ms()],
-            )?;
-            tx.commit()
-        })
-        .await
+        dispatch!(self.retry(id))
     }
 
     /// An operator resumes a run from a step: it and the steps after it run
     /// again (under a new generation of idempotency keys).
     pub async fn resume(&self, id: &str, from: usize) -> Result<()> {
-        let id = id.to_string();
-        self.with(move |conn| {
-            let tx = conn.savepoint()?;
-            tx.execute(
-                "DELETE FROM steps WHERE instance = ?1 AND (phase = 'undo' OR idx >= ?2)",
-                params![id, from as i64],
-            )?;
-            tx.execute(
-                "UPDATE instances SET state = 'running', position = ?2, generation = generation + 1,
-                    cancel_requested = 0, error = NULL, updated_ms = ?3 WHERE id = ?1",
-                params![id, from as i64, now_ms()],
-            )?;
-            tx.commit()
-        })
-        .await
+        dispatch!(self.resume(id, from))
     }
 
     pub async fn request_cancel(&self, id: &str) -> Result<()> {
-        let id = id.to_string();
-        self.with(move |conn| {
-            conn.execute(
-                "UPDATE instances SET cancel_requested = 1, updated_ms = ?2 WHERE id = ?1",
-                params![id, now_ms()],
-            )
-            .map(|_| ())
-        })
-        .await
+        dispatch!(self.request_cancel(id))
     }
-}
 
-fn load(conn: &Connection, id: &str) -> rusqlite::Result<Option<Run>> {
-    conn.query_row(
-        "SELECT id, workflow, version, input, state, position, generation, cancel_requested, error,
-                trace, wait_from, created_ms, updated_ms
-         FROM instances WHERE id = ?1",
-        [id],
-        |r| {
-            Ok(Run {
-                id: r.get(0)?,
-                workflow: r.get(1)?,
-                version: r.get(2)?,
-                input: serde_json::from_str(&r.get::<_, String>(3)?).unwrap_or(Value::Null),
-                state: State::parse(&r.get::<_, String>(4)?).unwrap_or(State::Failed),
-                position: r.get::<_, i64>(5)? as usize,
-                generation: r.get(6)?,
-                cancel_requested: r.get(7)?,
-                error: r.get(8)?,
-                trace: r.get(9)?,
-                wait_from: serde_json::from_str(&r.get::<_, String>(10)?).unwrap_or_default(),
-                created_ms: r.get(11)?,
-                updated_ms: r.get(12)?,
-            })
-        },
-    )
-    .optional()
-}
+    /// An operator cancels a parked run: `needs_attention` becomes
+    /// `cancelled`. False when the run was not parked (any more).
+    pub async fn cancel_parked(&self, id: &str, error: String) -> Result<bool> {
+        dispatch!(self.cancel_parked(id, error))
+    }
 
-fn steps(conn: &Connection, id: &str) -> rusqlite::Result<Vec<StepRecord>> {
-    conn.prepare(
-        "SELECT idx, phase, name, status, attempts, output, error, started_ms, finished_ms, not_before_ms
-         FROM steps WHERE instance = ?1 ORDER BY COALESCE(started_ms, 0), idx, phase",
-    )?
-    .query_map([id], |r| {
-        Ok(StepRecord {
-            idx: r.get::<_, i64>(0)? as usize,
-            phase: r.get(1)?,
-            name: r.get(2)?,
-            status: r.get(3)?,
-            attempts: r.get(4)?,
-            output: r
-                .get::<_, Option<String>>(5)?
-                .and_then(|s| serde_json::from_str(&s).ok()),
-            error: r.get(6)?,
-            started_ms: r.get(7)?,
-            finished_ms: r.get(8)?,
-            not_before_ms: r.get(9)?,
-        })
-    })?
-    .collect()
+    /// Takes (or keeps) run `id`'s lease for this node: true when this node
+    /// may drive it. Always true for the embedded journal.
+    pub async fn acquire(&self, id: &str) -> Result<bool> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(true),
+            Backend::Postgres(store) => store.acquire(id).await,
+        }
+    }
+
+    /// Extends run `id`'s lease while this node drives it; `None` when
+    /// another node holds it now (or the run is gone).
+    pub async fn renew(&self, id: &str) -> Result<Option<Renewal>> {
+        match &self.backend {
+            Backend::Sqlite(store) => Ok(store.get(id).await?.map(|run| Renewal {
+                state: run.state,
+                cancel_requested: run.cancel_requested,
+            })),
+            Backend::Postgres(store) => store.renew(id).await,
+        }
+    }
+
+    /// Gives run `id`'s lease up (it ended, parked, or this node stops), so
+    /// another node may drive it at once.
+    pub async fn release(&self, id: &str) -> Result<()> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Postgres(store) => store.release(id).await,
+        }
+    }
+
+    /// Active runs no node holds: never picked up, or their driver's lease
+    /// lapsed (it died). Empty for the embedded journal.
+    pub async fn orphans(&self, limit: usize) -> Result<Vec<String>> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(Vec::new()),
+            Backend::Postgres(store) => store.orphans(limit).await,
+        }
+    }
 }
