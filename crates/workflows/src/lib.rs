@@ -2,13 +2,23 @@
 //!
 //! - [`definition`]: a `[workflows.NAME]` as the engine stores it, versioned,
 //!   and template rendering (`{{ input.x }}`, `{{ steps.s.output.y }}`);
-//! - [`store`]: the journal (`workflows.db`): definitions, runs, and every
-//!   step's attempts, outputs, errors and timers;
+//! - [`store`]: the journal (`workflows.db`, or the cluster's PostgreSQL):
+//!   definitions, runs, and every step's attempts, outputs, errors and
+//!   timers;
 //! - `engine`: runs one workflow from its journal: steps in order with
 //!   retries and idempotency keys, compensation in reverse on failure,
 //!   parking as `needs_attention` when a compensation keeps failing;
 //! - [`api`]: `POST /v1/workflows/{name}` on the platform API, and the
 //!   operator endpoints on the admin API.
+//!
+//! In cluster mode ([`Engine::open_postgres`]) every node shares the
+//! journal, and a run is driven by one node at a time: the one holding its
+//! lease. The driver renews the lease every third of its length and gives
+//! it up when the run ends or parks (a `sleep` or `wait` step keeps it: the
+//! node waiting is the one watching). Each node sweeps the journal every
+//! second for active runs nobody holds (their node died, or they were
+//! never picked up) and takes them over; their steps replay under the same
+//! idempotency keys, so the services see each side effect once.
 
 pub mod api;
 pub mod definition;
@@ -17,8 +27,9 @@ mod metrics;
 pub mod store;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use axum::http::StatusCode;
@@ -32,9 +43,19 @@ use tokio_util::sync::CancellationToken;
 pub use definition::Definition;
 pub use engine::IDEMPOTENCY_HEADER;
 pub use metrics::WorkflowMetrics;
-pub use store::{JournalError, Run, State, StepRecord, Store};
+pub use store::{JournalError, Renewal, Run, State, StepRecord, Store};
 
 use store::now_ms;
+
+/// How long a node holds a run it drives, unless told otherwise: another
+/// node takes the run over this long after its driver died.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+
+/// How often a node in a cluster looks for runs nobody drives.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// How many unowned runs one sweep takes at most.
+const SWEEP_BATCH: usize = 100;
 
 /// The workflow engine of one Gantry process. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -54,6 +75,8 @@ pub(crate) struct Inner {
     /// Runs being driven now, with what stops them.
     running: Mutex<HashMap<String, CancellationToken>>,
     shutdown: CancellationToken,
+    /// The cluster's sweeper for unowned runs has started.
+    sweeping: AtomicBool,
     pub metrics: WorkflowMetrics,
     /// Where step spans go.
     pub traces: Option<gantry_telemetry::traces::TraceStore>,
@@ -129,19 +152,50 @@ impl Engine {
         directory: ServiceDirectory,
         traces: Option<gantry_telemetry::traces::TraceStore>,
     ) -> Result<Engine, JournalError> {
-        Ok(Engine {
+        Ok(Engine::with_store(
+            Store::open(data_dir)?,
+            bus,
+            directory,
+            traces,
+        ))
+    }
+
+    /// Cluster mode: opens the journal in the cluster's PostgreSQL (bringing
+    /// its tables up to date). This node drives the runs it starts and takes
+    /// over those whose driver stopped renewing its `lease`
+    /// ([`DEFAULT_LEASE`] unless configured). The sweeper that takes them
+    /// over starts with [`Engine::resume_all`] (or [`Engine::apply`]).
+    pub async fn open_postgres(
+        cluster: &gantry_cluster::Cluster,
+        lease: Duration,
+        bus: EventBus,
+        directory: ServiceDirectory,
+        traces: Option<gantry_telemetry::traces::TraceStore>,
+    ) -> Result<Engine, JournalError> {
+        let store = Store::postgres(cluster.postgres(), &cluster.holder(), lease).await?;
+        Ok(Engine::with_store(store, bus, directory, traces))
+    }
+
+    fn with_store(
+        store: Store,
+        bus: EventBus,
+        directory: ServiceDirectory,
+        traces: Option<gantry_telemetry::traces::TraceStore>,
+    ) -> Engine {
+        Engine {
             inner: Arc::new(Inner {
-                store: Store::open(data_dir)?,
+                store,
                 bus,
                 directory,
                 outbound: gantry_services::outbound::Outbound::shared().clone(),
                 current: ArcSwap::default(),
                 running: Mutex::default(),
                 shutdown: CancellationToken::new(),
+                sweeping: AtomicBool::new(false),
                 metrics: WorkflowMetrics::default(),
                 traces,
             }),
-        })
+        }
     }
 
     /// The engine's metric families, to register in the process's registry.
@@ -195,12 +249,45 @@ impl Engine {
     }
 
     /// Drives every run the journal says was going (after a start, once the
-    /// event bus is ready for their publishes and waits).
+    /// event bus is ready for their publishes and waits). In cluster mode,
+    /// only those no other node holds, and from then on the sweeper takes
+    /// over every run whose lease lapses.
     pub async fn resume_all(&self) -> Result<(), JournalError> {
         for id in self.inner.store.active().await? {
             self.spawn(&id);
         }
+        self.start_sweeper();
         Ok(())
+    }
+
+    /// In cluster mode, looks every [`SWEEP_EVERY`] for active runs no node
+    /// holds and drives them, until shutdown. Once per engine.
+    fn start_sweeper(&self) {
+        if self.inner.store.lease().is_none() || self.inner.sweeping.swap(true, Ordering::SeqCst)
+        {
+            return;
+        }
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = engine.inner.shutdown.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                match engine.inner.store.orphans(SWEEP_BATCH).await {
+                    Ok(ids) => {
+                        for id in ids {
+                            engine.spawn(&id);
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(target: "gantry::workflows", %error, "cannot look for workflow runs to take over");
+                    }
+                }
+            }
+        });
     }
 
     /// Starts a run of `workflow`. With a caller-chosen `id`, starting is
@@ -441,15 +528,18 @@ impl Engine {
                 self.spawn(id);
             }
             State::NeedsAttention => {
-                self.inner
+                // Not driven by any node, so not a driver's (fenced) write.
+                let cancelled = self
+                    .inner
                     .store
-                    .set_state(
-                        id,
-                        State::Cancelled,
-                        Some("cancelled by an operator".into()),
-                    )
+                    .cancel_parked(id, "cancelled by an operator".into())
                     .await
                     .map_err(WorkflowError::Journal)?;
+                if !cancelled {
+                    return Err(WorkflowError::Conflict(format!(
+                        "run `{id}` changed while it was being cancelled; look at it again"
+                    )));
+                }
             }
             other => {
                 return Err(WorkflowError::Conflict(format!(
@@ -463,7 +553,8 @@ impl Engine {
 
     /// Drives a run in the background unless it already is. The driver
     /// starts over when it was interrupted (a cancel during a wait) or the
-    /// journal failed, until the run stops or Gantry shuts down.
+    /// journal failed, until the run stops or Gantry shuts down. In cluster
+    /// mode it drives the run only while it holds the run's lease.
     fn spawn(&self, id: &str) {
         {
             let mut running = self.inner.running.lock().expect("running lock");
@@ -475,31 +566,7 @@ impl Engine {
         let inner = self.inner.clone();
         let id = id.to_string();
         tokio::spawn(async move {
-            loop {
-                let token = {
-                    let mut running = inner.running.lock().expect("running lock");
-                    let token = running
-                        .entry(id.clone())
-                        .or_insert_with(|| inner.shutdown.child_token());
-                    if token.is_cancelled() {
-                        *token = inner.shutdown.child_token();
-                    }
-                    token.clone()
-                };
-                let result = engine::drive(&inner, &id, &token).await;
-                if inner.shutdown.is_cancelled() {
-                    break;
-                }
-                match result {
-                    Err(error) => {
-                        tracing::error!(target: "gantry::workflows", id, %error, "cannot drive the workflow; trying again");
-                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                    }
-                    // Interrupted (a cancel during a wait): go on from the journal.
-                    Ok(()) if token.is_cancelled() => {}
-                    Ok(()) => break,
-                }
-            }
+            keep_driving(&inner, &id).await;
             inner.running.lock().expect("running lock").remove(&id);
         });
     }
@@ -512,6 +579,100 @@ impl Engine {
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// The life of one run's driver on this node: take the lease, drive with the
+/// lease renewed alongside, and give it up when the run stops.
+async fn keep_driving(inner: &Inner, id: &str) {
+    loop {
+        match inner.store.acquire(id).await {
+            Ok(true) => {}
+            // Another node drives it.
+            Ok(false) => return,
+            Err(error) => {
+                // The sweeper tries again in a moment.
+                tracing::warn!(target: "gantry::workflows", id, %error, "cannot take the run's lease");
+                return;
+            }
+        }
+        let token = {
+            let mut running = inner.running.lock().expect("running lock");
+            let token = running
+                .entry(id.to_string())
+                .or_insert_with(|| inner.shutdown.child_token());
+            if token.is_cancelled() {
+                *token = inner.shutdown.child_token();
+            }
+            token.clone()
+        };
+        let result = match inner.store.lease() {
+            None => Some(engine::drive(inner, id, &token).await),
+            Some(lease) => tokio::select! {
+                result = engine::drive(inner, id, &token) => Some(result),
+                () = hold_lease(inner, id, lease, &token) => None,
+            },
+        };
+        let Some(result) = result else {
+            // Dropping the driver abandoned any call in flight; the new
+            // owner replays it under the same idempotency key.
+            tracing::warn!(target: "gantry::workflows", id, "another node took the run over; no longer driving it");
+            return;
+        };
+        if inner.shutdown.is_cancelled() {
+            // Let another node take the run over at once, not a lease later.
+            release(inner, id).await;
+            return;
+        }
+        match result {
+            Err(engine::DriveError::Journal(JournalError::LeaseLost { .. })) => {
+                tracing::warn!(target: "gantry::workflows", id, "another node took the run over; no longer driving it");
+                return;
+            }
+            Err(error) => {
+                tracing::error!(target: "gantry::workflows", id, %error, "cannot drive the workflow; trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            // Interrupted (a cancel during a wait): go on from the journal.
+            Ok(()) if token.is_cancelled() => {}
+            Ok(()) => {
+                release(inner, id).await;
+                return;
+            }
+        }
+    }
+}
+
+async fn release(inner: &Inner, id: &str) {
+    if let Err(error) = inner.store.release(id).await {
+        tracing::warn!(target: "gantry::workflows", id, %error, "cannot give the run's lease up; it lapses instead");
+    }
+}
+
+/// Renews run `id`'s lease every third of `lease` while it is driven;
+/// returns when this node no longer holds it (another node took it, or
+/// renewing failed for a whole lease, so another node may have). Also
+/// passes on a cancel asked on another node to a run waiting here.
+async fn hold_lease(inner: &Inner, id: &str, lease: Duration, token: &CancellationToken) {
+    let every = (lease / 3).max(Duration::from_millis(20));
+    let mut renewed = Instant::now();
+    loop {
+        tokio::time::sleep(every).await;
+        match inner.store.renew(id).await {
+            Ok(Some(renewal)) => {
+                renewed = Instant::now();
+                if renewal.cancel_requested && renewal.state == State::Waiting {
+                    token.cancel();
+                }
+            }
+            Ok(None) => return,
+            Err(error) => {
+                tracing::warn!(target: "gantry::workflows", id, %error, "cannot renew the run's lease");
+                if renewed.elapsed() >= lease {
+                    return;
+                }
+            }
         }
     }
 }
