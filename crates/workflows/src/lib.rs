@@ -263,8 +263,7 @@ impl Engine {
     /// In cluster mode, looks every [`SWEEP_EVERY`] for active runs no node
     /// holds and drives them, until shutdown. Once per engine.
     fn start_sweeper(&self) {
-        if self.inner.store.lease().is_none() || self.inner.sweeping.swap(true, Ordering::SeqCst)
-        {
+        if self.inner.store.lease().is_none() || self.inner.sweeping.swap(true, Ordering::SeqCst) {
             return;
         }
         let engine = self.clone();
