@@ -219,7 +219,7 @@ async fn create_key(State(state): State<AdminState>, body: axum::body::Bytes) ->
             "the body must be {\"consumer\": \"NAME\"}",
         );
     };
-    match keys.create(&consumer) {
+    match keys.create(&consumer).await {
         Ok(created) => {
             tracing::info!(target: "gantry::keys", id = %created.info.id, consumer = %created.info.consumer, "API key created");
             (StatusCode::CREATED, Json(created)).into_response()
@@ -230,32 +230,36 @@ async fn create_key(State(state): State<AdminState>, body: axum::body::Bytes) ->
 
 /// `GET /v1/keys`: every key without its secret.
 async fn list_keys(State(state): State<AdminState>) -> Response {
-    match state.gateway.api_keys().map(|keys| keys.list()) {
-        Some(Ok(keys)) => Json(json!({ "keys": keys })).into_response(),
-        Some(Err(error)) => error.problem().respond(),
-        None => problem(
+    let Some(keys) = state.gateway.api_keys() else {
+        return problem(
             StatusCode::SERVICE_UNAVAILABLE,
             "the API key store is not open",
-        ),
+        );
+    };
+    match keys.list().await {
+        Ok(keys) => Json(json!({ "keys": keys })).into_response(),
+        Err(error) => error.problem().respond(),
     }
 }
 
 /// `DELETE /v1/keys/{id}`: revokes a key at once.
 async fn revoke_key(State(state): State<AdminState>, Path(id): Path<String>) -> Response {
-    match state.gateway.api_keys().map(|keys| keys.revoke(&id)) {
-        Some(Ok(true)) => {
+    let Some(keys) = state.gateway.api_keys() else {
+        return problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the API key store is not open",
+        );
+    };
+    match keys.revoke(&id).await {
+        Ok(true) => {
             tracing::info!(target: "gantry::keys", %id, "API key revoked");
             StatusCode::NO_CONTENT.into_response()
         }
-        Some(Ok(false)) => problem(
+        Ok(false) => problem(
             StatusCode::NOT_FOUND,
             &format!("no API key has the id `{id}`; `gantry keys list` shows them"),
         ),
-        Some(Err(error)) => error.problem().respond(),
-        None => problem(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the API key store is not open",
-        ),
+        Err(error) => error.problem().respond(),
     }
 }
 

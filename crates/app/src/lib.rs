@@ -19,6 +19,7 @@
 //!    `drain_timeout`), stop event deliveries (what was in flight stays
 //!    pending for the next start), stop every service process.
 
+mod cluster;
 mod reload;
 mod traces_api;
 mod watch;
@@ -94,9 +95,63 @@ fn server_tls(config: &gantry_manifest::TlsConfig) -> Result<gantry_tls::ServerT
         .map_err(|e| AppError::Start(format!("[platform.tls]: {e}")))
 }
 
+/// What `gantry up`'s flags change about a node, over what every
+/// configuration says: so several nodes can run from one manifest on one
+/// machine, each with its own ports and data directory.
+#[derive(Debug, Clone, Default)]
+pub struct NodeOptions {
+    /// The node's name in the cluster (default: the host name).
+    pub node: Option<String>,
+    pub listen: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    pub api: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+}
+
+impl NodeOptions {
+    /// Applies the flags to a configuration's `[platform]`.
+    pub(crate) fn apply(&self, platform: &mut gantry_manifest::Platform) {
+        if let Some(listen) = self.listen {
+            platform.listen = listen;
+        }
+        if let Some(admin) = self.admin {
+            platform.admin = admin;
+        }
+        if let Some(api) = self.api {
+            platform.api = api;
+        }
+        if let Some(data_dir) = &self.data_dir {
+            platform.data_dir = data_dir.clone();
+        }
+    }
+}
+
 /// Runs the system the manifest at `path` describes until `shutdown` fires.
 pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppError> {
-    let mut manifest = gantry_manifest::load(path)?;
+    run_node(path, NodeOptions::default(), shutdown).await
+}
+
+/// Like [`run`], with `gantry up`'s flags. With `[cluster]` in the manifest
+/// the node joins the cluster and runs the cluster's configuration.
+pub async fn run_node(
+    path: &Path,
+    node: NodeOptions,
+    shutdown: CancellationToken,
+) -> Result<(), AppError> {
+    let local = gantry_manifest::load(path)?;
+    let local_text = std::fs::read_to_string(path).unwrap_or_default();
+    let base_dir = local.base_dir.clone();
+    let (cluster, mut manifest, text, version) = match local.cluster.clone() {
+        Some(config) => {
+            let name = cluster::node_name(node.node.as_deref());
+            let joined = cluster::connect(&config, &name).await?;
+            let (manifest, text, version) =
+                cluster::first_config(&joined, local, local_text, path).await?;
+            (Some(joined), manifest, text, Some(version))
+        }
+        None => (None, local, local_text, None),
+    };
+    node.apply(&mut manifest.platform);
     let platform = manifest.platform.clone();
     std::fs::create_dir_all(&platform.data_dir).map_err(|source| AppError::DataDir {
         path: platform.data_dir.clone(),
@@ -153,12 +208,26 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
     });
     let bus = EventBus::open(&platform.data_dir, directory.clone(), Some(traces.clone()))
         .map_err(AppError::Start)?;
-    let workflows = Engine::open(
-        &platform.data_dir,
-        bus.clone(),
-        directory.clone(),
-        Some(traces.clone()),
-    )?;
+    // Sagas: in cluster mode the journal is shared and each run is leased
+    // to the node driving it.
+    let workflows = match (&cluster, &manifest.cluster) {
+        (Some(cluster), Some(config)) => {
+            Engine::open_postgres(
+                cluster,
+                config.lease,
+                bus.clone(),
+                directory.clone(),
+                Some(traces.clone()),
+            )
+            .await?
+        }
+        _ => Engine::open(
+            &platform.data_dir,
+            bus.clone(),
+            directory.clone(),
+            Some(traces.clone()),
+        )?,
+    };
     bus.set_workflow_starter(Arc::new(workflows.clone()));
     bus.register_metrics(&metrics);
     workflows.register_metrics(&metrics);
@@ -178,7 +247,16 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
     let buckets = gantry_buckets::Buckets::new(&platform.data_dir, bus.clone());
     let (live, table) = Live::start(
         path,
-        manifest,
+        reload::Loaded {
+            manifest,
+            text,
+            version,
+            source: match &cluster {
+                Some(cluster) => reload::Source::Cluster(cluster.clone()),
+                None => reload::Source::File,
+            },
+            node: node.clone(),
+        },
         gateway_metrics.clone(),
         reload::Events {
             bus: bus.clone(),
@@ -190,18 +268,29 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
             buckets: buckets.clone(),
             slos: slos.clone(),
             traces: traces.clone(),
+            base_dir,
         },
     )
     .await
     .map_err(AppError::Start)?;
+    // Idempotency records and API keys: shared by every node in cluster
+    // mode, so a key holds across nodes.
+    let (idempotency, api_keys) = match &cluster {
+        Some(cluster) => (
+            IdempotencyStore::postgres(cluster.postgres().clone()).await?,
+            ApiKeys::postgres(cluster.postgres().clone()).await?,
+        ),
+        None => (
+            IdempotencyStore::open(&platform.data_dir)?,
+            ApiKeys::open(&platform.data_dir)?,
+        ),
+    };
     let gateway = Gateway::with_parts(
         table,
         gateway_metrics,
         GatewayParts {
-            // Idempotency records and API keys live in the data directory
-            // and outlive restarts.
-            idempotency: Some(IdempotencyStore::open(&platform.data_dir)?),
-            api_keys: Some(ApiKeys::open(&platform.data_dir)?),
+            idempotency: Some(idempotency),
+            api_keys: Some(api_keys),
             observer: Some(observer),
         },
     );
@@ -212,7 +301,12 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
     let servers = CancellationToken::new();
     // Watch the manifest before anything reports ready, so an edit made
     // right after `/readyz` answers 200 is not missed.
-    let mut triggers = watch::Triggers::new(path, platform.watch);
+    // In cluster mode the configuration comes from the database, not the file.
+    let mut triggers = watch::Triggers::new(path, platform.watch && cluster.is_none());
+    let mut cluster_versions = match &cluster {
+        Some(cluster) => cluster.config().watch(servers.clone()),
+        None => mpsc::channel(1).1,
+    };
     let tls_watcher = tls
         .as_ref()
         .map(|tls| tls.spawn_watcher(CERTIFICATE_POLL, servers.clone()));
@@ -242,7 +336,8 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
             .merge(gantry_functions::api::admin_router(
                 functions.clone(),
                 scheduler.clone(),
-            )),
+            ))
+            .merge(cluster::admin_router(cluster.clone())),
         servers.clone(),
     ));
     let api_task = tokio::spawn({
@@ -268,15 +363,47 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
         "gantry is up"
     );
 
+    // Join the cluster once this node serves: from here on it heartbeats.
+    let heartbeat = match &cluster {
+        Some(cluster) => {
+            let addresses = gantry_cluster::NodeAddresses {
+                gateway: platform.listen.to_string(),
+                admin: platform.admin.to_string(),
+                api: platform.api.to_string(),
+            };
+            let joined = cluster.join(&addresses, servers.clone()).await;
+            match joined {
+                Ok(task) => {
+                    cluster.report_config(live.version(), None).await;
+                    tracing::info!(target: "gantry::cluster", node = cluster.node(), version = ?live.version(), "joined the cluster");
+                    Some(task)
+                }
+                Err(error) => {
+                    servers.cancel();
+                    return Err(AppError::Start(error.to_string()));
+                }
+            }
+        }
+        None => None,
+    };
+
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(request) = reload_rx.recv() => {
                 let outcome = live.reload(watch::Trigger::AdminApi).await;
+                report(cluster.as_ref(), &live, &outcome).await;
                 let _ = request.reply.send(outcome);
             }
             Some(source) = triggers.next() => {
-                let _ = live.reload(source).await;
+                let outcome = live.reload(source).await;
+                report(cluster.as_ref(), &live, &outcome).await;
+            }
+            Some(version) = cluster_versions.recv() => {
+                if live.version() < Some(version) {
+                    let outcome = live.reload(watch::Trigger::Cluster).await;
+                    report(cluster.as_ref(), &live, &outcome).await;
+                }
             }
         }
     }
@@ -293,6 +420,9 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
     let _ = admin_task.await;
     let _ = api_task.await;
     let _ = slo_task.await;
+    if let Some(task) = heartbeat {
+        let _ = task.await;
+    }
     workflows.stop().await;
     bus.stop().await;
     live.stop_all(platform.drain_timeout).await;
@@ -310,6 +440,20 @@ pub async fn run(path: &Path, shutdown: CancellationToken) -> Result<(), AppErro
     functions.stop();
     tracing::info!(target: "gantry::app", "stopped");
     Ok(())
+}
+
+/// Tells the cluster which configuration this node runs after a reload, or
+/// why it kept the previous one.
+async fn report(
+    cluster: Option<&gantry_cluster::Cluster>,
+    live: &Live,
+    outcome: &Result<gantry_admin::ReloadReport, gantry_admin::ReloadRefused>,
+) {
+    let Some(cluster) = cluster else { return };
+    match outcome {
+        Ok(_) => cluster.report_config(live.version(), None).await,
+        Err(refused) => cluster.report_config(None, Some(&refused.reason)).await,
+    }
 }
 
 /// The trace store's sampling, from `[telemetry]`.

@@ -13,19 +13,34 @@ use gantry_services::ServiceDirectory;
 use gantry_services::ServiceHandle;
 
 use crate::watch::Trigger;
-use crate::READY_LIMIT;
+use crate::{NodeOptions, READY_LIMIT};
 
 /// What is running now, and what a reload compares against.
 #[derive(Debug)]
 pub(crate) struct Live {
     path: PathBuf,
+    /// Where configurations come from: the manifest file, or the cluster.
+    source: Source,
+    /// What `gantry up`'s flags change in every configuration.
+    node: NodeOptions,
     platform: Platform,
     /// The manifest text last applied, so a save without changes is a no-op.
     applied_text: String,
+    /// The cluster configuration version running (cluster mode only).
+    applied_version: Option<i64>,
     services: HashMap<String, Arc<ServiceHandle>>,
     metrics: GatewayMetrics,
     gateway: Option<Gateway>,
     events: Events,
+}
+
+/// Where a reload reads the configuration.
+#[derive(Debug)]
+pub(crate) enum Source {
+    /// The manifest file (embedded mode).
+    File,
+    /// The newest version stored in the cluster's database.
+    Cluster(gantry_cluster::Cluster),
 }
 
 /// The event bus and what it needs from a reload.
@@ -47,6 +62,20 @@ pub(crate) struct Events {
     pub slos: gantry_slo::Slos,
     /// The trace store, whose sampling follows `[telemetry]`.
     pub traces: gantry_telemetry::traces::TraceStore,
+    /// The directory relative paths in every configuration resolve against:
+    /// the local manifest's.
+    pub base_dir: PathBuf,
+}
+
+/// A configuration read and checked, ready to start with.
+#[derive(Debug)]
+pub(crate) struct Loaded {
+    pub manifest: Manifest,
+    pub text: String,
+    /// Its version, in cluster mode.
+    pub version: Option<i64>,
+    pub source: Source,
+    pub node: NodeOptions,
 }
 
 /// The services to run: the manifest's, one per function and one per bucket.
@@ -65,10 +94,17 @@ impl Live {
     /// Starts every service of `manifest` and builds the first route table.
     pub async fn start(
         path: &Path,
-        manifest: Manifest,
+        first: Loaded,
         metrics: GatewayMetrics,
         events: Events,
     ) -> Result<(Live, RouteTable), String> {
+        let Loaded {
+            manifest,
+            text,
+            version,
+            source,
+            node,
+        } = first;
         events.functions.apply(&manifest).await?;
         events.buckets.apply(&manifest.buckets).await?;
         let mut services = HashMap::new();
@@ -117,8 +153,11 @@ impl Live {
         }
         let live = Live {
             path: path.to_path_buf(),
+            source,
+            node,
             platform: manifest.platform,
-            applied_text: std::fs::read_to_string(path).unwrap_or_default(),
+            applied_text: text,
+            applied_version: version,
             services,
             metrics,
             gateway: None,
@@ -132,15 +171,41 @@ impl Live {
         self
     }
 
-    /// Re-reads the manifest and applies it. On any error the running system
-    /// is left exactly as it was.
+    /// The cluster configuration version running, in cluster mode.
+    pub(crate) fn version(&self) -> Option<i64> {
+        self.applied_version
+    }
+
+    /// Re-reads the configuration (the manifest file, or the cluster's
+    /// newest version) and applies it. On any error the running system is
+    /// left exactly as it was.
     pub(crate) async fn reload(&mut self, trigger: Trigger) -> Result<ReloadReport, ReloadRefused> {
-        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
-        // Editors and `touch` fire file events without a change in content.
-        if trigger == Trigger::FileChange && text == self.applied_text {
+        let (text, origin, version) = match &self.source {
+            Source::File => (
+                std::fs::read_to_string(&self.path).unwrap_or_default(),
+                self.path.clone(),
+                None,
+            ),
+            Source::Cluster(cluster) => match cluster.config().latest().await {
+                Ok(Some((version, text))) => (text, crate::cluster::origin(version), Some(version)),
+                Ok(None) => return Ok(ReloadReport::default()),
+                Err(error) => {
+                    let reason = format!("cannot read the cluster's configuration: {error}");
+                    return Err(self.refuse(trigger, reason));
+                }
+            },
+        };
+        // Editors and `touch` fire file events without a change in content;
+        // a cluster node hears of its own version more than once.
+        let unchanged = match version {
+            Some(version) => self.applied_version == Some(version),
+            None => text == self.applied_text,
+        };
+        if unchanged && matches!(trigger, Trigger::FileChange | Trigger::Cluster) {
             return Ok(ReloadReport::default());
         }
-        let mut manifest = match gantry_manifest::load(&self.path) {
+        let base_dir = self.events.base_dir.clone();
+        let mut manifest = match gantry_manifest::parse(&text, &origin, &base_dir) {
             Ok(manifest) => manifest,
             Err(error) => {
                 let reason = error.to_string();
@@ -148,6 +213,7 @@ impl Live {
                 return Err(ReloadRefused { reason });
             }
         };
+        self.node.apply(&mut manifest.platform);
 
         crate::give_platform_env(&mut manifest, &self.events.api_url);
 
@@ -319,6 +385,7 @@ impl Live {
 
         self.services = next;
         self.applied_text = text;
+        self.applied_version = version;
         // Listeners, and the certificates they were started with, stay until
         // a restart (certificate files themselves are watched and reloaded).
         if manifest

@@ -18,6 +18,8 @@ pub(crate) enum Trigger {
     FileChange,
     Hangup,
     AdminApi,
+    /// A new configuration version stored in the cluster's database.
+    Cluster,
 }
 
 impl Trigger {
@@ -26,6 +28,7 @@ impl Trigger {
             Trigger::FileChange => "file change",
             Trigger::Hangup => "SIGHUP",
             Trigger::AdminApi => "admin API",
+            Trigger::Cluster => "cluster configuration",
         }
     }
 }

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod admin_client;
+mod cluster;
 mod events;
 mod functions;
 mod slo;
@@ -45,6 +46,43 @@ enum Command {
         /// one nginx worker.
         #[arg(long, env = "GANTRY_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
         workers: Option<u16>,
+        /// This node's name in a cluster (also `GANTRY_NODE`; default: the host name).
+        #[arg(long, env = "GANTRY_NODE")]
+        node: Option<String>,
+        /// The gateway's address, over `listen` in [platform].
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// The admin API's address, over `admin` in [platform].
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+        /// The platform API's address, over `api` in [platform].
+        #[arg(long)]
+        api: Option<std::net::SocketAddr>,
+        /// The data directory, over `data_dir` in [platform].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Store a manifest as the cluster's configuration (validated first);
+    /// every node takes it within a second. Needs [cluster] in the manifest.
+    Apply {
+        #[arg(short = 'f', long = "file", default_value = "gantry.toml")]
+        file: PathBuf,
+        /// How long to wait for every node to run it.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
+    },
+    /// The cluster's configuration versions: history and rollback.
+    Config {
+        #[command(subcommand)]
+        command: cluster::ConfigCommand,
+    },
+    /// The cluster's nodes: state, addresses, configuration version, heartbeat.
+    Nodes {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[arg(short = 'f', long = "file", default_value = "gantry.toml")]
+        file: PathBuf,
     },
     /// Check a manifest and report every mistake with file:line:col. Exits 0
     /// when it is valid, 1 otherwise.
@@ -247,7 +285,26 @@ fn main() -> ExitCode {
             file,
             log_format,
             workers,
-        } => up(&file, log_format, workers),
+            node,
+            listen,
+            admin,
+            api,
+            data_dir,
+        } => up(
+            &file,
+            log_format,
+            workers,
+            gantry_app::NodeOptions {
+                node,
+                listen,
+                admin,
+                api,
+                data_dir,
+            },
+        ),
+        Command::Apply { file, wait } => cluster::apply(&file, wait),
+        Command::Config { command } => cluster::config(command),
+        Command::Nodes { json, file } => cluster::nodes(&file, json),
     }
 }
 
@@ -615,7 +672,12 @@ fn validate(file: &Path) -> ExitCode {
     }
 }
 
-fn up(file: &Path, format: Format, workers: Option<u16>) -> ExitCode {
+fn up(
+    file: &Path,
+    format: Format,
+    workers: Option<u16>,
+    node: gantry_app::NodeOptions,
+) -> ExitCode {
     let _logs = gantry_telemetry::init_logging(match format {
         Format::Pretty => LogFormat::Pretty,
         Format::Json => LogFormat::Json,
@@ -642,7 +704,7 @@ fn up(file: &Path, format: Format, workers: Option<u16>) -> ExitCode {
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signals(shutdown.clone()));
-        match gantry_app::run(file, shutdown).await {
+        match gantry_app::run_node(file, node, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("{error}");

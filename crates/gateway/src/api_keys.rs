@@ -19,6 +19,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use gantry_cluster::migrate::Migrations;
+use gantry_cluster::{PgError, Postgres};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::database::StoreError;
@@ -32,15 +34,38 @@ const CACHE_CAPACITY: usize = 10_000;
 /// How key material is generated: 1 was `fastrand`, 2 is the OS CSPRNG.
 const SCHEME_CSPRNG: i64 = 2;
 
+/// The embedded table as it was first made; the `scheme` column is added
+/// after it by [`ApiKeys::open`] (that upgrade predates versioned schemas).
+const SQLITE: Migrations = Migrations {
+    store: "api_keys",
+    steps: &["CREATE TABLE IF NOT EXISTS api_keys (
+                 id TEXT PRIMARY KEY, consumer TEXT NOT NULL, hash BLOB NOT NULL UNIQUE,
+                 created_ms INTEGER NOT NULL, revoked INTEGER NOT NULL DEFAULT 0);"],
+};
+
+const POSTGRES: Migrations = Migrations {
+    store: "api_keys",
+    steps: &["CREATE TABLE gantry_api_keys (
+                 id TEXT PRIMARY KEY, consumer TEXT NOT NULL, hash BYTEA NOT NULL UNIQUE,
+                 created_ms BIGINT NOT NULL, revoked BOOLEAN NOT NULL DEFAULT false,
+                 scheme BIGINT NOT NULL);"],
+};
+
 /// The API key store. Cheap to clone.
 #[derive(Clone)]
 pub struct ApiKeys {
-    connection: Arc<Mutex<Connection>>,
+    backend: Backend,
     /// Consumers of valid keys by key hash, and when they were looked up.
     cache: Arc<Mutex<KeyCache>>,
     /// Bumped by every revocation: a lookup that started before one does not
     /// put what it read into the cache.
     generation: Arc<AtomicU64>,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(Arc<Mutex<Connection>>),
+    Postgres(Postgres),
 }
 
 /// Consumers of valid keys by key hash, and when they were looked up.
@@ -74,13 +99,9 @@ pub struct NewApiKey {
 }
 
 impl ApiKeys {
+    /// The keys in `gantry.db` in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<ApiKeys, StoreError> {
-        let connection = crate::database::open(
-            data_dir,
-            "CREATE TABLE IF NOT EXISTS api_keys (
-                 id TEXT PRIMARY KEY, consumer TEXT NOT NULL, hash BLOB NOT NULL UNIQUE,
-                 created_ms INTEGER NOT NULL, revoked INTEGER NOT NULL DEFAULT 0);",
-        )?;
+        let connection = crate::database::open(data_dir, &SQLITE)?;
         {
             // Keys from before `scheme` existed were made with `fastrand` (scheme 1).
             let db = connection.lock().unwrap_or_else(|e| e.into_inner());
@@ -95,16 +116,27 @@ impl ApiKeys {
                 .map_err(StoreError::sql("cannot upgrade the api_keys table"))?;
             }
         }
-        Ok(ApiKeys {
-            connection,
+        Ok(ApiKeys::with(Backend::Sqlite(connection)))
+    }
+
+    /// The keys in the cluster's PostgreSQL: a key made on one node works
+    /// on all of them, and a revocation reaches every node within [`CACHE_TTL`].
+    pub async fn postgres(pg: Postgres) -> Result<ApiKeys, StoreError> {
+        gantry_cluster::migrate::postgres(&pg, &POSTGRES).await?;
+        Ok(ApiKeys::with(Backend::Postgres(pg)))
+    }
+
+    fn with(backend: Backend) -> ApiKeys {
+        ApiKeys {
+            backend,
             cache: Arc::default(),
             generation: Arc::default(),
-        })
+        }
     }
 
     /// Creates a key for `consumer`: `gk_<id>_<secret>`, a 64-bit id and a
     /// 256-bit secret, both from the OS CSPRNG.
-    pub fn create(&self, consumer: &str) -> Result<NewApiKey, StoreError> {
+    pub async fn create(&self, consumer: &str) -> Result<NewApiKey, StoreError> {
         let mut random = [0u8; 40];
         getrandom::fill(&mut random).map_err(|e| StoreError::Random(e.to_string()))?;
         let id = hex::encode(&random[..8]);
@@ -112,13 +144,28 @@ impl ApiKeys {
         let created_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
-        let connection = self.connection.lock().unwrap_or_else(|e| e.into_inner());
-        connection
-            .execute(
-                "INSERT INTO api_keys (id, consumer, hash, created_ms, scheme) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![id, consumer, hash(&key).as_slice(), created_ms, SCHEME_CSPRNG],
-            )
-            .map_err(StoreError::sql("API keys"))?;
+        let digest = hash(&key);
+        match &self.backend {
+            Backend::Sqlite(connection) => {
+                let connection = connection.lock().unwrap_or_else(|e| e.into_inner());
+                connection
+                    .execute(
+                        "INSERT INTO api_keys (id, consumer, hash, created_ms, scheme) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        params![id, consumer, digest.as_slice(), created_ms, SCHEME_CSPRNG],
+                    )
+                    .map_err(StoreError::sql("API keys"))?;
+            }
+            Backend::Postgres(pg) => {
+                pg.client()
+                    .await?
+                    .execute(
+                        "INSERT INTO gantry_api_keys (id, consumer, hash, created_ms, scheme) VALUES ($1, $2, $3, $4, $5)",
+                        &[&id, &consumer, &digest.as_slice(), &created_ms, &SCHEME_CSPRNG],
+                    )
+                    .await
+                    .map_err(PgError::query("API keys"))?;
+            }
+        }
         Ok(NewApiKey {
             info: ApiKeyInfo {
                 id,
@@ -131,36 +178,73 @@ impl ApiKeys {
         })
     }
 
-    pub fn list(&self) -> Result<Vec<ApiKeyInfo>, StoreError> {
-        let connection = self.connection.lock().unwrap_or_else(|e| e.into_inner());
-        let mut statement = connection
-            .prepare(
-                "SELECT id, consumer, created_ms, revoked, scheme FROM api_keys ORDER BY created_ms",
-            )
-            .map_err(StoreError::sql("API keys"))?;
-        let rows = statement
-            .query_map([], |row| {
-                let revoked: bool = row.get(3)?;
-                Ok(ApiKeyInfo {
-                    id: row.get(0)?,
-                    consumer: row.get(1)?,
-                    created_ms: row.get(2)?,
-                    revoked,
-                    rotate: !revoked && row.get::<_, i64>(4)? < SCHEME_CSPRNG,
-                })
-            })
-            .map_err(StoreError::sql("API keys"))?;
-        rows.collect::<Result<_, _>>()
-            .map_err(StoreError::sql("API keys"))
+    pub async fn list(&self) -> Result<Vec<ApiKeyInfo>, StoreError> {
+        let info = |id, consumer, created_ms, revoked, scheme: i64| ApiKeyInfo {
+            id,
+            consumer,
+            created_ms,
+            revoked,
+            rotate: !revoked && scheme < SCHEME_CSPRNG,
+        };
+        match &self.backend {
+            Backend::Sqlite(connection) => {
+                let connection = connection.lock().unwrap_or_else(|e| e.into_inner());
+                let mut statement = connection
+                    .prepare(
+                        "SELECT id, consumer, created_ms, revoked, scheme FROM api_keys ORDER BY created_ms",
+                    )
+                    .map_err(StoreError::sql("API keys"))?;
+                let rows = statement
+                    .query_map([], |row| {
+                        Ok(info(
+                            row.get(0)?,
+                            row.get(1)?,
+                            row.get(2)?,
+                            row.get(3)?,
+                            row.get(4)?,
+                        ))
+                    })
+                    .map_err(StoreError::sql("API keys"))?;
+                rows.collect::<Result<_, _>>()
+                    .map_err(StoreError::sql("API keys"))
+            }
+            Backend::Postgres(pg) => {
+                let rows = pg
+                    .client()
+                    .await?
+                    .query(
+                        "SELECT id, consumer, created_ms, revoked, scheme FROM gantry_api_keys ORDER BY created_ms, id",
+                        &[],
+                    )
+                    .await
+                    .map_err(PgError::query("API keys"))?;
+                Ok(rows
+                    .iter()
+                    .map(|row| info(row.get(0), row.get(1), row.get(2), row.get(3), row.get(4)))
+                    .collect())
+            }
+        }
     }
 
     /// Revokes a key; `false` when there is no such key.
-    pub fn revoke(&self, id: &str) -> Result<bool, StoreError> {
-        let connection = self.connection.lock().unwrap_or_else(|e| e.into_inner());
-        let changed = connection
-            .execute("UPDATE api_keys SET revoked = 1 WHERE id = ?1", params![id])
-            .map_err(StoreError::sql("API keys"))?;
-        drop(connection);
+    pub async fn revoke(&self, id: &str) -> Result<bool, StoreError> {
+        let changed = match &self.backend {
+            Backend::Sqlite(connection) => {
+                let connection = connection.lock().unwrap_or_else(|e| e.into_inner());
+                connection
+                    .execute("UPDATE api_keys SET revoked = 1 WHERE id = ?1", params![id])
+                    .map_err(StoreError::sql("API keys"))? as u64
+            }
+            Backend::Postgres(pg) => pg
+                .client()
+                .await?
+                .execute(
+                    "UPDATE gantry_api_keys SET revoked = true WHERE id = $1",
+                    &[&id],
+                )
+                .await
+                .map_err(PgError::query("API keys"))?,
+        };
         // The cache is keyed by hash, which the id does not give: start over.
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
@@ -183,19 +267,33 @@ impl ApiKeys {
             }
         }
         let generation = self.generation.load(Ordering::SeqCst);
-        let keys = self.clone();
-        let found = tokio::task::spawn_blocking(move || {
-            let connection = keys.connection.lock().unwrap_or_else(|e| e.into_inner());
-            connection
-                .query_row(
-                    "SELECT consumer FROM api_keys WHERE hash = ?1 AND revoked = 0",
-                    params![digest.as_slice()],
-                    |row| row.get::<_, String>(0),
+        let found = match &self.backend {
+            Backend::Sqlite(connection) => {
+                let connection = connection.clone();
+                tokio::task::spawn_blocking(move || {
+                    let connection = connection.lock().unwrap_or_else(|e| e.into_inner());
+                    connection
+                        .query_row(
+                            "SELECT consumer FROM api_keys WHERE hash = ?1 AND revoked = 0",
+                            params![digest.as_slice()],
+                            |row| row.get::<_, String>(0),
+                        )
+                        .optional()
+                        .map_err(StoreError::sql("cannot read API keys"))
+                })
+                .await??
+            }
+            Backend::Postgres(pg) => pg
+                .client()
+                .await?
+                .query_opt(
+                    "SELECT consumer FROM gantry_api_keys WHERE hash = $1 AND NOT revoked",
+                    &[&digest.as_slice()],
                 )
-                .optional()
-                .map_err(StoreError::sql("cannot read API keys"))
-        })
-        .await??
+                .await
+                .map_err(PgError::query("cannot read API keys"))?
+                .map(|row| row.get::<_, String>(0)),
+        }
         .map(Arc::<str>::from);
         if let Some(consumer) = &found {
             let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
@@ -221,8 +319,8 @@ fn hash(key: &str) -> [u8; 32] {
 mod tests {
     use super::*;
 
-    #[test]
-    fn keys_from_before_the_csprng_are_marked_to_rotate() {
+    #[tokio::test]
+    async fn keys_from_before_the_csprng_are_marked_to_rotate() {
         let dir = tempfile::tempdir().unwrap();
         {
             // gantry.db as an older Gantry left it: no `scheme` column.
@@ -237,14 +335,14 @@ mod tests {
             .unwrap();
         }
         let keys = ApiKeys::open(dir.path()).unwrap();
-        let fresh = keys.create("new").unwrap();
-        let listed = keys.list().unwrap();
+        let fresh = keys.create("new").await.unwrap();
+        let listed = keys.list().await.unwrap();
         let rotate: Vec<(&str, bool)> = listed
             .iter()
             .map(|k| (k.consumer.as_str(), k.rotate))
             .collect();
         assert_eq!(rotate, [("old", true), ("gone", false), ("new", false)]);
-        assert_ne!(fresh.key, keys.create("new").unwrap().key);
+        assert_ne!(fresh.key, keys.create("new").await.unwrap().key);
         // Opening again does not try to add the column twice.
         ApiKeys::open(dir.path()).unwrap();
     }
@@ -253,14 +351,14 @@ mod tests {
     async fn a_key_revoked_by_another_process_stops_working_after_the_cache_ttl() {
         let dir = tempfile::tempdir().unwrap();
         let keys = ApiKeys::open(dir.path()).unwrap();
-        let key = keys.create("shop").unwrap();
+        let key = keys.create("shop").await.unwrap();
         assert_eq!(
             keys.consumer(&key.key).await.unwrap().as_deref(),
             Some("shop")
         );
         // Another Gantry (another connection to the same database) revokes it.
         let elsewhere = ApiKeys::open(dir.path()).unwrap();
-        assert!(elsewhere.revoke(&key.info.id).unwrap());
+        assert!(elsewhere.revoke(&key.info.id).await.unwrap());
         // This one still has it cached, for at most CACHE_TTL.
         assert_eq!(
             keys.consumer(&key.key).await.unwrap().as_deref(),
@@ -271,5 +369,71 @@ mod tests {
         // Made-up keys are not cached.
         assert_eq!(keys.consumer("gk_made_up").await.unwrap(), None);
         assert!(!keys.cache.lock().unwrap().contains_key(&hash("gk_made_up")));
+    }
+}
+
+/// One suite for every backend.
+#[cfg(test)]
+mod conformance {
+    use super::*;
+
+    async fn keys_work_until_revoked(keys: ApiKeys) {
+        let made = keys.create("shop").await.unwrap();
+        assert!(made.key.starts_with(&format!("gk_{}_", made.info.id)));
+        assert_eq!(made.key.len(), 3 + 16 + 1 + 64);
+        assert_eq!(
+            keys.consumer(&made.key).await.unwrap().as_deref(),
+            Some("shop")
+        );
+        assert_eq!(keys.consumer("gk_0_0").await.unwrap(), None);
+        let other = keys.create("billing").await.unwrap();
+        let listed: Vec<(String, bool)> = keys
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|k| (k.consumer, k.revoked))
+            .collect();
+        assert_eq!(listed.len(), 2);
+        assert!(listed.contains(&("shop".into(), false)));
+        assert!(keys.revoke(&made.info.id).await.unwrap());
+        assert!(!keys.revoke("no-such-id").await.unwrap());
+        // A revocation through this store takes effect at once.
+        assert_eq!(keys.consumer(&made.key).await.unwrap(), None);
+        assert_eq!(
+            keys.consumer(&other.key).await.unwrap().as_deref(),
+            Some("billing")
+        );
+        let revoked = keys
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|k| k.id == made.info.id)
+            .unwrap();
+        assert!(revoked.revoked && !revoked.rotate);
+    }
+
+    #[tokio::test]
+    async fn sqlite_conforms() {
+        let dir = tempfile::tempdir().unwrap();
+        keys_work_until_revoked(ApiKeys::open(dir.path()).unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_conforms() {
+        let Some(options) = gantry_cluster::testing::fresh_schema("apikeys").await else {
+            return;
+        };
+        let pg = Postgres::connect(&options).await.unwrap();
+        keys_work_until_revoked(ApiKeys::postgres(pg.clone()).await.unwrap()).await;
+        // A key made through one node works on another.
+        let a = ApiKeys::postgres(pg.clone()).await.unwrap();
+        let b = ApiKeys::postgres(pg).await.unwrap();
+        let made = a.create("shared").await.unwrap();
+        assert_eq!(
+            b.consumer(&made.key).await.unwrap().as_deref(),
+            Some("shared")
+        );
     }
 }

@@ -1,6 +1,6 @@
-//! The gateway's embedded database: `gantry.db` (SQLite, WAL mode) in the
-//! data directory, shared by the stores that must survive a restart
-//! (idempotency records, API key hashes).
+//! The gateway's stores that must survive a restart (idempotency records,
+//! API key hashes): embedded in `gantry.db` (SQLite, WAL mode) in the data
+//! directory, or in the cluster's PostgreSQL in cluster mode.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -30,6 +30,10 @@ pub enum StoreError {
     Random(String),
     #[error("the store's worker thread failed: {0}")]
     Worker(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Migration(#[from] gantry_cluster::migrate::SqliteMigrationError),
+    #[error(transparent)]
+    Postgres(#[from] gantry_cluster::PgError),
 }
 
 impl StoreError {
@@ -55,17 +59,19 @@ impl Explain for StoreError {
     }
 }
 
-/// A connection to `gantry.db`, with `schema` (idempotent `CREATE ... IF NOT
-/// EXISTS` statements) applied.
-pub(crate) fn open(data_dir: &Path, schema: &str) -> Result<Arc<Mutex<Connection>>, StoreError> {
+/// A connection to `gantry.db`, with `migrations` applied.
+pub(crate) fn open(
+    data_dir: &Path,
+    migrations: &gantry_cluster::migrate::Migrations,
+) -> Result<Arc<Mutex<Connection>>, StoreError> {
     let path = data_dir.join("gantry.db");
-    let opened = Connection::open(&path).and_then(|connection| {
-        connection
-            .execute_batch(&format!(
-                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; {schema}"
-            ))
-            .map(|_| connection)
-    });
-    let connection = opened.map_err(|source| StoreError::Open { path, source })?;
+    let mut connection = Connection::open(&path)
+        .and_then(|connection| {
+            connection
+                .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
+                .map(|_| connection)
+        })
+        .map_err(|source| StoreError::Open { path, source })?;
+    gantry_cluster::migrate::sqlite(&mut connection, migrations)?;
     Ok(Arc::new(Mutex::new(connection)))
 }

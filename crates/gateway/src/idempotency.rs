@@ -1,27 +1,57 @@
 //! Idempotency keys: a durable record per (route, consumer, key) of the first
 //! request's fingerprint and, once it is done, its response.
 //!
-//! Records live in SQLite (WAL mode, `gantry.db` in the data directory), so replays work
-//! across restarts. Claiming a key is one transaction on one connection, so
-//! of concurrent requests with the same key exactly one runs. A record left
-//! "running" by a crash is taken over once it is older than the route's
-//! timeout.
+//! Records live in SQLite (WAL mode, `gantry.db` in the data directory) or,
+//! in cluster mode, in the cluster's PostgreSQL, so replays work across
+//! restarts and across nodes. Claiming a key is one transaction, so of
+//! concurrent requests with the same key (to any node) exactly one runs. A
+//! record left "running" by a crash is taken over once it is older than the
+//! route's timeout.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use gantry_cluster::migrate::Migrations;
+use gantry_cluster::{PgError, Postgres};
 use http::{HeaderMap, StatusCode};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::database::StoreError;
 use sha2::{Digest, Sha256};
 
+const SQLITE: Migrations = Migrations {
+    store: "idempotency",
+    steps: &["CREATE TABLE IF NOT EXISTS idempotency (
+                 route TEXT NOT NULL, consumer TEXT NOT NULL, key TEXT NOT NULL,
+                 fingerprint BLOB NOT NULL, running INTEGER NOT NULL,
+                 started_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL,
+                 status INTEGER, headers TEXT, body BLOB,
+                 PRIMARY KEY (route, consumer, key));"],
+};
+
+const POSTGRES: Migrations = Migrations {
+    store: "idempotency",
+    steps: &["CREATE TABLE gantry_idempotency (
+                 route TEXT NOT NULL, consumer TEXT NOT NULL, key TEXT NOT NULL,
+                 fingerprint BYTEA NOT NULL, running BOOLEAN NOT NULL,
+                 started_ms BIGINT NOT NULL, expires_ms BIGINT NOT NULL,
+                 status INTEGER, headers TEXT, body BYTEA,
+                 PRIMARY KEY (route, consumer, key));
+              CREATE INDEX gantry_idempotency_expiry ON gantry_idempotency (expires_ms);"],
+};
+
 /// The durable store of idempotency records. Cheap to clone.
 #[derive(Clone)]
 pub struct IdempotencyStore {
-    connection: Arc<Mutex<Connection>>,
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(Arc<Mutex<Connection>>),
+    Postgres(Postgres),
 }
 
 impl std::fmt::Debug for IdempotencyStore {
@@ -59,19 +89,64 @@ pub(crate) struct RecordKey {
     pub(crate) key: String,
 }
 
+/// A record as read, before deciding what a claim finds.
+struct Existing {
+    fingerprint: Vec<u8>,
+    running: bool,
+    started_ms: i64,
+    expires_ms: i64,
+    status: Option<i32>,
+    headers: Option<String>,
+    body: Option<Vec<u8>>,
+}
+
+impl Existing {
+    /// What a claim with `fingerprint` finds: `None` when the record is
+    /// expired or abandoned and the claim takes it over.
+    fn claim(self, fingerprint: &[u8; 32], now: i64, running_timeout: Duration) -> Option<Claim> {
+        let expired = self.expires_ms <= now;
+        let abandoned = self.running && self.started_ms + running_timeout.as_millis() as i64 <= now;
+        if expired || abandoned {
+            None
+        } else if self.fingerprint != fingerprint {
+            Some(Claim::Mismatch)
+        } else if self.running {
+            Some(Claim::InFlight)
+        } else {
+            let headers: Vec<(String, Vec<u8>)> = self
+                .headers
+                .and_then(|h| serde_json::from_str::<Vec<(String, String)>>(&h).ok())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(name, value)| (name, value.into_bytes()))
+                .collect();
+            Some(Claim::Replay(Stored {
+                status: u16::try_from(self.status.unwrap_or(200))
+                    .ok()
+                    .and_then(|s| StatusCode::from_u16(s).ok())
+                    .unwrap_or(StatusCode::OK),
+                headers,
+                body: Bytes::from(self.body.unwrap_or_default()),
+            }))
+        }
+    }
+}
+
 impl IdempotencyStore {
-    /// Opens (or creates) `idempotency.db` in `data_dir`.
+    /// Opens (or creates) the records in `gantry.db` in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<IdempotencyStore, StoreError> {
-        let connection = crate::database::open(
-            data_dir,
-            "CREATE TABLE IF NOT EXISTS idempotency (
-                 route TEXT NOT NULL, consumer TEXT NOT NULL, key TEXT NOT NULL,
-                 fingerprint BLOB NOT NULL, running INTEGER NOT NULL,
-                 started_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL,
-                 status INTEGER, headers TEXT, body BLOB,
-                 PRIMARY KEY (route, consumer, key));",
-        )?;
-        Ok(IdempotencyStore { connection })
+        let connection = crate::database::open(data_dir, &SQLITE)?;
+        Ok(IdempotencyStore {
+            backend: Backend::Sqlite(connection),
+        })
+    }
+
+    /// The records in the cluster's PostgreSQL, shared by every node.
+    pub async fn postgres(pg: Postgres) -> Result<IdempotencyStore, StoreError> {
+        gantry_cluster::migrate::postgres(&pg, &POSTGRES).await?;
+        Ok(IdempotencyStore {
+            backend: Backend::Postgres(pg),
+        })
     }
 
     /// Claims `record` for a request with `fingerprint`.
@@ -82,86 +157,18 @@ impl IdempotencyStore {
         ttl: Duration,
         running_timeout: Duration,
     ) -> Result<Claim, StoreError> {
-        let store = self.clone();
-        tokio::task::spawn_blocking(move || {
-            store.claim_now(&record, &fingerprint, ttl, running_timeout)
-        })
-        .await?
-    }
-
-    fn claim_now(
-        &self,
-        record: &RecordKey,
-        fingerprint: &[u8; 32],
-        ttl: Duration,
-        running_timeout: Duration,
-    ) -> Result<Claim, StoreError> {
-        let mut connection = self.connection.lock().unwrap_or_else(|e| e.into_inner());
-        let tx = connection
-            .transaction()
-            .map_err(StoreError::sql("idempotency records"))?;
-        let now = now_ms();
-        let existing = tx
-            .query_row(
-                "SELECT fingerprint, running, started_ms, expires_ms, status, headers, body FROM idempotency
-                 WHERE route = ?1 AND consumer = ?2 AND key = ?3",
-                params![record.route, record.consumer, record.key],
-                |row| {
-                    Ok((
-                        row.get::<_, Vec<u8>>(0)?,
-                        row.get::<_, bool>(1)?,
-                        row.get::<_, i64>(2)?,
-                        row.get::<_, i64>(3)?,
-                        row.get::<_, Option<u16>>(4)?,
-                        row.get::<_, Option<String>>(5)?,
-                        row.get::<_, Option<Vec<u8>>>(6)?,
-                    ))
-                },
-            )
-            .optional()
-            .map_err(StoreError::sql("idempotency records"))?;
-        let claim = match existing {
-            Some((stored_fingerprint, running, started, expires, status, headers, body)) => {
-                let expired = expires <= now;
-                let abandoned = running && started + running_timeout.as_millis() as i64 <= now;
-                if expired || abandoned {
-                    None
-                } else if stored_fingerprint != fingerprint {
-                    Some(Claim::Mismatch)
-                } else if running {
-                    Some(Claim::InFlight)
-                } else {
-                    let headers: Vec<(String, Vec<u8>)> = headers
-                        .and_then(|h| serde_json::from_str::<Vec<(String, String)>>(&h).ok())
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(name, value)| (name, value.into_bytes()))
-                        .collect();
-                    Some(Claim::Replay(Stored {
-                        status: StatusCode::from_u16(status.unwrap_or(200))
-                            .unwrap_or(StatusCode::OK),
-                        headers,
-                        body: Bytes::from(body.unwrap_or_default()),
-                    }))
-                }
+        match &self.backend {
+            Backend::Sqlite(connection) => {
+                let connection = connection.clone();
+                tokio::task::spawn_blocking(move || {
+                    claim_sqlite(&connection, &record, &fingerprint, ttl, running_timeout)
+                })
+                .await?
             }
-            None => None,
-        };
-        let claim = match claim {
-            Some(claim) => claim,
-            None => {
-                tx.execute(
-                    "INSERT OR REPLACE INTO idempotency (route, consumer, key, fingerprint, running, started_ms, expires_ms)
-                     VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6)",
-                    params![record.route, record.consumer, record.key, fingerprint.as_slice(), now, now + ttl.as_millis() as i64],
-                )
-                .map_err(StoreError::sql("idempotency records"))?;
-                Claim::Proceed
+            Backend::Postgres(pg) => {
+                Ok(claim_postgres(pg, &record, &fingerprint, ttl, running_timeout).await?)
             }
-        };
-        tx.commit()
-            .map_err(StoreError::sql("idempotency records"))?;
-        Ok(claim)
+        }
     }
 
     /// Stores the response of a claimed key.
@@ -172,7 +179,6 @@ impl IdempotencyStore {
         headers: HeaderMap,
         body: Bytes,
     ) {
-        let store = self.clone();
         let headers: Vec<(String, String)> = headers
             .iter()
             .filter(|(name, _)| {
@@ -180,26 +186,51 @@ impl IdempotencyStore {
             })
             .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_string())))
             .collect();
-        let result = tokio::task::spawn_blocking(move || {
-            let connection = store.connection.lock().unwrap_or_else(|e| e.into_inner());
-            connection.execute(
-                "UPDATE idempotency SET running = 0, status = ?4, headers = ?5, body = ?6
-                 WHERE route = ?1 AND consumer = ?2 AND key = ?3",
-                params![
-                    record.route,
-                    record.consumer,
-                    record.key,
-                    status.as_u16(),
-                    serde_json::to_string(&headers).unwrap_or_default(),
-                    body.as_ref()
-                ],
-            )
-        })
-        .await;
-        let error = match result {
-            Ok(Ok(_)) => return,
-            Ok(Err(error)) => error.to_string(),
-            Err(error) => error.to_string(),
+        let headers = serde_json::to_string(&headers).unwrap_or_default();
+        let status = i32::from(status.as_u16());
+        let error = match &self.backend {
+            Backend::Sqlite(connection) => {
+                let connection = connection.clone();
+                let result = tokio::task::spawn_blocking(move || {
+                    let connection = connection.lock().unwrap_or_else(|e| e.into_inner());
+                    connection.execute(
+                        "UPDATE idempotency SET running = 0, status = ?4, headers = ?5, body = ?6
+                         WHERE route = ?1 AND consumer = ?2 AND key = ?3",
+                        params![
+                            record.route,
+                            record.consumer,
+                            record.key,
+                            status,
+                            headers,
+                            body.as_ref()
+                        ],
+                    )
+                })
+                .await;
+                match result {
+                    Ok(Ok(_)) => return,
+                    Ok(Err(error)) => error.to_string(),
+                    Err(error) => error.to_string(),
+                }
+            }
+            Backend::Postgres(pg) => {
+                let result = async {
+                    pg.client()
+                        .await?
+                        .execute(
+                            "UPDATE gantry_idempotency SET running = false, status = $4, headers = $5, body = $6
+                             WHERE route = $1 AND consumer = $2 AND key = $3",
+                            &[&record.route, &record.consumer, &record.key, &status, &headers, &body.as_ref()],
+                        )
+                        .await
+                        .map_err(PgError::query("storing a response"))
+                }
+                .await;
+                match result {
+                    Ok(_) => return,
+                    Err(error) => error.to_string(),
+                }
+            }
         };
         tracing::error!(target: "gantry::idempotency", %error, "cannot store a response");
     }
@@ -207,15 +238,150 @@ impl IdempotencyStore {
     /// Forgets a claimed key whose request did not get a storable answer, so
     /// a retry runs again.
     pub(crate) fn release(&self, record: RecordKey) {
-        let store = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let connection = store.connection.lock().unwrap_or_else(|e| e.into_inner());
-            let _ = connection.execute(
-                "DELETE FROM idempotency WHERE route = ?1 AND consumer = ?2 AND key = ?3 AND running = 1",
-                params![record.route, record.consumer, record.key],
-            );
-        });
+        match &self.backend {
+            Backend::Sqlite(connection) => {
+                let connection = connection.clone();
+                tokio::task::spawn_blocking(move || {
+                    let connection = connection.lock().unwrap_or_else(|e| e.into_inner());
+                    let _ = connection.execute(
+                        "DELETE FROM idempotency WHERE route = ?1 AND consumer = ?2 AND key = ?3 AND running = 1",
+                        params![record.route, record.consumer, record.key],
+                    );
+                });
+            }
+            Backend::Postgres(pg) => {
+                let pg = pg.clone();
+                tokio::spawn(async move {
+                    let Ok(client) = pg.client().await else {
+                        return;
+                    };
+                    let _ = client
+                        .execute(
+                            "DELETE FROM gantry_idempotency WHERE route = $1 AND consumer = $2 AND key = $3 AND running",
+                            &[&record.route, &record.consumer, &record.key],
+                        )
+                        .await;
+                });
+            }
+        }
     }
+}
+
+fn claim_sqlite(
+    connection: &Mutex<Connection>,
+    record: &RecordKey,
+    fingerprint: &[u8; 32],
+    ttl: Duration,
+    running_timeout: Duration,
+) -> Result<Claim, StoreError> {
+    let mut connection = connection.lock().unwrap_or_else(|e| e.into_inner());
+    let tx = connection
+        .transaction()
+        .map_err(StoreError::sql("idempotency records"))?;
+    let now = now_ms();
+    let existing = tx
+        .query_row(
+            "SELECT fingerprint, running, started_ms, expires_ms, status, headers, body FROM idempotency
+             WHERE route = ?1 AND consumer = ?2 AND key = ?3",
+            params![record.route, record.consumer, record.key],
+            |row| {
+                Ok(Existing {
+                    fingerprint: row.get(0)?,
+                    running: row.get(1)?,
+                    started_ms: row.get(2)?,
+                    expires_ms: row.get(3)?,
+                    status: row.get(4)?,
+                    headers: row.get(5)?,
+                    body: row.get(6)?,
+                })
+            },
+        )
+        .optional()
+        .map_err(StoreError::sql("idempotency records"))?;
+    let claim = match existing.and_then(|e| e.claim(fingerprint, now, running_timeout)) {
+        Some(claim) => claim,
+        None => {
+            tx.execute(
+                "INSERT OR REPLACE INTO idempotency (route, consumer, key, fingerprint, running, started_ms, expires_ms)
+                 VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6)",
+                params![record.route, record.consumer, record.key, fingerprint.as_slice(), now, now + ttl.as_millis() as i64],
+            )
+            .map_err(StoreError::sql("idempotency records"))?;
+            Claim::Proceed
+        }
+    };
+    tx.commit()
+        .map_err(StoreError::sql("idempotency records"))?;
+    Ok(claim)
+}
+
+/// On PostgreSQL: insert the claim if the key is new; otherwise lock the
+/// record and decide. Two nodes inserting the same new key at once: the
+/// second insert waits for the first to commit, then finds the record.
+async fn claim_postgres(
+    pg: &Postgres,
+    record: &RecordKey,
+    fingerprint: &[u8; 32],
+    ttl: Duration,
+    running_timeout: Duration,
+) -> Result<Claim, PgError> {
+    let context = "idempotency records";
+    let now = now_ms();
+    let expires = now + ttl.as_millis() as i64;
+    let mut client = pg.client().await?;
+    let tx = client
+        .transaction()
+        .await
+        .map_err(PgError::query(context))?;
+    let inserted = tx
+        .execute(
+            "INSERT INTO gantry_idempotency (route, consumer, key, fingerprint, running, started_ms, expires_ms)
+             VALUES ($1, $2, $3, $4, true, $5, $6) ON CONFLICT DO NOTHING",
+            &[&record.route, &record.consumer, &record.key, &fingerprint.as_slice(), &now, &expires],
+        )
+        .await
+        .map_err(PgError::query(context))?;
+    let claim = if inserted == 1 {
+        Claim::Proceed
+    } else {
+        let row = tx
+            .query_opt(
+                "SELECT fingerprint, running, started_ms, expires_ms, status, headers, body
+                 FROM gantry_idempotency WHERE route = $1 AND consumer = $2 AND key = $3 FOR UPDATE",
+                &[&record.route, &record.consumer, &record.key],
+            )
+            .await
+            .map_err(PgError::query(context))?;
+        let existing = row.map(|row| Existing {
+            fingerprint: row.get(0),
+            running: row.get(1),
+            started_ms: row.get(2),
+            expires_ms: row.get(3),
+            status: row.get(4),
+            headers: row.get(5),
+            body: row.get(6),
+        });
+        match existing.and_then(|e| e.claim(fingerprint, now, running_timeout)) {
+            Some(claim) => claim,
+            None => {
+                // Expired, abandoned, or released between the insert and
+                // the select: this request takes the key.
+                tx.execute(
+                    "INSERT INTO gantry_idempotency (route, consumer, key, fingerprint, running, started_ms, expires_ms)
+                     VALUES ($1, $2, $3, $4, true, $5, $6)
+                     ON CONFLICT (route, consumer, key) DO UPDATE SET
+                        fingerprint = excluded.fingerprint, running = true, started_ms = excluded.started_ms,
+                        expires_ms = excluded.expires_ms, status = NULL, headers = NULL, body = NULL",
+                    &[&record.route, &record.consumer, &record.key, &fingerprint.as_slice(), &now, &expires],
+                )
+                .await
+                .map_err(PgError::query(context))?;
+                Claim::Proceed
+            }
+        }
+    };
+    tx.commit().await.map_err(PgError::query(context))?;
+    Ok(claim)
 }
 
 /// Releases a claimed key when dropped, unless its response was handed on
@@ -288,4 +454,191 @@ fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// One suite for every backend: what a claim finds, run against SQLite and
+/// PostgreSQL alike.
+#[cfg(test)]
+mod conformance {
+    use super::*;
+
+    fn record(key: &str) -> RecordKey {
+        RecordKey {
+            route: "orders".into(),
+            consumer: "alice".into(),
+            key: key.into(),
+        }
+    }
+
+    const TTL: Duration = Duration::from_secs(3600);
+    const RUNNING: Duration = Duration::from_secs(30);
+
+    async fn claims_replays_and_mismatches(store: IdempotencyStore) {
+        let print = [1u8; 32];
+        assert!(matches!(
+            store
+                .claim(record("k1"), print, TTL, RUNNING)
+                .await
+                .unwrap(),
+            Claim::Proceed
+        ));
+        assert!(matches!(
+            store
+                .claim(record("k1"), print, TTL, RUNNING)
+                .await
+                .unwrap(),
+            Claim::InFlight
+        ));
+        assert!(matches!(
+            store
+                .claim(record("k1"), [2u8; 32], TTL, RUNNING)
+                .await
+                .unwrap(),
+            Claim::Mismatch
+        ));
+        let mut headers = HeaderMap::new();
+        headers.insert("location", "/orders/7".parse().unwrap());
+        headers.insert("date", "now".parse().unwrap());
+        store
+            .complete(
+                record("k1"),
+                StatusCode::CREATED,
+                headers,
+                Bytes::from_static(b"{\"id\":7}"),
+            )
+            .await;
+        match store
+            .claim(record("k1"), print, TTL, RUNNING)
+            .await
+            .unwrap()
+        {
+            Claim::Replay(stored) => {
+                assert_eq!(stored.status, StatusCode::CREATED);
+                assert_eq!(stored.body.as_ref(), b"{\"id\":7}");
+                assert_eq!(
+                    stored.headers,
+                    [("location".to_string(), b"/orders/7".to_vec())]
+                );
+            }
+            other => panic!("expected a replay, got {other:?}"),
+        }
+        // Another consumer's key of the same name is another record.
+        let mut bob = record("k1");
+        bob.consumer = "bob".into();
+        assert!(matches!(
+            store.claim(bob, print, TTL, RUNNING).await.unwrap(),
+            Claim::Proceed
+        ));
+    }
+
+    async fn released_expired_and_abandoned_keys_run_again(store: IdempotencyStore) {
+        let print = [3u8; 32];
+        assert!(matches!(
+            store
+                .claim(record("gone"), print, TTL, RUNNING)
+                .await
+                .unwrap(),
+            Claim::Proceed
+        ));
+        store.release(record("gone"));
+        // The release is fire-and-forget: wait until it has happened.
+        let mut claimed = false;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if matches!(
+                store
+                    .claim(record("gone"), print, TTL, RUNNING)
+                    .await
+                    .unwrap(),
+                Claim::Proceed
+            ) {
+                claimed = true;
+                break;
+            }
+        }
+        assert!(claimed, "a released key runs again");
+        // Abandoned: running for longer than the running timeout.
+        assert!(matches!(
+            store
+                .claim(record("stuck"), print, TTL, Duration::ZERO)
+                .await
+                .unwrap(),
+            Claim::Proceed
+        ));
+        assert!(matches!(
+            store
+                .claim(record("stuck"), print, TTL, Duration::ZERO)
+                .await
+                .unwrap(),
+            Claim::Proceed
+        ));
+        // Expired: a finished record past its time to live.
+        assert!(matches!(
+            store
+                .claim(record("old"), print, Duration::ZERO, RUNNING)
+                .await
+                .unwrap(),
+            Claim::Proceed
+        ));
+        store
+            .complete(
+                record("old"),
+                StatusCode::OK,
+                HeaderMap::new(),
+                Bytes::new(),
+            )
+            .await;
+        assert!(matches!(
+            store
+                .claim(record("old"), [4u8; 32], TTL, RUNNING)
+                .await
+                .unwrap(),
+            Claim::Proceed
+        ));
+    }
+
+    async fn one_of_many_concurrent_claims_proceeds(store: IdempotencyStore) {
+        let claims = (0..16).map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.claim(record("race"), [5u8; 32], TTL, RUNNING).await })
+        });
+        let mut proceeded = 0;
+        for claim in claims {
+            match claim.await.unwrap().unwrap() {
+                Claim::Proceed => proceeded += 1,
+                Claim::InFlight => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(proceeded, 1);
+    }
+
+    async fn sqlite() -> (IdempotencyStore, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        (IdempotencyStore::open(dir.path()).unwrap(), dir)
+    }
+
+    async fn postgres(tag: &str) -> Option<IdempotencyStore> {
+        let options = gantry_cluster::testing::fresh_schema(tag).await?;
+        let pg = Postgres::connect(&options).await.unwrap();
+        Some(IdempotencyStore::postgres(pg).await.unwrap())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_conforms() {
+        let (store, _dir) = sqlite().await;
+        claims_replays_and_mismatches(store.clone()).await;
+        released_expired_and_abandoned_keys_run_again(store.clone()).await;
+        one_of_many_concurrent_claims_proceeds(store).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_conforms() {
+        let Some(store) = postgres("idempotency").await else {
+            return;
+        };
+        claims_replays_and_mismatches(store.clone()).await;
+        released_expired_and_abandoned_keys_run_again(store.clone()).await;
+        one_of_many_concurrent_claims_proceeds(store).await;
+    }
 }

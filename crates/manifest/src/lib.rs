@@ -16,6 +16,7 @@
 //! the JSON Schema of the manifest (`gantry schema`).
 
 mod auth;
+mod cluster;
 mod decode;
 mod diagnostics;
 mod events;
@@ -29,6 +30,7 @@ mod validate;
 mod workflows;
 
 pub use auth::{ApiKeySource, AuthMode, JwtConfig, JwtKey};
+pub use cluster::{Cluster, PostgresUrl};
 pub use diagnostics::{Diagnostic, Diagnostics, ErrorCode};
 pub use events::{
     Compatibility, DeliveryRetry, Endpoint, Outbox, StartAt, Subscription, SubscriptionSpans, Topic,

@@ -68,6 +68,9 @@ pub struct Manifest {
     /// Where traces are exported.
     #[serde(default)]
     pub telemetry: crate::slo::Telemetry,
+    /// Cluster mode: the nodes share PostgreSQL. Without it, embedded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cluster::Cluster>,
     /// The directory relative paths resolve against: the manifest's own.
     #[serde(skip)]
     pub base_dir: PathBuf,

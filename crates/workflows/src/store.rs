@@ -177,7 +177,8 @@ pub struct Store {
 #[derive(Clone)]
 enum Backend {
     Sqlite(sqlite::Sqlite),
-    Postgres(postgres::Pg),
+    /// Shared: the pool and options are large, and clones are frequent.
+    Postgres(Arc<postgres::Pg>),
 }
 
 impl std::fmt::Debug for Store {
@@ -219,7 +220,7 @@ impl Store {
         lease: Duration,
     ) -> Result<Store> {
         Ok(Store {
-            backend: Backend::Postgres(postgres::Pg::open(pg, holder, lease).await?),
+            backend: Backend::Postgres(Arc::new(postgres::Pg::open(pg, holder, lease).await?)),
         })
     }
 

@@ -11,6 +11,7 @@ use crate::diagnostics::{DiagnosticSink, Diagnostics, ErrorCode};
 use crate::model::{defaults, CertFiles, EscapedSlashes, Manifest, Platform, Service, TlsConfig};
 
 mod auth;
+mod cluster;
 mod events;
 mod functions;
 mod policies;
@@ -36,6 +37,7 @@ pub(crate) const TOP_KEYS: &[&str] = &[
     "slos",
     "alerting",
     "telemetry",
+    "cluster",
 ];
 pub(crate) const PLATFORM_KEYS: &[&str] = &[
     "name",
@@ -259,6 +261,10 @@ impl<'a> Decoder<'a> {
             Some((_, item)) => self.alerting(item),
             None => Default::default(),
         };
+        let cluster = match root.table.get_key_value("cluster") {
+            Some((_, item)) => self.cluster(item),
+            None => None,
+        };
 
         Some(Manifest {
             platform,
@@ -278,6 +284,7 @@ impl<'a> Decoder<'a> {
             slo_spans: slos.into_iter().map(|(k, (_, span))| (k, span)).collect(),
             alerting,
             telemetry,
+            cluster,
             base_dir: base_dir.to_path_buf(),
         })
     }
