@@ -253,7 +253,13 @@ impl Engine {
     /// only those no other node holds, and from then on the sweeper takes
     /// over every run whose lease lapses.
     pub async fn resume_all(&self) -> Result<(), JournalError> {
-        for id in self.inner.store.active().await? {
+        // A new process holds nothing yet: in a cluster, the runs to take
+        // are those nobody holds (the others' drivers are alive).
+        let ids = match self.inner.store.lease() {
+            None => self.inner.store.active().await?,
+            Some(_) => self.inner.store.orphans(usize::MAX).await?,
+        };
+        for id in ids {
             self.spawn(&id);
         }
         self.start_sweeper();

@@ -140,6 +140,17 @@ call = "shop:POST /charges"
 body = { order = "{{ input.order_id }}", reservation = "{{ steps.reserve.output.id }}" }
 timeout = "30s"
 retry = { max_attempts = 5, initial = "50ms", max = "200ms" }
+
+[workflows.nap]
+[[workflows.nap.steps]]
+name = "reserve"
+call = "shop:POST /reservations"
+body = { order = "{{ input.order_id }}" }
+compensate = { call = "shop:DELETE /reservations/{{ steps.reserve.output.id }}" }
+
+[[workflows.nap.steps]]
+name = "nap"
+sleep = "60s"
 "#;
 
 /// One node: its cluster handle, bus and engine.
@@ -400,5 +411,67 @@ async fn a_run_started_on_one_node_is_driven_there_and_released_when_it_ends() {
     assert_eq!(rig.upstream.keys(), ["order-3/reserve", "order-3/charge"]);
     assert_eq!(rig.owner("order-3").await, None);
     a.engine.stop().await;
+    b.engine.stop().await;
+}
+
+#[tokio::test]
+async fn a_cancel_asked_on_another_node_reaches_the_driver_of_a_waiting_run() {
+    let Some(rig) = Rig::start("remotecancel").await else {
+        return;
+    };
+    let a = Node::start(&rig.options, "node-a", &rig.manifest, &rig.directory).await;
+    let b = Node::start(&rig.options, "node-b", &rig.manifest, &rig.directory).await;
+    a.engine
+        .start("nap", Some("nap-1".into()), json!({"order_id": 1}), None)
+        .await
+        .unwrap();
+    wait_state(&b.engine, "nap-1", RunState::Waiting).await;
+    let asked = Instant::now();
+    b.engine.cancel("nap-1").await.unwrap();
+    // Node A, sleeping for a minute, hears of it with its next renewal.
+    let run = wait_state(&b.engine, "nap-1", RunState::Cancelled).await;
+    assert!(asked.elapsed() < LEASE * 2, "took {:?}", asked.elapsed());
+    assert_eq!(
+        rig.upstream.effects(),
+        ["POST /reservations", "DELETE /reservations/reservations-1"]
+    );
+    assert_eq!(
+        run.instance.error.as_deref(),
+        Some("cancelled by an operator")
+    );
+    assert_eq!(rig.owner("nap-1").await, None);
+    a.engine.stop().await;
+    b.engine.stop().await;
+}
+
+#[tokio::test]
+async fn a_node_stopping_gracefully_hands_its_runs_over_at_once() {
+    let Some(rig) = Rig::start("handover").await else {
+        return;
+    };
+    let a = Node::start(&rig.options, "node-a", &rig.manifest, &rig.directory).await;
+    a.engine
+        .start("nap", Some("nap-2".into()), json!({"order_id": 2}), None)
+        .await
+        .unwrap();
+    wait_state(&a.engine, "nap-2", RunState::Waiting).await;
+    assert!(rig.owner("nap-2").await.unwrap().starts_with("node-a/"));
+    a.engine.stop().await;
+    assert_eq!(rig.owner("nap-2").await, None, "released on stop");
+    let b = Node::start(&rig.options, "node-b", &rig.manifest, &rig.directory).await;
+    // Taken at start: node B's resume finds it unowned.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(owner) = rig.owner("nap-2").await {
+            assert!(owner.starts_with("node-b/"), "{owner}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "node B never took the run");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The timer keeps its deadline: still waiting, the step not run again.
+    let run = b.engine.get("nap-2").await.unwrap();
+    assert_eq!(run.instance.state, RunState::Waiting);
+    assert_eq!(rig.upstream.keys(), ["nap-2/reserve"]);
     b.engine.stop().await;
 }
