@@ -1,6 +1,7 @@
 //! The connection pool every cluster store shares, and the one error type
 //! for "PostgreSQL could not do it".
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -89,8 +90,10 @@ impl std::fmt::Debug for PgOptions {
 #[derive(Clone)]
 pub struct Postgres {
     pool: Pool,
-    config: tokio_postgres::Config,
-    schema: String,
+    // Behind an `Arc` so a handle stays one pointer wide: stores hold it by
+    // value and clone it into tasks.
+    config: Arc<tokio_postgres::Config>,
+    schema: Arc<str>,
 }
 
 impl std::fmt::Debug for Postgres {
@@ -138,8 +141,8 @@ impl Postgres {
             .map_err(|e| PgError::Pool(e.to_string()))?;
         let postgres = Postgres {
             pool,
-            config,
-            schema: options.schema.clone(),
+            config: Arc::new(config),
+            schema: options.schema.as_str().into(),
         };
         let client = postgres.client().await?;
         client
