@@ -132,8 +132,20 @@ async fn history(State(cluster): State<Option<Cluster>>) -> Response {
     let Some(cluster) = cluster else {
         return embedded();
     };
+    let running = match cluster.membership().list().await {
+        Ok(nodes) => nodes
+            .into_iter()
+            .find(|n| n.name == cluster.node())
+            .and_then(|n| n.config_version),
+        Err(error) => return error.problem().respond(),
+    };
     match cluster.config().history(50).await {
-        Ok(versions) => Json(serde_json::json!({ "versions": versions })).into_response(),
+        Ok(versions) => Json(serde_json::json!({
+            "node": cluster.node(),
+            "running": running,
+            "versions": versions,
+        }))
+        .into_response(),
         Err(error) => error.problem().respond(),
     }
 }

@@ -243,7 +243,18 @@ pub async fn run_node(
         },
     );
     functions.metrics().register(&metrics);
-    let scheduler = gantry_functions::Scheduler::new(&platform.data_dir, functions.clone());
+    // Schedules: in cluster mode every node runs the timers and the one
+    // that records a due run in PostgreSQL fires it.
+    let scheduler = match &cluster {
+        Some(cluster) => gantry_functions::Scheduler::clustered(
+            cluster.postgres().clone(),
+            cluster.node(),
+            functions.clone(),
+        )
+        .await
+        .map_err(|e| AppError::Start(e.to_string()))?,
+        None => gantry_functions::Scheduler::new(&platform.data_dir, functions.clone()),
+    };
     let buckets = gantry_buckets::Buckets::new(&platform.data_dir, bus.clone());
     let (live, table) = Live::start(
         path,
@@ -452,7 +463,12 @@ async fn report(
     let Some(cluster) = cluster else { return };
     match outcome {
         Ok(_) => cluster.report_config(live.version(), None).await,
-        Err(refused) => cluster.report_config(None, Some(&refused.reason)).await,
+        Err(refused) => {
+            let attempted = live.attempted_version();
+            cluster
+                .report_config(live.version(), Some((attempted, &refused.reason)))
+                .await
+        }
     }
 }
 

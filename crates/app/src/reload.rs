@@ -28,6 +28,8 @@ pub(crate) struct Live {
     applied_text: String,
     /// The cluster configuration version running (cluster mode only).
     applied_version: Option<i64>,
+    /// The cluster configuration version the last reload read (cluster mode).
+    attempted_version: Option<i64>,
     services: HashMap<String, Arc<ServiceHandle>>,
     metrics: GatewayMetrics,
     gateway: Option<Gateway>,
@@ -158,6 +160,7 @@ impl Live {
             platform: manifest.platform,
             applied_text: text,
             applied_version: version,
+            attempted_version: version,
             services,
             metrics,
             gateway: None,
@@ -174,6 +177,12 @@ impl Live {
     /// The cluster configuration version running, in cluster mode.
     pub(crate) fn version(&self) -> Option<i64> {
         self.applied_version
+    }
+
+    /// The cluster configuration version the last reload read, applied or
+    /// refused.
+    pub(crate) fn attempted_version(&self) -> Option<i64> {
+        self.attempted_version
     }
 
     /// Re-reads the configuration (the manifest file, or the cluster's
@@ -195,6 +204,9 @@ impl Live {
                 }
             },
         };
+        if version.is_some() {
+            self.attempted_version = version;
+        }
         // Editors and `touch` fire file events without a change in content;
         // a cluster node hears of its own version more than once.
         let unchanged = match version {

@@ -236,13 +236,14 @@ async fn converge(cluster: &Cluster, version: i64, wait: Duration) -> ExitCode {
             Err(error) => return fail(error),
         };
         let up: Vec<&NodeInfo> = nodes.iter().filter(|n| n.state == "up").collect();
+        // A refusal of an older version says nothing about this one.
         let refused: Vec<&&NodeInfo> = up
             .iter()
-            .filter(|n| n.config_error.is_some() && n.config_version < Some(version))
+            .filter(|n| n.config_refused >= Some(version) && n.config_version < Some(version))
             .collect();
         let pending = up
             .iter()
-            .filter(|n| n.config_version < Some(version) && n.config_error.is_none())
+            .filter(|n| n.config_version < Some(version) && n.config_refused < Some(version))
             .count();
         if pending == 0 || Instant::now() >= deadline {
             say(&node_table(&nodes));

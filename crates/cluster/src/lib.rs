@@ -90,14 +90,41 @@ impl Cluster {
     }
 
     /// Registers this node, then heartbeats until `stop` fires.
+    ///
+    /// A node restarted right after a crash finds its name still held by
+    /// its previous process, whose heartbeat has not yet gone stale: it
+    /// waits for that (at most [`nodes::DOWN_AFTER`] and a heartbeat), so a
+    /// supervisor's immediate restart works. A name that stays live is held
+    /// by another running process, and joining fails.
     pub async fn join(
         &self,
         addresses: &NodeAddresses,
         stop: tokio_util::sync::CancellationToken,
     ) -> Result<tokio::task::JoinHandle<()>, JoinError> {
-        self.membership
-            .join(&self.node, &self.incarnation, addresses)
-            .await?;
+        let deadline = tokio::time::Instant::now() + nodes::DOWN_AFTER + 2 * nodes::HEARTBEAT;
+        let mut waited = false;
+        loop {
+            match self
+                .membership
+                .join(&self.node, &self.incarnation, addresses)
+                .await
+            {
+                Err(JoinError::NameTaken { silent_ms, .. })
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    if !waited {
+                        tracing::info!(target: "gantry::cluster", node = %self.node, silent_ms,
+                            "the node name is held by a process that heartbeat recently; waiting to see it go silent");
+                        waited = true;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                }
+                other => {
+                    other?;
+                    break;
+                }
+            }
+        }
         Ok(tokio::spawn(self.membership.clone().heartbeat(
             self.node.clone(),
             self.incarnation.clone(),
@@ -105,11 +132,12 @@ impl Cluster {
         )))
     }
 
-    /// Records the configuration this node runs, or why it refused one.
-    pub async fn report_config(&self, version: Option<i64>, error: Option<&str>) {
+    /// Records the configuration this node runs, and the version it refused
+    /// since and why, if it refused one.
+    pub async fn report_config(&self, running: Option<i64>, refused: Option<(Option<i64>, &str)>) {
         if let Err(error) = self
             .membership
-            .report_config(&self.node, &self.incarnation, version, error)
+            .report_config(&self.node, &self.incarnation, running, refused)
             .await
         {
             tracing::warn!(target: "gantry::cluster", %error, "cannot report the configuration version");

@@ -24,6 +24,7 @@ pub(crate) const MIGRATIONS: Migrations = Migrations {
         heartbeat_at TIMESTAMPTZ NOT NULL DEFAULT now(),
         config_version BIGINT,
         config_error TEXT,
+        config_refused BIGINT,
         stopped BOOLEAN NOT NULL DEFAULT false)"],
 };
 
@@ -54,6 +55,8 @@ pub struct NodeInfo {
     pub config_version: Option<i64>,
     /// Why it refused the newest configuration, if it did.
     pub config_error: Option<String>,
+    /// The version it refused (with `config_error`), when known.
+    pub config_refused: Option<i64>,
     /// Unix times in milliseconds.
     pub started_at_ms: i64,
     pub heartbeat_at_ms: i64,
@@ -102,7 +105,8 @@ impl Membership {
                     incarnation = excluded.incarnation, gateway = excluded.gateway,
                     admin = excluded.admin, api = excluded.api,
                     gantry_version = excluded.gantry_version, started_at = now(),
-                    heartbeat_at = now(), config_version = NULL, config_error = NULL, stopped = false
+                    heartbeat_at = now(), config_version = NULL, config_error = NULL,
+                    config_refused = NULL, stopped = false
                  WHERE gantry_nodes.stopped
                     OR gantry_nodes.heartbeat_at < now() - $7::BIGINT * interval '1 millisecond'",
                 &[
@@ -166,20 +170,24 @@ impl Membership {
         Ok(())
     }
 
-    /// Records which configuration the node runs, or why it refused one.
+    /// Records which configuration the node runs (`running`), and which
+    /// version it refused and why (`refused`), if it refused one since.
     pub async fn report_config(
         &self,
         name: &str,
         incarnation: &str,
-        version: Option<i64>,
-        error: Option<&str>,
+        running: Option<i64>,
+        refused: Option<(Option<i64>, &str)>,
     ) -> Result<(), PgError> {
         let client = self.pg.client().await?;
+        let (refused_version, error) = refused.unzip();
+        let refused_version = refused_version.flatten();
         client
             .execute(
-                "UPDATE gantry_nodes SET config_version = COALESCE($3, config_version), config_error = $4
+                "UPDATE gantry_nodes SET config_version = COALESCE($3, config_version),
+                        config_refused = $4, config_error = $5
                  WHERE name = $1 AND incarnation = $2",
-                &[&name, &incarnation, &version, &error],
+                &[&name, &incarnation, &running, &refused_version, &error],
             )
             .await
             .map_err(PgError::query("reporting the configuration"))?;
@@ -191,7 +199,7 @@ impl Membership {
         let client = self.pg.client().await?;
         let rows = client
             .query(
-                "SELECT name, gateway, admin, api, gantry_version, stopped, config_version, config_error,
+                "SELECT name, gateway, admin, api, gantry_version, stopped, config_version, config_error, config_refused,
                         (extract(epoch FROM started_at) * 1000)::BIGINT,
                         (extract(epoch FROM heartbeat_at) * 1000)::BIGINT,
                         (extract(epoch FROM now() - heartbeat_at) * 1000)::BIGINT
@@ -204,7 +212,7 @@ impl Membership {
             .iter()
             .map(|row| {
                 let stopped: bool = row.get(5);
-                let silent_ms: i64 = row.get(10);
+                let silent_ms: i64 = row.get(11);
                 let state = if stopped {
                     "stopped"
                 } else if silent_ms > DOWN_AFTER.as_millis() as i64 {
@@ -221,8 +229,9 @@ impl Membership {
                     state: state.to_string(),
                     config_version: row.get(6),
                     config_error: row.get(7),
-                    started_at_ms: row.get(8),
-                    heartbeat_at_ms: row.get(9),
+                    config_refused: row.get(8),
+                    started_at_ms: row.get(9),
+                    heartbeat_at_ms: row.get(10),
                     silent_ms,
                 }
             })

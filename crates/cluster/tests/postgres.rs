@@ -154,6 +154,20 @@ async fn a_node_name_is_held_by_one_live_process() {
     assert_eq!(nodes[0].state, "up");
     assert_eq!(nodes[0].config_version, Some(4));
     assert_eq!(nodes[0].gateway, "127.0.0.1:1");
+    // A refusal is kept with the version refused, beside the one still run.
+    first
+        .report_config(Some(4), Some((Some(5), "routes.to: no such service")))
+        .await;
+    let node = &first.membership().list().await.unwrap()[0];
+    assert_eq!(
+        (node.config_version, node.config_refused),
+        (Some(4), Some(5))
+    );
+    assert_eq!(node.config_error.as_deref(), Some("routes.to: no such service"));
+    first.report_config(Some(6), None).await;
+    let node = &first.membership().list().await.unwrap()[0];
+    assert_eq!((node.config_version, node.config_refused), (Some(6), None));
+    assert_eq!(node.config_error, None);
     // A clean stop frees the name at once.
     stop.cancel();
     beating.await.unwrap();

@@ -557,3 +557,48 @@ fn upstream_protocols_and_grpc_retries_are_checked() {
     let retry = &ok.routes[0].retry.on;
     assert_eq!(retry.len(), 2);
 }
+
+#[test]
+fn cluster_mistakes_point_at_the_key() {
+    let d = errors("[cluster]\nschema = \"gantry\"\n");
+    assert_reports(&d, "gantry.toml:1:1:");
+    assert_reports(&d, "[cluster] does not say where the database is");
+    assert_reports(&d, "postgres_env = \"VAR\"");
+
+    let d = errors("[cluster]\npostgres = \"mysql://db/x\"\n");
+    assert_reports(&d, "gantry.toml:2:");
+    assert_reports(&d, "is not a postgres:// URL");
+
+    let d = errors("[cluster]\npostgres = \"postgres://db/x\"\npostgres_env = \"PG\"\n");
+    assert_reports(&d, "has both `postgres` and `postgres_env`");
+
+    let d = errors("[cluster]\npostgres_env = \"PG URL\"\n");
+    assert_reports(&d, "is not an environment variable name");
+
+    let d = errors("[cluster]\npostgres = \"postgres://db/x\"\nschema = \"Prod; DROP TABLE x\"\n");
+    assert_reports(&d, "gantry.toml:3:");
+    assert_reports(&d, "is not a schema name Gantry accepts");
+
+    let d = errors("[cluster]\npostgres = \"postgres://db/x\"\nlease = \"100ms\"\n");
+    assert_reports(&d, "use a lease from 1s to 10m");
+
+    let d = errors("[cluster]\npostgres = \"postgres://db/x\"\npool_size = 0\n");
+    assert_reports(&d, "pool_size");
+
+    let d = errors("[cluster]\npostgres = \"postgres://db/x\"\nleese = \"5s\"\n");
+    assert_reports(&d, "did you mean `lease`?");
+}
+
+#[test]
+fn a_cluster_url_is_never_printed() {
+    let manifest = parse(
+        "[cluster]\npostgres = \"postgres://gantry:s3cret@db/x\"\n",
+        Path::new("gantry.toml"),
+        Path::new("/srv/app"),
+    )
+    .unwrap();
+    let cluster = manifest.cluster.unwrap();
+    assert!(!format!("{cluster:?}").contains("s3cret"));
+    assert_eq!(cluster.schema, "public");
+    assert_eq!(cluster.lease, std::time::Duration::from_secs(10));
+}
