@@ -199,7 +199,14 @@ pub async fn run_node(
             traces.export_to(sender);
             task
         });
-    let slos = gantry_slo::Slos::open(&platform.data_dir).map_err(AppError::Start)?;
+    // SLOs: in cluster mode the counts are the cluster's, and one node
+    // evaluates and sends the alerts.
+    let slos = match &cluster {
+        Some(cluster) => gantry_slo::Slos::clustered(cluster)
+            .await
+            .map_err(AppError::Start)?,
+        None => gantry_slo::Slos::open(&platform.data_dir).map_err(AppError::Start)?,
+    };
     slos.apply(&manifest.slos);
     slos.set_alerting(&manifest.alerting);
     let observer = Arc::new(Observer {

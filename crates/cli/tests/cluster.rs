@@ -303,7 +303,12 @@ async fn a_configuration_applied_once_runs_on_every_node_and_rolls_back() {
     assert!(ok, "apply failed:\n{out}\n{err}");
     assert!(out.contains("stored as configuration v2"), "{out}");
     for node in &nodes {
-        assert_eq!(status_of(&node.url("/v2/hello")).await, 200, "{}", node.name);
+        assert_eq!(
+            status_of(&node.url("/v2/hello")).await,
+            200,
+            "{}",
+            node.name
+        );
     }
     // Applying the same text again changes nothing.
     let (ok, out, _) = cli(&v2, &["apply"]);
@@ -311,7 +316,11 @@ async fn a_configuration_applied_once_runs_on_every_node_and_rolls_back() {
 
     // A manifest with a mistake is refused before it is stored.
     let broken = dir.path().join("broken.toml");
-    let text = manifest(&pg, upstream.addr, "[[routes]]\npath = \"/x\"\nto = \"nowhere\"\n");
+    let text = manifest(
+        &pg,
+        upstream.addr,
+        "[[routes]]\npath = \"/x\"\nto = \"nowhere\"\n",
+    );
     std::fs::write(&broken, text).unwrap();
     let (ok, _, err) = cli(&broken, &["apply"]);
     assert!(!ok);
@@ -320,14 +329,22 @@ async fn a_configuration_applied_once_runs_on_every_node_and_rolls_back() {
     let (ok, out, _) = cli(&path, &["config", "history"]);
     assert!(ok);
     assert!(out.contains("v2") && out.contains("v1"), "{out}");
-    assert!(!out.contains("v3"), "the broken manifest was stored:\n{out}");
+    assert!(
+        !out.contains("v3"),
+        "the broken manifest was stored:\n{out}"
+    );
 
     // Rolling back to v1 stores it as v3; the route is gone everywhere.
     let (ok, out, err) = cli(&path, &["config", "rollback", "1", "--wait", "15s"]);
     assert!(ok, "rollback failed:\n{out}\n{err}");
     assert!(out.contains("stored again as configuration v3"), "{out}");
     for node in &nodes {
-        assert_eq!(status_of(&node.url("/v2/hello")).await, 404, "{}", node.name);
+        assert_eq!(
+            status_of(&node.url("/v2/hello")).await,
+            404,
+            "{}",
+            node.name
+        );
     }
     let (_, out, _) = cli(&path, &["config", "history"]);
     assert!(out.contains("rollback to 1"), "{out}");
@@ -536,10 +553,7 @@ async fn nodes_until(
 /// The `schema = "..."` of a manifest written by [`manifest`].
 fn schema_of(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap();
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("schema = "))
-        .unwrap();
+    let line = text.lines().find(|l| l.starts_with("schema = ")).unwrap();
     line.trim_start_matches("schema = ")
         .trim_matches('"')
         .to_string()

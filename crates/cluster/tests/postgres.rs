@@ -163,7 +163,10 @@ async fn a_node_name_is_held_by_one_live_process() {
         (node.config_version, node.config_refused),
         (Some(4), Some(5))
     );
-    assert_eq!(node.config_error.as_deref(), Some("routes.to: no such service"));
+    assert_eq!(
+        node.config_error.as_deref(),
+        Some("routes.to: no such service")
+    );
     first.report_config(Some(6), None).await;
     let node = &first.membership().list().await.unwrap()[0];
     assert_eq!((node.config_version, node.config_refused), (Some(6), None));

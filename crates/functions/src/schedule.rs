@@ -28,6 +28,7 @@ use gantry_cluster::{PgError, Postgres};
 use gantry_manifest::{Missed, Schedule};
 use http::HeaderValue;
 use serde::Serialize;
+use tokio_postgres::types::ToSql;
 use tokio_util::sync::CancellationToken;
 
 use crate::Functions;
@@ -89,7 +90,9 @@ impl Store {
     /// stood at `at` or later (another node took that run).
     async fn advance(&self, name: &str, at: DateTime<Utc>) -> Result<bool, String> {
         match self {
-            Store::File(file) => Ok(file.record(name, at, |last| last.is_none_or(|l| l < at)).await),
+            Store::File(file) => Ok(file
+                .record(name, at, move |last| last.is_none_or(|l| l < at))
+                .await),
             Store::Postgres { pg, node, seen } => {
                 let client = pg.client().await.map_err(|e| e.to_string())?;
                 let moved = client
@@ -98,7 +101,7 @@ impl Store {
                          ON CONFLICT (name) DO UPDATE SET last_fired_ms = excluded.last_fired_ms,
                              node = excluded.node, updated_at = now()
                          WHERE gantry_schedules.last_fired_ms < excluded.last_fired_ms",
-                        &[&name, &at.timestamp_millis(), node],
+                        &[&name as &(dyn ToSql + Sync), &at.timestamp_millis(), node],
                     )
                     .await
                     .map_err(|e| PgError::query("advancing a schedule")(e).to_string())?;
@@ -123,7 +126,7 @@ impl Store {
                     .execute(
                         "INSERT INTO gantry_schedules (name, last_fired_ms, node) VALUES ($1, $2, $3)
                          ON CONFLICT (name) DO NOTHING",
-                        &[&name, &at.timestamp_millis(), node],
+                        &[&name as &(dyn ToSql + Sync), &at.timestamp_millis(), node],
                     )
                     .await
                     .map_err(|e| PgError::query("recording a schedule")(e).to_string())?;
@@ -593,23 +596,38 @@ mod tests {
         async fn suite(first: Store, second: Store) {
             assert_eq!(first.last("nightly").await.unwrap(), None);
             // The first start is recorded once; a later start keeps it.
-            first.begin("nightly", t("2026-01-15T12:00:00Z")).await.unwrap();
-            second.begin("nightly", t("2026-01-15T12:00:05Z")).await.unwrap();
+            first
+                .begin("nightly", t("2026-01-15T12:00:00Z"))
+                .await
+                .unwrap();
+            second
+                .begin("nightly", t("2026-01-15T12:00:05Z"))
+                .await
+                .unwrap();
             assert_eq!(
                 second.last("nightly").await.unwrap(),
                 Some(t("2026-01-15T12:00:00Z"))
             );
             // A due run is taken by exactly one of the two.
             let due = t("2026-01-15T13:00:00Z");
-            let (a, b) = tokio::join!(first.advance("nightly", due), second.advance("nightly", due));
+            let (a, b) = tokio::join!(
+                first.advance("nightly", due),
+                second.advance("nightly", due)
+            );
             assert_eq!(
                 [a.unwrap(), b.unwrap()].iter().filter(|&&x| x).count(),
                 1,
                 "a due run must be taken once"
             );
             // Going back is refused; going forward is taken.
-            assert!(!first.advance("nightly", t("2026-01-15T12:30:00Z")).await.unwrap());
-            assert!(second.advance("nightly", t("2026-01-15T14:00:00Z")).await.unwrap());
+            assert!(!first
+                .advance("nightly", t("2026-01-15T12:30:00Z"))
+                .await
+                .unwrap());
+            assert!(second
+                .advance("nightly", t("2026-01-15T14:00:00Z"))
+                .await
+                .unwrap());
             assert_eq!(
                 first.last("nightly").await.unwrap(),
                 Some(t("2026-01-15T14:00:00Z"))
@@ -642,7 +660,9 @@ mod tests {
                 let options = options.clone();
                 async move {
                     let pg = Postgres::connect(&options).await.unwrap();
-                    gantry_cluster::migrate::postgres(&pg, &POSTGRES).await.unwrap();
+                    gantry_cluster::migrate::postgres(&pg, &POSTGRES)
+                        .await
+                        .unwrap();
                     Store::Postgres {
                         pg,
                         node: node.to_string(),

@@ -21,6 +21,7 @@
 //! current time, so tests drive the clock.
 
 pub mod api;
+mod cluster;
 pub mod notify;
 pub mod rules;
 mod store;
@@ -163,6 +164,9 @@ struct Tracker {
     examples: VecDeque<String>,
     /// Buckets from this start on changed since the last save.
     dirty_from: Option<u64>,
+    /// In cluster mode: counts recorded since the last flush to the
+    /// cluster's shared rows, by bucket start.
+    added: Option<BTreeMap<u64, (u64, u64)>>,
 }
 
 impl Tracker {
@@ -174,6 +178,7 @@ impl Tracker {
             states: [AlertState::Ok; 3],
             examples: VecDeque::new(),
             dirty_from: None,
+            added: None,
         }
     }
 
@@ -201,6 +206,11 @@ impl Tracker {
     fn record(&mut self, now: u64, bad: bool, trace_id: &dyn std::fmt::Display) {
         let start = now - now % BUCKET;
         self.dirty_from = Some(self.dirty_from.map_or(start, |d| d.min(start)));
+        if let Some(added) = &mut self.added {
+            let counts = added.entry(start).or_default();
+            counts.0 += 1;
+            counts.1 += u64::from(bad);
+        }
         match self.buckets.back_mut() {
             Some(last) if last.0 == start => {
                 last.1 += 1;
@@ -352,6 +362,8 @@ pub struct Slos {
     trackers: Arc<Mutex<BTreeMap<String, Tracker>>>,
     alerting: Arc<Mutex<gantry_manifest::Alerting>>,
     store: Option<store::CountStore>,
+    /// Cluster mode: the counts and alert states every node shares.
+    shared: Option<cluster::SharedCounts>,
 }
 
 impl Slos {
@@ -361,6 +373,142 @@ impl Slos {
             store: Some(store::CountStore::open(data_dir)?),
             ..Slos::default()
         })
+    }
+
+    /// SLOs of a cluster: counts shared by every node in PostgreSQL, alerts
+    /// evaluated and sent by one node at a time (see [`cluster`]).
+    pub async fn clustered(cluster: &gantry_cluster::Cluster) -> Result<Slos, String> {
+        Ok(Slos {
+            shared: Some(
+                cluster::SharedCounts::open(cluster)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            ),
+            ..Slos::default()
+        })
+    }
+
+    /// Cluster mode: adds this node's new counts to the shared rows, then
+    /// reads the cluster's totals and alert states back into every SLO.
+    /// A failed flush keeps the counts for the next round.
+    pub(crate) async fn sync_shared(&self) {
+        let Some(shared) = &self.shared else { return };
+        let added: Vec<cluster::Added> = {
+            let mut trackers = self.trackers.lock().unwrap_or_else(|e| e.into_inner());
+            trackers
+                .values_mut()
+                .map(|t| {
+                    let horizon = now().saturating_sub(t.keep());
+                    let buckets = t
+                        .added
+                        .as_mut()
+                        .map(std::mem::take)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(start, (requests, bad))| (start, requests, bad))
+                        .collect();
+                    (t.key(), horizon, buckets)
+                })
+                .collect()
+        };
+        if let Err(error) = shared.add(&added).await {
+            tracing::warn!(target: "gantry::slo", %error, "cannot add SLO counts to the cluster's; keeping them for the next round");
+            let mut trackers = self.trackers.lock().unwrap_or_else(|e| e.into_inner());
+            for (key, _, buckets) in added {
+                if let Some(t) = trackers.values_mut().find(|t| t.key() == key) {
+                    let pending = t.added.get_or_insert_with(BTreeMap::new);
+                    for (start, requests, bad) in buckets {
+                        let counts = pending.entry(start).or_default();
+                        counts.0 += requests;
+                        counts.1 += bad;
+                    }
+                }
+            }
+            return;
+        }
+        let wanted: Vec<(String, String, u64, String)> = {
+            let trackers = self.trackers.lock().unwrap_or_else(|e| e.into_inner());
+            trackers
+                .values()
+                .map(|t| {
+                    let since = now().saturating_sub(t.keep());
+                    (t.name.clone(), t.key(), since, t.config_text())
+                })
+                .collect()
+        };
+        for (name, key, since, config) in wanted {
+            let (buckets, states) = match (
+                shared.load(&key, since).await,
+                shared.load_states(&name, &config).await,
+            ) {
+                (Ok(buckets), Ok(states)) => (buckets, states),
+                (Err(error), _) | (_, Err(error)) => {
+                    tracing::warn!(target: "gantry::slo", slo = %name, %error, "cannot read the cluster's SLO counts");
+                    continue;
+                }
+            };
+            let mut trackers = self.trackers.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(t) = trackers.get_mut(&name).filter(|t| t.key() == key) else {
+                continue;
+            };
+            // The cluster's totals, and what this node counted since the
+            // flush above (not in them yet).
+            let mut merged: BTreeMap<u64, (u64, u64)> = buckets
+                .into_iter()
+                .map(|(start, requests, bad)| (start, (requests, bad)))
+                .collect();
+            for (start, (requests, bad)) in t.added.iter().flatten() {
+                let counts = merged.entry(*start).or_default();
+                counts.0 += requests;
+                counts.1 += bad;
+            }
+            t.buckets = merged
+                .into_iter()
+                .map(|(start, (requests, bad))| (start, requests, bad))
+                .collect();
+            if let Some(states) = states.and_then(|text| serde_json::from_str(&text).ok()) {
+                t.states = states;
+            }
+        }
+    }
+
+    /// Cluster mode: whether this node evaluates alerts this round (it
+    /// holds, or has just taken, the evaluation lease). Always true when
+    /// embedded.
+    pub(crate) async fn leads(&self, every: Duration) -> bool {
+        match &self.shared {
+            Some(shared) => shared.lead(every).await,
+            None => true,
+        }
+    }
+
+    /// Cluster mode: stores the alert states this node evaluated.
+    pub(crate) async fn save_shared_states(&self) {
+        let Some(shared) = &self.shared else { return };
+        let states: Vec<store::States> = {
+            let trackers = self.trackers.lock().unwrap_or_else(|e| e.into_inner());
+            trackers
+                .values()
+                .map(|t| {
+                    (
+                        t.name.clone(),
+                        t.config_text(),
+                        serde_json::to_string(&t.states).unwrap_or_default(),
+                    )
+                })
+                .collect()
+        };
+        if let Err(error) = shared.save_states(&states).await {
+            tracing::warn!(target: "gantry::slo", %error, "cannot store SLO alert states in the cluster");
+        }
+    }
+
+    /// Cluster mode, at a clean stop: flushes this node's counts and gives
+    /// the evaluation lease up.
+    pub(crate) async fn leave_shared(&self) {
+        let Some(shared) = &self.shared else { return };
+        self.sync_shared().await;
+        shared.release().await;
     }
 
     /// Writes the counts changed since the last save (at every evaluation
@@ -410,6 +558,11 @@ impl Slos {
         for (name, config) in slos {
             trackers.entry(name.clone()).or_insert_with(|| {
                 let mut tracker = Tracker::new(name, config.clone());
+                // In cluster mode the counts come from the shared rows at
+                // the next round; until then this node counts its own.
+                if self.shared.is_some() {
+                    tracker.added = Some(BTreeMap::new());
+                }
                 if let Some(store) = &self.store {
                     let since = now().saturating_sub(tracker.keep());
                     tracker.buckets = store.load(&tracker.key(), since).into();
@@ -770,5 +923,73 @@ mod tests {
             0,
             "a removed SLO's counts are deleted"
         );
+    }
+
+    /// Two nodes of one cluster: the counts are the sum of both, one node
+    /// evaluates, and the alert it fired is not fired again by the node
+    /// that takes the evaluation over.
+    #[tokio::test]
+    async fn cluster_nodes_share_counts_and_page_once() {
+        let Some(options) = gantry_cluster::testing::fresh_schema("slos").await else {
+            return;
+        };
+        let node = |name: &'static str| {
+            let options = options.clone();
+            async move {
+                let cluster = gantry_cluster::Cluster::connect(&options, name)
+                    .await
+                    .unwrap();
+                let slos = Slos::clustered(&cluster).await.unwrap();
+                let mut config = BTreeMap::new();
+                config.insert(
+                    "checkout".to_string(),
+                    Slo {
+                        target: SloTarget::Route("checkout".into()),
+                        objective: 99.9,
+                        window: Duration::from_secs(30 * 86_400),
+                        latency: None,
+                        min_requests: 10,
+                        runbook: None,
+                    },
+                );
+                slos.apply(&config);
+                slos
+            }
+        };
+        let a = node("a").await;
+        let b = node("b").await;
+        let t = now();
+        for _ in 0..10 {
+            a.observe(t, "checkout", "orders", 200, Duration::from_millis(1), &"x");
+            b.observe(t, "checkout", "orders", 503, Duration::from_millis(1), &"y");
+        }
+        a.sync_shared().await;
+        b.sync_shared().await;
+        a.sync_shared().await;
+        for slos in [&a, &b] {
+            let status = &slos.status(t)[0];
+            assert_eq!((status.requests, status.bad), (20, 10));
+        }
+        // Flushed once: another round adds nothing.
+        a.sync_shared().await;
+        assert_eq!(a.status(t)[0].requests, 20);
+
+        let every = Duration::from_secs(10);
+        assert!(a.leads(every).await);
+        assert!(!b.leads(every).await);
+        let fired = a.evaluate(t);
+        assert!(fired.iter().any(|n| n.status == "firing"), "{fired:?}");
+        a.save_shared_states().await;
+
+        // `a` stops cleanly: `b` takes the evaluation over with the states
+        // `a` stored, and does not page again.
+        a.leave_shared().await;
+        b.sync_shared().await;
+        assert!(b.leads(every).await);
+        assert!(b.evaluate(t).is_empty());
+        assert!(b.status(t)[0]
+            .alerts
+            .iter()
+            .any(|alert| alert.state == AlertState::Firing));
     }
 }

@@ -21,13 +21,20 @@ pub async fn run(slos: Slos, stop: CancellationToken) {
         let every = slos.alerting().evaluate_every;
         tokio::select! {
             _ = stop.cancelled() => {
+                slos.leave_shared().await;
                 let _ = tokio::task::spawn_blocking(move || slos.save()).await;
                 return;
             }
             _ = tokio::time::sleep(every) => {}
         }
         let webhook = slos.alerting().webhook;
+        // In a cluster every node shares its counts, and one evaluates.
+        slos.sync_shared().await;
+        if !slos.leads(every).await {
+            continue;
+        }
         let notes = slos.evaluate(crate::now());
+        slos.save_shared_states().await;
         {
             let slos = slos.clone();
             let _ = tokio::task::spawn_blocking(move || slos.save()).await;
