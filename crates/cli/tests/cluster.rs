@@ -147,25 +147,7 @@ impl Node {
     }
 
     async fn wait_ready(&mut self) -> Result<(), String> {
-        let client = client();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                return Err(format!("(exit {status})\n{}", self.log()));
-            }
-            if let Ok(response) = client.get(self.admin_url("/readyz")).send().await {
-                if response.status() == 200 {
-                    return Ok(());
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node {} did not become ready:\n{}",
-                self.name,
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        support::wait_ready(self.child.as_mut().unwrap(), self.admin, &self.log).await
     }
 
     fn url(&self, path: &str) -> String {

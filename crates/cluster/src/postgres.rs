@@ -54,14 +54,20 @@ impl Explain for PgError {
     }
 
     fn problem(&self) -> Problem {
-        Problem::edge(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store-unavailable",
-            "Gantry's store is unavailable",
-        )
-        .detail(format!("{self}; try again shortly"))
-        .retry_after(1)
+        store_unavailable(self)
     }
+}
+
+/// The answer to a request that a store failed (SQLite or PostgreSQL):
+/// 503 `store-unavailable`, to be tried again shortly.
+pub fn store_unavailable(error: &dyn std::fmt::Display) -> Problem {
+    Problem::edge(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store-unavailable",
+        "Gantry's store is unavailable",
+    )
+    .detail(format!("{error}; try again shortly"))
+    .retry_after(1)
 }
 
 /// Where the cluster's database is and how to use it.

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use gantry_problem::{Blame, Explain, Problem};
-use http::StatusCode;
 use rusqlite::Connection;
 
 /// Why `gantry.db` could not do what was asked: always Gantry's own trouble
@@ -49,13 +48,7 @@ impl Explain for StoreError {
     }
 
     fn problem(&self) -> Problem {
-        Problem::edge(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store-unavailable",
-            "Gantry's store is unavailable",
-        )
-        .detail(format!("{self}; try again shortly"))
-        .retry_after(1)
+        gantry_cluster::postgres::store_unavailable(self)
     }
 }
 

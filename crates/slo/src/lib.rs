@@ -657,8 +657,8 @@ mod tests {
     use super::*;
     use gantry_manifest::SloTarget;
 
-    fn slos(min_requests: u64) -> Slos {
-        let slos = Slos::default();
+    /// A 99.9% availability SLO on route `checkout` over 30 days.
+    fn checkout(min_requests: u64) -> BTreeMap<String, Slo> {
         let mut config = BTreeMap::new();
         config.insert(
             "checkout".to_string(),
@@ -671,7 +671,12 @@ mod tests {
                 runbook: Some("https://runbooks.example/checkout".into()),
             },
         );
-        slos.apply(&config);
+        config
+    }
+
+    fn slos(min_requests: u64) -> Slos {
+        let slos = Slos::default();
+        slos.apply(&checkout(min_requests));
         slos
     }
 
@@ -940,19 +945,7 @@ mod tests {
                     .await
                     .unwrap();
                 let slos = Slos::clustered(&cluster).await.unwrap();
-                let mut config = BTreeMap::new();
-                config.insert(
-                    "checkout".to_string(),
-                    Slo {
-                        target: SloTarget::Route("checkout".into()),
-                        objective: 99.9,
-                        window: Duration::from_secs(30 * 86_400),
-                        latency: None,
-                        min_requests: 10,
-                        runbook: None,
-                    },
-                );
-                slos.apply(&config);
+                slos.apply(&checkout(10));
                 slos
             }
         };

@@ -158,24 +158,8 @@ impl Gantry {
 
     /// Waits until Gantry is ready; `Err` with its log if it exited.
     async fn try_wait_ready(&mut self) -> Result<(), String> {
-        let client = client();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                return Err(format!("(exit {status})\n{}", self.log()));
-            }
-            if let Ok(response) = client.get(self.admin_url("/readyz")).send().await {
-                if response.status() == 200 {
-                    return Ok(());
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "gantry did not become ready:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let log = self.dir.path().join("gantry.log");
+        wait_ready(self.child.as_mut().unwrap(), self.admin, &log).await
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -272,6 +256,31 @@ fn fill(manifest: &str, gateway: u16, admin: u16, api: u16, bin: &Path) -> Strin
         .replace("{ADMIN}", &admin.to_string())
         .replace("{API}", &api.to_string())
         .replace("{BIN}", &bin.display().to_string())
+}
+
+/// Waits until the Gantry `child` answers 200 on its admin `/readyz`;
+/// `Err` with its log (the file `log`) if it exited. Panics after 60 s.
+pub async fn wait_ready(child: &mut Child, admin: u16, log: &Path) -> Result<(), String> {
+    let client = client();
+    let url = format!("http://127.0.0.1:{admin}/readyz");
+    let read_log = || std::fs::read_to_string(log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Err(format!("(exit {status})\n{}", read_log()));
+        }
+        if let Ok(response) = client.get(&url).send().await {
+            if response.status() == 200 {
+                return Ok(());
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gantry did not become ready:\n{}",
+            read_log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A pooled HTTP client.
