@@ -151,10 +151,21 @@ impl Postgres {
             schema: options.schema.as_str().into(),
         };
         let client = postgres.client().await?;
-        client
+        // `IF NOT EXISTS` does not make two concurrent creations safe: the
+        // loser of the race fails on the catalog's unique index. Nodes start
+        // together, so that failure means the schema is there.
+        let created = client
             .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", options.schema))
-            .await
-            .map_err(PgError::query("creating the cluster's schema"))?;
+            .await;
+        if let Err(error) = created {
+            let raced = error.code().is_some_and(|code| {
+                *code == tokio_postgres::error::SqlState::UNIQUE_VIOLATION
+                    || *code == tokio_postgres::error::SqlState::DUPLICATE_SCHEMA
+            });
+            if !raced {
+                return Err(PgError::query("creating the cluster's schema")(error));
+            }
+        }
         Ok(postgres)
     }
 
