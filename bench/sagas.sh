@@ -12,7 +12,11 @@
 # load run), FSYNC_PROBE (1: after the measured rounds, count the journal's
 # syscalls with `perf stat` during one extra Gantry run per scenario of
 # PROBE_COUNT (1000) runs; 0: skip), GANTRY (a gantry binary to use instead
-# of building target/release/gantry).
+# of building target/release/gantry), BACKENDS ("sqlite postgres": the
+# journal in SQLite, embedded, and in PostgreSQL, cluster mode with one
+# node; "sqlite" alone needs no database), PG (the PostgreSQL URL,
+# postgres://postgres@127.0.0.1:5432/test; each round gets a fresh schema,
+# dropped afterwards).
 #
 # Gantry: a fresh `gantry up` with a fresh data dir per scenario and round,
 # pinned to core 0 (`taskset -c 0`, one worker); the workflow `three` calls
@@ -42,12 +46,16 @@ RATE=${RATE:-200}
 RATE_COUNT=${RATE_COUNT:-2000}
 TIMEOUT=${TIMEOUT:-300}
 FSYNC_PROBE=${FSYNC_PROBE:-1}
+BACKENDS=${BACKENDS:-sqlite postgres}
+PG=${PG:-postgres://postgres@127.0.0.1:5432/test}
+SCHEMAS=()
 PROBE_COUNT=${PROBE_COUNT:-1000}
 LISTEN_PORT=18280 ADMIN_PORT=18281 API_PORT=18282 SINK_PORT=18290
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/tmp/gantry-bench-target}
 
 tools=(taskset python3 curl timeout)
 [ "$FSYNC_PROBE" = 1 ] && tools+=(perf)
+[[ " $BACKENDS " == *" postgres "* ]] && tools+=(psql)
 require_tools "FSYNC_PROBE=0 skips perf" "${tools[@]}"
 require_free_ports $LISTEN_PORT $ADMIN_PORT $API_PORT $SINK_PORT
 
@@ -70,6 +78,7 @@ cleanup() {
   fi
   stop_perf
   stop_gantry
+  for schema in "${SCHEMAS[@]}"; do psql "$PG" -qc "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null 2>&1 || true; done
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -80,7 +89,9 @@ if [ -n "${GANTRY:-}" ]; then
   GANTRY_BUILT="given ($GANTRY, built $(date -r "$GANTRY" '+%F %T %Z'))"
 else
   echo "building gantry (release)..." >&2
-  (cd "$ROOT" && cargo build --release -q -p gantry-cli --target-dir "$ROOT/target")
+  # Built as the README builds it (whole workspace, same target dir): a
+  # `-p` build unifies features differently and rebuilds wasmtime.
+  (cd "$ROOT" && cargo build --release -q)
   GANTRY="$ROOT/target/release/gantry"
   GANTRY_BUILT="built now from the working tree"
 fi
@@ -110,9 +121,10 @@ children_seconds() {
 }
 
 # Starts gantry pinned to core 0 on a fresh data dir in $1; with $2 = perf,
-# under `perf stat` counting the journal's syscalls into $1/perf.txt.
+# under `perf stat` counting the journal's syscalls into $1/perf.txt; with
+# $3 = postgres, in cluster mode on a fresh schema.
 start_gantry() {
-  local dir=$1 mode=${2:-}
+  local dir=$1 mode=${2:-} backend=${3:-sqlite}
   mkdir -p "$dir"
   cat > "$dir/gantry.toml" <<TOML
 [platform]
@@ -141,6 +153,11 @@ name = "ship"
 call = "sink:POST /ship"
 body = { run = "{{ workflow.id }}", sent = "{{ input.sent_ns }}" }
 TOML
+  if [ "$backend" = postgres ]; then
+    local schema="bench_saga_$(basename "$dir" | tr -c 'a-z0-9\n' '_')_$$"
+    SCHEMAS+=("$schema")
+    printf '\n[cluster]\npostgres = "%s"\nschema = "%s"\n' "$PG" "$schema" >> "$dir/gantry.toml"
+  fi
   if [ "$mode" = perf ]; then
     # perf follows every thread gantry starts (tokio's blocking pool too).
     GANTRY_LOG=warn perf stat -x, -o "$dir/perf.txt" \
@@ -190,10 +207,13 @@ run_load() {
   fi
   [ "$status" = 0 ] || echo "bench: events-load $1 exited $status in round $round, $scenario (recorded as incomplete)" >&2
   python3 - "$round" "$scenario" "$before" "$after" "$busy_before" "$busy_after" "$tool_before" "$tool_after" "$out" >> "$results" <<'PY'
-import json, sys
+import json, os, sys
 round_, scenario, before, after, busy_before, busy_after, tool_before, tool_after, out = sys.argv[1:]
 row = json.loads(out)
 row.update(round=int(round_), scenario=scenario)
+label = os.environ.get("LABEL")
+if label:
+    row["system"] = label
 row["gantry_cpu_s"] = float(after) - float(before) if before and after else None
 row["tool_cpu_s"] = float(tool_after) - float(tool_before)
 # Busy CPU time of the machine that was neither gantry nor the load tool:
@@ -218,13 +238,17 @@ SCENARIOS=(flat rate)
 for round in $(seq "$RUNS"); do
   for scenario in "${SCENARIOS[@]}"; do
     read -r -a args <<< "$(scenario_args "$scenario")"
-    echo "round $round/$RUNS, $scenario: gantry" >&2
-    start_gantry "$WORK/r$round-$scenario"
-    run_load "$round" "$scenario" "$GANTRY_PID" "$RESULTS" saga \
-      --api "http://127.0.0.1:$API_PORT" --admin "http://127.0.0.1:$ADMIN_PORT" \
-      --workflow three --listen "127.0.0.1:$SINK_PORT" "${args[@]}"
-    stop_gantry
-    rm -rf "$WORK/r$round-$scenario/data"
+    for backend in $BACKENDS; do
+      label=gantry
+      [ "$backend" = postgres ] && label=gantry-postgres
+      echo "round $round/$RUNS, $scenario: $label" >&2
+      start_gantry "$WORK/r$round-$scenario-$backend" "" "$backend"
+      LABEL=$label run_load "$round" "$scenario" "$GANTRY_PID" "$RESULTS" saga \
+        --api "http://127.0.0.1:$API_PORT" --admin "http://127.0.0.1:$ADMIN_PORT" \
+        --workflow three --listen "127.0.0.1:$SINK_PORT" "${args[@]}"
+      stop_gantry
+      rm -rf "$WORK/r$round-$scenario-$backend/data"
+    done
     echo "round $round/$RUNS, $scenario: direct" >&2
     run_load "$round" "$scenario" "" "$RESULTS" direct --listen "127.0.0.1:$SINK_PORT" "${args[@]}"
   done
@@ -297,9 +321,11 @@ for scenario in ("flat", "rate"):
               f"| {cpu_ms_per_run(scenario, system, 'gantry_cpu_s')} | {cpu_ms_per_run(scenario, system, 'tool_cpu_s')} "
               f"| {max(v('other_cpu_s')):.2f} | {settle} | {incomplete}"
               f"{f' ({unfinished} not completed in the journal)' if unfinished else ''} |")
-    if "gantry" in systems and "direct" in systems:
-        ratio = lambda key: med(values(scenario, "gantry", key)) / med(values(scenario, "direct", key))
-        print(f"\ngantry/direct: completed runs/s {ratio('completed_per_s'):.2f}x, "
+    for gantry in [s for s in systems if s.startswith("gantry")]:
+        if "direct" not in systems:
+            break
+        ratio = lambda key: med(values(scenario, gantry, key)) / med(values(scenario, "direct", key))
+        print(f"\n{gantry}/direct: completed runs/s {ratio('completed_per_s'):.2f}x, "
               f"e2e p50 {ratio('e2e_p50_ms'):.2f}x, e2e p99 {ratio('e2e_p99_ms'):.2f}x; "
               f"start ack p50 {ratio('start_ack_p50_ms'):.2f}x (direct: the whole run)")
     errors = sum(r["start_errors"] + r["refused"] + r["duplicate_completions"] for sys_ in systems for r in rows[(scenario, sys_)])

@@ -294,10 +294,15 @@ pub async fn run_node(
     // Idempotency records and API keys: shared by every node in cluster
     // mode, so a key holds across nodes.
     let (idempotency, api_keys) = match &cluster {
-        Some(cluster) => (
-            IdempotencyStore::postgres(cluster.postgres().clone()).await?,
-            ApiKeys::postgres(cluster.postgres().clone()).await?,
-        ),
+        Some(cluster) => {
+            gantry_gateway::shared_limits::migrate(cluster.postgres())
+                .await
+                .map_err(|e| AppError::Start(e.to_string()))?;
+            (
+                IdempotencyStore::postgres(cluster.postgres().clone()).await?,
+                ApiKeys::postgres(cluster.postgres().clone()).await?,
+            )
+        }
         None => (
             IdempotencyStore::open(&platform.data_dir)?,
             ApiKeys::open(&platform.data_dir)?,
@@ -370,6 +375,15 @@ pub async fn run_node(
         }
     });
     let slo_task = tokio::spawn(gantry_slo::notify::run(slos.clone(), servers.clone()));
+    // Rate limits count the whole cluster's requests: nodes trade counts.
+    let limits_task = cluster.as_ref().map(|cluster| {
+        tokio::spawn(gantry_gateway::shared_limits::run(
+            gateway.clone(),
+            cluster.postgres().clone(),
+            cluster.holder(),
+            servers.clone(),
+        ))
+    });
     tracing::info!(
         target: "gantry::app",
         system = %platform.name,
@@ -438,6 +452,9 @@ pub async fn run_node(
     let _ = admin_task.await;
     let _ = api_task.await;
     let _ = slo_task.await;
+    if let Some(task) = limits_task {
+        let _ = task.await;
+    }
     if let Some(task) = heartbeat {
         let _ = task.await;
     }

@@ -517,6 +517,208 @@ to = "function:tick"
     );
 }
 
+#[tokio::test]
+async fn a_rate_limit_is_the_clusters_total() {
+    let Some(pg) = gantry_cluster::testing::fresh_schema("limits").await else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gantry.toml");
+    // 50 requests a second per tenant, bursts of 5.
+    let route = r#"[[routes]]
+path = "/limited"
+to = "app"
+rewrite = "/hello"
+rate_limit = { requests = 50, per = "1s", burst = 5, key = "header:x-tenant" }
+"#;
+    std::fs::write(&path, manifest(&pg, upstream.addr, route)).unwrap();
+    let mut nodes = Vec::new();
+    for name in ["r1", "r2", "r3"] {
+        nodes.push(Node::start(name, &path, dir.path()).await);
+    }
+    // One tenant sends flat out to all three nodes for four seconds.
+    let seconds = 4.0;
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut load = Vec::new();
+    for node in &nodes {
+        let url = node.url("/limited");
+        load.push(tokio::spawn(async move {
+            let client = client();
+            let (mut allowed, mut limited) = (0u32, 0u32);
+            while Instant::now() < deadline {
+                let status = client
+                    .get(&url)
+                    .header("x-tenant", "t1")
+                    .send()
+                    .await
+                    .unwrap()
+                    .status();
+                match status.as_u16() {
+                    200 => allowed += 1,
+                    429 => limited += 1,
+                    other => panic!("unexpected status {other}"),
+                }
+            }
+            (allowed, limited)
+        }));
+    }
+    let mut per_node = Vec::new();
+    for task in load {
+        per_node.push(task.await.unwrap());
+    }
+    let allowed: u32 = per_node.iter().map(|(a, _)| a).sum();
+    let limited: u32 = per_node.iter().map(|(_, l)| l).sum();
+    // The limit allows its burst and then its rate: 5 + 50 × 4 = 205 for
+    // the cluster. Each node alone would allow that much (615 in all).
+    let expected = 5.0 + 50.0 * seconds;
+    let ratio = f64::from(allowed) / expected;
+    eprintln!(
+        "rate limit across 3 nodes: allowed {allowed} of {} requests, {ratio:.3}x the limit; per node (allowed, limited): {per_node:?}",
+        allowed + limited
+    );
+    assert!(limited > 0, "the load must exceed the limit");
+    assert!(
+        (0.8..=1.25).contains(&ratio),
+        "allowed {allowed}, expected about {expected}: {ratio:.3}x the limit"
+    );
+    // Every node allowed some and refused some: the limit is shared, not
+    // split or held by one node.
+    assert!(
+        per_node.iter().all(|(a, l)| *a > 0 && *l > 0),
+        "{per_node:?}"
+    );
+}
+
+/// A saga's service: records each call's path and `Idempotency-Key`; the
+/// first charge takes 1.5 s, so a node can be killed while it is in flight.
+#[derive(Clone, Default)]
+struct SagaService {
+    calls: Arc<std::sync::Mutex<Vec<(String, String)>>>,
+}
+
+impl SagaService {
+    async fn start() -> (SagaService, SocketAddr) {
+        let service = SagaService::default();
+        let recorder = service.clone();
+        let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let recorder = recorder.clone();
+            async move {
+                let path = request.uri().path().to_string();
+                let key = request
+                    .headers()
+                    .get("idempotency-key")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                let first_charge = {
+                    let mut calls = recorder.calls.lock().unwrap();
+                    calls.push((path.clone(), key));
+                    path == "/charges" && calls.iter().filter(|(p, _)| p == "/charges").count() == 1
+                };
+                if first_charge {
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                }
+                axum::Json(serde_json::json!({ "id": "x1" }))
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (service, addr)
+    }
+
+    /// The calls to `path`, and how many distinct idempotency keys they had.
+    fn calls(&self, path: &str) -> (usize, usize) {
+        let calls = self.calls.lock().unwrap();
+        let mut keys: Vec<&str> = calls
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, k)| k.as_str())
+            .collect();
+        let all = keys.len();
+        keys.sort();
+        keys.dedup();
+        (all, keys.len())
+    }
+}
+
+#[tokio::test]
+async fn a_saga_whose_node_is_killed_mid_step_is_finished_by_another_node() {
+    let Some(pg) = gantry_cluster::testing::fresh_schema("saga").await else {
+        return;
+    };
+    let (service, addr) = SagaService::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gantry.toml");
+    let workflow = r#"
+[services.shop]
+urls = ["http://SHOP"]
+
+[workflows.checkout]
+[[workflows.checkout.steps]]
+name = "reserve"
+call = "shop:POST /reservations"
+
+[[workflows.checkout.steps]]
+name = "charge"
+call = "shop:POST /charges"
+timeout = "10s"
+
+[[workflows.checkout.steps]]
+name = "ship"
+call = "shop:POST /shipments"
+"#
+    .replace("SHOP", &addr.to_string());
+    let upstream = Upstream::start().await;
+    std::fs::write(&path, manifest(&pg, upstream.addr, &workflow)).unwrap();
+    let mut nodes = Vec::new();
+    for name in ["w1", "w2", "w3"] {
+        nodes.push(Node::start(name, &path, dir.path()).await);
+    }
+    let started = client()
+        .post(format!(
+            "http://127.0.0.1:{}/v1/workflows/checkout",
+            nodes[0].api
+        ))
+        .json(&serde_json::json!({ "id": "order-7", "input": {} }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), 201);
+    eventually(
+        "the charge is in flight",
+        Duration::from_secs(10),
+        || async { service.calls("/charges").0 == 1 },
+    )
+    .await;
+    nodes[0].kill_hard();
+
+    // Another node takes the run over once its lease (2 s) lapses, and
+    // finishes it; the charge is repeated with the same key, so the service
+    // does it once.
+    let survivor = nodes[1].admin_url("/v1/workflows/order-7");
+    eventually(
+        "the run completes on another node",
+        Duration::from_secs(20),
+        || async {
+            let run: Value = match client().get(&survivor).send().await {
+                Ok(response) => response.json().await.unwrap_or_default(),
+                Err(_) => return false,
+            };
+            run["state"] == "completed"
+        },
+    )
+    .await;
+    assert_eq!(service.calls("/reservations"), (1, 1));
+    let (charges, charge_keys) = service.calls("/charges");
+    assert_eq!(
+        charge_keys, 1,
+        "one charge, whatever the attempts ({charges})"
+    );
+    assert_eq!(service.calls("/shipments"), (1, 1));
+}
+
 /// Polls `gantry nodes` until `check` holds on its list.
 async fn nodes_until(
     path: &Path,

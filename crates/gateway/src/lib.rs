@@ -40,6 +40,7 @@ mod router;
 mod server;
 mod shadow;
 mod shaping;
+pub mod shared_limits;
 mod split;
 mod upstream;
 mod webhook;

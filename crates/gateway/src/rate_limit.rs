@@ -7,10 +7,17 @@
 //! update happen under one lock, so the limit holds exactly under concurrency.
 //! A key whose TAT has passed is indistinguishable from a new one and is
 //! dropped, so memory follows the number of recently active clients.
+//!
+//! In cluster mode a limit is the cluster's total: each limiter also counts
+//! what it allowed per key since the last exchange, and
+//! [`crate::shared_limits`] trades those counts with the other nodes a few
+//! times a second, charging theirs to the local TATs ([`RateLimiter::charge`]).
+//! No request waits on the database.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -28,11 +35,16 @@ pub(crate) struct RateLimiter {
     capacity: Duration,
     shards: Vec<Mutex<Shard>>,
     policy_header: HeaderValue,
+    /// Set once the cluster exchange picks this limiter up: from then on
+    /// allowed requests are counted into `Shard::allowed` for it.
+    shared: AtomicBool,
 }
 
 #[derive(Debug)]
 struct Shard {
     keys: HashMap<String, Instant>,
+    /// Cluster mode: requests allowed per key since the last exchange.
+    allowed: HashMap<String, u32>,
     /// Sweep when the shard grows past this; doubling it after each sweep
     /// keeps the cost of sweeping constant per request.
     sweep_at: usize,
@@ -63,11 +75,13 @@ impl RateLimiter {
                 .map(|_| {
                     Mutex::new(Shard {
                         keys: HashMap::new(),
+                        allowed: HashMap::new(),
                         sweep_at: SWEEP_AT,
                     })
                 })
                 .collect(),
             policy_header,
+            shared: AtomicBool::new(false),
         }
     }
 
@@ -82,6 +96,9 @@ impl RateLimiter {
         let mut shard = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
         let (decision, next) = self.decide(&shard, key, now);
         if let Decision::Allowed { .. } = decision {
+            if self.shared.load(Ordering::Relaxed) {
+                *shard.allowed.entry(key.to_string()).or_default() += 1;
+            }
             shard.keys.insert(key.to_string(), next);
             if shard.keys.len() > shard.sweep_at {
                 shard.keys.retain(|_, tat| *tat > now);
@@ -95,6 +112,9 @@ impl RateLimiter {
     /// to count, e.g. its credentials were good).
     pub(crate) fn refund(&self, key: &str, now: Instant) {
         let mut shard = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = shard.allowed.get_mut(key) {
+            *count = count.saturating_sub(1);
+        }
         if let Some(tat) = shard.keys.get_mut(key) {
             match tat.checked_sub(self.interval) {
                 Some(earlier) if earlier > now => *tat = earlier,
@@ -103,6 +123,38 @@ impl RateLimiter {
                 }
             }
         }
+    }
+
+    /// Starts counting allowed requests for the cluster exchange.
+    pub(crate) fn share(&self) {
+        self.shared.store(true, Ordering::Relaxed);
+    }
+
+    /// The requests allowed per key since the last call (cluster mode).
+    pub(crate) fn take_allowed(&self) -> Vec<(String, u32)> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            out.extend(shard.allowed.drain().filter(|(_, n)| *n > 0));
+        }
+        out
+    }
+
+    /// Charges `count` requests that other nodes allowed for `key` to this
+    /// node's bucket, as if they had come here. The TAT is bounded to one
+    /// window past the bucket, so a burst elsewhere cannot lock a key out
+    /// for longer than the limit's own period.
+    pub(crate) fn charge(&self, key: &str, count: u32, now: Instant) {
+        let mut shard = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
+        let tat = shard
+            .keys
+            .get(key)
+            .copied()
+            .filter(|tat| *tat > now)
+            .unwrap_or(now);
+        let ceiling = now + self.capacity + self.policy.per;
+        let next = (tat + self.interval * count).min(ceiling);
+        shard.keys.insert(key.to_string(), next);
     }
 
     /// The decision for a request of `key` at `now`, and the key's TAT if
@@ -200,6 +252,36 @@ mod tests {
         assert!(matches!(
             limiter.check("b", start),
             Decision::Allowed { remaining: 2, .. }
+        ));
+    }
+
+    #[test]
+    fn counts_are_traded_between_nodes_and_charged() {
+        let here = limiter(10, Duration::from_secs(1), 5);
+        let start = Instant::now();
+        // Not shared yet: nothing is counted for the exchange.
+        assert!(matches!(here.check("a", start), Decision::Allowed { .. }));
+        assert!(here.take_allowed().is_empty());
+        here.share();
+        for _ in 0..2 {
+            assert!(matches!(here.check("a", start), Decision::Allowed { .. }));
+        }
+        here.refund("a", start);
+        assert_eq!(here.take_allowed(), vec![("a".to_string(), 1)]);
+        assert!(here.take_allowed().is_empty(), "taken once");
+
+        // Another node allowed three for `b`: two are left of its burst of five.
+        here.charge("b", 3, start);
+        for _ in 0..2 {
+            assert!(matches!(here.check("b", start), Decision::Allowed { .. }));
+        }
+        assert!(matches!(here.check("b", start), Decision::Limited { .. }));
+        // However much is charged, the key is free again within one period
+        // past its bucket.
+        here.charge("c", 1_000_000, start);
+        assert!(matches!(
+            here.check("c", start + Duration::from_millis(1500)),
+            Decision::Allowed { .. }
         ));
     }
 

@@ -94,7 +94,7 @@ pub(crate) enum CompiledFallback {
 /// requests no route matched.
 #[derive(Debug)]
 pub struct RouteTable {
-    routes: Vec<CompiledRoute>,
+    pub(crate) routes: Vec<CompiledRoute>,
     /// Proxies whose `X-Forwarded-For` is believed (`[platform] trusted_proxies`).
     pub(crate) trusted_proxies: Vec<ipnet::IpNet>,
     /// What happens before routing, from `[platform]`.
