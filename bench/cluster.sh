@@ -14,7 +14,8 @@
 #
 # Env: RUNS (3 rounds of part 1), DURATION (10s per load), CONNS (32),
 # PG (postgres://postgres@127.0.0.1:5432/test), LEASE (10s, part 2),
-# RUNS_IN_FLIGHT (100, part 2).
+# RUNS_IN_FLIGHT (100, part 2), GANTRY (a gantry binary to use instead of
+# building target/release/gantry).
 # Setup: Gantry pinned to core 0 (--workers 1), the upstream (nginx, 1 KiB)
 # and wrk on core 1; PostgreSQL runs where it runs (its CPU is not Gantry's:
 # reported separately as "other"). Each round uses a fresh data directory
@@ -52,10 +53,14 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-echo "building gantry (release)..." >&2
-# Built as the README builds it (whole workspace, same target dir).
-(cd "$ROOT" && cargo build --release -q)
-GANTRY="$ROOT/target/release/gantry"
+if [ -n "${GANTRY:-}" ]; then
+  [ -x "$GANTRY" ] || { echo "bench: GANTRY=$GANTRY is not an executable" >&2; exit 1; }
+else
+  echo "building gantry (release)..." >&2
+  # Built as the README builds it (whole workspace, same target dir).
+  (cd "$ROOT" && cargo build --release -q)
+  GANTRY="$ROOT/target/release/gantry"
+fi
 
 echo "## machine"
 echo "date: $(date)"

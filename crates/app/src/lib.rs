@@ -215,6 +215,19 @@ pub async fn run_node(
     });
     let bus = EventBus::open(&platform.data_dir, directory.clone(), Some(traces.clone()))
         .map_err(AppError::Start)?;
+    // Outboxes: in cluster mode one node at a time relays each, from a
+    // position the cluster keeps.
+    if let (Some(cluster), Some(config)) = (&cluster, &manifest.cluster) {
+        let shared = gantry_events::SharedRelays::new(
+            cluster.postgres().clone(),
+            cluster.leases().clone(),
+            cluster.holder(),
+            config.lease,
+        )
+        .await
+        .map_err(|e| AppError::Start(format!("cannot prepare the outbox relays: {e}")))?;
+        bus.share_relays(shared);
+    }
     // Sagas: in cluster mode the journal is shared and each run is leased
     // to the node driving it.
     let workflows = match (&cluster, &manifest.cluster) {
@@ -262,7 +275,14 @@ pub async fn run_node(
         .map_err(|e| AppError::Start(e.to_string()))?,
         None => gantry_functions::Scheduler::new(&platform.data_dir, functions.clone()),
     };
-    let buckets = gantry_buckets::Buckets::new(&platform.data_dir, bus.clone());
+    // Objects: in cluster mode stored in PostgreSQL, so any node serves them.
+    let objects = match &cluster {
+        Some(cluster) => gantry_buckets::ObjectStore::postgres(cluster.postgres().clone())
+            .await
+            .map_err(|e| AppError::Start(format!("cannot prepare the object store: {e}")))?,
+        None => gantry_buckets::ObjectStore::files(&platform.data_dir.join("objects")),
+    };
+    let buckets = gantry_buckets::Buckets::new(objects, bus.clone());
     let (live, table) = Live::start(
         path,
         reload::Loaded {

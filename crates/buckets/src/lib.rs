@@ -1,9 +1,10 @@
 //! Object buckets: the target of upload routes (`to = "bucket:NAME"`).
 //!
 //! Each bucket is served on its own loopback listener, so an upload route
-//! keeps every gateway policy. A `PUT`/`POST` streams the body to a file in
-//! `DATA_DIR/objects/BUCKET/` (refusing it with 413 past `max_size`), keeps
-//! its content type, fsyncs it, moves it into place, and publishes an
+//! keeps every gateway policy. A `PUT`/`POST` streams the body into the
+//! [`ObjectStore`] (files in `DATA_DIR/objects/BUCKET/`, or the cluster's
+//! PostgreSQL), refusing it with 413 past `max_size`, keeps its content
+//! type, makes it durable and visible at once, and publishes an
 //! `object.created` CloudEvent to the bucket's `topic` before answering 201.
 //! Subscriptions on that topic trigger functions as for any event. A `GET`
 //! reads an object back; the platform API serves
@@ -14,7 +15,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -25,10 +25,13 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 use gantry_events::{CloudEvent, EventBus};
+
+mod store;
+
+pub use store::{ObjectError, ObjectStore};
 
 type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
 
@@ -51,7 +54,7 @@ pub struct Buckets {
 }
 
 struct Inner {
-    root: PathBuf,
+    objects: ObjectStore,
     bus: EventBus,
     listeners: Mutex<HashMap<String, Listener>>,
 }
@@ -103,10 +106,11 @@ impl std::fmt::Debug for Buckets {
 }
 
 impl Buckets {
-    pub fn new(data_dir: &Path, bus: EventBus) -> Buckets {
+    /// Buckets keeping their objects in `objects`.
+    pub fn new(objects: ObjectStore, bus: EventBus) -> Buckets {
         Buckets {
             inner: Arc::new(Inner {
-                root: data_dir.join("objects"),
+                objects,
                 bus,
                 listeners: Mutex::new(HashMap::new()),
             }),
@@ -182,7 +186,9 @@ impl Buckets {
 
     /// A new bucket's directory and listener.
     async fn listen(&self, name: &str, config: &Bucket) -> Result<Listener, String> {
-        std::fs::create_dir_all(self.inner.root.join(name))
+        self.inner
+            .objects
+            .prepare(name)
             .map_err(|e| format!("bucket `{name}`: cannot create its directory: {e}"))?;
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
             .await
@@ -222,26 +228,17 @@ impl Buckets {
         }
     }
 
-    fn paths(&self, bucket: &str, key: &str) -> Option<(PathBuf, PathBuf)> {
+    /// An object's metadata and bytes; `None` for a key that is not valid
+    /// or not there.
+    pub async fn read(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<Option<(ObjectInfo, Bytes)>, ObjectError> {
         if !valid_key(key) {
-            return None;
+            return Ok(None);
         }
-        // Keys may contain `/`; the file name encodes them so a bucket stays flat.
-        let file = percent_encoding::utf8_percent_encode(key, percent_encoding::NON_ALPHANUMERIC)
-            .to_string();
-        let dir = self.inner.root.join(bucket);
-        Some((
-            dir.join(format!("{file}.data")),
-            dir.join(format!("{file}.json")),
-        ))
-    }
-
-    /// An object's metadata and bytes.
-    pub async fn read(&self, bucket: &str, key: &str) -> Option<(ObjectInfo, Bytes)> {
-        let (data, meta) = self.paths(bucket, key)?;
-        let info: ObjectInfo = serde_json::from_slice(&tokio::fs::read(meta).await.ok()?).ok()?;
-        let bytes = tokio::fs::read(data).await.ok()?;
-        Some((info, Bytes::from(bytes)))
+        self.inner.objects.read(bucket, key).await
     }
 }
 
@@ -330,13 +327,14 @@ async fn handle(
         .into_owned();
     match *request.method() {
         Method::GET | Method::HEAD => match buckets.read(name, &key).await {
-            Some((info, bytes)) => answer(StatusCode::OK, &info.content_type, bytes),
-            None => problem(
+            Ok(Some((info, bytes))) => answer(StatusCode::OK, &info.content_type, bytes),
+            Ok(None) => problem(
                 StatusCode::NOT_FOUND,
                 "object-not-found",
                 "No such object",
                 format!("bucket `{name}` has no object `{key}`"),
             ),
+            Err(error) => unavailable(name, &key, &error),
         },
         Method::PUT | Method::POST => {
             let key = if key.is_empty() && request.method() == Method::POST {
@@ -362,7 +360,7 @@ async fn handle(
     }
 }
 
-/// Streams the body to disk, then publishes `object.created`.
+/// Streams the body into the store, then publishes `object.created`.
 async fn store(
     buckets: &Buckets,
     name: &str,
@@ -370,9 +368,9 @@ async fn store(
     key: &str,
     request: Request<Incoming>,
 ) -> Result<ObjectInfo, Response<Body>> {
-    let Some((data_path, meta_path)) = buckets.paths(name, key) else {
+    if !valid_key(key) {
         return Err(problem(StatusCode::BAD_REQUEST, "bad-object-key", "Bad object key", format!("`{key}` is not a valid object key: use printable characters and `/`-separated segments without `.` or `..`")));
-    };
+    }
     let content_type = request
         .headers()
         .get(http::header::CONTENT_TYPE)
@@ -389,18 +387,21 @@ async fn store(
             return Err(too_large(name, config.max_size));
         }
     }
-    let temp = data_path.with_extension(format!("upload-{}", uuid::Uuid::new_v4()));
-    let failed = |error: String| {
+    let failed = |error: ObjectError| {
+        tracing::error!(target: "gantry::objects", bucket = name, key, %error, "cannot store an object");
         problem(
-            StatusCode::INTERNAL_SERVER_ERROR,
+            StatusCode::SERVICE_UNAVAILABLE,
             "object-store-failed",
             "Could not store the object",
-            error,
+            format!("{error}; upload it again"),
         )
     };
-    let mut file = tokio::fs::File::create(&temp)
+    let mut upload = buckets
+        .inner
+        .objects
+        .begin(name, key)
         .await
-        .map_err(|e| failed(e.to_string()))?;
+        .map_err(failed)?;
     let mut body = request.into_body();
     let mut size = 0u64;
     let mut hash = Sha256::new();
@@ -420,18 +421,14 @@ async fn store(
                     return Err(too_large(name, config.max_size));
                 }
                 hash.update(&chunk);
-                file.write_all(&chunk)
-                    .await
-                    .map_err(|e| failed(e.to_string()))?;
+                upload.write(&chunk).await.map_err(failed)?;
             }
         }
-        file.sync_all().await.map_err(|e| failed(e.to_string()))?;
         Ok(())
     }
     .await;
-    drop(file);
     if let Err(response) = written {
-        let _ = tokio::fs::remove_file(&temp).await;
+        upload.abort().await;
         return Err(response);
     }
     let info = ObjectInfo {
@@ -442,23 +439,7 @@ async fn store(
         sha256: hex_string(&hash.finalize()),
         created: chrono_now(),
     };
-    let meta = serde_json::to_vec(&info).unwrap_or_default();
-    let placed: std::io::Result<()> = async {
-        tokio::fs::rename(&temp, &data_path).await?;
-        let mut meta_file = tokio::fs::File::create(&meta_path).await?;
-        meta_file.write_all(&meta).await?;
-        meta_file.sync_all().await?;
-        // The directory entries themselves must survive a crash too.
-        if let Some(dir) = data_path.parent() {
-            tokio::fs::File::open(dir).await?.sync_all().await?;
-        }
-        Ok(())
-    }
-    .await;
-    if let Err(error) = placed {
-        let _ = tokio::fs::remove_file(&temp).await;
-        return Err(failed(error.to_string()));
-    }
+    upload.commit(&info).await.map_err(failed)?;
     if let Some(topic) = &config.topic {
         let event = serde_json::json!({
             "specversion": "1.0",
@@ -499,6 +480,16 @@ async fn store(
     Ok(info)
 }
 
+/// A read the store failed: 503, to be tried again.
+fn unavailable(bucket: &str, key: &str, error: &ObjectError) -> Response<Body> {
+    tracing::error!(target: "gantry::objects", bucket, key, %error, "cannot read an object");
+    gantry_cluster::postgres::store_unavailable(error).respond_with(|json| {
+        Full::new(json)
+            .map_err(|never| match never {})
+            .boxed_unsync()
+    })
+}
+
 fn too_large(bucket: &str, max: u64) -> Response<Body> {
     problem(
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -533,7 +524,7 @@ async fn read_object(
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     match buckets.read(&bucket, &key).await {
-        Some((info, bytes)) => (
+        Ok(Some((info, bytes))) => (
             [
                 (http::header::CONTENT_TYPE, info.content_type),
                 (http::header::ETAG, format!("\"{}\"", info.sha256)),
@@ -541,7 +532,7 @@ async fn read_object(
             bytes,
         )
             .into_response(),
-        None => {
+        Ok(None) => {
             let (parts, body) = problem(
                 StatusCode::NOT_FOUND,
                 "object-not-found",
@@ -549,6 +540,10 @@ async fn read_object(
                 format!("bucket `{bucket}` has no object `{key}`"),
             )
             .into_parts();
+            axum::response::Response::from_parts(parts, axum::body::Body::new(body))
+        }
+        Err(error) => {
+            let (parts, body) = unavailable(&bucket, &key, &error).into_parts();
             axum::response::Response::from_parts(parts, axum::body::Body::new(body))
         }
     }

@@ -591,14 +591,15 @@ rate_limit = { requests = 50, per = "1s", burst = 5, key = "header:x-tenant" }
 }
 
 /// A saga's service: records each call's path and `Idempotency-Key`; the
-/// first charge takes 1.5 s, so a node can be killed while it is in flight.
+/// first call to `slow` takes 1.5 s, so a node can be killed while it is in
+/// flight; calls to `declined` are answered 402 (a failure not retried).
 #[derive(Clone, Default)]
 struct SagaService {
     calls: Arc<std::sync::Mutex<Vec<(String, String)>>>,
 }
 
 impl SagaService {
-    async fn start() -> (SagaService, SocketAddr) {
+    async fn start(slow: &'static str, declined: &'static str) -> (SagaService, SocketAddr) {
         let service = SagaService::default();
         let recorder = service.clone();
         let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
@@ -611,15 +612,20 @@ impl SagaService {
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or_default()
                     .to_string();
-                let first_charge = {
+                let first_slow = {
                     let mut calls = recorder.calls.lock().unwrap();
                     calls.push((path.clone(), key));
-                    path == "/charges" && calls.iter().filter(|(p, _)| p == "/charges").count() == 1
+                    path == slow && calls.iter().filter(|(p, _)| p == slow).count() == 1
                 };
-                if first_charge {
+                if first_slow {
                     tokio::time::sleep(Duration::from_millis(1500)).await;
                 }
-                axum::Json(serde_json::json!({ "id": "x1" }))
+                let status = if path == declined {
+                    axum::http::StatusCode::PAYMENT_REQUIRED
+                } else {
+                    axum::http::StatusCode::OK
+                };
+                (status, axum::Json(serde_json::json!({ "id": "x1" })))
             }
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -648,7 +654,7 @@ async fn a_saga_whose_node_is_killed_mid_step_is_finished_by_another_node() {
     let Some(pg) = gantry_cluster::testing::fresh_schema("saga").await else {
         return;
     };
-    let (service, addr) = SagaService::start().await;
+    let (service, addr) = SagaService::start("/charges", "none").await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gantry.toml");
     let workflow = r#"
@@ -717,6 +723,266 @@ call = "shop:POST /shipments"
         "one charge, whatever the attempts ({charges})"
     );
     assert_eq!(service.calls("/shipments"), (1, 1));
+}
+
+#[tokio::test]
+async fn an_object_stored_through_one_node_is_served_by_every_node() {
+    let Some(pg) = gantry_cluster::testing::fresh_schema("objects").await else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gantry.toml");
+    let bucket = r#"
+[buckets.photos]
+max_size = "4MiB"
+
+[[routes]]
+path = "/photos/*"
+strip_prefix = "/photos"
+methods = ["PUT", "GET"]
+to = "bucket:photos"
+"#;
+    std::fs::write(&path, manifest(&pg, upstream.addr, bucket)).unwrap();
+    let mut nodes = Vec::new();
+    for name in ["o1", "o2", "o3"] {
+        nodes.push(Node::start(name, &path, dir.path()).await);
+    }
+    // Bigger than one stored chunk, so it is reassembled on read.
+    let photo: Vec<u8> = (0..1_500_000u32).map(|i| (i % 253) as u8).collect();
+    let stored = client()
+        .put(nodes[0].url("/photos/2026/cat.png"))
+        .header("content-type", "image/png")
+        .body(photo.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), 201, "{}", stored.text().await.unwrap());
+    nodes[0].kill_hard();
+
+    let through_gateway = client()
+        .get(nodes[1].url("/photos/2026/cat.png"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(through_gateway.status(), 200);
+    assert_eq!(through_gateway.headers()["content-type"], "image/png");
+    assert!(
+        through_gateway.bytes().await.unwrap() == photo,
+        "the bytes differ"
+    );
+    let through_api = client()
+        .get(format!(
+            "http://127.0.0.1:{}/v1/objects/photos/2026/cat.png",
+            nodes[2].api
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(through_api.status(), 200);
+    assert!(through_api.headers().contains_key("etag"));
+    assert!(
+        through_api.bytes().await.unwrap() == photo,
+        "the bytes differ"
+    );
+    let missing = client()
+        .get(nodes[2].url("/photos/2026/dog.png"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+}
+
+/// Where the outbox's events arrive: each delivery's `ce-id`, duplicates
+/// included.
+async fn inbox() -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let app = axum::Router::new().route(
+        "/events",
+        post(move |headers: axum::http::HeaderMap| {
+            let record = record.clone();
+            async move {
+                let id = headers
+                    .get("ce-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                record.lock().unwrap().push(id);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, seen)
+}
+
+/// Writes outbox rows `from..to` as a service would, each in its own
+/// transaction.
+fn write_outbox(db: &Path, rows: std::ops::Range<u32>) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    for i in rows {
+        let event = serde_json::json!({"specversion": "1.0", "id": format!("o-{i}"),
+            "source": "/orders", "type": "order.placed", "data": {"i": i}});
+        conn.execute(
+            "INSERT INTO gantry_outbox (topic, event) VALUES ('order.placed', ?1)",
+            [event.to_string()],
+        )
+        .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn an_outbox_three_nodes_see_is_relayed_once_even_when_its_relay_is_killed() {
+    let Some(pg) = gantry_cluster::testing::fresh_schema("outbox").await else {
+        return;
+    };
+    let (inbox, seen) = inbox().await;
+    let dir = tempfile::tempdir().unwrap();
+    // The three nodes run on one machine: they all see the service's file.
+    let db = dir.path().join("orders.db");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE gantry_outbox (id INTEGER PRIMARY KEY AUTOINCREMENT,
+                                         topic TEXT NOT NULL, event TEXT NOT NULL);",
+        )
+        .unwrap();
+    let outbox = format!(
+        r#"
+[services.orders]
+urls = ["http://{inbox}"]
+outbox = {{ database = "{db}", poll = "20ms" }}
+
+[topics."order.placed"]
+
+[[subscriptions]]
+topic = "order.placed"
+to = "orders:/events"
+"#,
+        db = db.display()
+    );
+    let upstream = Upstream::start().await;
+    let path = dir.path().join("gantry.toml");
+    std::fs::write(&path, manifest(&pg, upstream.addr, &outbox)).unwrap();
+    let mut nodes = Vec::new();
+    for name in ["r1", "r2", "r3"] {
+        nodes.push(Node::start(name, &path, dir.path()).await);
+    }
+    let delivered = |n: usize| {
+        let seen = seen.clone();
+        async move { seen.lock().unwrap().len() >= n }
+    };
+    write_outbox(&db, 0..100);
+    eventually("100 events delivered", Duration::from_secs(20), || {
+        delivered(100)
+    })
+    .await;
+    // Kill the node that relays, between two batches.
+    let relay = nodes
+        .iter()
+        .position(|n| n.log().contains("this node relays the outbox"))
+        .expect("one node says it relays the outbox");
+    nodes[relay].kill_hard();
+    write_outbox(&db, 100..200);
+    eventually(
+        "the other 100 delivered after a takeover",
+        Duration::from_secs(30),
+        || delivered(200),
+    )
+    .await;
+    // Give a second relay (if there were one) time to show itself.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen = seen.lock().unwrap().clone();
+    let mut ids = seen.clone();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 200, "every row delivered");
+    assert_eq!(seen.len(), 200, "no row relayed twice");
+    let relays = nodes
+        .iter()
+        .filter(|n| n.log().contains("this node relays the outbox"))
+        .count();
+    assert_eq!(relays, 2, "the killed relay, then one successor");
+}
+
+#[tokio::test]
+async fn a_compensation_whose_node_is_killed_is_finished_once_by_another_node() {
+    let Some(pg) = gantry_cluster::testing::fresh_schema("compensation").await else {
+        return;
+    };
+    // The charge is declined, so the reservation is cancelled; the first
+    // cancellation is slow, and its node is killed meanwhile.
+    let (service, addr) = SagaService::start("/reservations/cancel", "/charges").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gantry.toml");
+    let workflow = r#"
+[services.shop]
+urls = ["http://SHOP"]
+
+[workflows.checkout]
+[[workflows.checkout.steps]]
+name = "reserve"
+call = "shop:POST /reservations"
+compensate = { call = "shop:POST /reservations/cancel" }
+
+[[workflows.checkout.steps]]
+name = "charge"
+call = "shop:POST /charges"
+"#
+    .replace("SHOP", &addr.to_string());
+    let upstream = Upstream::start().await;
+    std::fs::write(&path, manifest(&pg, upstream.addr, &workflow)).unwrap();
+    let mut nodes = Vec::new();
+    for name in ["c1", "c2", "c3"] {
+        nodes.push(Node::start(name, &path, dir.path()).await);
+    }
+    let started = client()
+        .post(format!(
+            "http://127.0.0.1:{}/v1/workflows/checkout",
+            nodes[0].api
+        ))
+        .json(&serde_json::json!({ "id": "order-9", "input": {} }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), 201);
+    eventually(
+        "the cancellation is in flight",
+        Duration::from_secs(10),
+        || async { service.calls("/reservations/cancel").0 == 1 },
+    )
+    .await;
+    nodes[0].kill_hard();
+
+    let survivor = nodes[2].admin_url("/v1/workflows/order-9");
+    eventually(
+        "the run is compensated by another node",
+        Duration::from_secs(20),
+        || async {
+            let run: Value = match client().get(&survivor).send().await {
+                Ok(response) => response.json().await.unwrap_or_default(),
+                Err(_) => return false,
+            };
+            run["state"] == "compensated"
+        },
+    )
+    .await;
+    assert_eq!(service.calls("/reservations"), (1, 1));
+    assert_eq!(
+        service.calls("/charges"),
+        (1, 1),
+        "a declined charge is not retried"
+    );
+    let (cancels, cancel_keys) = service.calls("/reservations/cancel");
+    assert_eq!(
+        cancel_keys, 1,
+        "one cancellation, whatever the attempts ({cancels})"
+    );
 }
 
 /// Polls `gantry nodes` until `check` holds on its list.

@@ -19,6 +19,7 @@ mod deliver;
 mod dispatch;
 mod metrics;
 mod outbox;
+pub mod relay_positions;
 pub mod schema;
 mod sqlite;
 
@@ -40,6 +41,7 @@ pub use broker::{Broker, BrokerError, DeadLetter, DeadLetterFilter, Position, Pu
 pub use cloudevent::{CloudEvent, EventError};
 pub use deliver::{WorkflowStarter, ATTEMPT_HEADER, SEQUENCE_HEADER, SUBSCRIPTION_HEADER};
 pub use metrics::EventMetrics;
+pub use relay_positions::SharedRelays;
 pub use sqlite::SqliteBroker;
 
 use broker::NewEvent;
@@ -73,6 +75,9 @@ struct Inner {
     topics: ArcSwap<HashMap<String, Arc<TopicRuntime>>>,
     runners: Mutex<HashMap<String, RunnerHandle>>,
     relays: Mutex<HashMap<String, RelayHandle>>,
+    /// Where outbox relays keep their positions: the broker, unless
+    /// [`EventBus::share_relays`] says the cluster's.
+    relay_positions: std::sync::OnceLock<relay_positions::Positions>,
     background: CancellationToken,
     metrics: EventMetrics,
 }
@@ -223,12 +228,31 @@ impl EventBus {
                 topics: ArcSwap::default(),
                 runners: Mutex::default(),
                 relays: Mutex::default(),
+                relay_positions: std::sync::OnceLock::new(),
                 background: CancellationToken::new(),
                 metrics: EventMetrics::default(),
             }),
         };
         tokio::spawn(retention(bus.clone()));
         bus
+    }
+
+    /// In a cluster: each outbox is relayed by one node at a time, from a
+    /// position kept in the cluster's PostgreSQL. Call before the first
+    /// [`EventBus::apply`]; later calls are ignored.
+    pub fn share_relays(&self, shared: SharedRelays) {
+        let _ = self
+            .inner
+            .relay_positions
+            .set(relay_positions::Positions::Shared(shared));
+    }
+
+    pub(crate) fn relay_positions(&self) -> relay_positions::Positions {
+        self.inner
+            .relay_positions
+            .get()
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// The bus's metric families, to register in the process's registry.

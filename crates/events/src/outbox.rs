@@ -17,6 +17,9 @@
 //! ```
 //! A row that is not a valid event for its topic is skipped with an error in
 //! the log (it cannot be refused back to the transaction that wrote it).
+//!
+//! In a cluster, one node at a time relays each outbox and the position is
+//! the cluster's ([`crate::relay_positions`]).
 
 use std::time::Duration;
 
@@ -25,6 +28,7 @@ use rusqlite::{Connection, OpenFlags};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::RelayedEvent;
+use crate::relay_positions::Positions;
 use crate::{prepare, CloudEvent, EventBus};
 
 /// Rows published per broker transaction at most.
@@ -67,15 +71,29 @@ struct Row {
 }
 
 async fn run(bus: EventBus, service: String, config: Outbox, cancel: CancellationToken) {
-    let relay = format!("outbox:{service}");
+    let positions = bus.relay_positions();
+    let relay = positions.relay_name(&service, &config);
     let mut complained = false;
+    let mut relaying = false;
     loop {
-        match relay_once(&bus, &relay, &config).await {
-            Ok(moved) => {
+        let mut wait = config.poll;
+        match relay_once(&bus, &positions, &relay, &config).await {
+            Ok(Some(moved)) => {
                 complained = false;
+                if !relaying {
+                    if matches!(positions, Positions::Shared(_)) {
+                        tracing::info!(target: "gantry::events", service = %service, relay = %relay, "this node relays the outbox");
+                    }
+                    relaying = true;
+                }
                 if moved == BATCH {
                     continue; // more are probably waiting
                 }
+            }
+            Ok(None) => {
+                // Another node relays this outbox.
+                relaying = false;
+                wait = positions.idle_wait(config.poll);
             }
             Err(error) => {
                 if !complained {
@@ -86,18 +104,23 @@ async fn run(bus: EventBus, service: String, config: Outbox, cancel: Cancellatio
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(config.poll) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
     }
 }
 
-/// Publishes the next batch of rows; returns how many rows it moved.
-async fn relay_once(bus: &EventBus, relay: &str, config: &Outbox) -> Result<usize, String> {
-    let position = bus
-        .broker()
-        .relay_position(relay)
-        .await
-        .map_err(|e| e.to_string())?;
+/// Publishes the next batch of rows; returns how many rows it moved, or
+/// `None` when another node relays this outbox.
+async fn relay_once(
+    bus: &EventBus,
+    positions: &Positions,
+    relay: &str,
+    config: &Outbox,
+) -> Result<Option<usize>, String> {
+    let Some(turn) = positions.turn(relay).await? else {
+        return Ok(None);
+    };
+    let position = positions.position(bus, &turn).await?;
     let rows = {
         let config = config.clone();
         tokio::task::spawn_blocking(move || read_rows(&config, position))
@@ -105,7 +128,7 @@ async fn relay_once(bus: &EventBus, relay: &str, config: &Outbox) -> Result<usiz
             .map_err(|e| e.to_string())??
     };
     let Some(last) = rows.last().map(|r| r.id) else {
-        return Ok(0);
+        return Ok(Some(0));
     };
     let count = rows.len();
     let started = std::time::SystemTime::now();
@@ -122,11 +145,10 @@ async fn relay_once(bus: &EventBus, relay: &str, config: &Outbox) -> Result<usiz
             }
         }
     }
-    let outcomes = bus
-        .broker()
-        .publish_relayed(relay, last, events)
-        .await
-        .map_err(|e| e.to_string())?;
+    let Some(outcomes) = positions.publish(bus, &turn, last, events).await? else {
+        tracing::warn!(target: "gantry::events", relay, "lost the outbox's lease while relaying; the next holder carries on");
+        return Ok(None);
+    };
     for ((topic, published), span) in outcomes.iter().zip(spans) {
         let stored = u64::from(!published.duplicate);
         bus.metrics().published(topic, stored, 1 - stored);
@@ -139,7 +161,7 @@ async fn relay_once(bus: &EventBus, relay: &str, config: &Outbox) -> Result<usiz
     if let Ok(Err(error)) = cleaned {
         tracing::debug!(target: "gantry::events", relay, %error, "cannot delete relayed outbox rows");
     }
-    Ok(count)
+    Ok(Some(count))
 }
 
 fn check_row(

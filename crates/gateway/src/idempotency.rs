@@ -215,11 +215,17 @@ impl IdempotencyStore {
             }
             Backend::Postgres(pg) => {
                 let result = async {
-                    pg.client()
-                        .await?
-                        .execute(
+                    let client = pg.client().await?;
+                    let update = client
+                        .prepare_cached(
                             "UPDATE gantry_idempotency SET running = false, status = $4, headers = $5, body = $6
                              WHERE route = $1 AND consumer = $2 AND key = $3",
+                        )
+                        .await
+                        .map_err(PgError::query("storing a response"))?;
+                    client
+                        .execute(
+                            &update,
                             &[&record.route, &record.consumer, &record.key, &status, &headers, &body.as_ref()],
                         )
                         .await
@@ -329,21 +335,38 @@ async fn claim_postgres(
     let now = now_ms();
     let expires = now + ttl.as_millis() as i64;
     let mut client = pg.client().await?;
+    // A new key (the common case) is one statement, committed on its own,
+    // prepared once per connection.
+    let insert = client
+        .prepare_cached(
+            "INSERT INTO gantry_idempotency (route, consumer, key, fingerprint, running, started_ms, expires_ms)
+             VALUES ($1, $2, $3, $4, true, $5, $6) ON CONFLICT DO NOTHING",
+        )
+        .await
+        .map_err(PgError::query(context))?;
+    let inserted = client
+        .execute(
+            &insert,
+            &[
+                &record.route,
+                &record.consumer,
+                &record.key,
+                &fingerprint.as_slice(),
+                &now,
+                &expires,
+            ],
+        )
+        .await
+        .map_err(PgError::query(context))?;
+    if inserted == 1 {
+        return Ok(Claim::Proceed);
+    }
+    // A key seen before: decide under the row's lock.
     let tx = client
         .transaction()
         .await
         .map_err(PgError::query(context))?;
-    let inserted = tx
-        .execute(
-            "INSERT INTO gantry_idempotency (route, consumer, key, fingerprint, running, started_ms, expires_ms)
-             VALUES ($1, $2, $3, $4, true, $5, $6) ON CONFLICT DO NOTHING",
-            &[&record.route, &record.consumer, &record.key, &fingerprint.as_slice(), &now, &expires],
-        )
-        .await
-        .map_err(PgError::query(context))?;
-    let claim = if inserted == 1 {
-        Claim::Proceed
-    } else {
+    let claim = {
         let row = tx
             .query_opt(
                 "SELECT fingerprint, running, started_ms, expires_ms, status, headers, body

@@ -8,14 +8,24 @@
 //! the same transaction, so once another node has taken a run over, a
 //! paused-then-resumed old driver cannot write over the new one's
 //! progress: its writes are refused with [`JournalError::LeaseLost`].
+//!
+//! Each such write is one statement. Two writer tasks per node gather the
+//! writes of every run in flight and commit each gathering in one
+//! transaction (group commit, as the embedded journal does): one WAL flush
+//! for many runs' steps instead of one each, with every write durable
+//! before its driver moves on.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gantry_cluster::migrate::Migrations;
 use gantry_cluster::{PgError, Postgres};
 use serde_json::Value;
-use tokio_postgres::types::FromSql;
-use tokio_postgres::{Row, Transaction};
+use tokio_postgres::types::{FromSql, ToSql};
+use tokio_postgres::{GenericClient, Row, Transaction};
+
+use tokio::sync::{mpsc, oneshot};
 
 use super::{now_ms, JournalError, Renewal, Result, Run, State, StepRecord};
 use crate::definition::Definition;
@@ -63,6 +73,41 @@ pub(super) const MIGRATIONS: Migrations = Migrations {
             PRIMARY KEY (instance, idx, phase));"],
 };
 
+/// A fenced write's statement ([`Pg::fenced`]): `$1` is the run, `$2` this
+/// node; the writes follow as CTEs that use `run`.
+macro_rules! fenced_sql {
+    ($($writes:literal),+ $(,)?) => {
+        concat!(
+            "WITH run AS MATERIALIZED (SELECT id FROM wf_runs WHERE id = $1 AND owner = $2 FOR UPDATE)",
+            $(", ", $writes,)+
+            " SELECT EXISTS (SELECT 1 FROM run)"
+        )
+    };
+}
+
+/// A fenced write's parameters, owned: the write waits in a queue.
+type Param = Box<dyn ToSql + Send + Sync>;
+
+macro_rules! params {
+    ($($value:expr),* $(,)?) => {
+        vec![$(Box::new($value) as Param),*]
+    };
+}
+
+/// Fenced writes a writer commits together at most.
+const BATCH: usize = 128;
+/// Writers per node: while one commits, the next gathers its batch.
+const WRITERS: usize = 2;
+
+/// A fenced write waiting for a writer.
+struct Write {
+    sql: &'static str,
+    context: &'static str,
+    params: Vec<Param>,
+    /// Whether the run was this node's (the write applied).
+    done: oneshot::Sender<Result<bool>>,
+}
+
 /// The columns [`run_from`] reads, in its order.
 const RUN_COLUMNS: &str = "id, workflow, version, input::text, state, position, generation,
     cancel_requested, error, trace, wait_from::text, created_ms, updated_ms";
@@ -73,6 +118,10 @@ const ACTIVE: &str = "('running', 'waiting', 'compensating')";
 #[derive(Clone)]
 pub(super) struct Pg {
     pg: Postgres,
+    /// To the journal's writers ([`writer`]).
+    writes: mpsc::Sender<Write>,
+    /// Definitions read so far, by workflow and version.
+    definitions: Arc<Mutex<HashMap<(String, u32), Definition>>>,
     /// This process (`node/incarnation`): the owner it writes on runs.
     holder: String,
     lease: Duration,
@@ -81,8 +130,15 @@ pub(super) struct Pg {
 impl Pg {
     pub(super) async fn open(pg: &Postgres, holder: &str, lease: Duration) -> Result<Pg> {
         gantry_cluster::migrate::postgres(pg, &MIGRATIONS).await?;
+        let (writes, queue) = mpsc::channel(4 * BATCH);
+        let queue = Arc::new(tokio::sync::Mutex::new(queue));
+        for _ in 0..WRITERS {
+            tokio::spawn(writer(pg.clone(), queue.clone()));
+        }
         Ok(Pg {
+            writes,
             pg: pg.clone(),
+            definitions: Arc::default(),
             holder: holder.to_string(),
             lease,
         })
@@ -96,30 +152,39 @@ impl Pg {
         i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX)
     }
 
-    /// Starts a driver's write to run `id`: its row locked until the
-    /// transaction ends, and refused unless this node owns it. A node taking
-    /// the run over waits for the lock, so no write of the old owner can
-    /// land after the takeover.
-    async fn fence<'a>(
+    /// One write of a driver to run `id`, as a single statement: CTE `run`
+    /// locks the run's row only if this node owns it, the `writes` (more
+    /// CTEs) touch only rows of a run found there, and the statement says
+    /// whether it was. A node taking the run over waits for the lock, and a
+    /// write waiting behind a takeover finds the new owner, so no write of
+    /// the old owner can land after a takeover: it is refused with
+    /// [`JournalError::LeaseLost`]. The write goes through the journal's
+    /// writers ([`writer`]), which commit the writes of many runs together.
+    async fn fenced(
         &self,
-        client: &'a mut tokio_postgres::Client,
         id: &str,
-    ) -> Result<Transaction<'a>> {
-        let tx = client
-            .transaction()
+        context: &'static str,
+        sql: &'static str,
+        params: Vec<Param>,
+    ) -> Result<()> {
+        let (done, outcome) = oneshot::channel();
+        self.writes
+            .send(Write {
+                sql,
+                context,
+                params,
+                done,
+            })
             .await
-            .map_err(PgError::query("starting a journal write"))?;
-        let held = tx
-            .query_opt(
-                "SELECT 1 FROM wf_runs WHERE id = $1 AND owner = $2 FOR UPDATE",
-                &[&id, &self.holder],
-            )
+            .map_err(|_| JournalError::Corrupt("the journal's writer has stopped".into()))?;
+        let held = outcome
             .await
-            .map_err(PgError::query("checking a run's lease"))?;
-        if held.is_none() {
-            return Err(JournalError::LeaseLost { id: id.to_string() });
+            .map_err(|_| JournalError::Corrupt("the journal's writer has stopped".into()))??;
+        if held {
+            Ok(())
+        } else {
+            Err(JournalError::LeaseLost { id: id.to_string() })
         }
-        Ok(tx)
     }
 
     pub(super) async fn register(&self, definition: Definition) -> Result<Definition> {
@@ -176,11 +241,22 @@ impl Pg {
         Ok(definition)
     }
 
+    /// A stored definition. A version never changes once stored, so each is
+    /// read from the database once per node.
     pub(super) async fn definition(
         &self,
         workflow: &str,
         version: u32,
     ) -> Result<Option<Definition>> {
+        let key = (workflow.to_string(), version);
+        if let Some(known) = self
+            .definitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return Ok(Some(known.clone()));
+        }
         let client = self.pg.client().await?;
         let row = client
             .query_opt(
@@ -189,10 +265,17 @@ impl Pg {
             )
             .await
             .map_err(PgError::query("reading a workflow definition"))?;
-        match row {
-            None => Ok(None),
-            Some(row) => Ok(serde_json::from_str(&get::<String>(&row, 0)?).ok()),
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let definition: Option<Definition> = serde_json::from_str(&get::<String>(&row, 0)?).ok();
+        if let Some(definition) = &definition {
+            self.definitions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key, definition.clone());
         }
+        Ok(definition)
     }
 
     pub(super) async fn create(&self, instance: Run) -> Result<(Run, bool)> {
@@ -200,13 +283,19 @@ impl Pg {
         let input = instance.input.to_string();
         let wait_from = serde_json::to_string(&instance.wait_from)
             .map_err(|e| JournalError::Corrupt(format!("a run's wait positions: {e}")))?;
-        let inserted = client
-            .execute(
+        let insert = client
+            .prepare_cached(
                 "INSERT INTO wf_runs (id, workflow, version, input, state, trace, wait_from,
                     created_ms, updated_ms, owner, lease_until)
                  VALUES ($1, $2, $3, $4::text::jsonb, $5, $6, $7::text::jsonb, $8, $8, $9,
                     now() + $10::BIGINT * interval '1 millisecond')
                  ON CONFLICT (id) DO NOTHING",
+            )
+            .await
+            .map_err(PgError::query("creating a workflow run"))?;
+        let inserted = client
+            .execute(
+                &insert,
                 &[
                     &instance.id,
                     &instance.workflow,
@@ -236,11 +325,12 @@ impl Pg {
 
     pub(super) async fn get(&self, id: &str) -> Result<Option<Run>> {
         let client = self.pg.client().await?;
+        let select = client
+            .prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM wf_runs WHERE id = $1"))
+            .await
+            .map_err(PgError::query("reading a workflow run"))?;
         let row = client
-            .query_opt(
-                &format!("SELECT {RUN_COLUMNS} FROM wf_runs WHERE id = $1"),
-                &[&id],
-            )
+            .query_opt(&select, &[&id])
             .await
             .map_err(PgError::query("reading a workflow run"))?;
         row.as_ref().map(run_from).transpose()
@@ -301,14 +391,17 @@ impl Pg {
 
     pub(super) async fn steps(&self, id: &str) -> Result<Vec<StepRecord>> {
         let client = self.pg.client().await?;
-        let rows = client
-            .query(
+        let select = client
+            .prepare_cached(
                 "SELECT idx, phase, name, status, attempts, output::text, error, started_ms,
                         finished_ms, not_before_ms
                  FROM wf_steps WHERE instance = $1
                  ORDER BY COALESCE(started_ms, 0), idx, phase COLLATE \"C\"",
-                &[&id],
             )
+            .await
+            .map_err(PgError::query("reading a run's steps"))?;
+        let rows = client
+            .query(&select, &[&id])
             .await
             .map_err(PgError::query("reading a run's steps"))?;
         rows.iter()
@@ -336,16 +429,23 @@ impl Pg {
         state: State,
         error: Option<String>,
     ) -> Result<()> {
-        let mut client = self.pg.client().await?;
-        let tx = self.fence(&mut client, id).await?;
-        tx.execute(
-            "UPDATE wf_runs SET state = $2, error = COALESCE($3, error), updated_ms = $4
-             WHERE id = $1",
-            &[&id, &state.as_str(), &error, &now_ms()],
+        const SQL: &str = fenced_sql!(
+            "w AS (UPDATE wf_runs SET state = $3, error = COALESCE($4, error), updated_ms = $5
+                   WHERE id IN (SELECT id FROM run))"
+        );
+        self.fenced(
+            id,
+            "recording a run's state",
+            SQL,
+            params![
+                id.to_string(),
+                self.holder.clone(),
+                state.as_str(),
+                error,
+                now_ms()
+            ],
         )
         .await
-        .map_err(PgError::query("recording a run's state"))?;
-        commit(tx).await
     }
 
     pub(super) async fn attempt_started(
@@ -357,28 +457,30 @@ impl Pg {
         attempts: u32,
         not_before_ms: i64,
     ) -> Result<()> {
-        let mut client = self.pg.client().await?;
-        let tx = self.fence(&mut client, id).await?;
-        tx.execute(
-            "INSERT INTO wf_steps (instance, idx, phase, name, status, attempts, started_ms, not_before_ms)
-             VALUES ($1, $2, $3, $4, 'running', $5, $6, $7)
-             ON CONFLICT (instance, idx, phase) DO UPDATE SET status = 'running',
-                attempts = excluded.attempts,
-                started_ms = COALESCE(wf_steps.started_ms, excluded.started_ms),
-                not_before_ms = excluded.not_before_ms, finished_ms = NULL",
-            &[
-                &id,
-                &idx_i32(idx)?,
-                &phase,
-                &name,
-                &to_i32(attempts)?,
-                &now_ms(),
-                &not_before_ms,
+        const SQL: &str = fenced_sql!(
+            "w AS (INSERT INTO wf_steps (instance, idx, phase, name, status, attempts, started_ms, not_before_ms)
+                   SELECT id, $3, $4, $5, 'running', $6, $7, $8 FROM run
+                   ON CONFLICT (instance, idx, phase) DO UPDATE SET status = 'running',
+                      attempts = excluded.attempts,
+                      started_ms = COALESCE(wf_steps.started_ms, excluded.started_ms),
+                      not_before_ms = excluded.not_before_ms, finished_ms = NULL)"
+        );
+        self.fenced(
+            id,
+            "recording an attempt",
+            SQL,
+            params![
+                id.to_string(),
+                self.holder.clone(),
+                idx_i32(idx)?,
+                phase.to_string(),
+                name.to_string(),
+                to_i32(attempts)?,
+                now_ms(),
+                not_before_ms,
             ],
         )
         .await
-        .map_err(PgError::query("recording an attempt"))?;
-        commit(tx).await
     }
 
     pub(super) async fn attempt_failed(
@@ -389,16 +491,24 @@ impl Pg {
         error: &str,
         not_before_ms: i64,
     ) -> Result<()> {
-        let mut client = self.pg.client().await?;
-        let tx = self.fence(&mut client, id).await?;
-        tx.execute(
-            "UPDATE wf_steps SET status = 'retrying', error = $4, not_before_ms = $5
-             WHERE instance = $1 AND idx = $2 AND phase = $3",
-            &[&id, &idx_i32(idx)?, &phase, &error, &not_before_ms],
+        const SQL: &str = fenced_sql!(
+            "w AS (UPDATE wf_steps SET status = 'retrying', error = $5, not_before_ms = $6
+                   WHERE instance IN (SELECT id FROM run) AND idx = $3 AND phase = $4)"
+        );
+        self.fenced(
+            id,
+            "recording a failed attempt",
+            SQL,
+            params![
+                id.to_string(),
+                self.holder.clone(),
+                idx_i32(idx)?,
+                phase.to_string(),
+                error.to_string(),
+                not_before_ms,
+            ],
         )
         .await
-        .map_err(PgError::query("recording a failed attempt"))?;
-        commit(tx).await
     }
 
     pub(super) async fn finish(
@@ -408,29 +518,31 @@ impl Pg {
         phase: &str,
         outcome: std::result::Result<Value, String>,
     ) -> Result<()> {
+        const SQL: &str = fenced_sql!(
+            "w AS (UPDATE wf_steps SET status = $5, output = $6::text::jsonb,
+                      error = COALESCE($7, error), finished_ms = $8
+                   WHERE instance IN (SELECT id FROM run) AND idx = $3 AND phase = $4)"
+        );
         let (status, output, error) = match outcome {
             Ok(output) => ("done", Some(output.to_string()), None),
             Err(error) => ("failed", None, Some(error)),
         };
-        let mut client = self.pg.client().await?;
-        let tx = self.fence(&mut client, id).await?;
-        tx.execute(
-            "UPDATE wf_steps SET status = $4, output = $5::text::jsonb,
-                error = COALESCE($6, error), finished_ms = $7
-             WHERE instance = $1 AND idx = $2 AND phase = $3",
-            &[
-                &id,
-                &idx_i32(idx)?,
-                &phase,
-                &status,
-                &output,
-                &error,
-                &now_ms(),
+        self.fenced(
+            id,
+            "recording a step's outcome",
+            SQL,
+            params![
+                id.to_string(),
+                self.holder.clone(),
+                idx_i32(idx)?,
+                phase.to_string(),
+                status,
+                output,
+                error,
+                now_ms(),
             ],
         )
         .await
-        .map_err(PgError::query("recording a step's outcome"))?;
-        commit(tx).await
     }
 
     pub(super) async fn complete_step(
@@ -440,23 +552,26 @@ impl Pg {
         output: Value,
         state: State,
     ) -> Result<()> {
-        let mut client = self.pg.client().await?;
-        let tx = self.fence(&mut client, id).await?;
-        let now = now_ms();
-        tx.execute(
-            "UPDATE wf_steps SET status = 'done', output = $3::text::jsonb, finished_ms = $4
-             WHERE instance = $1 AND idx = $2 AND phase = 'do'",
-            &[&id, &idx_i32(idx)?, &output.to_string(), &now],
+        const SQL: &str = fenced_sql!(
+            "step AS (UPDATE wf_steps SET status = 'done', output = $4::text::jsonb, finished_ms = $6
+                      WHERE instance IN (SELECT id FROM run) AND idx = $3 AND phase = 'do')",
+            "moved AS (UPDATE wf_runs SET position = $3 + 1, state = $5, updated_ms = $6
+                       WHERE id IN (SELECT id FROM run))"
+        );
+        self.fenced(
+            id,
+            "recording a step's outcome",
+            SQL,
+            params![
+                id.to_string(),
+                self.holder.clone(),
+                idx_i32(idx)?,
+                output.to_string(),
+                state.as_str(),
+                now_ms(),
+            ],
         )
         .await
-        .map_err(PgError::query("recording a step's outcome"))?;
-        tx.execute(
-            "UPDATE wf_runs SET position = $2, state = $3, updated_ms = $4 WHERE id = $1",
-            &[&id, &idx_i32(idx + 1)?, &state.as_str(), &now],
-        )
-        .await
-        .map_err(PgError::query("moving a run on"))?;
-        commit(tx).await
     }
 
     pub(super) async fn fail_step(
@@ -468,23 +583,28 @@ impl Pg {
         state: State,
         run_error: String,
     ) -> Result<()> {
-        let mut client = self.pg.client().await?;
-        let tx = self.fence(&mut client, id).await?;
-        let now = now_ms();
-        tx.execute(
-            "UPDATE wf_steps SET status = 'failed', error = $4, finished_ms = $5
-             WHERE instance = $1 AND idx = $2 AND phase = $3",
-            &[&id, &idx_i32(idx)?, &phase, &error, &now],
+        const SQL: &str = fenced_sql!(
+            "step AS (UPDATE wf_steps SET status = 'failed', error = $5, finished_ms = $8
+                      WHERE instance IN (SELECT id FROM run) AND idx = $3 AND phase = $4)",
+            "moved AS (UPDATE wf_runs SET state = $6, error = $7, updated_ms = $8
+                       WHERE id IN (SELECT id FROM run))"
+        );
+        self.fenced(
+            id,
+            "recording a step's outcome",
+            SQL,
+            params![
+                id.to_string(),
+                self.holder.clone(),
+                idx_i32(idx)?,
+                phase.to_string(),
+                error,
+                state.as_str(),
+                run_error,
+                now_ms(),
+            ],
         )
         .await
-        .map_err(PgError::query("recording a step's outcome"))?;
-        tx.execute(
-            "UPDATE wf_runs SET state = $2, error = $3, updated_ms = $4 WHERE id = $1",
-            &[&id, &state.as_str(), &run_error, &now],
-        )
-        .await
-        .map_err(PgError::query("recording a run's state"))?;
-        commit(tx).await
     }
 
     pub(super) async fn retry(&self, id: &str) -> Result<()> {
@@ -555,13 +675,16 @@ impl Pg {
 
     pub(super) async fn acquire(&self, id: &str) -> Result<bool> {
         let client = self.pg.client().await?;
-        let taken = client
-            .execute(
+        let statement = client
+            .prepare_cached(
                 "UPDATE wf_runs SET owner = $2,
                     lease_until = now() + $3::BIGINT * interval '1 millisecond'
                  WHERE id = $1 AND (owner IS NULL OR owner = $2 OR lease_until < now())",
-                &[&id, &self.holder, &self.lease_ms()],
             )
+            .await
+            .map_err(PgError::query("taking a run's lease"))?;
+        let taken = client
+            .execute(&statement, &[&id, &self.holder, &self.lease_ms()])
             .await
             .map_err(PgError::query("taking a run's lease"))?;
         Ok(taken == 1)
@@ -569,13 +692,16 @@ impl Pg {
 
     pub(super) async fn renew(&self, id: &str) -> Result<Option<Renewal>> {
         let client = self.pg.client().await?;
-        let row = client
-            .query_opt(
+        let renew = client
+            .prepare_cached(
                 "UPDATE wf_runs SET lease_until = now() + $3::BIGINT * interval '1 millisecond'
                  WHERE id = $1 AND owner = $2
                  RETURNING state, cancel_requested",
-                &[&id, &self.holder, &self.lease_ms()],
             )
+            .await
+            .map_err(PgError::query("renewing a run's lease"))?;
+        let row = client
+            .query_opt(&renew, &[&id, &self.holder, &self.lease_ms()])
             .await
             .map_err(PgError::query("renewing a run's lease"))?;
         let Some(row) = row else {
@@ -591,11 +717,14 @@ impl Pg {
 
     pub(super) async fn release(&self, id: &str) -> Result<()> {
         let client = self.pg.client().await?;
-        client
-            .execute(
+        let statement = client
+            .prepare_cached(
                 "UPDATE wf_runs SET owner = NULL, lease_until = NULL WHERE id = $1 AND owner = $2",
-                &[&id, &self.holder],
             )
+            .await
+            .map_err(PgError::query("releasing a run's lease"))?;
+        client
+            .execute(&statement, &[&id, &self.holder])
             .await
             .map_err(PgError::query("releasing a run's lease"))?;
         Ok(())
@@ -617,6 +746,92 @@ impl Pg {
             .map_err(PgError::query("looking for unowned workflow runs"))?;
         rows.iter().map(|row| get(row, 0)).collect()
     }
+}
+
+/// A journal writer: takes the fenced writes waiting (up to [`BATCH`]) and
+/// commits them in one transaction, their statements pipelined on one
+/// connection; group commit, as the embedded journal does. Each write still
+/// checks its own run's owner, so one run's lost lease does not fail the
+/// others. A statement that fails voids the transaction: the batch is then
+/// written one by one, so only that write fails.
+async fn writer(pg: Postgres, queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Write>>>) {
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        {
+            let mut queue = queue.lock().await;
+            if queue.recv_many(&mut batch, BATCH).await == 0 {
+                return; // the journal is gone
+            }
+        }
+        match write_batch(&pg, &batch).await {
+            Ok(held) => {
+                for (write, held) in batch.drain(..).zip(held) {
+                    let _ = write.done.send(Ok(held));
+                }
+            }
+            Err(error) if batch.len() == 1 => {
+                if let Some(write) = batch.pop() {
+                    let _ = write.done.send(Err(error));
+                }
+            }
+            Err(_) => {
+                for write in batch.drain(..) {
+                    let held = write_batch(&pg, std::slice::from_ref(&write))
+                        .await
+                        .map(|held| held.first().copied().unwrap_or(false));
+                    let _ = write.done.send(held);
+                }
+            }
+        }
+    }
+}
+
+/// Writes `batch` in one transaction (a single write on its own); per write,
+/// whether its run was this node's.
+async fn write_batch(pg: &Postgres, batch: &[Write]) -> Result<Vec<bool>> {
+    let mut client = pg.client().await?;
+    let mut statements = Vec::with_capacity(batch.len());
+    for write in batch {
+        statements.push(
+            client
+                .prepare_cached(write.sql)
+                .await
+                .map_err(PgError::query(write.context))?,
+        );
+    }
+    let rows = if batch.len() == 1 {
+        pipeline(&**client, batch, &statements).await?
+    } else {
+        let tx = tokio_postgres::Client::transaction(&mut client)
+            .await
+            .map_err(PgError::query("starting a journal write"))?;
+        let rows = pipeline(&tx, batch, &statements).await?;
+        commit(tx).await?;
+        rows
+    };
+    rows.iter().map(|row| get::<bool>(row, 0)).collect()
+}
+
+/// Sends every write's statement before reading any answer.
+async fn pipeline<C: GenericClient + Sync>(
+    client: &C,
+    batch: &[Write],
+    statements: &[tokio_postgres::Statement],
+) -> std::result::Result<Vec<Row>, PgError> {
+    futures_util::future::try_join_all(batch.iter().zip(statements).map(|(write, statement)| {
+        let params: Vec<&(dyn ToSql + Sync)> = write
+            .params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .collect();
+        async move {
+            client
+                .query_one(statement, &params)
+                .await
+                .map_err(PgError::query(write.context))
+        }
+    }))
+    .await
 }
 
 async fn commit(tx: Transaction<'_>) -> Result<()> {
