@@ -9,8 +9,9 @@
 //! paused-then-resumed old driver cannot write over the new one's
 //! progress: its writes are refused with [`JournalError::LeaseLost`].
 //!
-//! Each such write is one statement. Two writer tasks per node gather the
-//! writes of every run in flight and commit each gathering in one
+//! Each such write (and each run's creation and lease taken or given up) is
+//! one statement. Two writer tasks per node gather the writes of every run
+//! in flight and commit each gathering in one
 //! transaction (group commit, as the embedded journal does): one WAL flush
 //! for many runs' steps instead of one each, with every write durable
 //! before its driver moves on.
@@ -99,7 +100,8 @@ const BATCH: usize = 128;
 /// Writers per node: while one commits, the next gathers its batch.
 const WRITERS: usize = 2;
 
-/// A fenced write waiting for a writer.
+/// A journal write waiting for a writer: one statement answering one
+/// boolean (for a fenced write, whether the run was this node's).
 struct Write {
     sql: &'static str,
     context: &'static str,
@@ -167,6 +169,21 @@ impl Pg {
         sql: &'static str,
         params: Vec<Param>,
     ) -> Result<()> {
+        if self.write(context, sql, params).await? {
+            Ok(())
+        } else {
+            Err(JournalError::LeaseLost { id: id.to_string() })
+        }
+    }
+
+    /// Hands a write (one statement answering one boolean) to the journal's
+    /// writers and waits until it is committed.
+    async fn write(
+        &self,
+        context: &'static str,
+        sql: &'static str,
+        params: Vec<Param>,
+    ) -> Result<bool> {
         let (done, outcome) = oneshot::channel();
         self.writes
             .send(Write {
@@ -177,14 +194,9 @@ impl Pg {
             })
             .await
             .map_err(|_| JournalError::Corrupt("the journal's writer has stopped".into()))?;
-        let held = outcome
+        outcome
             .await
-            .map_err(|_| JournalError::Corrupt("the journal's writer has stopped".into()))??;
-        if held {
-            Ok(())
-        } else {
-            Err(JournalError::LeaseLost { id: id.to_string() })
-        }
+            .map_err(|_| JournalError::Corrupt("the journal's writer has stopped".into()))?
     }
 
     pub(super) async fn register(&self, definition: Definition) -> Result<Definition> {
@@ -279,39 +291,35 @@ impl Pg {
     }
 
     pub(super) async fn create(&self, instance: Run) -> Result<(Run, bool)> {
-        let client = self.pg.client().await?;
         let input = instance.input.to_string();
         let wait_from = serde_json::to_string(&instance.wait_from)
             .map_err(|e| JournalError::Corrupt(format!("a run's wait positions: {e}")))?;
-        let insert = client
-            .prepare_cached(
-                "INSERT INTO wf_runs (id, workflow, version, input, state, trace, wait_from,
+        const SQL: &str = "WITH w AS (
+                INSERT INTO wf_runs (id, workflow, version, input, state, trace, wait_from,
                     created_ms, updated_ms, owner, lease_until)
-                 VALUES ($1, $2, $3, $4::text::jsonb, $5, $6, $7::text::jsonb, $8, $8, $9,
+                VALUES ($1, $2, $3, $4::text::jsonb, $5, $6, $7::text::jsonb, $8, $8, $9,
                     now() + $10::BIGINT * interval '1 millisecond')
-                 ON CONFLICT (id) DO NOTHING",
-            )
-            .await
-            .map_err(PgError::query("creating a workflow run"))?;
-        let inserted = client
-            .execute(
-                &insert,
-                &[
-                    &instance.id,
-                    &instance.workflow,
-                    &to_i32(instance.version)?,
-                    &input,
-                    &instance.state.as_str(),
-                    &instance.trace,
-                    &wait_from,
-                    &instance.created_ms,
-                    &self.holder,
-                    &self.lease_ms(),
+                ON CONFLICT (id) DO NOTHING RETURNING 1)
+            SELECT EXISTS (SELECT 1 FROM w)";
+        let inserted = self
+            .write(
+                "creating a workflow run",
+                SQL,
+                params![
+                    instance.id.clone(),
+                    instance.workflow.clone(),
+                    to_i32(instance.version)?,
+                    input,
+                    instance.state.as_str(),
+                    instance.trace.clone(),
+                    wait_from,
+                    instance.created_ms,
+                    self.holder.clone(),
+                    self.lease_ms(),
                 ],
             )
-            .await
-            .map_err(PgError::query("creating a workflow run"))?;
-        if inserted == 1 {
+            .await?;
+        if inserted {
             return Ok((instance, true));
         }
         match self.get(&instance.id).await? {
@@ -674,20 +682,18 @@ impl Pg {
     }
 
     pub(super) async fn acquire(&self, id: &str) -> Result<bool> {
-        let client = self.pg.client().await?;
-        let statement = client
-            .prepare_cached(
-                "UPDATE wf_runs SET owner = $2,
+        const SQL: &str = "WITH w AS (
+                UPDATE wf_runs SET owner = $2,
                     lease_until = now() + $3::BIGINT * interval '1 millisecond'
-                 WHERE id = $1 AND (owner IS NULL OR owner = $2 OR lease_until < now())",
-            )
-            .await
-            .map_err(PgError::query("taking a run's lease"))?;
-        let taken = client
-            .execute(&statement, &[&id, &self.holder, &self.lease_ms()])
-            .await
-            .map_err(PgError::query("taking a run's lease"))?;
-        Ok(taken == 1)
+                WHERE id = $1 AND (owner IS NULL OR owner = $2 OR lease_until < now())
+                RETURNING 1)
+            SELECT EXISTS (SELECT 1 FROM w)";
+        self.write(
+            "taking a run's lease",
+            SQL,
+            params![id.to_string(), self.holder.clone(), self.lease_ms()],
+        )
+        .await
     }
 
     pub(super) async fn renew(&self, id: &str) -> Result<Option<Renewal>> {
@@ -716,17 +722,16 @@ impl Pg {
     }
 
     pub(super) async fn release(&self, id: &str) -> Result<()> {
-        let client = self.pg.client().await?;
-        let statement = client
-            .prepare_cached(
-                "UPDATE wf_runs SET owner = NULL, lease_until = NULL WHERE id = $1 AND owner = $2",
-            )
-            .await
-            .map_err(PgError::query("releasing a run's lease"))?;
-        client
-            .execute(&statement, &[&id, &self.holder])
-            .await
-            .map_err(PgError::query("releasing a run's lease"))?;
+        const SQL: &str = "WITH w AS (
+                UPDATE wf_runs SET owner = NULL, lease_until = NULL
+                WHERE id = $1 AND owner = $2 RETURNING 1)
+            SELECT EXISTS (SELECT 1 FROM w)";
+        self.write(
+            "releasing a run's lease",
+            SQL,
+            params![id.to_string(), self.holder.clone()],
+        )
+        .await?;
         Ok(())
     }
 
