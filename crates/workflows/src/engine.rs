@@ -61,9 +61,7 @@ pub(crate) async fn drive(
         })?;
     loop {
         // An operator may have asked to cancel since the last step.
-        if let Some(fresh) = inner.store.get(id).await? {
-            instance.cancel_requested = fresh.cancel_requested;
-        }
+        instance.cancel_requested = inner.store.cancel_requested(id).await?;
         if instance.cancel_requested && matches!(instance.state, State::Running | State::Waiting) {
             inner
                 .store

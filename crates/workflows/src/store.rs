@@ -254,6 +254,18 @@ impl Store {
         dispatch!(self.get(id))
     }
 
+    /// Whether an operator asked to cancel run `id` (false for no such run).
+    /// A driver asks before each step; in cluster mode the answer comes from
+    /// the driver's own last write when there is one.
+    pub async fn cancel_requested(&self, id: &str) -> Result<bool> {
+        match &self.backend {
+            Backend::Sqlite(store) => {
+                Ok(store.get(id).await?.is_some_and(|run| run.cancel_requested))
+            }
+            Backend::Postgres(store) => store.cancel_requested(id).await,
+        }
+    }
+
     /// Runs, newest first.
     pub async fn list(
         &self,

@@ -81,9 +81,20 @@ macro_rules! fenced_sql {
         concat!(
             "WITH run AS MATERIALIZED (SELECT id FROM wf_runs WHERE id = $1 AND owner = $2 FOR UPDATE)",
             $(", ", $writes,)+
-            " SELECT EXISTS (SELECT 1 FROM run)"
+            " SELECT EXISTS (SELECT 1 FROM run),
+                     COALESCE((SELECT cancel_requested FROM wf_runs WHERE id = $1), false)"
         )
     };
+}
+
+/// What a node knows of a run it drives, from its own latest write.
+#[derive(Debug, Clone, Copy, Default)]
+struct Driven {
+    /// Created here a moment ago, with this node's lease: the driver's first
+    /// `acquire` needs no statement.
+    created: bool,
+    /// Whether an operator asked to cancel it, as of this node's last write.
+    cancel_requested: bool,
 }
 
 /// A fenced write's parameters, owned: the write waits in a queue.
@@ -106,8 +117,10 @@ struct Write {
     sql: &'static str,
     context: &'static str,
     params: Vec<Param>,
-    /// Whether the run was this node's (the write applied).
-    done: oneshot::Sender<Result<bool>>,
+    /// The statement's answer: whether it applied (for a fenced write, the
+    /// run was this node's) and, where it says, whether the run is to be
+    /// cancelled.
+    done: oneshot::Sender<Result<(bool, bool)>>,
 }
 
 /// The columns [`run_from`] reads, in its order.
@@ -124,6 +137,9 @@ pub(super) struct Pg {
     writes: mpsc::Sender<Write>,
     /// Definitions read so far, by workflow and version.
     definitions: Arc<Mutex<HashMap<(String, u32), Definition>>>,
+    /// What this node learnt of the runs it drives, so a driver need not ask
+    /// again ([`Driven`]).
+    driven: Arc<Mutex<HashMap<String, Driven>>>,
     /// This process (`node/incarnation`): the owner it writes on runs.
     holder: String,
     lease: Duration,
@@ -141,6 +157,7 @@ impl Pg {
             writes,
             pg: pg.clone(),
             definitions: Arc::default(),
+            driven: Arc::default(),
             holder: holder.to_string(),
             lease,
         })
@@ -169,21 +186,25 @@ impl Pg {
         sql: &'static str,
         params: Vec<Param>,
     ) -> Result<()> {
-        if self.write(context, sql, params).await? {
+        let (held, cancel_requested) = self.write(context, sql, params).await?;
+        let mut driven = self.driven.lock().unwrap_or_else(|e| e.into_inner());
+        if held {
+            driven.entry(id.to_string()).or_default().cancel_requested = cancel_requested;
             Ok(())
         } else {
+            driven.remove(id);
             Err(JournalError::LeaseLost { id: id.to_string() })
         }
     }
 
-    /// Hands a write (one statement answering one boolean) to the journal's
-    /// writers and waits until it is committed.
+    /// Hands a write (one statement answering a boolean, and optionally a
+    /// second) to the journal's writers and waits until it is committed.
     async fn write(
         &self,
         context: &'static str,
         sql: &'static str,
         params: Vec<Param>,
-    ) -> Result<bool> {
+    ) -> Result<(bool, bool)> {
         let (done, outcome) = oneshot::channel();
         self.writes
             .send(Write {
@@ -197,6 +218,20 @@ impl Pg {
         outcome
             .await
             .map_err(|_| JournalError::Corrupt("the journal's writer has stopped".into()))?
+    }
+
+    /// Whether an operator asked to cancel run `id`: as of this node's last
+    /// write to it (which read it), else read now.
+    pub(super) async fn cancel_requested(&self, id: &str) -> Result<bool> {
+        if let Some(driven) = self
+            .driven
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+        {
+            return Ok(driven.cancel_requested);
+        }
+        Ok(self.get(id).await?.is_some_and(|run| run.cancel_requested))
     }
 
     pub(super) async fn register(&self, definition: Definition) -> Result<Definition> {
@@ -301,7 +336,7 @@ impl Pg {
                     now() + $10::BIGINT * interval '1 millisecond')
                 ON CONFLICT (id) DO NOTHING RETURNING 1)
             SELECT EXISTS (SELECT 1 FROM w)";
-        let inserted = self
+        let (inserted, _) = self
             .write(
                 "creating a workflow run",
                 SQL,
@@ -320,6 +355,16 @@ impl Pg {
             )
             .await?;
         if inserted {
+            self.driven
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(
+                    instance.id.clone(),
+                    Driven {
+                        created: true,
+                        cancel_requested: false,
+                    },
+                );
             return Ok((instance, true));
         }
         match self.get(&instance.id).await? {
@@ -682,18 +727,40 @@ impl Pg {
     }
 
     pub(super) async fn acquire(&self, id: &str) -> Result<bool> {
+        {
+            let mut driven = self.driven.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(run) = driven.get_mut(id).filter(|run| run.created) {
+                // Created here with the lease a moment ago.
+                run.created = false;
+                return Ok(true);
+            }
+        }
         const SQL: &str = "WITH w AS (
                 UPDATE wf_runs SET owner = $2,
                     lease_until = now() + $3::BIGINT * interval '1 millisecond'
                 WHERE id = $1 AND (owner IS NULL OR owner = $2 OR lease_until < now())
-                RETURNING 1)
-            SELECT EXISTS (SELECT 1 FROM w)";
-        self.write(
-            "taking a run's lease",
-            SQL,
-            params![id.to_string(), self.holder.clone(), self.lease_ms()],
-        )
-        .await
+                RETURNING cancel_requested)
+            SELECT EXISTS (SELECT 1 FROM w), COALESCE((SELECT cancel_requested FROM w), false)";
+        let (taken, cancel_requested) = self
+            .write(
+                "taking a run's lease",
+                SQL,
+                params![id.to_string(), self.holder.clone(), self.lease_ms()],
+            )
+            .await?;
+        if taken {
+            self.driven
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(
+                    id.to_string(),
+                    Driven {
+                        created: false,
+                        cancel_requested,
+                    },
+                );
+        }
+        Ok(taken)
     }
 
     pub(super) async fn renew(&self, id: &str) -> Result<Option<Renewal>> {
@@ -726,6 +793,10 @@ impl Pg {
                 UPDATE wf_runs SET owner = NULL, lease_until = NULL
                 WHERE id = $1 AND owner = $2 RETURNING 1)
             SELECT EXISTS (SELECT 1 FROM w)";
+        self.driven
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
         self.write(
             "releasing a run's lease",
             SQL,
@@ -783,7 +854,7 @@ async fn writer(pg: Postgres, queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Write
                 for write in batch.drain(..) {
                     let held = write_batch(&pg, std::slice::from_ref(&write))
                         .await
-                        .map(|held| held.first().copied().unwrap_or(false));
+                        .map(|held| held.first().copied().unwrap_or_default());
                     let _ = write.done.send(held);
                 }
             }
@@ -793,7 +864,7 @@ async fn writer(pg: Postgres, queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Write
 
 /// Writes `batch` in one transaction (a single write on its own); per write,
 /// whether its run was this node's.
-async fn write_batch(pg: &Postgres, batch: &[Write]) -> Result<Vec<bool>> {
+async fn write_batch(pg: &Postgres, batch: &[Write]) -> Result<Vec<(bool, bool)>> {
     let mut client = pg.client().await?;
     let mut statements = Vec::with_capacity(batch.len());
     for write in batch {
@@ -814,7 +885,12 @@ async fn write_batch(pg: &Postgres, batch: &[Write]) -> Result<Vec<bool>> {
         commit(tx).await?;
         rows
     };
-    rows.iter().map(|row| get::<bool>(row, 0)).collect()
+    rows.iter()
+        .map(|row| {
+            let second = if row.len() > 1 { get(row, 1)? } else { false };
+            Ok((get(row, 0)?, second))
+        })
+        .collect()
 }
 
 /// Sends every write's statement before reading any answer.
