@@ -484,7 +484,7 @@ impl Pg {
     ) -> Result<()> {
         const SQL: &str = fenced_sql!(
             "w AS (UPDATE wf_runs SET state = $3, error = COALESCE($4, error), updated_ms = $5
-                   WHERE id IN (SELECT id FROM run))"
+                   WHERE id = $1 AND EXISTS (SELECT 1 FROM run))"
         );
         self.fenced(
             id,
@@ -546,7 +546,7 @@ impl Pg {
     ) -> Result<()> {
         const SQL: &str = fenced_sql!(
             "w AS (UPDATE wf_steps SET status = 'retrying', error = $5, not_before_ms = $6
-                   WHERE instance IN (SELECT id FROM run) AND idx = $3 AND phase = $4)"
+                   WHERE instance = $1 AND EXISTS (SELECT 1 FROM run) AND idx = $3 AND phase = $4)"
         );
         self.fenced(
             id,
@@ -574,7 +574,7 @@ impl Pg {
         const SQL: &str = fenced_sql!(
             "w AS (UPDATE wf_steps SET status = $5, output = $6::text::jsonb,
                       error = COALESCE($7, error), finished_ms = $8
-                   WHERE instance IN (SELECT id FROM run) AND idx = $3 AND phase = $4)"
+                   WHERE instance = $1 AND EXISTS (SELECT 1 FROM run) AND idx = $3 AND phase = $4)"
         );
         let (status, output, error) = match outcome {
             Ok(output) => ("done", Some(output.to_string()), None),
@@ -607,9 +607,9 @@ impl Pg {
     ) -> Result<()> {
         const SQL: &str = fenced_sql!(
             "step AS (UPDATE wf_steps SET status = 'done', output = $4::text::jsonb, finished_ms = $6
-                      WHERE instance IN (SELECT id FROM run) AND idx = $3 AND phase = 'do')",
+                      WHERE instance = $1 AND EXISTS (SELECT 1 FROM run) AND idx = $3 AND phase = 'do')",
             "moved AS (UPDATE wf_runs SET position = $3 + 1, state = $5, updated_ms = $6
-                       WHERE id IN (SELECT id FROM run))"
+                       WHERE id = $1 AND EXISTS (SELECT 1 FROM run))"
         );
         self.fenced(
             id,
@@ -638,9 +638,9 @@ impl Pg {
     ) -> Result<()> {
         const SQL: &str = fenced_sql!(
             "step AS (UPDATE wf_steps SET status = 'failed', error = $5, finished_ms = $8
-                      WHERE instance IN (SELECT id FROM run) AND idx = $3 AND phase = $4)",
+                      WHERE instance = $1 AND EXISTS (SELECT 1 FROM run) AND idx = $3 AND phase = $4)",
             "moved AS (UPDATE wf_runs SET state = $6, error = $7, updated_ms = $8
-                       WHERE id IN (SELECT id FROM run))"
+                       WHERE id = $1 AND EXISTS (SELECT 1 FROM run))"
         );
         self.fenced(
             id,
