@@ -65,39 +65,28 @@ pub(crate) async fn first_config(
     local_text: String,
     path: &Path,
 ) -> Result<(Manifest, String, i64), AppError> {
-    let stored =
-        cluster.config().latest().await.map_err(|e| {
-            AppError::Start(format!("cannot read the cluster's configuration: {e}"))
-        })?;
-    match stored {
-        Some((version, text)) => {
-            if text != local_text {
-                tracing::info!(target: "gantry::cluster", version, local = %path.display(), "running the cluster's configuration, which differs from the local manifest; `gantry apply` changes the cluster's");
-            }
-            let manifest = gantry_manifest::parse(&text, &origin(version), &local.base_dir)
-                .map_err(|e| {
-                    AppError::Start(format!(
-                        "the cluster's configuration v{version} does not load on this node \
-                         (paths resolve against {}):\n{e}",
-                        local.base_dir.display()
-                    ))
-                })?;
-            Ok((manifest, text, version))
-        }
-        None => {
-            let applied = cluster
-                .config()
-                .apply(
-                    &local_text,
-                    &format!("node {}", cluster.node()),
-                    "first start",
-                )
-                .await
-                .map_err(|e| AppError::Start(format!("cannot store the configuration: {e}")))?;
-            tracing::info!(target: "gantry::cluster", version = applied.version(), manifest = %path.display(), "the cluster had no configuration: stored the local manifest");
-            Ok((local, local_text, applied.version()))
-        }
+    let (version, text, seeded) = cluster
+        .config()
+        .seed(&local_text, &format!("node {}", cluster.node()))
+        .await
+        .map_err(|e| AppError::Start(format!("cannot read the cluster's configuration: {e}")))?;
+    if seeded {
+        tracing::info!(target: "gantry::cluster", version, manifest = %path.display(), "the cluster had no configuration: stored the local manifest");
+        return Ok((local, local_text, version));
     }
+    if text == local_text {
+        return Ok((local, local_text, version));
+    }
+    tracing::info!(target: "gantry::cluster", version, local = %path.display(), "running the cluster's configuration, which differs from the local manifest; `gantry apply` changes the cluster's");
+    let manifest =
+        gantry_manifest::parse(&text, &origin(version), &local.base_dir).map_err(|e| {
+            AppError::Start(format!(
+                "the cluster's configuration v{version} does not load on this node \
+             (paths resolve against {}):\n{e}",
+                local.base_dir.display()
+            ))
+        })?;
+    Ok((manifest, text, version))
 }
 
 /// `GET /v1/nodes` and `GET /v1/config` on the admin API.

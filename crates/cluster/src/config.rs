@@ -72,6 +72,50 @@ impl ConfigStore {
         ConfigStore { pg }
     }
 
+    /// The cluster's newest configuration `(version, manifest, seeded)`;
+    /// when it has none yet, `manifest` stored as the first version
+    /// (`seeded`). Nodes starting together against an empty cluster agree on
+    /// one first version.
+    pub async fn seed(&self, manifest: &str, by: &str) -> Result<(i64, String, bool), PgError> {
+        let mut client = self.pg.client().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(PgError::query("storing a configuration"))?;
+        tx.execute("LOCK TABLE gantry_config IN EXCLUSIVE MODE", &[])
+            .await
+            .map_err(PgError::query("locking the configuration history"))?;
+        if let Some(row) = tx
+            .query_opt(
+                "SELECT version, manifest FROM gantry_config ORDER BY version DESC LIMIT 1",
+                &[],
+            )
+            .await
+            .map_err(PgError::query("reading the newest configuration"))?
+        {
+            return Ok((row.get(0), row.get(1), false));
+        }
+        let version: i64 = tx
+            .query_one(
+                "INSERT INTO gantry_config (manifest, sha256, applied_by, note)
+                 VALUES ($1, $2, $3, 'first start') RETURNING version",
+                &[&manifest, &sha256_hex(manifest), &by],
+            )
+            .await
+            .map_err(PgError::query("storing a configuration"))?
+            .get(0);
+        tx.execute(
+            "SELECT pg_notify($1, $2)",
+            &[&self.pg.channel("config"), &version.to_string()],
+        )
+        .await
+        .map_err(PgError::query("announcing a configuration"))?;
+        tx.commit()
+            .await
+            .map_err(PgError::query("storing a configuration"))?;
+        Ok((version, manifest.to_string(), true))
+    }
+
     /// Stores `manifest` as the newest version (unless it already is) and
     /// tells every node. The caller has validated it.
     pub async fn apply(&self, manifest: &str, by: &str, note: &str) -> Result<Applied, PgError> {

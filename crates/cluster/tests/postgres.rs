@@ -228,3 +228,35 @@ async fn a_once_claim_is_won_by_exactly_one_of_many() {
         .await
         .unwrap());
 }
+
+#[tokio::test]
+async fn nodes_starting_together_on_an_empty_cluster_agree_on_one_first_version() {
+    let Some(first) = cluster("seed", "n1").await else {
+        return;
+    };
+    let seeds = (0..4).map(|n| {
+        let config = first.config().clone();
+        tokio::spawn(async move {
+            config
+                .seed("[platform]\nname = \"shop\"\n", &format!("node n{n}"))
+                .await
+                .unwrap()
+        })
+    });
+    let results = futures_util::future::join_all(seeds).await;
+    let results: Vec<(i64, String, bool)> = results.into_iter().map(|r| r.unwrap()).collect();
+    assert!(
+        results.iter().all(|(version, _, _)| *version == 1),
+        "{results:?}"
+    );
+    assert_eq!(results.iter().filter(|(_, _, seeded)| *seeded).count(), 1);
+    // Once there is a version, a node with another local manifest gets the
+    // cluster's.
+    let (version, text, seeded) = first
+        .config()
+        .seed("[platform]\nname = \"other\"\n", "node n9")
+        .await
+        .unwrap();
+    assert_eq!((version, seeded), (1, false));
+    assert!(text.contains("shop"));
+}

@@ -109,7 +109,7 @@ macro_rules! params {
 /// Fenced writes a writer commits together at most.
 const BATCH: usize = 128;
 /// Writers per node: while one commits, the next gathers its batch.
-const WRITERS: usize = 2;
+const WRITERS: usize = 4;
 
 /// A journal write waiting for a writer: one statement answering one
 /// boolean (for a fenced write, whether the run was this node's).
