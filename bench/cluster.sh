@@ -243,6 +243,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(data)
 class Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 1024  # 100 runs call at once after the takeover
     def handle_error(self, request, client_address):
         pass  # a caller killed mid-request (node a) is expected here
 Server(("127.0.0.1", port), Handler).serve_forever()
