@@ -651,12 +651,6 @@ impl SagaService {
 
 #[tokio::test]
 async fn a_saga_whose_node_is_killed_mid_step_is_finished_by_another_node() {
-    let Some(pg) = gantry_cluster::testing::fresh_schema("saga").await else {
-        return;
-    };
-    let (service, addr) = SagaService::start("/charges", "none").await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("gantry.toml");
     let workflow = r#"
 [services.shop]
 urls = ["http://SHOP"]
@@ -674,24 +668,13 @@ timeout = "10s"
 [[workflows.checkout.steps]]
 name = "ship"
 call = "shop:POST /shipments"
-"#
-    .replace("SHOP", &addr.to_string());
-    let upstream = Upstream::start().await;
-    std::fs::write(&path, manifest(&pg, upstream.addr, &workflow)).unwrap();
-    let mut nodes = Vec::new();
-    for name in ["w1", "w2", "w3"] {
-        nodes.push(Node::start(name, &path, dir.path()).await);
-    }
-    let started = client()
-        .post(format!(
-            "http://127.0.0.1:{}/v1/workflows/checkout",
-            nodes[0].api
-        ))
-        .json(&serde_json::json!({ "id": "order-7", "input": {} }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(started.status(), 201);
+"#;
+    let Some((_dir, mut nodes, service)) =
+        saga_nodes("saga", ["w1", "w2", "w3"], workflow, "/charges", "none").await
+    else {
+        return;
+    };
+    start_checkout(&nodes[0], "order-7").await;
     eventually(
         "the charge is in flight",
         Duration::from_secs(10),
@@ -703,19 +686,7 @@ call = "shop:POST /shipments"
     // Another node takes the run over once its lease (2 s) lapses, and
     // finishes it; the charge is repeated with the same key, so the service
     // does it once.
-    let survivor = nodes[1].admin_url("/v1/workflows/order-7");
-    eventually(
-        "the run completes on another node",
-        Duration::from_secs(20),
-        || async {
-            let run: Value = match client().get(&survivor).send().await {
-                Ok(response) => response.json().await.unwrap_or_default(),
-                Err(_) => return false,
-            };
-            run["state"] == "completed"
-        },
-    )
-    .await;
+    run_reaches(&nodes[1], "order-7", "completed").await;
     assert_eq!(service.calls("/reservations"), (1, 1));
     let (charges, charge_keys) = service.calls("/charges");
     assert_eq!(
@@ -912,14 +883,8 @@ to = "orders:/events"
 
 #[tokio::test]
 async fn a_compensation_whose_node_is_killed_is_finished_once_by_another_node() {
-    let Some(pg) = gantry_cluster::testing::fresh_schema("compensation").await else {
-        return;
-    };
     // The charge is declined, so the reservation is cancelled; the first
     // cancellation is slow, and its node is killed meanwhile.
-    let (service, addr) = SagaService::start("/reservations/cancel", "/charges").await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("gantry.toml");
     let workflow = r#"
 [services.shop]
 urls = ["http://SHOP"]
@@ -933,24 +898,19 @@ compensate = { call = "shop:POST /reservations/cancel" }
 [[workflows.checkout.steps]]
 name = "charge"
 call = "shop:POST /charges"
-"#
-    .replace("SHOP", &addr.to_string());
-    let upstream = Upstream::start().await;
-    std::fs::write(&path, manifest(&pg, upstream.addr, &workflow)).unwrap();
-    let mut nodes = Vec::new();
-    for name in ["c1", "c2", "c3"] {
-        nodes.push(Node::start(name, &path, dir.path()).await);
-    }
-    let started = client()
-        .post(format!(
-            "http://127.0.0.1:{}/v1/workflows/checkout",
-            nodes[0].api
-        ))
-        .json(&serde_json::json!({ "id": "order-9", "input": {} }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(started.status(), 201);
+"#;
+    let Some((_dir, mut nodes, service)) = saga_nodes(
+        "compensation",
+        ["c1", "c2", "c3"],
+        workflow,
+        "/reservations/cancel",
+        "/charges",
+    )
+    .await
+    else {
+        return;
+    };
+    start_checkout(&nodes[0], "order-9").await;
     eventually(
         "the cancellation is in flight",
         Duration::from_secs(10),
@@ -958,20 +918,7 @@ call = "shop:POST /charges"
     )
     .await;
     nodes[0].kill_hard();
-
-    let survivor = nodes[2].admin_url("/v1/workflows/order-9");
-    eventually(
-        "the run is compensated by another node",
-        Duration::from_secs(20),
-        || async {
-            let run: Value = match client().get(&survivor).send().await {
-                Ok(response) => response.json().await.unwrap_or_default(),
-                Err(_) => return false,
-            };
-            run["state"] == "compensated"
-        },
-    )
-    .await;
+    run_reaches(&nodes[2], "order-9", "compensated").await;
     assert_eq!(service.calls("/reservations"), (1, 1));
     assert_eq!(
         service.calls("/charges"),
@@ -983,6 +930,61 @@ call = "shop:POST /charges"
         cancel_keys, 1,
         "one cancellation, whatever the attempts ({cancels})"
     );
+}
+
+/// Three nodes named `names` running `workflow` (its `SHOP` replaced by the
+/// address of a [`SagaService`] started with `slow` and `declined`), their
+/// directory and the service.
+async fn saga_nodes(
+    tag: &str,
+    names: [&str; 3],
+    workflow: &str,
+    slow: &'static str,
+    declined: &'static str,
+) -> Option<(tempfile::TempDir, Vec<Node>, SagaService)> {
+    let pg = gantry_cluster::testing::fresh_schema(tag).await?;
+    let (service, addr) = SagaService::start(slow, declined).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gantry.toml");
+    let workflow = workflow.replace("SHOP", &addr.to_string());
+    let upstream = Upstream::start().await;
+    std::fs::write(&path, manifest(&pg, upstream.addr, &workflow)).unwrap();
+    let mut nodes = Vec::new();
+    for name in names {
+        nodes.push(Node::start(name, &path, dir.path()).await);
+    }
+    Some((dir, nodes, service))
+}
+
+/// Starts run `id` of workflow `checkout` through `node`'s platform API.
+async fn start_checkout(node: &Node, id: &str) {
+    let started = client()
+        .post(format!(
+            "http://127.0.0.1:{}/v1/workflows/checkout",
+            node.api
+        ))
+        .json(&serde_json::json!({ "id": id, "input": {} }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), 201);
+}
+
+/// Waits (20 s at most) until `node`'s admin API shows run `id` in `state`.
+async fn run_reaches(node: &Node, id: &str, state: &str) {
+    let url = node.admin_url(&format!("/v1/workflows/{id}"));
+    eventually(
+        &format!("run {id} is {state} (seen through node {})", node.name),
+        Duration::from_secs(20),
+        || async {
+            let run: Value = match client().get(&url).send().await {
+                Ok(response) => response.json().await.unwrap_or_default(),
+                Err(_) => return false,
+            };
+            run["state"] == state
+        },
+    )
+    .await;
 }
 
 /// Polls `gantry nodes` until `check` holds on its list.

@@ -95,24 +95,9 @@ impl ConfigStore {
         {
             return Ok((row.get(0), row.get(1), false));
         }
-        let version: i64 = tx
-            .query_one(
-                "INSERT INTO gantry_config (manifest, sha256, applied_by, note)
-                 VALUES ($1, $2, $3, 'first start') RETURNING version",
-                &[&manifest, &sha256_hex(manifest), &by],
-            )
-            .await
-            .map_err(PgError::query("storing a configuration"))?
-            .get(0);
-        tx.execute(
-            "SELECT pg_notify($1, $2)",
-            &[&self.pg.channel("config"), &version.to_string()],
-        )
-        .await
-        .map_err(PgError::query("announcing a configuration"))?;
-        tx.commit()
-            .await
-            .map_err(PgError::query("storing a configuration"))?;
+        let version = self
+            .store(tx, manifest, &sha256_hex(manifest), by, "first start")
+            .await?;
         Ok((version, manifest.to_string(), true))
     }
 
@@ -143,6 +128,21 @@ impl ConfigStore {
                 return Ok(Applied::Unchanged(version));
             }
         }
+        Ok(Applied::New(
+            self.store(tx, manifest, &sha, by, note).await?,
+        ))
+    }
+
+    /// Inserts the next version in `tx` (which holds the history's lock),
+    /// announces it and commits; the version's number.
+    async fn store(
+        &self,
+        tx: deadpool_postgres::Transaction<'_>,
+        manifest: &str,
+        sha: &str,
+        by: &str,
+        note: &str,
+    ) -> Result<i64, PgError> {
         let version: i64 = tx
             .query_one(
                 "INSERT INTO gantry_config (manifest, sha256, applied_by, note)
@@ -162,7 +162,7 @@ impl ConfigStore {
         tx.commit()
             .await
             .map_err(PgError::query("storing a configuration"))?;
-        Ok(Applied::New(version))
+        Ok(version)
     }
 
     /// The newest version and its text, if any was ever applied.
