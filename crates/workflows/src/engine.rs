@@ -41,15 +41,131 @@ pub(crate) enum DriveError {
     NoDefinition { workflow: String, version: u32 },
 }
 
+/// A run this node created a moment ago, handed to its driver so that the
+/// driver need not read back what was just written.
+#[derive(Debug)]
+pub(crate) struct Fresh {
+    pub(crate) run: Run,
+    /// Step 0's first attempt was journaled with the run.
+    pub(crate) first_started: bool,
+}
+
+/// The driver's copy of a run's step records: read from the journal when
+/// the driver starts, then kept in step with the driver's own writes (while
+/// it drives a run, no one else writes its steps; in cluster mode the lease
+/// sees to that). So a step needs no read of the journal.
+struct Steps(Vec<StepRecord>);
+
+impl Steps {
+    fn get(&self, idx: usize, phase: &str) -> Option<&StepRecord> {
+        self.0.iter().find(|r| r.idx == idx && r.phase == phase)
+    }
+
+    fn is(&self, idx: usize, phase: &str, status: &str) -> bool {
+        self.get(idx, phase).is_some_and(|r| r.status == status)
+    }
+
+    fn entry(&mut self, idx: usize, phase: &str, name: &str) -> &mut StepRecord {
+        let at = match self.0.iter().position(|r| r.idx == idx && r.phase == phase) {
+            Some(at) => at,
+            None => {
+                self.0.push(StepRecord {
+                    idx,
+                    phase: phase.to_string(),
+                    name: name.to_string(),
+                    status: "running".into(),
+                    attempts: 0,
+                    output: None,
+                    error: None,
+                    started_ms: None,
+                    finished_ms: None,
+                    not_before_ms: 0,
+                });
+                self.0.len() - 1
+            }
+        };
+        &mut self.0[at]
+    }
+
+    /// As [`crate::Store::attempt_started`] writes it.
+    fn started(&mut self, idx: usize, phase: &str, name: &str, attempts: u32, not_before: i64) {
+        let record = self.entry(idx, phase, name);
+        record.status = "running".into();
+        record.attempts = attempts;
+        record.started_ms.get_or_insert_with(now_ms);
+        record.not_before_ms = not_before;
+        record.finished_ms = None;
+    }
+
+    /// As [`crate::Store::attempt_failed`] writes it.
+    fn retrying(&mut self, idx: usize, phase: &str, error: &str, not_before: i64) {
+        if let Some(record) = self.0.iter_mut().find(|r| r.idx == idx && r.phase == phase) {
+            record.status = "retrying".into();
+            record.error = Some(error.to_string());
+            record.not_before_ms = not_before;
+        }
+    }
+
+    /// As [`crate::Store::finish`] and [`crate::Store::complete_step`] write it.
+    fn finished(&mut self, idx: usize, phase: &str, outcome: &Result<Value, String>) {
+        if let Some(record) = self.0.iter_mut().find(|r| r.idx == idx && r.phase == phase) {
+            match outcome {
+                Ok(output) => {
+                    record.status = "done".into();
+                    record.output = Some(output.clone());
+                }
+                Err(error) => {
+                    record.status = "failed".into();
+                    record.error = Some(error.clone());
+                }
+            }
+            record.finished_ms = Some(now_ms());
+        }
+    }
+
+    /// Every completed forward step's output, by step name.
+    fn outputs(&self, definition: &Definition) -> BTreeMap<String, Value> {
+        self.0
+            .iter()
+            .filter(|r| r.phase == "do" && r.status == "done")
+            .filter_map(|r| {
+                definition
+                    .steps
+                    .get(r.idx)
+                    .map(|s| (s.name.clone(), r.output.clone().unwrap_or(Value::Null)))
+            })
+            .collect()
+    }
+}
+
+/// Whether a step starts with a call or a publish (not a timer or a wait),
+/// so its first attempt can be journaled with the write before it.
+pub(crate) fn starts_at_once(step: &StepDef) -> bool {
+    !matches!(
+        step.action,
+        ActionDef::Wait { .. } | ActionDef::Sleep { .. }
+    )
+}
+
 /// Drives one run until it ends, parks, or `stop` fires (shutdown or a
 /// cancel request; the journal lets a later run pick up where this one was).
+///
+/// The journal is written as little as it can be while every transition is
+/// still durable before the driver moves on: a step's outcome, the run's
+/// next state and the next step's first attempt are one write, and on
+/// PostgreSQL the write that ends a run also gives its lease up.
 pub(crate) async fn drive(
     inner: &Inner,
     id: &str,
     stop: &CancellationToken,
+    fresh: Option<Fresh>,
 ) -> Result<(), DriveError> {
-    let Some(mut instance) = inner.store.get(id).await? else {
-        return Err(DriveError::NoRun(id.to_string()));
+    let (mut instance, first_started) = match fresh {
+        Some(fresh) => (fresh.run, fresh.first_started),
+        None => match inner.store.get(id).await? {
+            Some(instance) => (instance, false),
+            None => return Err(DriveError::NoRun(id.to_string())),
+        },
     };
     let definition = inner
         .store
@@ -59,9 +175,25 @@ pub(crate) async fn drive(
             workflow: instance.workflow.clone(),
             version: instance.version,
         })?;
+    let mut records = Steps(Vec::new());
+    // The forward step whose first attempt this driver journaled, not yet run.
+    let mut started = None;
+    if first_started {
+        if let Some(step) = definition.steps.first() {
+            records.started(0, "do", &step.name, 1, 0);
+            started = Some(0);
+        }
+    } else {
+        records.0 = inner.store.steps(id).await?;
+    }
+    // Whether an operator asked to cancel, as the last write found it.
+    let mut known_cancel = None;
     loop {
         // An operator may have asked to cancel since the last step.
-        instance.cancel_requested = inner.store.cancel_requested(id).await?;
+        instance.cancel_requested = match known_cancel.take() {
+            Some(cancel) => cancel,
+            None => inner.store.cancel_requested(id).await?,
+        };
         if instance.cancel_requested && matches!(instance.state, State::Running | State::Waiting) {
             inner
                 .store
@@ -77,71 +209,73 @@ pub(crate) async fn drive(
             State::Running | State::Waiting => {
                 let Some(step) = definition.steps.get(instance.position) else {
                     inner.store.set_state(id, State::Completed, None).await?;
-                    inner
-                        .metrics
-                        .ended(&instance.workflow, State::Completed.as_str());
-                    tracing::info!(target: "gantry::workflows", workflow = %instance.workflow, id, "workflow completed");
+                    completed(inner, &instance);
                     return Ok(());
                 };
                 let idx = instance.position;
-                let waiting = matches!(
-                    step.action,
-                    ActionDef::Wait { .. } | ActionDef::Sleep { .. }
-                );
-                let state = if waiting {
-                    State::Waiting
-                } else {
+                let state = if starts_at_once(step) {
                     State::Running
+                } else {
+                    State::Waiting
                 };
                 if state != instance.state {
                     inner.store.set_state(id, state, None).await?;
                     instance.state = state;
                 }
+                let prestarted = started.take() == Some(idx);
                 let outcome = tokio::select! {
                     _ = stop.cancelled() => return Ok(()),
-                    outcome = run_step(inner, &instance, &definition, idx, "do", &step.action, step) => outcome?,
+                    outcome = run_step(inner, &instance, &definition, &mut records, idx, "do", &step.action, step, prestarted) => outcome?,
                 };
                 match outcome {
                     Ok(output) => {
-                        // The next step's state, written with this step's outcome.
-                        let next = match definition.steps.get(idx + 1).map(|s| &s.action) {
-                            Some(ActionDef::Wait { .. } | ActionDef::Sleep { .. }) => {
-                                State::Waiting
-                            }
-                            _ => State::Running,
+                        // The next step's state, written with this step's
+                        // outcome, and its first attempt when it starts at once.
+                        let following = definition.steps.get(idx + 1);
+                        let next = match following {
+                            None => State::Completed,
+                            Some(step) if starts_at_once(step) => State::Running,
+                            Some(_) => State::Waiting,
                         };
-                        inner.store.complete_step(id, idx, output, next).await?;
+                        let start_next = following
+                            .filter(|step| {
+                                starts_at_once(step) && records.get(idx + 1, "do").is_none()
+                            })
+                            .map(|step| step.name.as_str());
+                        records.finished(idx, "do", &Ok(output.clone()));
+                        let cancel = inner
+                            .store
+                            .complete_step(id, idx, output, next, start_next)
+                            .await?;
                         instance.position += 1;
-                        instance.state = next;
+                        known_cancel = Some(cancel);
+                        if !cancel {
+                            instance.state = next;
+                            if let Some(name) = start_next {
+                                records.started(idx + 1, "do", name, 1, 0);
+                                started = Some(idx + 1);
+                            }
+                            if next == State::Completed {
+                                completed(inner, &instance);
+                                return Ok(());
+                            }
+                        }
                     }
                     Err(error) => {
                         tracing::warn!(target: "gantry::workflows", workflow = %instance.workflow, id, step = %step.name, %error, "step failed; compensating");
-                        inner
-                            .store
-                            .finish(id, idx, "do", Err(error.clone()))
-                            .await?;
+                        records.finished(idx, "do", &Err(error.clone()));
                         let message = format!("step `{}` failed: {error}", step.name);
                         inner
                             .store
-                            .set_state(id, State::Compensating, Some(message))
+                            .fail_step(id, idx, "do", error, State::Compensating, message)
                             .await?;
                         instance.state = State::Compensating;
                     }
                 }
             }
             State::Compensating => {
-                let records = inner.store.steps(id).await?;
-                let undone = |idx: usize| {
-                    records
-                        .iter()
-                        .any(|r| r.idx == idx && r.phase == "undo" && r.status == "done")
-                };
-                let completed = |idx: usize| {
-                    records
-                        .iter()
-                        .any(|r| r.idx == idx && r.phase == "do" && r.status == "done")
-                };
                 let mut compensated_any = records
+                    .0
                     .iter()
                     .any(|r| r.phase == "undo" && r.status == "done");
                 for idx in (0..definition.steps.len()).rev() {
@@ -149,23 +283,20 @@ pub(crate) async fn drive(
                     let Some(compensation) = &step.compensate else {
                         continue;
                     };
-                    if !completed(idx) || undone(idx) {
+                    if !records.is(idx, "do", "done") || records.is(idx, "undo", "done") {
                         continue;
                     }
                     let outcome = tokio::select! {
                         _ = stop.cancelled() => return Ok(()),
-                        outcome = run_step(inner, &instance, &definition, idx, "undo", compensation, step) => outcome?,
+                        outcome = run_step(inner, &instance, &definition, &mut records, idx, "undo", compensation, step, false) => outcome?,
                     };
+                    records.finished(idx, "undo", &outcome);
                     match outcome {
                         Ok(output) => {
                             inner.store.finish(id, idx, "undo", Ok(output)).await?;
                             compensated_any = true;
                         }
                         Err(error) => {
-                            inner
-                                .store
-                                .finish(id, idx, "undo", Err(error.clone()))
-                                .await?;
                             let message = format!(
                                 "the compensation of step `{}` keeps failing: {error}",
                                 step.name
@@ -173,7 +304,7 @@ pub(crate) async fn drive(
                             tracing::error!(target: "gantry::workflows", workflow = %instance.workflow, id, step = %step.name, %error, "compensation failed; the workflow needs attention");
                             inner
                                 .store
-                                .set_state(id, State::NeedsAttention, Some(message))
+                                .fail_step(id, idx, "undo", error, State::NeedsAttention, message)
                                 .await?;
                             return Ok(());
                         }
@@ -196,20 +327,30 @@ pub(crate) async fn drive(
     }
 }
 
+fn completed(inner: &Inner, instance: &Run) {
+    inner
+        .metrics
+        .ended(&instance.workflow, State::Completed.as_str());
+    tracing::info!(target: "gantry::workflows", workflow = %instance.workflow, id = %instance.id, "workflow completed");
+}
+
 /// Runs one step (or compensation) with its retries. The outer `Err` is the
-/// journal failing; the inner one is the step failing for good.
+/// journal failing; the inner one is the step failing for good. With
+/// `prestarted`, the first attempt was journaled with the write before.
+#[allow(clippy::too_many_arguments)]
 async fn run_step(
     inner: &Inner,
     instance: &Run,
     definition: &Definition,
+    records: &mut Steps,
     idx: usize,
     phase: &str,
     action: &ActionDef,
     step: &StepDef,
+    prestarted: bool,
 ) -> Result<Result<Value, String>, JournalError> {
     let id = &instance.id;
-    let records = inner.store.steps(id).await?;
-    let record = records.iter().find(|r| r.idx == idx && r.phase == phase);
+    let record = records.get(idx, phase);
     // An outcome already journaled is the outcome (a crash came after it).
     if let Some(r) = record {
         match r.status.as_str() {
@@ -218,18 +359,13 @@ async fn run_step(
             _ => {}
         }
     }
-    let mut attempts = record.map_or(0, |r| r.attempts);
+    let mut attempts = if prestarted {
+        0
+    } else {
+        record.map_or(0, |r| r.attempts)
+    };
     let mut not_before = record.map_or(0, |r| r.not_before_ms);
-    let outputs: BTreeMap<String, Value> = records
-        .iter()
-        .filter(|r| r.phase == "do" && r.status == "done")
-        .filter_map(|r| {
-            definition
-                .steps
-                .get(r.idx)
-                .map(|s| (s.name.clone(), r.output.clone().unwrap_or(Value::Null)))
-        })
-        .collect();
+    let outputs = records.outputs(definition);
     let ctx = Context {
         id,
         input: &instance.input,
@@ -244,6 +380,7 @@ async fn run_step(
                 .store
                 .attempt_started(id, idx, phase, &step.name, 1, not_before)
                 .await?;
+            records.started(idx, phase, &step.name, 1, not_before);
         }
         sleep_until(not_before).await;
         return Ok(Ok(json!({ "slept_ms": ms })));
@@ -260,6 +397,7 @@ async fn run_step(
                 .store
                 .attempt_started(id, idx, phase, &step.name, 1, not_before)
                 .await?;
+            records.started(idx, phase, &step.name, 1, not_before);
         }
         let from = instance.wait_from.get(topic).copied().unwrap_or(1);
         return Ok(wait_for(
@@ -277,10 +415,13 @@ async fn run_step(
     loop {
         sleep_until(not_before).await;
         attempts += 1;
-        inner
-            .store
-            .attempt_started(id, idx, phase, &step.name, attempts, 0)
-            .await?;
+        if !(prestarted && attempts == 1) {
+            inner
+                .store
+                .attempt_started(id, idx, phase, &step.name, attempts, 0)
+                .await?;
+            records.started(idx, phase, &step.name, attempts, 0);
+        }
         let outcome = match action {
             ActionDef::Call { .. } => call(inner, instance, &ctx, idx, phase, action, step).await,
             ActionDef::Publish { .. } => publish(inner, instance, &ctx, idx, phase, action).await,
@@ -309,6 +450,7 @@ async fn run_step(
                     .store
                     .attempt_failed(id, idx, phase, &error, not_before)
                     .await?;
+                records.retrying(idx, phase, &error, not_before);
             }
         }
     }

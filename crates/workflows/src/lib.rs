@@ -363,10 +363,17 @@ impl Engine {
             created_ms: now,
             updated_ms: now,
         };
+        // A first step that calls or publishes starts with the run: one
+        // journal write instead of two.
+        let first = definition
+            .steps
+            .first()
+            .filter(|step| engine::starts_at_once(step))
+            .map(|step| step.name.as_str());
         let (instance, created) = self
             .inner
             .store
-            .create(instance)
+            .create_starting(instance, first)
             .await
             .map_err(WorkflowError::Journal)?;
         if !created && (instance.workflow != workflow || instance.input != input) {
@@ -378,7 +385,10 @@ impl Engine {
             self.record_start(&instance, traceparent, started);
             self.inner.metrics.started(workflow);
             tracing::info!(target: "gantry::workflows", workflow, id = %instance.id, version = instance.version, "workflow started");
-            self.spawn(&instance.id);
+            self.spawn_fresh(engine::Fresh {
+                run: instance.clone(),
+                first_started: first.is_some(),
+            });
         }
         Ok((instance, created))
     }
@@ -561,6 +571,16 @@ impl Engine {
     /// journal failed, until the run stops or Gantry shuts down. In cluster
     /// mode it drives the run only while it holds the run's lease.
     fn spawn(&self, id: &str) {
+        self.spawn_driver(id, None);
+    }
+
+    /// [`Engine::spawn`] for a run this node has just created.
+    fn spawn_fresh(&self, fresh: engine::Fresh) {
+        let id = fresh.run.id.clone();
+        self.spawn_driver(&id, Some(fresh));
+    }
+
+    fn spawn_driver(&self, id: &str, fresh: Option<engine::Fresh>) {
         {
             let mut running = self.inner.running.lock().expect("running lock");
             if running.contains_key(id) {
@@ -571,7 +591,7 @@ impl Engine {
         let inner = self.inner.clone();
         let id = id.to_string();
         tokio::spawn(async move {
-            keep_driving(&inner, &id).await;
+            keep_driving(&inner, &id, fresh).await;
             inner.running.lock().expect("running lock").remove(&id);
         });
     }
@@ -590,7 +610,7 @@ impl Engine {
 
 /// The life of one run's driver on this node: take the lease, drive with the
 /// lease renewed alongside, and give it up when the run stops.
-async fn keep_driving(inner: &Inner, id: &str) {
+async fn keep_driving(inner: &Inner, id: &str, mut fresh: Option<engine::Fresh>) {
     loop {
         match inner.store.acquire(id).await {
             Ok(true) => {}
@@ -612,10 +632,13 @@ async fn keep_driving(inner: &Inner, id: &str) {
             }
             token.clone()
         };
+        // What this node created is handed over once; after that the
+        // journal says where the run stands.
+        let fresh = fresh.take();
         let result = match inner.store.lease() {
-            None => Some(engine::drive(inner, id, &token).await),
+            None => Some(engine::drive(inner, id, &token, fresh).await),
             Some(lease) => tokio::select! {
-                result = engine::drive(inner, id, &token) => Some(result),
+                result = engine::drive(inner, id, &token, fresh) => Some(result),
                 () = hold_lease(inner, id, lease, &token) => None,
             },
         };

@@ -247,7 +247,15 @@ impl Store {
     /// whether it was created. In cluster mode this node takes the new
     /// run's lease with it.
     pub async fn create(&self, instance: Run) -> Result<(Run, bool)> {
-        dispatch!(self.create(instance))
+        self.create_starting(instance, None).await
+    }
+
+    /// [`Store::create`], journaling with the run (when it is new) that the
+    /// first attempt of its step 0, named `first`, is starting: what
+    /// [`Store::attempt_started`] would write next, without a write of its
+    /// own.
+    pub async fn create_starting(&self, instance: Run, first: Option<&str>) -> Result<(Run, bool)> {
+        dispatch!(self.create(instance, first))
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<Run>> {
@@ -292,6 +300,7 @@ impl Store {
     }
 
     /// Moves the run to `state` (a driver's write: fenced in cluster mode).
+    /// A run that ends or parks here gives its lease up with this write.
     pub async fn set_state(&self, id: &str, state: State, error: Option<String>) -> Result<()> {
         dispatch!(self.set_state(id, state, error))
     }
@@ -333,20 +342,29 @@ impl Store {
     }
 
     /// A forward step succeeded: its output, the next position and the run's
-    /// state, in one transaction (one fsync per step transition).
+    /// `state`, and (with `next`, the following step's name) that the first
+    /// attempt of the following step is starting, in one write (one fsync
+    /// per step transition).
+    ///
+    /// Unless an operator has asked to cancel the run: then only the output
+    /// and position are written, the run keeps its state for its driver to
+    /// compensate, and this answers true. A run that ends here (`state` is
+    /// not active) gives its lease up with this write, in cluster mode.
     pub async fn complete_step(
         &self,
         id: &str,
         idx: usize,
         output: Value,
         state: State,
-    ) -> Result<()> {
-        dispatch!(self.complete_step(id, idx, output, state))
+        next: Option<&str>,
+    ) -> Result<bool> {
+        dispatch!(self.complete_step(id, idx, output, state, next))
     }
 
     /// A step (or compensation) failed for good, and the run moves to
     /// `state` with `run_error`: one transaction, so a crash cannot leave a
-    /// failed step in a run that would try it again.
+    /// failed step in a run that would try it again. A run that parks or
+    /// ends here gives its lease up with this write, in cluster mode.
     pub async fn fail_step(
         &self,
         id: &str,

@@ -112,6 +112,7 @@ conformance!(
     every_step_transition_is_journaled,
     a_state_change_keeps_the_error_unless_given_one,
     operators_retry_resume_and_cancel_runs,
+    a_steps_outcome_starts_the_next_step_unless_the_run_is_to_be_cancelled,
 );
 
 async fn definitions_get_a_new_version_only_when_their_steps_change(store: Store) {
@@ -272,6 +273,7 @@ async fn every_step_transition_is_journaled(store: Store) {
             0,
             json!({"id": "reservations-1", "n": 1.5}),
             State::Waiting,
+            None,
         )
         .await
         .unwrap();
@@ -355,6 +357,65 @@ async fn a_state_change_keeps_the_error_unless_given_one(store: Store) {
     assert!(got.updated_ms > 1000);
 }
 
+async fn a_steps_outcome_starts_the_next_step_unless_the_run_is_to_be_cancelled(store: Store) {
+    // Step 0's first attempt starts with the run.
+    let (_, created) = store
+        .create_starting(run("r", "checkout", 1000), Some("reserve"))
+        .await
+        .unwrap();
+    assert!(created);
+    let steps = store.steps("r").await.unwrap();
+    assert_eq!(steps.len(), 1);
+    let reserve = &steps[0];
+    assert_eq!(
+        (reserve.idx, reserve.phase.as_str(), reserve.name.as_str()),
+        (0, "do", "reserve")
+    );
+    assert_eq!((reserve.status.as_str(), reserve.attempts), ("running", 1));
+    assert_eq!(reserve.started_ms, Some(1000));
+    // Creating it again starts nothing more.
+    let (_, again) = store
+        .create_starting(run("r", "checkout", 2000), Some("reserve"))
+        .await
+        .unwrap();
+    assert!(!again);
+    assert_eq!(store.steps("r").await.unwrap().len(), 1);
+
+    // A step's outcome starts the next step's first attempt.
+    let cancel = store
+        .complete_step("r", 0, json!({"id": 1}), State::Running, Some("charge"))
+        .await
+        .unwrap();
+    assert!(!cancel);
+    let steps = store.steps("r").await.unwrap();
+    let charge = steps.iter().find(|s| s.idx == 1).unwrap();
+    assert_eq!(
+        (
+            charge.name.as_str(),
+            charge.status.as_str(),
+            charge.attempts
+        ),
+        ("charge", "running", 1)
+    );
+    assert_eq!(store.get("r").await.unwrap().unwrap().position, 1);
+
+    // Once an operator asks to cancel, the outcome is kept, but the run
+    // keeps its state (its driver compensates) and starts nothing more.
+    store.request_cancel("r").await.unwrap();
+    let cancel = store
+        .complete_step("r", 1, json!({"id": 2}), State::Completed, Some("ship"))
+        .await
+        .unwrap();
+    assert!(cancel);
+    let got = store.get("r").await.unwrap().unwrap();
+    assert_eq!((got.position, got.state), (2, State::Running));
+    let steps = store.steps("r").await.unwrap();
+    assert_eq!(steps.len(), 2, "nothing of step 2 started");
+    let charge = steps.iter().find(|s| s.idx == 1).unwrap();
+    assert_eq!(charge.status, "done");
+    assert_eq!(charge.output, Some(json!({"id": 2})));
+}
+
 async fn operators_retry_resume_and_cancel_runs(store: Store) {
     store.create(run("r", "checkout", 1000)).await.unwrap();
     for (idx, name) in [(0, "reserve"), (1, "charge")] {
@@ -363,7 +424,7 @@ async fn operators_retry_resume_and_cancel_runs(store: Store) {
             .await
             .unwrap();
         store
-            .complete_step("r", idx, json!({"id": idx}), State::Running)
+            .complete_step("r", idx, json!({"id": idx}), State::Running, None)
             .await
             .unwrap();
     }
@@ -416,6 +477,8 @@ async fn operators_retry_resume_and_cancel_runs(store: Store) {
 
     // Cancelling a parked run: only while it is parked.
     assert!(!store.cancel_parked("r", "cancelled".into()).await.unwrap());
+    // The run parked earlier gave its lease up: a driver takes it again.
+    assert!(store.acquire("r").await.unwrap());
     store
         .set_state("r", State::NeedsAttention, Some("stuck".into()))
         .await
@@ -522,6 +585,58 @@ async fn postgres_only_the_lease_holder_may_drive_a_run() {
 }
 
 #[tokio::test]
+async fn postgres_the_write_that_ends_or_parks_a_run_gives_its_lease_up() {
+    let Some((a, b)) = two_nodes("endrelease", LEASE).await else {
+        return;
+    };
+    // Completed by its last step's outcome: free at once.
+    a.create_starting(run("done", "checkout", 1), Some("reserve"))
+        .await
+        .unwrap();
+    assert!(!b.acquire("done").await.unwrap());
+    a.complete_step("done", 0, json!({}), State::Completed, None)
+        .await
+        .unwrap();
+    assert!(b.acquire("done").await.unwrap());
+    // The old driver's release, with nothing left to give up, takes
+    // nothing from the new holder.
+    a.release("done").await.unwrap();
+    assert!(!a.acquire("done").await.unwrap());
+
+    // Parked by a compensation that keeps failing: free at once.
+    a.create(run("parked", "checkout", 2)).await.unwrap();
+    a.fail_step(
+        "parked",
+        0,
+        "undo",
+        "refused".into(),
+        State::NeedsAttention,
+        "needs a look".into(),
+    )
+    .await
+    .unwrap();
+    assert!(b.acquire("parked").await.unwrap());
+
+    // A run that goes on, or is to be cancelled, keeps its driver.
+    a.create(run("going", "checkout", 3)).await.unwrap();
+    a.complete_step("going", 0, json!({}), State::Running, None)
+        .await
+        .unwrap();
+    assert!(!b.acquire("going").await.unwrap());
+    a.create(run("cancel", "checkout", 4)).await.unwrap();
+    b.request_cancel("cancel").await.unwrap();
+    assert!(a
+        .complete_step("cancel", 0, json!({}), State::Completed, None)
+        .await
+        .unwrap());
+    assert!(!b.acquire("cancel").await.unwrap());
+    assert_eq!(
+        a.get("cancel").await.unwrap().unwrap().state,
+        State::Running
+    );
+}
+
+#[tokio::test]
 async fn postgres_a_lapsed_lease_is_taken_over_and_the_old_holder_is_fenced() {
     let lease = Duration::from_millis(400);
     let Some((a, b)) = two_nodes("takeover", lease).await else {
@@ -550,8 +665,9 @@ async fn postgres_a_lapsed_lease_is_taken_over_and_the_old_holder_is_fenced() {
         );
     };
     lost(
-        a.complete_step("r", 0, json!({"by": "a"}), State::Running)
-            .await,
+        a.complete_step("r", 0, json!({"by": "a"}), State::Running, None)
+            .await
+            .map(drop),
     );
     lost(a.finish("r", 0, "do", Ok(json!({"by": "a"}))).await);
     lost(a.attempt_failed("r", 0, "do", "late", 1).await);
@@ -575,7 +691,7 @@ async fn postgres_a_lapsed_lease_is_taken_over_and_the_old_holder_is_fenced() {
     b.attempt_started("r", 0, "do", "reserve", 2, 0)
         .await
         .unwrap();
-    b.complete_step("r", 0, json!({"by": "b"}), State::Running)
+    b.complete_step("r", 0, json!({"by": "b"}), State::Running, None)
         .await
         .unwrap();
     let steps = a.steps("r").await.unwrap();
@@ -608,7 +724,7 @@ async fn postgres_a_takeover_waits_for_a_write_in_flight() {
         handles.push(tokio::spawn(async move {
             let id = format!("r{i}");
             let (write, taken) = tokio::join!(
-                a.complete_step(&id, 0, json!({"by": "a"}), State::Running),
+                a.complete_step(&id, 0, json!({"by": "a"}), State::Running, None),
                 b.acquire(&id),
             );
             (id, write.is_ok(), taken.unwrap())

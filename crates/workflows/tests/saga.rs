@@ -648,6 +648,48 @@ async fn a_cancel_during_a_call_lets_it_finish_and_compensates_it() {
 }
 
 #[tokio::test]
+async fn a_cancel_during_the_last_step_still_compensates_the_run() {
+    // The last step's outcome and the run's end are one journal write; a
+    // cancel asked while that step ran must still win over "completed".
+    let (shop, url) = Shop::start().await;
+    shop.delays
+        .lock()
+        .unwrap()
+        .insert("POST /charges".into(), Duration::from_millis(400));
+    let two_steps = CHECKOUT
+        .split("[[workflows.checkout.steps]]\nname = \"ship\"")
+        .next()
+        .unwrap()
+        .to_string();
+    let rig = Rig::start(&two_steps, &url).await;
+    rig.engine
+        .start(
+            "checkout",
+            Some("last".into()),
+            json!({"order_id": 6, "sku": 1}),
+            None,
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !shop.keys.lock().unwrap().iter().any(|k| k == "last/charge") {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    rig.engine.cancel("last").await.unwrap();
+    rig.wait_state("last", RunState::Cancelled).await;
+    assert_eq!(
+        shop.effects(),
+        [
+            "POST /reservations",
+            "POST /charges",
+            "POST /refunds",
+            "DELETE /reservations/reservations-1"
+        ]
+    );
+}
+
+#[tokio::test]
 async fn a_step_to_a_service_whose_breaker_is_open_is_not_sent() {
     let (shop, url) = Shop::start().await;
     let text = CHECKOUT.replace(

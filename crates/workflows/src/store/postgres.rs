@@ -75,14 +75,16 @@ pub(super) const MIGRATIONS: Migrations = Migrations {
 };
 
 /// A fenced write's statement ([`Pg::fenced`]): `$1` is the run, `$2` this
-/// node; the writes follow as CTEs that use `run`.
+/// node; the writes follow as CTEs that use `run` (the run's id and, as of
+/// the lock, whether an operator asked to cancel it).
 macro_rules! fenced_sql {
     ($($writes:literal),+ $(,)?) => {
         concat!(
-            "WITH run AS MATERIALIZED (SELECT id FROM wf_runs WHERE id = $1 AND owner = $2 FOR UPDATE)",
+            "WITH run AS MATERIALIZED (SELECT id, cancel_requested FROM wf_runs
+                WHERE id = $1 AND owner = $2 FOR UPDATE)",
             $(", ", $writes,)+
             " SELECT EXISTS (SELECT 1 FROM run),
-                     COALESCE((SELECT cancel_requested FROM wf_runs WHERE id = $1), false)"
+                     COALESCE((SELECT cancel_requested FROM run), false)"
         )
     };
 }
@@ -95,6 +97,29 @@ struct Driven {
     created: bool,
     /// Whether an operator asked to cancel it, as of this node's last write.
     cancel_requested: bool,
+    /// It ended or parked, and its lease was given up with that write: the
+    /// driver's `release` needs no statement.
+    released: bool,
+}
+
+/// Whether a fenced write gives the run's lease up (the run ends or parks).
+#[derive(Debug, Clone, Copy)]
+enum Releases {
+    No,
+    Yes,
+    /// Yes, unless an operator asked to cancel the run: the write then
+    /// leaves it to its driver.
+    UnlessCancelling,
+}
+
+impl Releases {
+    fn when_ending(state: State) -> Releases {
+        if state.is_active() {
+            Releases::No
+        } else {
+            Releases::Yes
+        }
+    }
 }
 
 /// A fenced write's parameters, owned: the write waits in a queue.
@@ -174,7 +199,9 @@ impl Pg {
     /// One write of a driver to run `id`, as a single statement: CTE `run`
     /// locks the run's row only if this node owns it, the `writes` (more
     /// CTEs) touch only rows of a run found there, and the statement says
-    /// whether it was. A node taking the run over waits for the lock, and a
+    /// whether it was, and whether the run is to be cancelled. `releases`
+    /// says whether the statement gives the lease up. A node taking the run
+    /// over waits for the lock, and a
     /// write waiting behind a takeover finds the new owner, so no write of
     /// the old owner can land after a takeover: it is refused with
     /// [`JournalError::LeaseLost`]. The write goes through the journal's
@@ -185,12 +212,21 @@ impl Pg {
         context: &'static str,
         sql: &'static str,
         params: Vec<Param>,
-    ) -> Result<()> {
+        releases: Releases,
+    ) -> Result<bool> {
         let (held, cancel_requested) = self.write(context, sql, params).await?;
         let mut driven = self.driven.lock().unwrap_or_else(|e| e.into_inner());
         if held {
-            driven.entry(id.to_string()).or_default().cancel_requested = cancel_requested;
-            Ok(())
+            let run = driven.entry(id.to_string()).or_default();
+            run.cancel_requested = cancel_requested;
+            run.released = match releases {
+                Releases::No => false,
+                Releases::Yes => true,
+                Releases::UnlessCancelling => !cancel_requested,
+            };
+            // A lease given up must be taken again, whoever created the run.
+            run.created &= !run.released;
+            Ok(cancel_requested)
         } else {
             driven.remove(id);
             Err(JournalError::LeaseLost { id: id.to_string() })
@@ -325,16 +361,20 @@ impl Pg {
         Ok(definition)
     }
 
-    pub(super) async fn create(&self, instance: Run) -> Result<(Run, bool)> {
+    pub(super) async fn create(&self, instance: Run, first: Option<&str>) -> Result<(Run, bool)> {
         let input = instance.input.to_string();
         let wait_from = serde_json::to_string(&instance.wait_from)
             .map_err(|e| JournalError::Corrupt(format!("a run's wait positions: {e}")))?;
+        // With `first` ($11), step 0's first attempt starts with the run.
         const SQL: &str = "WITH w AS (
                 INSERT INTO wf_runs (id, workflow, version, input, state, trace, wait_from,
                     created_ms, updated_ms, owner, lease_until)
                 VALUES ($1, $2, $3, $4::text::jsonb, $5, $6, $7::text::jsonb, $8, $8, $9,
                     now() + $10::BIGINT * interval '1 millisecond')
-                ON CONFLICT (id) DO NOTHING RETURNING 1)
+                ON CONFLICT (id) DO NOTHING RETURNING id),
+            first AS (
+                INSERT INTO wf_steps (instance, idx, phase, name, status, attempts, started_ms)
+                SELECT id, 0, 'do', $11, 'running', 1, $8 FROM w WHERE $11::text IS NOT NULL)
             SELECT EXISTS (SELECT 1 FROM w)";
         let (inserted, _) = self
             .write(
@@ -351,6 +391,7 @@ impl Pg {
                     instance.created_ms,
                     self.holder.clone(),
                     self.lease_ms(),
+                    first.map(str::to_string),
                 ],
             )
             .await?;
@@ -362,7 +403,7 @@ impl Pg {
                     instance.id.clone(),
                     Driven {
                         created: true,
-                        cancel_requested: false,
+                        ..Driven::default()
                     },
                 );
             return Ok((instance, true));
@@ -482,8 +523,13 @@ impl Pg {
         state: State,
         error: Option<String>,
     ) -> Result<()> {
+        // A run that ends or parks gives its lease up.
         const SQL: &str = fenced_sql!(
-            "w AS (UPDATE wf_runs SET state = $3, error = COALESCE($4, error), updated_ms = $5
+            "w AS (UPDATE wf_runs SET state = $3, error = COALESCE($4, error), updated_ms = $5,
+                      owner = CASE WHEN $3::text IN ('running', 'waiting', 'compensating')
+                          THEN owner END,
+                      lease_until = CASE WHEN $3::text IN ('running', 'waiting', 'compensating')
+                          THEN lease_until END
                    WHERE id = $1 AND EXISTS (SELECT 1 FROM run))"
         );
         self.fenced(
@@ -497,8 +543,10 @@ impl Pg {
                 error,
                 now_ms()
             ],
+            Releases::when_ending(state),
         )
         .await
+        .map(drop)
     }
 
     pub(super) async fn attempt_started(
@@ -532,8 +580,10 @@ impl Pg {
                 now_ms(),
                 not_before_ms,
             ],
+            Releases::No,
         )
         .await
+        .map(drop)
     }
 
     pub(super) async fn attempt_failed(
@@ -560,8 +610,10 @@ impl Pg {
                 error.to_string(),
                 not_before_ms,
             ],
+            Releases::No,
         )
         .await
+        .map(drop)
     }
 
     pub(super) async fn finish(
@@ -594,8 +646,10 @@ impl Pg {
                 error,
                 now_ms(),
             ],
+            Releases::No,
         )
         .await
+        .map(drop)
     }
 
     pub(super) async fn complete_step(
@@ -604,12 +658,23 @@ impl Pg {
         idx: usize,
         output: Value,
         state: State,
-    ) -> Result<()> {
+        next: Option<&str>,
+    ) -> Result<bool> {
+        // Unless the run is to be cancelled: it moves to `state` ($5), gives
+        // its lease up when that ends it, and starts the next step ($7).
         const SQL: &str = fenced_sql!(
             "step AS (UPDATE wf_steps SET status = 'done', output = $4::text::jsonb, finished_ms = $6
                       WHERE instance = $1 AND EXISTS (SELECT 1 FROM run) AND idx = $3 AND phase = 'do')",
-            "moved AS (UPDATE wf_runs SET position = $3 + 1, state = $5, updated_ms = $6
-                       WHERE id = $1 AND EXISTS (SELECT 1 FROM run))"
+            "moved AS (UPDATE wf_runs SET position = $3 + 1, updated_ms = $6,
+                          state = CASE WHEN (SELECT cancel_requested FROM run) THEN state ELSE $5 END,
+                          owner = CASE WHEN (SELECT cancel_requested FROM run)
+                              OR $5::text IN ('running', 'waiting', 'compensating') THEN owner END,
+                          lease_until = CASE WHEN (SELECT cancel_requested FROM run)
+                              OR $5::text IN ('running', 'waiting', 'compensating') THEN lease_until END
+                       WHERE id = $1 AND EXISTS (SELECT 1 FROM run))",
+            "next AS (INSERT INTO wf_steps (instance, idx, phase, name, status, attempts, started_ms)
+                      SELECT id, $3 + 1, 'do', $7, 'running', 1, $6 FROM run
+                      WHERE $7::text IS NOT NULL AND NOT cancel_requested)"
         );
         self.fenced(
             id,
@@ -622,7 +687,13 @@ impl Pg {
                 output.to_string(),
                 state.as_str(),
                 now_ms(),
+                next.map(str::to_string),
             ],
+            if state.is_active() {
+                Releases::No
+            } else {
+                Releases::UnlessCancelling
+            },
         )
         .await
     }
@@ -639,7 +710,11 @@ impl Pg {
         const SQL: &str = fenced_sql!(
             "step AS (UPDATE wf_steps SET status = 'failed', error = $5, finished_ms = $8
                       WHERE instance = $1 AND EXISTS (SELECT 1 FROM run) AND idx = $3 AND phase = $4)",
-            "moved AS (UPDATE wf_runs SET state = $6, error = $7, updated_ms = $8
+            "moved AS (UPDATE wf_runs SET state = $6, error = $7, updated_ms = $8,
+                          owner = CASE WHEN $6::text IN ('running', 'waiting', 'compensating')
+                              THEN owner END,
+                          lease_until = CASE WHEN $6::text IN ('running', 'waiting', 'compensating')
+                              THEN lease_until END
                        WHERE id = $1 AND EXISTS (SELECT 1 FROM run))"
         );
         self.fenced(
@@ -656,8 +731,10 @@ impl Pg {
                 run_error,
                 now_ms(),
             ],
+            Releases::when_ending(state),
         )
         .await
+        .map(drop)
     }
 
     pub(super) async fn retry(&self, id: &str) -> Result<()> {
@@ -755,8 +832,8 @@ impl Pg {
                 .insert(
                     id.to_string(),
                     Driven {
-                        created: false,
                         cancel_requested,
+                        ..Driven::default()
                     },
                 );
         }
@@ -793,10 +870,15 @@ impl Pg {
                 UPDATE wf_runs SET owner = NULL, lease_until = NULL
                 WHERE id = $1 AND owner = $2 RETURNING 1)
             SELECT EXISTS (SELECT 1 FROM w)";
-        self.driven
+        let driven = self
+            .driven
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
+        if driven.is_some_and(|run| run.released) {
+            // Given up with the write that ended the run.
+            return Ok(());
+        }
         self.write(
             "releasing a run's lease",
             SQL,

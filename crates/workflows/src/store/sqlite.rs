@@ -201,8 +201,10 @@ impl Sqlite {
     }
 
     /// Creates a run unless one with this id exists; returns the run and
-    /// whether it was created.
-    pub(super) async fn create(&self, instance: Run) -> Result<(Run, bool)> {
+    /// whether it was created. With `first`, step 0's first attempt starts
+    /// with it.
+    pub(super) async fn create(&self, instance: Run, first: Option<&str>) -> Result<(Run, bool)> {
+        let first = first.map(str::to_string);
         self.with(move |conn| {
             let tx = conn.savepoint()?;
             if let Some(existing) = load(&tx, &instance.id)? {
@@ -222,6 +224,9 @@ impl Sqlite {
                     instance.created_ms,
                 ],
             )?;
+            if let Some(first) = first {
+                start_first_attempt(&tx, &instance.id, 0, &first, instance.created_ms)?;
+            }
             tx.commit()?;
             Ok((instance, true))
         })
@@ -390,21 +395,37 @@ impl Sqlite {
         idx: usize,
         output: Value,
         state: State,
-    ) -> Result<()> {
-        let id = id.to_string();
+        next: Option<&str>,
+    ) -> Result<bool> {
+        let (id, next) = (id.to_string(), next.map(str::to_string));
         self.with(move |conn| {
             let tx = conn.savepoint()?;
             let now = now_ms();
+            let cancel_requested: bool = tx
+                .query_row(
+                    "SELECT cancel_requested FROM instances WHERE id = ?1",
+                    [&id],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .unwrap_or(false);
             tx.execute(
                 "UPDATE steps SET status = 'done', output = ?3, finished_ms = ?4
                  WHERE instance = ?1 AND idx = ?2 AND phase = 'do'",
                 params![id, idx as i64, output.to_string(), now],
             )?;
+            // A run to be cancelled keeps its state, for its driver to
+            // compensate, and starts nothing more.
             tx.execute(
-                "UPDATE instances SET position = ?2, state = ?3, updated_ms = ?4 WHERE id = ?1",
-                params![id, idx as i64 + 1, state.as_str(), now],
+                "UPDATE instances SET position = ?2, state = CASE WHEN ?5 THEN state ELSE ?3 END,
+                    updated_ms = ?4 WHERE id = ?1",
+                params![id, idx as i64 + 1, state.as_str(), now, cancel_requested],
             )?;
-            tx.commit()
+            if let Some(next) = next.filter(|_| !cancel_requested) {
+                start_first_attempt(&tx, &id, idx + 1, &next, now)?;
+            }
+            tx.commit()?;
+            Ok(cancel_requested)
         })
         .await
     }
@@ -501,6 +522,23 @@ impl Sqlite {
         })
         .await
     }
+}
+
+/// Journals that the first attempt of forward step `idx` starts (what
+/// `attempt_started` writes for attempt 1), within a larger write.
+fn start_first_attempt(
+    conn: &Connection,
+    id: &str,
+    idx: usize,
+    name: &str,
+    now: i64,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO steps (instance, idx, phase, name, status, attempts, started_ms, not_before_ms)
+         VALUES (?1, ?2, 'do', ?3, 'running', 1, ?4, 0)",
+        params![id, idx as i64, name, now],
+    )
+    .map(|_| ())
 }
 
 fn load(conn: &Connection, id: &str) -> rusqlite::Result<Option<Run>> {
