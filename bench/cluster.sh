@@ -13,7 +13,7 @@
 #   RUNS=5 DURATION=15s bash bench/cluster.sh
 #
 # Env: RUNS (3 rounds of part 1), DURATION (10s per load), CONNS (32),
-# PG (postgres://postgres@127.0.0.1:5432/test), LEASE (10s, part 2),
+# PG (postgres://postgres@127.0.0.1:5432/test), LEASE (8s, the default; part 2),
 # RUNS_IN_FLIGHT (100, part 2), GANTRY (a gantry binary to use instead of
 # building target/release/gantry).
 # Setup: Gantry pinned to core 0 (--workers 1), the upstream (nginx, 1 KiB)
@@ -29,7 +29,7 @@ RUNS=${RUNS:-3}
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-32}
 PG=${PG:-postgres://postgres@127.0.0.1:5432/test}
-LEASE=${LEASE:-10s}
+LEASE=${LEASE:-8s}
 RUNS_IN_FLIGHT=${RUNS_IN_FLIGHT:-100}
 UPSTREAM_PORT=19300 GANTRY_PORT=19301 ADMIN_PORT=19302 API_PORT=19303
 B_PORT=19304 B_ADMIN=19305 B_API=19306 SINK_PORT=19307

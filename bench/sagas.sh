@@ -12,9 +12,11 @@
 # load run), FSYNC_PROBE (1: after the measured rounds, count the journal's
 # syscalls with `perf stat` during one extra Gantry run per scenario of
 # PROBE_COUNT (1000) runs; 0: skip), GANTRY (a gantry binary to use instead
-# of building target/release/gantry), BACKENDS ("sqlite postgres": the
-# journal in SQLite, embedded, and in PostgreSQL, cluster mode with one
-# node; "sqlite" alone needs no database), PG (the PostgreSQL URL,
+# of building target/release/gantry), BACKENDS ("sqlite postgres postgres2":
+# the journal in SQLite, embedded; in PostgreSQL, cluster mode with one
+# node; and with two nodes, the second pinned to core 1 beside the load
+# tool, the starters taking the nodes in turn; "sqlite" alone needs no
+# database), PG (the PostgreSQL URL,
 # postgres://postgres@127.0.0.1:5432/test; each round gets a fresh schema,
 # dropped afterwards).
 #
@@ -46,18 +48,20 @@ RATE=${RATE:-200}
 RATE_COUNT=${RATE_COUNT:-2000}
 TIMEOUT=${TIMEOUT:-300}
 FSYNC_PROBE=${FSYNC_PROBE:-1}
-BACKENDS=${BACKENDS:-sqlite postgres}
+BACKENDS=${BACKENDS:-sqlite postgres postgres2}
 PG=${PG:-postgres://postgres@127.0.0.1:5432/test}
 SCHEMAS=()
 PROBE_COUNT=${PROBE_COUNT:-1000}
 LISTEN_PORT=18280 ADMIN_PORT=18281 API_PORT=18282 SINK_PORT=18290
+# The second node of the two-node backend.
+B_LISTEN_PORT=18283 B_ADMIN_PORT=18284 B_API_PORT=18285
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/tmp/gantry-bench-target}
 
 tools=(taskset python3 curl timeout)
 [ "$FSYNC_PROBE" = 1 ] && tools+=(perf)
-[[ " $BACKENDS " == *" postgres "* ]] && tools+=(psql)
+[[ " $BACKENDS " == *" postgres"* ]] && tools+=(psql)
 require_tools "FSYNC_PROBE=0 skips perf" "${tools[@]}"
-require_free_ports $LISTEN_PORT $ADMIN_PORT $API_PORT $SINK_PORT
+require_free_ports $LISTEN_PORT $ADMIN_PORT $API_PORT $SINK_PORT $B_LISTEN_PORT $B_ADMIN_PORT $B_API_PORT
 
 WORK=$(mktemp -d /tmp/gantry-sagas-bench.XXXXXX)
 GANTRY_PID=
@@ -78,6 +82,7 @@ cleanup() {
   fi
   stop_perf
   stop_gantry
+  stop_gantry_b
   for schema in "${SCHEMAS[@]}"; do psql "$PG" -qc "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null 2>&1 || true; done
   rm -rf "$WORK"
 }
@@ -122,7 +127,8 @@ children_seconds() {
 
 # Starts gantry pinned to core 0 on a fresh data dir in $1; with $2 = perf,
 # under `perf stat` counting the journal's syscalls into $1/perf.txt; with
-# $3 = postgres, in cluster mode on a fresh schema.
+# $3 = postgres, in cluster mode on a fresh schema; with $3 = postgres2, a
+# second node too ($GANTRY_B_PID, pinned to core 1).
 start_gantry() {
   local dir=$1 mode=${2:-} backend=${3:-sqlite}
   mkdir -p "$dir"
@@ -153,7 +159,7 @@ name = "ship"
 call = "sink:POST /ship"
 body = { run = "{{ workflow.id }}", sent = "{{ input.sent_ns }}" }
 TOML
-  if [ "$backend" = postgres ]; then
+  if [ "$backend" != sqlite ]; then
     local schema="bench_saga_$(basename "$dir" | tr -c 'a-z0-9\n' '_')_$$"
     SCHEMAS+=("$schema")
     printf '\n[cluster]\npostgres = "%s"\nschema = "%s"\n' "$PG" "$schema" >> "$dir/gantry.toml"
@@ -173,31 +179,56 @@ TOML
     GANTRY_LOG=warn taskset -c 0 "$GANTRY" up --workers 1 -f "$dir/gantry.toml" > "$dir/gantry.log" 2>&1 &
     GANTRY_PID=$!
   fi
+  wait_ready "$ADMIN_PORT" "$GANTRY_PID" "$dir/gantry.log"
+  if [ "$backend" = postgres2 ]; then
+    GANTRY_LOG=warn taskset -c 1 "$GANTRY" up --workers 1 -f "$dir/gantry.toml" --node b \
+      --listen "127.0.0.1:$B_LISTEN_PORT" --admin "127.0.0.1:$B_ADMIN_PORT" \
+      --api "127.0.0.1:$B_API_PORT" --data-dir "$dir/data-b" > "$dir/gantry-b.log" 2>&1 &
+    GANTRY_B_PID=$!
+    wait_ready "$B_ADMIN_PORT" "$GANTRY_B_PID" "$dir/gantry-b.log"
+  fi
+}
+
+# Waits until the admin API on port $1 of process $2 is ready.
+wait_ready() {
   for _ in $(seq 300); do
-    curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$ADMIN_PORT/readyz" 2>/dev/null && return 0
-    [ -n "$GANTRY_PID" ] && kill -0 "$GANTRY_PID" 2>/dev/null || break
+    curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$1/readyz" 2>/dev/null && return 0
+    [ -n "$2" ] && kill -0 "$2" 2>/dev/null || break
     sleep 0.1
   done
   echo "bench: gantry did not get ready within 30 s:" >&2
-  cat "$dir/gantry.log" >&2
+  cat "$3" >&2
   exit 1
 }
 
+GANTRY_B_PID=
+stop_gantry_b() {
+  [ -n "$GANTRY_B_PID" ] || return 0
+  local pid=$GANTRY_PID
+  GANTRY_PID=$GANTRY_B_PID
+  stop_gantry
+  GANTRY_PID=$pid GANTRY_B_PID=
+}
+
 # Runs the load tool on core 1 and appends its JSON line, with the round,
-# the scenario and Gantry's CPU seconds, to the results.
+# the scenario and Gantry's CPU seconds (of every pid in $3), to the results.
 RESULTS="$WORK/results.jsonl"
+cpu_of() {
+  local pid
+  for pid in $1; do cpu_seconds "$pid"; done | awk '{ s += $1; n++ } END { if (n) print s }'
+}
 run_load() {
   local round=$1 scenario=$2 gantry_pid=$3 results=$4
   shift 4
   local before after busy_before busy_after tool_before tool_after out status=0
-  before=$(cpu_seconds "$gantry_pid")
+  before=$(cpu_of "$gantry_pid")
   busy_before=$(busy_seconds)
   tool_before=$(children_seconds)
   taskset -c 1 timeout -s TERM -k 10 $((TIMEOUT + 90)) "$LOAD" "$@" --timeout "$TIMEOUT" > "$WORK/load.out" &
   LOAD_PID=$!
   wait "$LOAD_PID" || status=$?
   LOAD_PID=
-  after=$(cpu_seconds "$gantry_pid")
+  after=$(cpu_of "$gantry_pid")
   busy_after=$(busy_seconds)
   tool_after=$(children_seconds)
   out=$(cat "$WORK/load.out")
@@ -239,15 +270,18 @@ for round in $(seq "$RUNS"); do
   for scenario in "${SCENARIOS[@]}"; do
     read -r -a args <<< "$(scenario_args "$scenario")"
     for backend in $BACKENDS; do
-      label=gantry
+      label=gantry api="http://127.0.0.1:$API_PORT"
       [ "$backend" = postgres ] && label=gantry-postgres
+      [ "$backend" = postgres2 ] && label=gantry-postgres-2-nodes \
+        api="$api,http://127.0.0.1:$B_API_PORT"
       echo "round $round/$RUNS, $scenario: $label" >&2
       start_gantry "$WORK/r$round-$scenario-$backend" "" "$backend"
-      LABEL=$label run_load "$round" "$scenario" "$GANTRY_PID" "$RESULTS" saga \
-        --api "http://127.0.0.1:$API_PORT" --admin "http://127.0.0.1:$ADMIN_PORT" \
+      LABEL=$label run_load "$round" "$scenario" "$GANTRY_PID $GANTRY_B_PID" "$RESULTS" saga \
+        --api "$api" --admin "http://127.0.0.1:$ADMIN_PORT" \
         --workflow three --listen "127.0.0.1:$SINK_PORT" "${args[@]}"
       stop_gantry
-      rm -rf "$WORK/r$round-$scenario-$backend/data"
+      stop_gantry_b
+      rm -rf "$WORK/r$round-$scenario-$backend/data" "$WORK/r$round-$scenario-$backend/data-b"
     done
     echo "round $round/$RUNS, $scenario: direct" >&2
     run_load "$round" "$scenario" "" "$RESULTS" direct --listen "127.0.0.1:$SINK_PORT" "${args[@]}"

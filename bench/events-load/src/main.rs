@@ -73,7 +73,9 @@ enum Target {
     /// Start runs of a workflow on Gantry and serve its steps' calls; a run
     /// is complete when its last step's call (`/ship`) arrives.
     Saga {
-        /// Gantry's platform API (`[platform] api` in the manifest).
+        /// Gantry's platform API (`[platform] api` in the manifest); several,
+        /// comma-separated, for the nodes of a cluster: starters take them
+        /// in turn.
         #[arg(long, default_value = "http://127.0.0.1:18282")]
         api: String,
         /// Gantry's admin API: when given, the tool also waits until the

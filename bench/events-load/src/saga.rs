@@ -56,7 +56,10 @@ pub async fn run_gantry(
     listen: &str,
     plan: Plan,
 ) -> Result<SagaReport, String> {
-    let authority = host_port(api, "--api")?;
+    let authorities = api
+        .split(',')
+        .map(|api| host_port(api.trim(), "--api"))
+        .collect::<Result<Vec<_>, _>>()?;
     let admin = admin.map(|a| host_port(a, "--admin")).transpose()?;
     let run = workload::run_id();
     let tracker = Arc::new(Tracker::new(&run, plan.count));
@@ -74,8 +77,11 @@ pub async fn run_gantry(
 
     let path = format!("/v1/workflows/{workflow}");
     let starters = (0..plan.concurrency)
-        .map(|_| GantryStarter {
-            connection: Connection::new(&authority, "gantry's platform API"),
+        .map(|i| GantryStarter {
+            connection: Connection::new(
+                &authorities[i % authorities.len()],
+                "gantry's platform API",
+            ),
             path: path.clone(),
         })
         .collect();

@@ -25,7 +25,8 @@ pub struct Cluster {
     /// Connections each node keeps to PostgreSQL (default 16).
     pub pool_size: u32,
     /// How long a node holds a saga run without renewing it; a dead node's
-    /// runs move to another node after at most this long (default 10s).
+    /// runs move to another node after at most this long, plus the one
+    /// second between sweeps (default 8s: within 10 s in all).
     #[serde(with = "duration_text")]
     #[schemars(with = "String")]
     pub lease: Duration,

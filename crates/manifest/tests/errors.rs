@@ -600,5 +600,5 @@ fn a_cluster_url_is_never_printed() {
     let cluster = manifest.cluster.unwrap();
     assert!(!format!("{cluster:?}").contains("s3cret"));
     assert_eq!(cluster.schema, "public");
-    assert_eq!(cluster.lease, std::time::Duration::from_secs(10));
+    assert_eq!(cluster.lease, std::time::Duration::from_secs(8));
 }

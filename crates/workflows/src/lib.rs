@@ -48,8 +48,9 @@ pub use store::{JournalError, Renewal, Run, State, StepRecord, Store};
 use store::now_ms;
 
 /// How long a node holds a run it drives, unless told otherwise: another
-/// node takes the run over this long after its driver died.
-pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+/// node takes the run over at most this long, plus a sweep ([`SWEEP_EVERY`]),
+/// after its driver died: within 10 s in all.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(8);
 
 /// How often a node in a cluster looks for runs nobody drives.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);

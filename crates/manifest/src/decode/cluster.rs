@@ -76,9 +76,7 @@ impl Decoder<'_> {
             );
         }
         let pool_size = self.integer(&s, "pool_size", 1, 1000).unwrap_or(16) as u32;
-        let lease = self
-            .duration(&s, "lease")
-            .unwrap_or(Duration::from_secs(10));
+        let lease = self.duration(&s, "lease").unwrap_or(Duration::from_secs(8));
         if lease < Duration::from_secs(1) || lease > Duration::from_secs(600) {
             self.bad_value(
                 &s,
