@@ -213,8 +213,13 @@ pub async fn run_node(
         slos: slos.clone(),
         traces: traces.clone(),
     });
-    let bus = EventBus::open(&platform.data_dir, directory.clone(), Some(traces.clone()))
-        .map_err(AppError::Start)?;
+    let bus = EventBus::open_with_sync(
+        &platform.data_dir,
+        platform.events_sync,
+        directory.clone(),
+        Some(traces.clone()),
+    )
+    .map_err(AppError::Start)?;
     // Outboxes: in cluster mode one node at a time relays each, from a
     // position the cluster keeps.
     if let (Some(cluster), Some(config)) = (&cluster, &manifest.cluster) {

@@ -412,12 +412,21 @@ impl Live {
                 "changes to `[platform.tls]` certificate files, `client_ca` or `redirect_http` take effect at the next restart".into(),
             );
         }
+        // The event store was opened with its durability.
+        if manifest.platform.events_sync != self.platform.events_sync {
+            report.warnings.push(format!(
+                "[platform] events_sync changed from {} to {}; restart Gantry to apply it",
+                self.platform.events_sync.as_str(),
+                manifest.platform.events_sync.as_str()
+            ));
+        }
         self.platform = Platform {
             listen: self.platform.listen,
             admin: self.platform.admin,
             api: self.platform.api,
             redirect_http: self.platform.redirect_http,
             tls: self.platform.tls.clone(),
+            events_sync: self.platform.events_sync,
             ..manifest.platform
         };
         for sorted in [

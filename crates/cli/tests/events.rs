@@ -107,8 +107,24 @@ async fn publish(gantry: &Gantry, body: &Value) -> (u16, Value) {
 
 #[tokio::test]
 async fn every_acknowledged_event_is_delivered_after_kill_9() {
+    acknowledged_events_survive_kill_9("always").await;
+}
+
+/// `batch` gives up durability against a machine crash, not a process one:
+/// what was acknowledged is in the OS's hands when Gantry dies.
+#[tokio::test]
+async fn with_events_sync_batch_every_acknowledged_event_survives_kill_9_too() {
+    acknowledged_events_survive_kill_9("batch").await;
+}
+
+async fn acknowledged_events_survive_kill_9(events_sync: &str) {
     let (subscriber, url) = Subscriber::start().await;
-    let mut gantry = Gantry::start_with(&manifest(&url), write_schema).await;
+    let text = manifest(&url).replacen(
+        "[platform]\n",
+        &format!("[platform]\nevents_sync = \"{events_sync}\"\n"),
+        1,
+    );
+    let mut gantry = Gantry::start_with(&text, write_schema).await;
 
     // Publishers run flat out; Gantry is killed while they do.
     let acked = Arc::new(Mutex::new(Vec::<String>::new()));

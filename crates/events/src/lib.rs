@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use axum::http::StatusCode;
-use gantry_manifest::{Compatibility, Manifest, Outbox, StartAt, Subscription, Topic};
+use gantry_manifest::{Compatibility, EventsSync, Manifest, Outbox, StartAt, Subscription, Topic};
 use gantry_problem::{Blame, Explain, Problem};
 use gantry_telemetry::traces::TraceStore;
 use serde::Serialize;
@@ -201,14 +201,26 @@ pub struct ApplyReport {
 }
 
 impl EventBus {
-    /// The bus on the embedded broker in `data_dir`.
+    /// The bus on the embedded broker in `data_dir`, every commit on disk
+    /// before it is acknowledged.
     pub fn open(
         data_dir: &std::path::Path,
         services: ServiceDirectory,
         traces: Option<TraceStore>,
     ) -> Result<EventBus, String> {
+        EventBus::open_with_sync(data_dir, EventsSync::Always, services, traces)
+    }
+
+    /// The bus on the embedded broker in `data_dir`, with the manifest's
+    /// `[platform] events_sync`.
+    pub fn open_with_sync(
+        data_dir: &std::path::Path,
+        sync: EventsSync,
+        services: ServiceDirectory,
+        traces: Option<TraceStore>,
+    ) -> Result<EventBus, String> {
         Ok(EventBus::with_broker(
-            Arc::new(SqliteBroker::open(data_dir)?),
+            Arc::new(SqliteBroker::open(data_dir, sync)?),
             services,
             traces,
         ))

@@ -1,6 +1,9 @@
 //! The embedded broker: one SQLite database (`events.db` in the data
-//! directory) in WAL mode with `synchronous = FULL`, so a publish that was
-//! acknowledged survives `kill -9` and power loss alike.
+//! directory) in WAL mode. With `events_sync = "always"` (the default,
+//! `synchronous = FULL`) a publish that was acknowledged survives `kill -9`
+//! and power loss alike; with `"batch"` (`synchronous = NORMAL`: commits go
+//! to the WAL without an fsync, which happens at checkpoints) it survives
+//! `kill -9`, but a machine crash can lose the last commits.
 //!
 //! One thread owns the connection and runs every operation. It takes all
 //! the operations that are waiting, runs them in one transaction (each in
@@ -16,6 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use gantry_manifest::EventsSync;
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -108,14 +112,19 @@ impl std::fmt::Debug for SqliteBroker {
 }
 
 impl SqliteBroker {
-    /// Opens (or creates) `events.db` in `data_dir` and starts its writer thread.
-    pub fn open(data_dir: &Path) -> Result<SqliteBroker, String> {
+    /// Opens (or creates) `events.db` in `data_dir` and starts its writer
+    /// thread; `sync` says when a commit is on disk.
+    pub fn open(data_dir: &Path, sync: EventsSync) -> Result<SqliteBroker, String> {
         let path = data_dir.join("events.db");
         let conn = Connection::open(&path)
             .map_err(|e| format!("cannot open the event store {}: {e}", path.display()))?;
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
-        )
+        let synchronous = match sync {
+            EventsSync::Always => "FULL",
+            EventsSync::Batch => "NORMAL",
+        };
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA busy_timeout = 5000;"
+        ))
         .and_then(|_| conn.execute_batch(SCHEMA))
         .map_err(|e| format!("cannot prepare the event store {}: {e}", path.display()))?;
         let (jobs, rx) = mpsc::channel(8 * MAX_BATCH);
@@ -981,5 +990,25 @@ impl Broker for SqliteBroker {
             .entry(topic.to_string())
             .or_insert_with(|| watch::channel(0).0)
             .subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The writer's connection runs with the durability the manifest chose.
+    #[tokio::test]
+    async fn events_sync_sets_when_a_commit_is_on_disk() {
+        for (sync, expected) in [(EventsSync::Always, 2), (EventsSync::Batch, 1)] {
+            let dir = tempfile::tempdir().unwrap();
+            let broker = SqliteBroker::open(dir.path(), sync).unwrap();
+            let synchronous = broker
+                .call(|conn| conn.pragma_query_value(None, "synchronous", |r| r.get::<_, i64>(0)))
+                .await
+                .unwrap();
+            // SQLite's codes: 2 is FULL (fsync per commit), 1 NORMAL.
+            assert_eq!(synchronous, expected, "{sync:?}");
+        }
     }
 }

@@ -40,8 +40,8 @@ pub use functions::{
     Schedule, WebhookPolicy, WebhookStyle,
 };
 pub use model::{
-    CertFiles, EscapedSlashes, Manifest, Platform, Route, Service, ServiceKind, Target, TlsConfig,
-    WeightedService,
+    CertFiles, EscapedSlashes, EventsSync, Manifest, Platform, Route, Service, ServiceKind, Target,
+    TlsConfig, WeightedService,
 };
 pub use pattern::{PathMatch, PathPattern};
 pub use policy::{

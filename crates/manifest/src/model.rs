@@ -130,6 +130,36 @@ pub struct Platform {
     /// `[platform.tls]`: the gateway serves HTTPS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
+    /// When the embedded event store makes an acknowledged publish durable:
+    /// `always` (the default: on disk before the publish is acknowledged) or
+    /// `batch` (written to the OS before, on disk at the next checkpoint).
+    #[serde(default)]
+    pub events_sync: EventsSync,
+}
+
+/// `[platform] events_sync`: the embedded event store's durability.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EventsSync {
+    /// Every commit is on disk (fsync) before its publishes and acks are
+    /// acknowledged: nothing acknowledged is lost, even to a power cut.
+    #[default]
+    Always,
+    /// Commits reach the OS before they are acknowledged and the disk at the
+    /// next checkpoint: a crash of Gantry loses nothing, a crash of the
+    /// machine (power, kernel) can lose the last moments' events, as with
+    /// NATS JetStream's default `sync_interval`.
+    Batch,
+}
+
+impl EventsSync {
+    /// As the manifest spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventsSync::Always => "always",
+            EventsSync::Batch => "batch",
+        }
+    }
 }
 
 /// `[platform] escaped_slashes`.
@@ -194,6 +224,7 @@ impl Default for Platform {
             auth_failure_limit: Some(defaults::auth_failure_limit()),
             redirect_http: None,
             tls: None,
+            events_sync: EventsSync::Always,
         }
     }
 }

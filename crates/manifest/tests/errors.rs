@@ -488,6 +488,16 @@ fn telemetry_mistakes_name_the_key_and_the_fix() {
 }
 
 #[test]
+fn an_unknown_events_sync_mode_is_explained() {
+    let d = errors("[platform]\nevents_sync = \"never\"\n");
+    assert_reports(
+        &d,
+        "gantry.toml:2:15: error[M006]: `never` is not an `events_sync` mode",
+    );
+    assert_reports(&d, "use `always` (the default");
+}
+
+#[test]
 fn edge_and_tls_mistakes_are_explained() {
     let d = errors(
         "[platform]\nescaped_slashes = \"drop\"\nredirect_http = \"127.0.0.1:80\"\nauth_failure_limit = { requests = 5, per = \"1m\", key = \"header:x\" }\n",

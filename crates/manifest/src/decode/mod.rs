@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use toml_edit::{ImDocument, TableLike};
 
 use crate::diagnostics::{DiagnosticSink, Diagnostics, ErrorCode};
-use crate::model::{defaults, CertFiles, EscapedSlashes, Manifest, Platform, Service, TlsConfig};
+use crate::model::{
+    defaults, CertFiles, EscapedSlashes, EventsSync, Manifest, Platform, Service, TlsConfig,
+};
 
 mod auth;
 mod cluster;
@@ -53,6 +55,7 @@ pub(crate) const PLATFORM_KEYS: &[&str] = &[
     "auth_failure_limit",
     "redirect_http",
     "tls",
+    "events_sync",
 ];
 pub(crate) const TLS_KEYS: &[&str] = &[
     "cert",
@@ -329,6 +332,23 @@ impl<'a> Decoder<'a> {
             auth_failure_limit: self.auth_failure_limit(s),
             redirect_http,
             tls,
+            events_sync: self.events_sync(s),
+        }
+    }
+
+    fn events_sync(&mut self, s: &Section<'_>) -> EventsSync {
+        match self.string(s, "events_sync").as_deref() {
+            None | Some("always") => EventsSync::Always,
+            Some("batch") => EventsSync::Batch,
+            Some(other) => {
+                self.bad_value(
+                    s,
+                    "events_sync",
+                    format!("`{other}` is not an `events_sync` mode"),
+                    "use `always` (the default: every acknowledged event is on disk) or `batch` (on disk at the next checkpoint; a machine crash can lose the last events)",
+                );
+                EventsSync::Always
+            }
         }
     }
 
