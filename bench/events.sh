@@ -8,7 +8,10 @@
 # Env overrides: RUNS (3), COUNT (20000, flat-out scenario), CONCURRENCY (32
 # publishers, each with one publish outstanding), RATE (2000 msgs/s, fixed-rate
 # scenario), RATE_COUNT (10000 messages at RATE), TIMEOUT (300 s per load run),
-# NATS_URL (nats://127.0.0.1:4222; must be on 127.0.0.1).
+# NATS_URL (nats://127.0.0.1:4222; must be on 127.0.0.1), SYNCS ("always
+# batch": Gantry's `[platform] events_sync` modes to run, as systems
+# `gantry` and `gantry-batch`), GANTRY (a gantry binary to use instead of
+# building target/release/gantry).
 #
 # Gantry: a fresh `gantry up` with a fresh data dir per scenario and round,
 # pinned to core 0 (`taskset -c 0`, one worker); the load tool (publishers
@@ -28,6 +31,7 @@ COUNT=${COUNT:-20000}
 CONCURRENCY=${CONCURRENCY:-32}
 RATE=${RATE:-2000}
 RATE_COUNT=${RATE_COUNT:-10000}
+SYNCS=${SYNCS:-always batch}
 TIMEOUT=${TIMEOUT:-300}
 NATS_URL=${NATS_URL:-nats://127.0.0.1:4222}
 LISTEN_PORT=18180 ADMIN_PORT=18181 API_PORT=18182 SINK_PORT=18190
@@ -62,9 +66,15 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-echo "building gantry (release)..." >&2
-(cd "$ROOT" && cargo build --release -q -p gantry-cli --target-dir "$ROOT/target")
-GANTRY="$ROOT/target/release/gantry"
+if [ -n "${GANTRY:-}" ]; then
+  [ -x "$GANTRY" ] || { echo "bench: GANTRY=$GANTRY is not an executable" >&2; exit 1; }
+else
+  echo "building gantry (release)..." >&2
+  # Built as the README builds it (whole workspace, same target dir): a
+  # `-p` build unifies features differently and rebuilds wasmtime.
+  (cd "$ROOT" && cargo build --release -q --target-dir "$ROOT/target")
+  GANTRY="$ROOT/target/release/gantry"
+fi
 echo "building events-load (release, $CARGO_TARGET_DIR)..." >&2
 cargo build --release -q --manifest-path "$ROOT/bench/events-load/Cargo.toml"
 LOAD="$CARGO_TARGET_DIR/release/events-load"
@@ -82,11 +92,13 @@ echo "rustc: $(rustc --version)"
 echo
 
 
+# Starts gantry on a fresh data dir in $1 with `events_sync = $2`.
 start_gantry() {
-  local dir=$1
+  local dir=$1 sync=$2
   mkdir -p "$dir"
   cat > "$dir/gantry.toml" <<TOML
 [platform]
+events_sync = "$sync"
 listen = "127.0.0.1:$LISTEN_PORT"
 admin = "127.0.0.1:$ADMIN_PORT"
 api = "127.0.0.1:$API_PORT"
@@ -136,11 +148,14 @@ run_load() {
   fi
   [ "$status" = 0 ] || echo "bench: events-load $1 exited $status in round $round, $scenario (recorded as incomplete)" >&2
   python3 - "$round" "$scenario" "$before" "$after" "$out" >> "$RESULTS" <<'PY'
-import json, sys
+import json, os, sys
 round_, scenario, before, after, out = sys.argv[1:]
 row = json.loads(out)
 row.update(round=int(round_), scenario=scenario)
 row["broker_cpu_s"] = float(after) - float(before) if before and after else None
+label = os.environ.get("LABEL")
+if label:
+    row["system"] = label
 print(json.dumps(row))
 PY
   echo "  $(tail -1 "$RESULTS")" >&2
@@ -154,12 +169,16 @@ for round in $(seq "$RUNS"); do
     else
       args=(--count "$RATE_COUNT" --concurrency "$CONCURRENCY" --rate "$RATE")
     fi
-    echo "round $round/$RUNS, $scenario: gantry" >&2
-    start_gantry "$WORK/r$round-$scenario"
-    run_load "$round" "$scenario" "$GANTRY_PID" gantry \
-      --api "http://127.0.0.1:$API_PORT" --topic bench --listen "127.0.0.1:$SINK_PORT" "${args[@]}"
-    stop_gantry
-    rm -rf "$WORK/r$round-$scenario/data"
+    for sync in $SYNCS; do
+      label=gantry
+      [ "$sync" = always ] || label=gantry-$sync
+      echo "round $round/$RUNS, $scenario: $label" >&2
+      start_gantry "$WORK/r$round-$scenario-$sync" "$sync"
+      LABEL=$label run_load "$round" "$scenario" "$GANTRY_PID" gantry \
+        --api "http://127.0.0.1:$API_PORT" --topic bench --listen "127.0.0.1:$SINK_PORT" "${args[@]}"
+      stop_gantry
+      rm -rf "$WORK/r$round-$scenario-$sync/data"
+    done
     echo "round $round/$RUNS, $scenario: nats" >&2
     run_load "$round" "$scenario" "$NATS_PID" nats --url "$NATS_URL" "${args[@]}"
   done
@@ -204,15 +223,15 @@ for scenario in ("flat", "rate"):
               f"| {med(v('ack_p50_ms')):.2f} | {med(v('ack_p99_ms')):.2f} "
               f"| {med(v('e2e_p50_ms')):.2f} | {med(v('e2e_p99_ms')):.2f} | {med(v('e2e_max_ms')):.2f} "
               f"| {cpu_per_k(scenario, system)} | {sum(v('duplicates'))} | {incomplete} |")
-    if "gantry" in systems and "nats" in systems:
-        ratio = lambda key: med(values(scenario, "gantry", key)) / med(values(scenario, "nats", key))
+    for gantry in [s for s in systems if s.startswith("gantry") and "nats" in systems]:
+        ratio = lambda key: med(values(scenario, gantry, key)) / med(values(scenario, "nats", key))
         cpu = {s: [r["broker_cpu_s"] / r["count"] for r in rows[(scenario, s)] if r.get("broker_cpu_s") is not None]
-               for s in ("gantry", "nats")}
-        cpu_ratio = f", broker CPU per msg {med(cpu['gantry']) / med(cpu['nats']):.2f}x" if cpu["gantry"] and cpu["nats"] else ""
-        print(f"\ngantry/nats: published {ratio('publish_per_s'):.2f}x, delivered {ratio('deliver_per_s'):.2f}x, "
+               for s in (gantry, "nats")}
+        cpu_ratio = f", broker CPU per msg {med(cpu[gantry]) / med(cpu['nats']):.2f}x" if cpu[gantry] and cpu["nats"] else ""
+        print(f"\n{gantry}/nats: published {ratio('publish_per_s'):.2f}x, delivered {ratio('deliver_per_s'):.2f}x, "
               f"ack p99 {ratio('ack_p99_ms'):.2f}x, e2e p50 {ratio('e2e_p50_ms'):.2f}x, e2e p99 {ratio('e2e_p99_ms'):.2f}x"
               f"{cpu_ratio}")
-    late = max(values(scenario, "gantry", "max_lateness_ms") + values(scenario, "nats", "max_lateness_ms"), default=0)
+    late = max((x for s in systems for x in values(scenario, s, "max_lateness_ms")), default=0)
     if scenario == "rate":
         print(f"(publishers started at most {late:.1f} ms after their slot)")
     print()
