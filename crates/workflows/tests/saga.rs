@@ -611,81 +611,60 @@ async fn a_subscription_starts_one_run_per_event() {
     assert_eq!(shop.effects(), ["POST /reminders"]);
 }
 
-#[tokio::test]
-async fn a_cancel_during_a_call_lets_it_finish_and_compensates_it() {
+/// Starts run `id` of `manifest`'s checkout, cancels it while its charge
+/// (400 ms) is in flight, waits for it to end cancelled; the shop's effects.
+async fn cancelled_during_the_charge(manifest: &str, id: &str) -> Vec<String> {
     let (shop, url) = Shop::start().await;
     shop.delays
         .lock()
         .unwrap()
         .insert("POST /charges".into(), Duration::from_millis(400));
-    let rig = Rig::start(CHECKOUT, &url).await;
+    let rig = Rig::start(manifest, &url).await;
     rig.engine
         .start(
             "checkout",
-            Some("x".into()),
+            Some(id.into()),
             json!({"order_id": 5, "sku": 1}),
             None,
         )
         .await
         .unwrap();
+    let charge_key = format!("{id}/charge");
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !shop.keys.lock().unwrap().iter().any(|k| k == "x/charge") {
+    while !shop.keys.lock().unwrap().contains(&charge_key) {
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    rig.engine.cancel("x").await.unwrap();
-    rig.wait_state("x", RunState::Cancelled).await;
-    // The charge completed, so it was refunded; nothing was shipped.
-    assert_eq!(
-        shop.effects(),
-        [
-            "POST /reservations",
-            "POST /charges",
-            "POST /refunds",
-            "DELETE /reservations/reservations-1"
-        ]
-    );
+    rig.engine.cancel(id).await.unwrap();
+    rig.wait_state(id, RunState::Cancelled).await;
+    shop.effects()
+}
+
+/// The charge completed, so it was refunded and the reservation released.
+const REFUNDED: [&str; 4] = [
+    "POST /reservations",
+    "POST /charges",
+    "POST /refunds",
+    "DELETE /reservations/reservations-1",
+];
+
+#[tokio::test]
+async fn a_cancel_during_a_call_lets_it_finish_and_compensates_it() {
+    // Nothing was shipped.
+    assert_eq!(cancelled_during_the_charge(CHECKOUT, "x").await, REFUNDED);
 }
 
 #[tokio::test]
 async fn a_cancel_during_the_last_step_still_compensates_the_run() {
     // The last step's outcome and the run's end are one journal write; a
     // cancel asked while that step ran must still win over "completed".
-    let (shop, url) = Shop::start().await;
-    shop.delays
-        .lock()
-        .unwrap()
-        .insert("POST /charges".into(), Duration::from_millis(400));
     let two_steps = CHECKOUT
         .split("[[workflows.checkout.steps]]\nname = \"ship\"")
         .next()
-        .unwrap()
-        .to_string();
-    let rig = Rig::start(&two_steps, &url).await;
-    rig.engine
-        .start(
-            "checkout",
-            Some("last".into()),
-            json!({"order_id": 6, "sku": 1}),
-            None,
-        )
-        .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !shop.keys.lock().unwrap().iter().any(|k| k == "last/charge") {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    rig.engine.cancel("last").await.unwrap();
-    rig.wait_state("last", RunState::Cancelled).await;
     assert_eq!(
-        shop.effects(),
-        [
-            "POST /reservations",
-            "POST /charges",
-            "POST /refunds",
-            "DELETE /reservations/reservations-1"
-        ]
+        cancelled_during_the_charge(two_steps, "last").await,
+        REFUNDED
     );
 }
 
